@@ -1,0 +1,166 @@
+# liboutbox: the library, the outbox-relay, the tests, the demo and the benchmarks.
+# Plain GNU make; every dependency comes through pkg-config.  `make help` lists the targets.
+
+PREFIX   ?= /usr/local
+LIBDIR   ?= $(PREFIX)/lib
+INCDIR   ?= $(PREFIX)/include
+BINDIR   ?= $(PREFIX)/bin
+DESTDIR  ?=
+CC       ?= cc
+WERROR   ?= 1
+SANITIZE ?=
+PKG_CONFIG ?= pkg-config
+
+# Sanitizer builds live apart so they never mix objects with the normal build.
+B := build$(if $(SANITIZE),/sanitize)
+
+HDR := include/outbox/outbox.h
+VERSION_MAJOR := $(shell sed -n 's/^\#define OUTBOX_VERSION_MAJOR \([0-9]*\).*/\1/p' $(HDR))
+VERSION_MINOR := $(shell sed -n 's/^\#define OUTBOX_VERSION_MINOR \([0-9]*\).*/\1/p' $(HDR))
+VERSION_PATCH := $(shell sed -n 's/^\#define OUTBOX_VERSION_PATCH \([0-9]*\).*/\1/p' $(HDR))
+VERSION  := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+SONAME   := liboutbox.so.$(VERSION_MAJOR)
+
+LIB_PKGS  := libpq rdkafka libprotobuf-c
+TEST_PKGS := check
+
+# Deferred (=) so that a machine without the packages can still run `make deps` and `make clean`.
+PKG_CFLAGS  = $(shell $(PKG_CONFIG) --cflags $(LIB_PKGS) 2>/dev/null)
+PKG_LIBS    = $(shell $(PKG_CONFIG) --libs $(LIB_PKGS) 2>/dev/null)
+CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(TEST_PKGS) 2>/dev/null)
+CHECK_LIBS   = $(shell $(PKG_CONFIG) --libs $(TEST_PKGS) 2>/dev/null)
+
+WARN := -Wall -Wextra -Wstrict-prototypes -Wmissing-prototypes -Wwrite-strings -Wshadow
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+OPT ?= -O2 -g
+SAN_FLAGS := $(if $(SANITIZE),-fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all)
+BASE_CFLAGS = -std=c11 -D_GNU_SOURCE -pthread $(OPT) $(SAN_FLAGS) -Iinclude -Ilib -I$(B)/gen $(PKG_CFLAGS)
+LIB_CFLAGS  = $(BASE_CFLAGS) $(WARN) -fPIC -fvisibility=hidden $(CFLAGS)
+# protoc-c's output is not ours to fix: compile it without the extra prototype warnings.
+GEN_CFLAGS  = $(BASE_CFLAGS) -Wall -fPIC -fvisibility=hidden $(CFLAGS)
+PROG_CFLAGS = $(BASE_CFLAGS) $(WARN) $(CFLAGS)
+LINK_FLAGS  = -pthread $(SAN_FLAGS) $(LDFLAGS)
+
+PROTO     := proto/outbox/v1/envelope.proto
+GEN_C     := $(B)/gen/outbox/v1/envelope.pb-c.c
+GEN_H     := $(B)/gen/outbox/v1/envelope.pb-c.h
+LIB_SRCS  := $(wildcard lib/*.c)
+LIB_OBJS  := $(patsubst lib/%.c,$(B)/lib/%.o,$(LIB_SRCS)) $(B)/gen/envelope.pb-c.o
+SHLIB     := $(B)/liboutbox.so.$(VERSION)
+STLIB     := $(B)/liboutbox.a
+PCFILE    := $(B)/liboutbox.pc
+RELAY_SRCS := $(wildcard relay/*.c)
+RELAY     := $(B)/outbox-relay
+MOCK      := $(B)/mock-kafka
+TEST_SRCS := $(wildcard tests/check_*.c)
+TESTS     := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
+TESTLIB_SRCS := $(wildcard tests/support/testutil*.c)
+BENCH_SRCS := $(wildcard tests/bench/*.c)
+BENCHES   := $(patsubst tests/bench/%.c,$(B)/bench/%,$(BENCH_SRCS))
+DEPCHECK  := $(B)/.depcheck
+
+.PHONY: all lib relay tests examples check bench demo deps install uninstall clean help
+.DEFAULT_GOAL := all
+
+all: lib $(if $(RELAY_SRCS),$(RELAY)) $(MOCK)
+
+lib: $(SHLIB) $(STLIB) $(PCFILE)
+
+help:
+	@echo "make            build build/liboutbox.so, liboutbox.a, liboutbox.pc, outbox-relay"
+	@echo "make demo       run the end-to-end demo (throwaway PostgreSQL + local Kafka-protocol broker)"
+	@echo "make check      run every test suite (add SANITIZE=address,undefined for ASan/UBSan)"
+	@echo "make bench      run the benchmarks (QUICK=1 for a short run)"
+	@echo "make deps       install the Debian packages the build and tests need (as root)"
+	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR honoured)"
+	@echo "make clean      remove build/"
+
+# ---- dependencies ------------------------------------------------------------------------
+deps:
+	@tests/support/deps.sh install
+
+$(DEPCHECK):
+	@tests/support/deps.sh check
+	@mkdir -p $(@D) && touch $@
+
+# ---- code generation ---------------------------------------------------------------------
+$(GEN_C) $(GEN_H) &: $(PROTO) | $(DEPCHECK)
+	@mkdir -p $(B)/gen
+	protoc-c --proto_path=proto --c_out=$(B)/gen $(PROTO)
+
+# ---- the library -------------------------------------------------------------------------
+$(B)/lib/%.o: lib/%.c lib/outbox_int.h $(HDR) $(GEN_H) | $(DEPCHECK)
+	@mkdir -p $(@D)
+	$(CC) $(LIB_CFLAGS) -c -o $@ $<
+
+$(B)/gen/envelope.pb-c.o: $(GEN_C) $(GEN_H)
+	$(CC) $(GEN_CFLAGS) -c -o $@ $<
+
+$(SHLIB): $(LIB_OBJS)
+	$(CC) -shared -Wl,-soname,$(SONAME) -o $@ $^ $(LINK_FLAGS) $(PKG_LIBS)
+	ln -sf liboutbox.so.$(VERSION) $(B)/$(SONAME)
+	ln -sf $(SONAME) $(B)/liboutbox.so
+
+$(STLIB): $(LIB_OBJS)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(PCFILE): $(HDR) Makefile | $(DEPCHECK)
+	@mkdir -p $(@D)
+	@printf '%s\n' "prefix=$(PREFIX)" "libdir=$(LIBDIR)" "includedir=$(INCDIR)" "" \
+	  "Name: liboutbox" \
+	  "Description: Transactional messaging (outbox) on PostgreSQL and Kafka" \
+	  "Version: $(VERSION)" \
+	  "Requires: libpq" \
+	  "Requires.private: libprotobuf-c rdkafka" \
+	  "Cflags: -I\$${includedir}" \
+	  "Libs: -L\$${libdir} -loutbox" > $@
+
+# ---- programs ----------------------------------------------------------------------------
+# Programs link the static library: the relay uses internal helpers that the .so does not export.
+$(RELAY): $(RELAY_SRCS) $(wildcard relay/*.h) $(STLIB)
+	$(CC) $(PROG_CFLAGS) -o $@ $(RELAY_SRCS) $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
+
+$(MOCK): tests/support/mock-kafka.c | $(DEPCHECK)
+	@mkdir -p $(@D)
+	$(CC) $(PROG_CFLAGS) -o $@ $< $(LINK_FLAGS) $(PKG_LIBS)
+
+$(B)/tests/%: tests/%.c $(TESTLIB_SRCS) tests/support/testutil.h $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -o $@ $< $(TESTLIB_SRCS) $(STLIB) \
+	  $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
+
+$(B)/bench/%: tests/bench/%.c $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $(PROG_CFLAGS) -o $@ $< $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
+
+tests: all $(TESTS)
+
+# ---- running -----------------------------------------------------------------------------
+check: deps
+	@$(MAKE) --no-print-directory tests
+	tests/support/run-tests.sh $(B) $(TESTS)
+
+bench: deps
+	@$(MAKE) --no-print-directory all $(BENCHES)
+	tests/support/with-services.sh tests/bench/run.sh $(B) $(if $(QUICK),quick,full)
+
+# ---- install -----------------------------------------------------------------------------
+install: lib $(if $(RELAY_SRCS),$(RELAY))
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/outbox $(DESTDIR)$(BINDIR)
+	install -m 644 $(HDR) $(DESTDIR)$(INCDIR)/outbox/
+	install -m 755 $(SHLIB) $(DESTDIR)$(LIBDIR)/
+	ln -sf liboutbox.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liboutbox.so
+	install -m 644 $(STLIB) $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(PCFILE) $(DESTDIR)$(LIBDIR)/pkgconfig/
+	$(if $(RELAY_SRCS),install -m 755 $(RELAY) $(DESTDIR)$(BINDIR)/)
+
+uninstall:
+	rm -f $(DESTDIR)$(INCDIR)/outbox/outbox.h $(DESTDIR)$(LIBDIR)/liboutbox.* \
+	  $(DESTDIR)$(LIBDIR)/pkgconfig/liboutbox.pc $(DESTDIR)$(BINDIR)/outbox-relay
+
+clean:
+	rm -rf build

@@ -1,0 +1,314 @@
+/*
+ * liboutbox: transactional messaging on PostgreSQL and Kafka.
+ * The one public header: configuration, handle, messages, send, schema migration, errors, version.
+ *
+ * A service calls outbox_send() inside its own PostgreSQL transaction; the message row exists if and
+ * only if that transaction commits.  The outbox-relay process publishes committed rows to Kafka.
+ *
+ * Conventions used throughout:
+ *  - Functions return outbox_err_t: OUTBOX_OK (0) or a negative error code (outbox_err2str()).
+ *    The handle passed in keeps a human-readable message about its last error (outbox_errmsg()).
+ *  - Ownership is stated per function.  The library borrows the caller's PGconn: it never begins,
+ *    commits, rolls back or closes a transaction or connection it was handed (the one documented
+ *    exception is outbox_migrate() on an idle connection, which runs its own transaction).
+ *  - Destroy functions accept NULL.
+ */
+#ifndef OUTBOX_OUTBOX_H
+#define OUTBOX_OUTBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define OUTBOX_API __attribute__((visibility("default")))
+#else
+#define OUTBOX_API
+#endif
+
+/* Version of this header.  The Makefile reads these three lines for the soname and liboutbox.pc. */
+#define OUTBOX_VERSION_MAJOR 0
+#define OUTBOX_VERSION_MINOR 1
+#define OUTBOX_VERSION_PATCH 0
+/** The version as 0xMMmmpp00, comparable with <, e.g. 0x00010000 for 0.1.0. */
+#define OUTBOX_VERSION                                                                        \
+    ((OUTBOX_VERSION_MAJOR << 24) | (OUTBOX_VERSION_MINOR << 16) | (OUTBOX_VERSION_PATCH << 8))
+
+/** The version of the library actually linked, e.g. "0.1.0".  Static string; never free it. */
+OUTBOX_API const char *outbox_version_str(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Errors                                                                                      */
+
+typedef enum {
+    OUTBOX_OK = 0,
+    /** A required argument was NULL, empty or out of range; the message names it. */
+    OUTBOX_ERR_INVALID_ARG = -1,
+    /** outbox_send() on a connection that is not inside a transaction block. */
+    OUTBOX_ERR_NOT_IN_TRANSACTION = -2,
+    /** The connection's current transaction has already failed; roll it back and retry. */
+    OUTBOX_ERR_TRANSACTION_ABORTED = -3,
+    /** The destination is not a valid Kafka topic name ([a-zA-Z0-9._-], 1 to 249 characters). */
+    OUTBOX_ERR_INVALID_DESTINATION = -4,
+    /** The encoded message is larger than writer.max.message.bytes. */
+    OUTBOX_ERR_MSG_TOO_LARGE = -5,
+    /** The connection is bad or was lost (retriable with a new connection). */
+    OUTBOX_ERR_CONNECTION = -6,
+    /** PostgreSQL refused a statement; the message has its SQLSTATE and text. */
+    OUTBOX_ERR_PG = -7,
+    /** The outbox schema is missing or older than this library: run outbox_migrate(). */
+    OUTBOX_ERR_SCHEMA = -8,
+    /** Bytes that should be an Envelope are not a valid one. */
+    OUTBOX_ERR_DECODE = -9,
+    /** Out of memory. */
+    OUTBOX_ERR_NOMEM = -10,
+    /** The call is not valid in the handle's current state (e.g. a connection busy with a query). */
+    OUTBOX_ERR_STATE = -11,
+    /** A Kafka client error. */
+    OUTBOX_ERR_KAFKA = -12,
+    /** The schema in the database is newer than this library understands. */
+    OUTBOX_ERR_SCHEMA_TOO_NEW = -13,
+} outbox_err_t;
+
+/** A short static description of an error code, e.g. "not in a transaction".  Never NULL. */
+OUTBOX_API const char *outbox_err2str(outbox_err_t err);
+
+/**
+ * 1 if retrying the same operation (after rolling back, or on a new connection) may succeed:
+ * lost connections, serialization failures and deadlocks, lock or statement timeouts.
+ * OUTBOX_ERR_PG is reported retriable only by outbox_errmsg_retriable(), which knows the SQLSTATE.
+ */
+OUTBOX_API int outbox_err_is_retriable(outbox_err_t err);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Configuration                                                                               */
+
+typedef struct outbox_conf_s outbox_conf_t;
+
+typedef enum {
+    OUTBOX_CONF_UNKNOWN = -2, /**< no such key */
+    OUTBOX_CONF_INVALID = -1, /**< the value is not valid for the key */
+    OUTBOX_CONF_OK = 0,
+} outbox_conf_res_t;
+
+/** Log callback; level is a syslog level (3 = error ... 7 = debug).  Called from the thread that
+ *  made the library call that logs.  msg is borrowed for the duration of the call. */
+typedef void(outbox_log_cb)(int level, const char *fac, const char *msg, void *opaque);
+
+/** A configuration with every default set.  Caller owns; free with outbox_conf_destroy() unless
+ *  handed to a constructor that takes ownership.  NULL only when out of memory. */
+OUTBOX_API outbox_conf_t *outbox_conf_new(void);
+
+/**
+ * Sets key to value, both borrowed (copied).  Keys:
+ *   outbox.schema               schema of the outbox tables, default "outbox" (always quoted in SQL)
+ *   writer.allow.autocommit     true|false, default false: allow outbox_send() outside a transaction
+ *   writer.max.message.bytes    largest encoded envelope, default 1000000 (Kafka's default)
+ *   log.level                   0..7 (syslog), default 6 (info)
+ *   pg.conninfo                 libpq connection string for components that connect themselves
+ *   relay.*, consumer.*, metrics.*  keys of the relay and consumer (see outbox-relay --help)
+ *   kafka.<property>            passed unchanged to librdkafka (checked by librdkafka itself)
+ * On failure a message naming the key, the value and what is expected is written to errstr.
+ * Not thread-safe: configure from one thread before handing the conf over.
+ */
+OUTBOX_API outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const char *value,
+                                             char *errstr, size_t errstr_size);
+
+/**
+ * Reads the current value of key into dest (dest_size bytes, NUL-terminated).  If dest is NULL or
+ * too small, *dest_size is set to the size needed and OUTBOX_CONF_INVALID is returned for a short
+ * buffer (OUTBOX_CONF_OK when dest is NULL).  OUTBOX_CONF_UNKNOWN if the key is not known or,
+ * for kafka.*, not set.
+ */
+OUTBOX_API outbox_conf_res_t outbox_conf_get(const outbox_conf_t *conf, const char *key, char *dest,
+                                             size_t *dest_size);
+
+/** A deep copy.  Caller owns; free with outbox_conf_destroy(). NULL when out of memory. */
+OUTBOX_API outbox_conf_t *outbox_conf_dup(const outbox_conf_t *conf);
+
+/** Sets the log callback (NULL = the default, one line per event on stderr). */
+OUTBOX_API void outbox_conf_set_log_cb(outbox_conf_t *conf, outbox_log_cb *cb);
+
+/** Sets the opaque pointer passed to callbacks.  Borrowed: must outlive every handle made from conf. */
+OUTBOX_API void outbox_conf_set_opaque(outbox_conf_t *conf, void *opaque);
+
+/** Frees a configuration.  NULL is a no-op. */
+OUTBOX_API void outbox_conf_destroy(outbox_conf_t *conf);
+
+/* ------------------------------------------------------------------------------------------ */
+/* The writer handle                                                                           */
+
+/**
+ * An outbox writer.  Holds configuration and the last error message; owns no connection.
+ * Thread safety: not thread-safe (the last error message is per handle).  It is small: create one
+ * per thread, or serialise calls.
+ */
+typedef struct outbox_s outbox_t;
+
+/**
+ * Creates a writer.  conf: NULL for defaults; otherwise ownership passes to the handle on success
+ * (on failure the caller still owns it).  Returns NULL on failure with the reason in errstr.
+ * Caller owns the result; free with outbox_destroy().
+ */
+OUTBOX_API outbox_t *outbox_new(outbox_conf_t *conf, char *errstr, size_t errstr_size);
+
+/** Frees a writer.  NULL is a no-op. */
+OUTBOX_API void outbox_destroy(outbox_t *ob);
+
+/** The message of the handle's last error ("" if none).  Borrowed: valid until the next call on ob.
+ *  A NULL handle gives a static message. */
+OUTBOX_API const char *outbox_errmsg(const outbox_t *ob);
+
+/** 1 if the handle's last error may succeed on retry (see outbox_err_is_retriable), judging
+ *  OUTBOX_ERR_PG by its SQLSTATE (40001, 40P01, 55P03, 57014, class 08). */
+OUTBOX_API int outbox_errmsg_retriable(const outbox_t *ob);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Messages                                                                                    */
+
+/** Message kinds; values equal the wire format's outbox.v1.Kind. */
+typedef enum {
+    OUTBOX_EVENT = 1,    /**< something happened (publish/subscribe) */
+    OUTBOX_COMMAND = 2,  /**< a request to one receiver, which may reply */
+    OUTBOX_REPLY = 3,    /**< the answer to a command (correlation_id = the command's id) */
+    OUTBOX_DOCUMENT = 4, /**< plain data */
+} outbox_kind_t;
+
+/**
+ * A message: headers and an opaque payload.  Thread safety: a message may be read from several
+ * threads at once; setters need exclusive access.
+ */
+typedef struct outbox_message_s outbox_message_t;
+
+/**
+ * Creates a message of the given kind for destination (the Kafka topic) and type (e.g.
+ * "orders.OrderCreated"); both are copied.  It gets a fresh UUIDv7 id, created_at = now and
+ * schema version "1.0".  Returns NULL when an argument is invalid (errno = EINVAL: NULL or empty
+ * type, a destination that is not a valid Kafka topic name, an unknown kind) or out of memory
+ * (errno = ENOMEM).  outbox_message_create() says which argument is wrong.
+ * Caller owns; free with outbox_message_destroy().
+ */
+OUTBOX_API outbox_message_t *outbox_message_new(outbox_kind_t kind, const char *destination,
+                                                const char *type);
+
+/**
+ * Like outbox_message_new(), with the error in a return code and errstr: OUTBOX_ERR_INVALID_ARG,
+ * OUTBOX_ERR_INVALID_DESTINATION or OUTBOX_ERR_NOMEM.  On success *out is caller-owned.
+ */
+OUTBOX_API outbox_err_t outbox_message_create(outbox_message_t **out, outbox_kind_t kind,
+                                              const char *destination, const char *type,
+                                              char *errstr, size_t errstr_size);
+
+/** Sets the partition key (the aggregate id: same key, same partition, order kept).  Copied.
+ *  len 0 clears it (the relay then lets the partitioner spread messages). */
+OUTBOX_API outbox_err_t outbox_message_set_key(outbox_message_t *m, const void *key, size_t len);
+
+/** Sets the payload, copied.  len may be 0.  key/payload NULL with len > 0 is OUTBOX_ERR_INVALID_ARG. */
+OUTBOX_API outbox_err_t outbox_message_set_payload(outbox_message_t *m, const void *payload, size_t len);
+
+/** Sets (or replaces) a string header, both copied.  The names "id", "type" and "kind" are reserved
+ *  for the Kafka headers the relay adds (OUTBOX_ERR_INVALID_ARG). */
+OUTBOX_API outbox_err_t outbox_message_set_header(outbox_message_t *m, const char *name, const char *value);
+
+/** Sets the payload's semantic schema version, "MAJOR.MINOR" (digits only, e.g. "2.1"). */
+OUTBOX_API outbox_err_t outbox_message_set_schema_version(outbox_message_t *m, const char *major_minor);
+
+/** Sets the correlation id (for a REPLY: the command's id).  Copied. */
+OUTBOX_API outbox_err_t outbox_message_set_correlation_id(outbox_message_t *m, const char *id);
+
+/** Sets the reply channel (for a COMMAND), a valid Kafka topic name.  Copied. */
+OUTBOX_API outbox_err_t outbox_message_set_reply_to(outbox_message_t *m, const char *channel);
+
+/** Frees a message.  NULL is a no-op. */
+OUTBOX_API void outbox_message_destroy(outbox_message_t *m);
+
+/* Read side.  Every returned pointer is borrowed: valid until the message is changed or destroyed.
+ * Absent string fields read as "" (never NULL, except for a NULL message). */
+
+/** The message id: UUIDv7 in canonical text form, set at creation. */
+OUTBOX_API const char *outbox_message_id(const outbox_message_t *m);
+OUTBOX_API outbox_kind_t outbox_message_kind(const outbox_message_t *m);
+OUTBOX_API const char *outbox_message_type(const outbox_message_t *m);
+OUTBOX_API const char *outbox_message_schema_version(const outbox_message_t *m);
+OUTBOX_API const char *outbox_message_destination(const outbox_message_t *m);
+/** The key, *len set to its length (0 and NULL when there is none). */
+OUTBOX_API const void *outbox_message_key(const outbox_message_t *m, size_t *len);
+/** The payload, *len set to its length. */
+OUTBOX_API const void *outbox_message_payload(const outbox_message_t *m, size_t *len);
+/** The value of header name, or NULL if there is none. */
+OUTBOX_API const char *outbox_message_header(const outbox_message_t *m, const char *name);
+/** The number of headers, and the idx'th one (0-based) through *name and *value; OUTBOX_ERR_INVALID_ARG
+ *  when idx is out of range. */
+OUTBOX_API size_t outbox_message_header_count(const outbox_message_t *m);
+OUTBOX_API outbox_err_t outbox_message_header_at(const outbox_message_t *m, size_t idx, const char **name,
+                                                 const char **value);
+OUTBOX_API const char *outbox_message_correlation_id(const outbox_message_t *m);
+OUTBOX_API const char *outbox_message_reply_to(const outbox_message_t *m);
+/** Creation time in microseconds since the Unix epoch. */
+OUTBOX_API int64_t outbox_message_created_at_us(const outbox_message_t *m);
+
+/**
+ * Encodes m as an outbox.v1.Envelope.  *buf is caller-owned (free with free()); *len its size.
+ */
+OUTBOX_API outbox_err_t outbox_message_encode(const outbox_message_t *m, void **buf, size_t *len);
+
+/**
+ * Decodes an Envelope from untrusted bytes (borrowed; copied).  Refuses, with OUTBOX_ERR_DECODE and
+ * the reason in errstr: bytes that are not protobuf, an id that is not a UUID, an unknown or
+ * unspecified kind, an empty type, an invalid destination or a malformed schema version.
+ * On success *out is caller-owned; free with outbox_message_destroy().
+ */
+OUTBOX_API outbox_err_t outbox_message_decode(outbox_message_t **out, const void *buf, size_t len,
+                                              char *errstr, size_t errstr_size);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Writing                                                                                     */
+
+/**
+ * Adds m to the outbox inside the caller's current transaction on conn (both borrowed).  The row
+ * exists iff that transaction commits.  conn must be inside a transaction block (BEGIN issued),
+ * else OUTBOX_ERR_NOT_IN_TRANSACTION and nothing is written, unless writer.allow.autocommit=true.
+ * Errors: OUTBOX_ERR_INVALID_ARG (NULL ob/conn/m), OUTBOX_ERR_TRANSACTION_ABORTED,
+ * OUTBOX_ERR_INVALID_DESTINATION, OUTBOX_ERR_MSG_TOO_LARGE, OUTBOX_ERR_CONNECTION, OUTBOX_ERR_SCHEMA,
+ * OUTBOX_ERR_PG.  A failed INSERT leaves the caller's transaction aborted, as any failed statement does.
+ */
+OUTBOX_API outbox_err_t outbox_send(outbox_t *ob, PGconn *conn, const outbox_message_t *m);
+
+/**
+ * Adds n messages in the given order (ids ascend in that order) with one INSERT per 5,000 messages,
+ * i.e. one round trip for up to 5,000.  Every message is checked before anything is written: one
+ * bad message refuses the whole batch.  n == 0 is OUTBOX_OK and writes nothing.
+ */
+OUTBOX_API outbox_err_t outbox_send_batch(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
+                                          size_t n);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Schema                                                                                      */
+
+/** The schema version this library creates and expects. */
+#define OUTBOX_SCHEMA_VERSION 1
+
+/**
+ * Creates or upgrades the outbox tables in schema outbox.schema, idempotently and safely when
+ * several processes run it at once (a transaction-scoped advisory lock).  On an idle connection it
+ * runs and commits its own transaction; inside the caller's transaction block it runs there and
+ * leaves the commit to the caller.  OUTBOX_ERR_SCHEMA_TOO_NEW if the database has a newer schema.
+ */
+OUTBOX_API outbox_err_t outbox_migrate(outbox_t *ob, PGconn *conn);
+
+/**
+ * The schema version recorded in the database (0 when the outbox schema does not exist) in
+ * *version.  Reads only; needs no transaction.
+ */
+OUTBOX_API outbox_err_t outbox_schema_version(outbox_t *ob, PGconn *conn, int *version);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* OUTBOX_OUTBOX_H */

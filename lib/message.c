@@ -1,0 +1,393 @@
+/*
+ * Messages: building them for sending, reading them, and the Envelope wire format (protobuf-c).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "outbox/v1/envelope.pb-c.h"
+#include "outbox_int.h"
+
+static int schema_version_valid(const char *v) {
+    /* MAJOR.MINOR, digits only, each part 1 to 9 digits so it fits an int. */
+    const char *dot = strchr(v, '.');
+    if (!dot || dot == v || !dot[1] || dot - v > 9 || strlen(dot + 1) > 9)
+        return 0;
+    for (const char *p = v; *p; p++)
+        if (p != dot && (*p < '0' || *p > '9'))
+            return 0;
+    return 1;
+}
+
+static int kind_valid(int kind) {
+    return kind >= OUTBOX_EVENT && kind <= OUTBOX_DOCUMENT;
+}
+
+static outbox_message_t *message_alloc(const char *destination, const char *type) {
+    outbox_message_t *m = calloc(1, sizeof(*m));
+    if (!m)
+        return NULL;
+    m->destination = outbox_strdup(destination);
+    m->type = outbox_strdup(type);
+    m->correlation_id = outbox_strdup("");
+    m->reply_to = outbox_strdup("");
+    if (!m->destination || !m->type || !m->correlation_id || !m->reply_to) {
+        outbox_message_destroy(m);
+        return NULL;
+    }
+    strcpy(m->schema_version, "1.0");
+    return m;
+}
+
+outbox_err_t outbox_message_create(outbox_message_t **out, outbox_kind_t kind,
+                                   const char *destination, const char *type, char *errstr,
+                                   size_t errstr_size) {
+    char why[160];
+    if (!out) {
+        outbox_snprintf(errstr, errstr_size, "outbox_message_create: out is NULL");
+        return OUTBOX_ERR_INVALID_ARG;
+    }
+    *out = NULL;
+    if (!kind_valid((int)kind)) {
+        outbox_snprintf(errstr, errstr_size,
+                        "outbox_message_new: kind %d is not a message kind (use OUTBOX_EVENT, "
+                        "OUTBOX_COMMAND, OUTBOX_REPLY or OUTBOX_DOCUMENT)",
+                        (int)kind);
+        return OUTBOX_ERR_INVALID_ARG;
+    }
+    if (!destination) {
+        outbox_snprintf(errstr, errstr_size,
+                        "outbox_message_new: destination is NULL; pass the Kafka topic to publish to");
+        return OUTBOX_ERR_INVALID_DESTINATION;
+    }
+    if (!outbox_topic_valid(destination, why, sizeof(why))) {
+        outbox_snprintf(errstr, errstr_size, "outbox_message_new: destination \"%.300s\" %s",
+                        destination, why);
+        return OUTBOX_ERR_INVALID_DESTINATION;
+    }
+    if (!type || !*type) {
+        outbox_snprintf(errstr, errstr_size,
+                        "outbox_message_new: type is %s; pass the message type, e.g. "
+                        "\"orders.OrderCreated\"",
+                        type ? "empty" : "NULL");
+        return OUTBOX_ERR_INVALID_ARG;
+    }
+    outbox_message_t *m = message_alloc(destination, type);
+    if (!m) {
+        outbox_snprintf(errstr, errstr_size, "outbox_message_new: out of memory");
+        return OUTBOX_ERR_NOMEM;
+    }
+    m->kind = kind;
+    outbox_uuid7(m->id);
+    m->created_at_us = outbox_now_us();
+    *out = m;
+    return OUTBOX_OK;
+}
+
+outbox_message_t *outbox_message_new(outbox_kind_t kind, const char *destination, const char *type) {
+    outbox_message_t *m;
+    outbox_err_t err = outbox_message_create(&m, kind, destination, type, NULL, 0);
+    if (err)
+        errno = err == OUTBOX_ERR_NOMEM ? ENOMEM : EINVAL;
+    return m;
+}
+
+void outbox_message_destroy(outbox_message_t *m) {
+    if (!m)
+        return;
+    free(m->destination);
+    free(m->type);
+    free(m->key);
+    free(m->payload);
+    for (size_t i = 0; i < m->header_cnt; i++) {
+        free(m->headers[i].name);
+        free(m->headers[i].value);
+    }
+    free(m->headers);
+    free(m->correlation_id);
+    free(m->reply_to);
+    free(m);
+}
+
+static outbox_err_t set_bytes(uint8_t **dst, size_t *dst_len, const void *src, size_t len) {
+    uint8_t *copy = NULL;
+    if (len) {
+        if (!(copy = malloc(len)))
+            return OUTBOX_ERR_NOMEM;
+        memcpy(copy, src, len);
+    }
+    free(*dst);
+    *dst = copy;
+    *dst_len = len;
+    return OUTBOX_OK;
+}
+
+outbox_err_t outbox_message_set_key(outbox_message_t *m, const void *key, size_t len) {
+    if (!m || (!key && len))
+        return OUTBOX_ERR_INVALID_ARG;
+    return set_bytes(&m->key, &m->key_len, key, len);
+}
+
+outbox_err_t outbox_message_set_payload(outbox_message_t *m, const void *payload, size_t len) {
+    if (!m || (!payload && len))
+        return OUTBOX_ERR_INVALID_ARG;
+    return set_bytes(&m->payload, &m->payload_len, payload, len);
+}
+
+static outbox_err_t set_str(char **dst, const char *src) {
+    char *copy = outbox_strdup(src);
+    if (!copy)
+        return OUTBOX_ERR_NOMEM;
+    free(*dst);
+    *dst = copy;
+    return OUTBOX_OK;
+}
+
+/* Adds or replaces a header; used by the setter and by the decoder (which skips the reserved-name
+ * check, since the wire may carry anything and the relay puts its own headers first). */
+static outbox_err_t header_put(outbox_message_t *m, const char *name, const char *value) {
+    for (size_t i = 0; i < m->header_cnt; i++)
+        if (!strcmp(m->headers[i].name, name))
+            return set_str(&m->headers[i].value, value);
+    if (m->header_cnt == m->header_cap) {
+        size_t cap = m->header_cap ? m->header_cap * 2 : 4;
+        outbox_header_t *h = realloc(m->headers, cap * sizeof(*h));
+        if (!h)
+            return OUTBOX_ERR_NOMEM;
+        m->headers = h;
+        m->header_cap = cap;
+    }
+    char *n = outbox_strdup(name), *v = outbox_strdup(value);
+    if (!n || !v) {
+        free(n);
+        free(v);
+        return OUTBOX_ERR_NOMEM;
+    }
+    m->headers[m->header_cnt].name = n;
+    m->headers[m->header_cnt].value = v;
+    m->header_cnt++;
+    return OUTBOX_OK;
+}
+
+outbox_err_t outbox_message_set_header(outbox_message_t *m, const char *name, const char *value) {
+    if (!m || !name || !*name || !value)
+        return OUTBOX_ERR_INVALID_ARG;
+    if (!strcmp(name, "id") || !strcmp(name, "type") || !strcmp(name, "kind"))
+        return OUTBOX_ERR_INVALID_ARG;
+    return header_put(m, name, value);
+}
+
+outbox_err_t outbox_message_set_schema_version(outbox_message_t *m, const char *v) {
+    if (!m || !v || strlen(v) >= sizeof(m->schema_version) || !schema_version_valid(v))
+        return OUTBOX_ERR_INVALID_ARG;
+    strcpy(m->schema_version, v);
+    return OUTBOX_OK;
+}
+
+outbox_err_t outbox_message_set_correlation_id(outbox_message_t *m, const char *id) {
+    if (!m || !id)
+        return OUTBOX_ERR_INVALID_ARG;
+    return set_str(&m->correlation_id, id);
+}
+
+outbox_err_t outbox_message_set_reply_to(outbox_message_t *m, const char *channel) {
+    if (!m || !channel || !outbox_topic_valid(channel, NULL, 0))
+        return OUTBOX_ERR_INVALID_ARG;
+    return set_str(&m->reply_to, channel);
+}
+
+const char *outbox_message_id(const outbox_message_t *m) {
+    return m ? m->id : NULL;
+}
+
+outbox_kind_t outbox_message_kind(const outbox_message_t *m) {
+    return m ? m->kind : (outbox_kind_t)0;
+}
+
+const char *outbox_message_type(const outbox_message_t *m) {
+    return m ? m->type : NULL;
+}
+
+const char *outbox_message_schema_version(const outbox_message_t *m) {
+    return m ? m->schema_version : NULL;
+}
+
+const char *outbox_message_destination(const outbox_message_t *m) {
+    return m ? m->destination : NULL;
+}
+
+const void *outbox_message_key(const outbox_message_t *m, size_t *len) {
+    if (len)
+        *len = m ? m->key_len : 0;
+    return m ? m->key : NULL;
+}
+
+const void *outbox_message_payload(const outbox_message_t *m, size_t *len) {
+    if (len)
+        *len = m ? m->payload_len : 0;
+    return m ? m->payload : NULL;
+}
+
+const char *outbox_message_header(const outbox_message_t *m, const char *name) {
+    if (!m || !name)
+        return NULL;
+    for (size_t i = 0; i < m->header_cnt; i++)
+        if (!strcmp(m->headers[i].name, name))
+            return m->headers[i].value;
+    return NULL;
+}
+
+size_t outbox_message_header_count(const outbox_message_t *m) {
+    return m ? m->header_cnt : 0;
+}
+
+outbox_err_t outbox_message_header_at(const outbox_message_t *m, size_t idx, const char **name,
+                                      const char **value) {
+    if (!m || idx >= m->header_cnt)
+        return OUTBOX_ERR_INVALID_ARG;
+    if (name)
+        *name = m->headers[idx].name;
+    if (value)
+        *value = m->headers[idx].value;
+    return OUTBOX_OK;
+}
+
+const char *outbox_message_correlation_id(const outbox_message_t *m) {
+    return m ? m->correlation_id : NULL;
+}
+
+const char *outbox_message_reply_to(const outbox_message_t *m) {
+    return m ? m->reply_to : NULL;
+}
+
+int64_t outbox_message_created_at_us(const outbox_message_t *m) {
+    return m ? m->created_at_us : 0;
+}
+
+outbox_err_t outbox_message_encode(const outbox_message_t *m, void **buf, size_t *len) {
+    if (!m || !buf || !len)
+        return OUTBOX_ERR_INVALID_ARG;
+    Outbox__V1__Envelope env = OUTBOX__V1__ENVELOPE__INIT;
+    /* Point into the message: protobuf-c only reads these fields while packing. */
+    env.id = (char *)m->id;
+    env.kind = (Outbox__V1__Kind)m->kind;
+    env.type = m->type;
+    env.schema_version = (char *)m->schema_version;
+    env.destination = m->destination;
+    env.key.data = m->key;
+    env.key.len = m->key_len;
+    env.payload.data = m->payload;
+    env.payload.len = m->payload_len;
+    env.created_at_unix_us = m->created_at_us;
+    env.correlation_id = m->correlation_id;
+    env.reply_to = m->reply_to;
+
+    Outbox__V1__Envelope__HeadersEntry *entries = NULL, **ptrs = NULL;
+    if (m->header_cnt) {
+        entries = calloc(m->header_cnt, sizeof(*entries));
+        ptrs = calloc(m->header_cnt, sizeof(*ptrs));
+        if (!entries || !ptrs) {
+            free(entries);
+            free(ptrs);
+            return OUTBOX_ERR_NOMEM;
+        }
+        for (size_t i = 0; i < m->header_cnt; i++) {
+            Outbox__V1__Envelope__HeadersEntry init = OUTBOX__V1__ENVELOPE__HEADERS_ENTRY__INIT;
+            entries[i] = init;
+            entries[i].key = m->headers[i].name;
+            entries[i].value = m->headers[i].value;
+            ptrs[i] = &entries[i];
+        }
+        env.n_headers = m->header_cnt;
+        env.headers = ptrs;
+    }
+    size_t n = outbox__v1__envelope__get_packed_size(&env);
+    uint8_t *out = malloc(n ? n : 1);
+    if (out)
+        outbox__v1__envelope__pack(&env, out);
+    free(entries);
+    free(ptrs);
+    if (!out)
+        return OUTBOX_ERR_NOMEM;
+    *buf = out;
+    *len = n;
+    return OUTBOX_OK;
+}
+
+/* Checks a decoded envelope; returns NULL when fine, else the reason. */
+static const char *envelope_problem(const Outbox__V1__Envelope *e, char *why, size_t why_size) {
+    char topic_why[160];
+    if (!e->id || !outbox_uuid_valid(e->id))
+        return "id is not a UUID";
+    if (!kind_valid((int)e->kind)) {
+        outbox_snprintf(why, why_size, "kind %d is %s", (int)e->kind,
+                        e->kind == 0 ? "unspecified" : "unknown");
+        return why;
+    }
+    if (!e->type || !*e->type)
+        return "type is empty";
+    if (!e->destination || !outbox_topic_valid(e->destination, topic_why, sizeof(topic_why))) {
+        outbox_snprintf(why, why_size, "destination %s", topic_why);
+        return why;
+    }
+    if (!e->schema_version || strlen(e->schema_version) >= 24 ||
+        !schema_version_valid(e->schema_version))
+        return "schema_version is not MAJOR.MINOR";
+    if (e->reply_to && *e->reply_to && !outbox_topic_valid(e->reply_to, NULL, 0))
+        return "reply_to is not a valid topic name";
+    for (size_t i = 0; i < e->n_headers; i++)
+        if (!e->headers[i]->key || !*e->headers[i]->key)
+            return "a header has an empty name";
+    return NULL;
+}
+
+outbox_err_t outbox_message_decode(outbox_message_t **out, const void *buf, size_t len, char *errstr,
+                                   size_t errstr_size) {
+    char why[200];
+    if (!out || (!buf && len)) {
+        outbox_snprintf(errstr, errstr_size, "outbox_message_decode: %s is NULL", !out ? "out" : "buf");
+        return OUTBOX_ERR_INVALID_ARG;
+    }
+    *out = NULL;
+    if (len == 0) {
+        outbox_snprintf(errstr, errstr_size, "not an envelope: the value is empty");
+        return OUTBOX_ERR_DECODE;
+    }
+    Outbox__V1__Envelope *e = outbox__v1__envelope__unpack(NULL, len, buf);
+    if (!e) {
+        outbox_snprintf(errstr, errstr_size, "not an envelope: %zu bytes are not a valid "
+                        "outbox.v1.Envelope protobuf", len);
+        return OUTBOX_ERR_DECODE;
+    }
+    const char *problem = envelope_problem(e, why, sizeof(why));
+    if (problem) {
+        outbox_snprintf(errstr, errstr_size, "invalid envelope: %s", problem);
+        outbox__v1__envelope__free_unpacked(e, NULL);
+        return OUTBOX_ERR_DECODE;
+    }
+    outbox_message_t *m = message_alloc(e->destination, e->type);
+    outbox_err_t err = m ? OUTBOX_OK : OUTBOX_ERR_NOMEM;
+    if (!err) {
+        m->kind = (outbox_kind_t)e->kind;
+        memcpy(m->id, e->id, OUTBOX_UUID_STR_LEN + 1);
+        strcpy(m->schema_version, e->schema_version);
+        m->created_at_us = e->created_at_unix_us;
+        err = set_bytes(&m->key, &m->key_len, e->key.data, e->key.len);
+    }
+    if (!err)
+        err = set_bytes(&m->payload, &m->payload_len, e->payload.data, e->payload.len);
+    if (!err && e->correlation_id)
+        err = set_str(&m->correlation_id, e->correlation_id);
+    if (!err && e->reply_to)
+        err = set_str(&m->reply_to, e->reply_to);
+    for (size_t i = 0; !err && i < e->n_headers; i++)
+        err = header_put(m, e->headers[i]->key, e->headers[i]->value ? e->headers[i]->value : "");
+    outbox__v1__envelope__free_unpacked(e, NULL);
+    if (err) {
+        outbox_message_destroy(m);
+        outbox_snprintf(errstr, errstr_size, "outbox_message_decode: out of memory");
+        return err;
+    }
+    *out = m;
+    return OUTBOX_OK;
+}

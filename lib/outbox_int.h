@@ -1,0 +1,126 @@
+/*
+ * Internal declarations shared by the library's files and the relay (which links liboutbox.a).
+ * Nothing here is exported from liboutbox.so.
+ */
+#ifndef OUTBOX_INT_H
+#define OUTBOX_INT_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "outbox/outbox.h"
+
+#define OUTBOX_ERRSTR_SIZE 512
+#define OUTBOX_KAFKA_TOPIC_MAX 249
+/* PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1): refuse them instead. */
+#define OUTBOX_IDENT_MAX 63
+
+#if defined(__GNUC__)
+#define OUTBOX_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define OUTBOX_PRINTF(f, a)
+#endif
+
+/* ---- configuration (conf.c) ---- */
+
+typedef enum { CONF_STR, CONF_INT, CONF_BOOL } conf_type_t;
+
+/* One row of the table of known keys; the relay prints this table for --help. */
+typedef struct {
+    const char *name;
+    conf_type_t type;
+    const char *def; /* default, as text */
+    long long min, max;
+    const char *doc;
+} outbox_conf_prop_t;
+
+typedef struct {
+    char *key; /* without the "kafka." prefix */
+    char *value;
+} outbox_kv_t;
+
+struct outbox_conf_s {
+    char **values; /* one per known property, same order as the table */
+    outbox_kv_t *kafka;
+    size_t kafka_cnt, kafka_cap;
+    outbox_log_cb *log_cb;
+    void *opaque;
+};
+
+/* The table of known keys, terminated by a row with name == NULL. */
+const outbox_conf_prop_t *outbox_conf_props(void);
+/* Typed reads of a known key; the key must exist in the table (a programming error otherwise). */
+const char *outbox_conf_str(const outbox_conf_t *conf, const char *key);
+long long outbox_conf_int(const outbox_conf_t *conf, const char *key);
+bool outbox_conf_bool(const outbox_conf_t *conf, const char *key);
+
+/* ---- logging (log.c) ---- */
+
+void outbox_log(const outbox_conf_t *conf, int level, const char *fac, const char *fmt, ...)
+    OUTBOX_PRINTF(4, 5);
+void outbox_log_default(int level, const char *fac, const char *msg, void *opaque);
+
+/* ---- utilities (util.c) ---- */
+
+void outbox_snprintf(char *dst, size_t size, const char *fmt, ...) OUTBOX_PRINTF(3, 4);
+char *outbox_strdup(const char *s);
+/* The SQL-quoted form of an identifier ("a""b"); caller frees.  NULL when out of memory. */
+char *outbox_quote_ident(const char *ident);
+/* 1 if s is a valid Kafka topic name, else 0 and the reason in why. */
+int outbox_topic_valid(const char *s, char *why, size_t why_size);
+/* Microseconds since the Unix epoch. */
+int64_t outbox_now_us(void);
+/* Milliseconds of a monotonic clock. */
+int64_t outbox_mono_ms(void);
+
+/* ---- UUIDv7 (uuid.c) ---- */
+
+#define OUTBOX_UUID_STR_LEN 36
+/* Writes a new UUIDv7 (monotonic across the process) as text into out (37 bytes). */
+void outbox_uuid7(char out[OUTBOX_UUID_STR_LEN + 1]);
+/* 1 if s is a canonical 8-4-4-4-12 hex UUID. */
+int outbox_uuid_valid(const char *s);
+
+/* ---- messages (message.c) ---- */
+
+typedef struct {
+    char *name;
+    char *value;
+} outbox_header_t;
+
+struct outbox_message_s {
+    outbox_kind_t kind;
+    char id[OUTBOX_UUID_STR_LEN + 1];
+    char *destination;
+    char *type;
+    char schema_version[24];
+    uint8_t *key;
+    size_t key_len;
+    uint8_t *payload;
+    size_t payload_len;
+    outbox_header_t *headers;
+    size_t header_cnt, header_cap;
+    char *correlation_id;
+    char *reply_to;
+    int64_t created_at_us;
+};
+
+/* ---- handles (outbox.c) ---- */
+
+struct outbox_s {
+    outbox_conf_t *conf;
+    char *schema_q; /* quoted schema identifier */
+    char errstr[OUTBOX_ERRSTR_SIZE];
+    char sqlstate[6];
+};
+
+/* Records the handle's last error and returns err, so callers can `return outbox_seterr(...)`. */
+outbox_err_t outbox_seterr(outbox_t *ob, outbox_err_t err, const char *fmt, ...) OUTBOX_PRINTF(3, 4);
+/* Records a failed PGresult (res may be NULL) for what ("insert into outbox"); returns the code. */
+outbox_err_t outbox_seterr_pg(outbox_t *ob, PGconn *conn, const PGresult *res, const char *what);
+/* Maps a SQLSTATE to 1 when retrying the transaction may succeed. */
+int outbox_sqlstate_retriable(const char *sqlstate);
+
+#endif /* OUTBOX_INT_H */

@@ -1,0 +1,218 @@
+/*
+ * Schema migrations: numbered, embedded, applied in order under a transaction-scoped advisory
+ * lock and recorded in <schema>.schema_version.  "%1$s" in a migration is the quoted schema name.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "outbox_int.h"
+
+static const char *const migrations[] = {
+    /* 1: the tables of the delivery contract. */
+    "CREATE TABLE %1$s.messages ("
+    "  id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    "  message_id    uuid NOT NULL,"
+    "  destination   text NOT NULL,"
+    "  partition_key bytea,"
+    "  message_type  text NOT NULL,"
+    "  envelope      bytea NOT NULL,"
+    "  created_at    timestamptz NOT NULL DEFAULT now()"
+    /* A queue table: rows are inserted and soon deleted, so vacuum it early and often. */
+    ") WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02);"
+    "CREATE TABLE %1$s.dead_letters ("
+    "  id            bigint PRIMARY KEY,"
+    "  message_id    uuid,"
+    "  destination   text NOT NULL,"
+    "  partition_key bytea,"
+    "  message_type  text,"
+    "  envelope      bytea NOT NULL,"
+    "  created_at    timestamptz NOT NULL,"
+    "  error         text NOT NULL,"
+    "  failed_at     timestamptz NOT NULL DEFAULT now(),"
+    "  attempts      integer NOT NULL DEFAULT 1"
+    ");"
+    "CREATE TABLE %1$s.processed ("
+    "  consumer      text NOT NULL,"
+    "  message_id    uuid NOT NULL,"
+    "  processed_at  timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (consumer, message_id)"
+    ");"
+    "CREATE INDEX processed_processed_at_idx ON %1$s.processed (processed_at);"
+    "CREATE TABLE %1$s.consumer_dead_letters ("
+    "  id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    "  consumer        text NOT NULL,"
+    "  message_id      text,"
+    "  reason          text NOT NULL,"
+    "  raw             bytea,"
+    "  topic           text,"
+    "  kafka_partition integer,"
+    "  kafka_offset    bigint,"
+    "  rejected_at     timestamptz NOT NULL DEFAULT now()"
+    ");",
+};
+
+#define MIGRATION_CNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+/* Runs a statement that returns no rows; records the error on failure. */
+static outbox_err_t exec_cmd(outbox_t *ob, PGconn *conn, const char *sql, const char *what) {
+    PGresult *res = PQexec(conn, sql);
+    outbox_err_t err = OUTBOX_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+        err = outbox_seterr_pg(ob, conn, res, what);
+    PQclear(res);
+    return err;
+}
+
+/* Expands "%1$s" (the only placeholder used) into the quoted schema name. */
+static char *expand(const char *tmpl, const char *schema_q) {
+    size_t n = strlen(tmpl) + 1, ql = strlen(schema_q);
+    for (const char *p = tmpl; (p = strstr(p, "%1$s")); p += 4)
+        n += ql;
+    char *out = malloc(n), *w = out;
+    if (!out)
+        return NULL;
+    for (const char *p = tmpl; *p;) {
+        if (!strncmp(p, "%1$s", 4)) {
+            memcpy(w, schema_q, ql);
+            w += ql;
+            p += 4;
+        } else {
+            *w++ = *p++;
+        }
+    }
+    *w = '\0';
+    return out;
+}
+
+static outbox_err_t exec_tmpl(outbox_t *ob, PGconn *conn, const char *tmpl, const char *what) {
+    char *sql = expand(tmpl, ob->schema_q);
+    if (!sql)
+        return outbox_seterr(ob, OUTBOX_ERR_NOMEM, "%s: out of memory", what);
+    outbox_err_t err = exec_cmd(ob, conn, sql, what);
+    free(sql);
+    return err;
+}
+
+static outbox_err_t read_version(outbox_t *ob, PGconn *conn, int *version) {
+    char *sql = expand("SELECT coalesce(max(version), 0) FROM %1$s.schema_version", ob->schema_q);
+    if (!sql)
+        return outbox_seterr(ob, OUTBOX_ERR_NOMEM, "outbox_migrate: out of memory");
+    PGresult *res = PQexec(conn, sql);
+    free(sql);
+    outbox_err_t err = OUTBOX_OK;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        err = outbox_seterr_pg(ob, conn, res, "reading the outbox schema version");
+    else
+        *version = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return err;
+}
+
+static outbox_err_t migrate_in_tx(outbox_t *ob, PGconn *conn) {
+    const char *schema = outbox_conf_str(ob->conf, "outbox.schema");
+    char lockname[128];
+    outbox_snprintf(lockname, sizeof(lockname), "liboutbox.migrate:%s", schema);
+    const char *params[1] = {lockname};
+    /* Serialises concurrent migrators of the same schema until this transaction ends. */
+    PGresult *res = PQexecParams(conn, "SELECT pg_advisory_xact_lock(hashtext($1))", 1, NULL, params,
+                                 NULL, NULL, 0);
+    outbox_err_t err = OUTBOX_OK;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        err = outbox_seterr_pg(ob, conn, res, "taking the migration lock");
+    PQclear(res);
+    if (err)
+        return err;
+    err = exec_tmpl(ob, conn,
+                    "CREATE SCHEMA IF NOT EXISTS %1$s;"
+                    "CREATE TABLE IF NOT EXISTS %1$s.schema_version ("
+                    "  version integer PRIMARY KEY,"
+                    "  applied_at timestamptz NOT NULL DEFAULT now(),"
+                    "  library_version text NOT NULL)",
+                    "creating the outbox schema");
+    int current = 0;
+    if (!err)
+        err = read_version(ob, conn, &current);
+    if (err)
+        return err;
+    if (current > MIGRATION_CNT)
+        return outbox_seterr(ob, OUTBOX_ERR_SCHEMA_TOO_NEW,
+                             "outbox_migrate: schema %s is at version %d but liboutbox %s knows "
+                             "versions up to %d; upgrade liboutbox",
+                             ob->schema_q, current, outbox_version_str(), MIGRATION_CNT);
+    for (int v = current + 1; v <= MIGRATION_CNT; v++) {
+        char what[64];
+        outbox_snprintf(what, sizeof(what), "outbox migration %d", v);
+        if ((err = exec_tmpl(ob, conn, migrations[v - 1], what)))
+            return err;
+        char vtext[16];
+        outbox_snprintf(vtext, sizeof(vtext), "%d", v);
+        const char *vp[2] = {vtext, outbox_version_str()};
+        char *sql = expand("INSERT INTO %1$s.schema_version (version, library_version) "
+                           "VALUES ($1, $2)", ob->schema_q);
+        if (!sql)
+            return outbox_seterr(ob, OUTBOX_ERR_NOMEM, "outbox_migrate: out of memory");
+        res = PQexecParams(conn, sql, 2, NULL, vp, NULL, NULL, 0);
+        free(sql);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            err = outbox_seterr_pg(ob, conn, res, "recording the outbox schema version");
+        PQclear(res);
+        if (err)
+            return err;
+        outbox_log(ob->conf, 6, "MIGRATE", "msg=\"applied outbox migration\" schema=%s version=%d",
+                   ob->schema_q, v);
+    }
+    return OUTBOX_OK;
+}
+
+outbox_err_t outbox_migrate(outbox_t *ob, PGconn *conn) {
+    if (!ob)
+        return OUTBOX_ERR_INVALID_ARG;
+    if (!conn)
+        return outbox_seterr(ob, OUTBOX_ERR_INVALID_ARG, "outbox_migrate: conn is NULL");
+    if (PQstatus(conn) != CONNECTION_OK)
+        return outbox_seterr(ob, OUTBOX_ERR_CONNECTION, "outbox_migrate: the connection is bad: %s",
+                             PQerrorMessage(conn));
+    PGTransactionStatusType ts = PQtransactionStatus(conn);
+    if (ts == PQTRANS_INTRANS)
+        return migrate_in_tx(ob, conn);
+    if (ts != PQTRANS_IDLE)
+        return outbox_seterr(ob, OUTBOX_ERR_STATE,
+                             "outbox_migrate: the connection is busy or its transaction has failed; "
+                             "call it on an idle connection or inside a healthy transaction");
+    outbox_err_t err = exec_cmd(ob, conn, "BEGIN", "outbox_migrate: BEGIN");
+    if (err)
+        return err;
+    err = migrate_in_tx(ob, conn);
+    if (err) {
+        PQclear(PQexec(conn, "ROLLBACK"));
+        return err;
+    }
+    if ((err = exec_cmd(ob, conn, "COMMIT", "outbox_migrate: COMMIT")))
+        return err;
+    ob->errstr[0] = '\0';
+    return OUTBOX_OK;
+}
+
+outbox_err_t outbox_schema_version(outbox_t *ob, PGconn *conn, int *version) {
+    if (!ob)
+        return OUTBOX_ERR_INVALID_ARG;
+    if (!conn || !version)
+        return outbox_seterr(ob, OUTBOX_ERR_INVALID_ARG, "outbox_schema_version: %s is NULL",
+                             !conn ? "conn" : "version");
+    char regname[160];
+    outbox_snprintf(regname, sizeof(regname), "%s.schema_version", ob->schema_q);
+    const char *params[1] = {regname};
+    PGresult *res = PQexecParams(conn, "SELECT to_regclass($1) IS NOT NULL", 1, NULL, params, NULL,
+                                 NULL, 0);
+    outbox_err_t err = OUTBOX_OK;
+    int exists = 0;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        err = outbox_seterr_pg(ob, conn, res, "looking up the outbox schema");
+    else
+        exists = PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (err)
+        return err;
+    *version = 0;
+    return exists ? read_version(ob, conn, version) : OUTBOX_OK;
+}

@@ -1,0 +1,90 @@
+/*
+ * Small helpers shared by the library and the relay: bounded formatting, identifier quoting,
+ * Kafka topic name checks and clocks.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "outbox_int.h"
+
+void outbox_snprintf(char *dst, size_t size, const char *fmt, ...) {
+    if (!dst || !size)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dst, size, fmt, ap);
+    va_end(ap);
+}
+
+char *outbox_strdup(const char *s) {
+    if (!s)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* Same rule as PQescapeIdentifier: wrap in double quotes and double any embedded quote, so the
+ * name can never end the identifier early.  Needs no connection, so the handle can do it once. */
+char *outbox_quote_ident(const char *ident) {
+    size_t n = 2;
+    for (const char *p = ident; *p; p++)
+        n += *p == '"' ? 2 : 1;
+    char *q = malloc(n + 1), *w = q;
+    if (!q)
+        return NULL;
+    *w++ = '"';
+    for (const char *p = ident; *p; p++) {
+        if (*p == '"')
+            *w++ = '"';
+        *w++ = *p;
+    }
+    *w++ = '"';
+    *w = '\0';
+    return q;
+}
+
+int outbox_topic_valid(const char *s, char *why, size_t why_size) {
+    if (!s || !*s) {
+        outbox_snprintf(why, why_size, "is empty; a Kafka topic name has 1 to %d characters",
+                        OUTBOX_KAFKA_TOPIC_MAX);
+        return 0;
+    }
+    size_t len = strlen(s);
+    if (len > OUTBOX_KAFKA_TOPIC_MAX) {
+        outbox_snprintf(why, why_size, "is %zu characters long; a Kafka topic name has at most %d",
+                        len, OUTBOX_KAFKA_TOPIC_MAX);
+        return 0;
+    }
+    if (!strcmp(s, ".") || !strcmp(s, "..")) {
+        outbox_snprintf(why, why_size, "is \"%s\", which Kafka does not allow as a topic name", s);
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-')) {
+            outbox_snprintf(why, why_size,
+                            "has the character 0x%02x at offset %zu; a Kafka topic name uses only "
+                            "[a-zA-Z0-9._-]",
+                            c, i);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int64_t outbox_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t outbox_mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
