@@ -12,7 +12,8 @@ SANITIZE ?=
 PKG_CONFIG ?= pkg-config
 
 # Sanitizer builds live apart so they never mix objects with the normal build.
-B := build$(if $(SANITIZE),/sanitize)
+BUILD ?= build$(if $(SANITIZE),/sanitize)
+B := $(BUILD)
 
 HDR := include/outbox/outbox.h
 VERSION_MAJOR := $(shell sed -n 's/^\#define OUTBOX_VERSION_MAJOR \([0-9]*\).*/\1/p' $(HDR))
@@ -136,12 +137,30 @@ $(B)/bench/%: tests/bench/%.c $(STLIB)
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) -o $@ $< $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
 
+# ---- examples (the demo) --------------------------------------------------------------------
+EX_GEN_C := $(B)/examples/gen/orders.pb-c.c
+EX_GEN_H := $(B)/examples/gen/orders.pb-c.h
+EXAMPLES := $(B)/examples/order-service $(B)/examples/demo-check
+
+$(EX_GEN_C) $(EX_GEN_H) &: examples/proto/orders.proto | $(DEPCHECK)
+	@mkdir -p $(B)/examples/gen
+	protoc-c --proto_path=examples/proto --c_out=$(B)/examples/gen examples/proto/orders.proto
+
+$(B)/examples/%: examples/%/*.c $(EX_GEN_C) $(EX_GEN_H) $(STLIB)
+	$(CC) $(PROG_CFLAGS) -I$(B)/examples/gen -o $@ $(filter %.c,$^) $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
+
+examples: $(EXAMPLES)
+
 tests: all $(TESTS)
 
 # ---- running -----------------------------------------------------------------------------
 check: deps
 	@$(MAKE) --no-print-directory tests
 	tests/support/run-tests.sh $(B) $(TESTS)
+
+demo: deps
+	@$(MAKE) --no-print-directory all examples
+	examples/demo.sh $(B)
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCHES)

@@ -107,6 +107,16 @@ struct outbox_message_s {
     int64_t created_at_us;
 };
 
+/* ---- envelope scan (envscan.c) ---- */
+
+/* Called for each header of an envelope; strings are not NUL-terminated.  Non-zero stops the scan
+ * with that result. */
+typedef int(outbox_envscan_header_cb)(const char *name, size_t name_len, const char *value,
+                                      size_t value_len, void *opaque);
+/* Reads the kind and headers of an encoded envelope without allocating.  0, or -1 if malformed. */
+int outbox_envelope_scan(const uint8_t *buf, size_t len, int *kind, outbox_envscan_header_cb *cb,
+                         void *opaque);
+
 /* ---- handles (outbox.c) ---- */
 
 struct outbox_s {

@@ -1,0 +1,628 @@
+/*
+ * The drain loop: claim rows in id order on the session that holds the leadership lock, produce
+ * them without copying, collect delivery reports, and delete exactly the acknowledged ids.
+ *
+ * Why it is safe:
+ *  - Rows are deleted only after the broker acknowledged them (acks=all): a crash anywhere
+ *    re-sends, never loses.
+ *  - Every claim scans from the lowest id present, skipping only ids still in flight, so a
+ *    transaction that commits a lower id late (a "gap") is picked up by the next claim.
+ *  - Claims run on the very session that holds the advisory lock: if that session dies, the
+ *    next claim fails, so a relay that lost leadership cannot publish anything new.
+ */
+#include <endian.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "relay.h"
+
+#define FAC "RELAY"
+
+void relay_lock_name(const relay_t *r, char *out, size_t size) {
+    outbox_snprintf(out, size, "liboutbox.relay:%s", r->schema);
+}
+
+/* ---- PostgreSQL side ------------------------------------------------------------------------ */
+
+PGconn *relay_connect(relay_t *r) {
+    const char *keys[] = {"application_name", "dbname", NULL};
+    const char *vals[] = {outbox_conf_str(r->conf, "relay.application.name"), r->conninfo, NULL};
+    PGconn *pg = PQconnectdbParams(keys, vals, 1);
+    if (PQstatus(pg) != CONNECTION_OK) {
+        /* libpq's message names host and port but never the password. */
+        char *msg = outbox_strdup(PQerrorMessage(pg));
+        for (char *p = msg; p && *p; p++)
+            if (*p == '\n' || *p == '"')
+                *p = ' ';
+        outbox_log(r->conf, 3, FAC, "msg=\"cannot connect to PostgreSQL\" error=\"%s\"", msg ? msg : "");
+        free(msg);
+        PQfinish(pg);
+        return NULL;
+    }
+    char sql[256];
+    /* A lost delete only causes a re-send, never a loss: the relay's commits need not wait for
+     * the WAL flush. */
+    snprintf(sql, sizeof(sql), "SET statement_timeout = %lld; SET synchronous_commit = off",
+             outbox_conf_int(r->conf, "relay.statement.timeout.ms"));
+    PGresult *res = PQexec(pg, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        outbox_log(r->conf, 4, FAC, "msg=\"cannot apply session settings\" error=\"%s\"",
+                   PQresultErrorMessage(res));
+    PQclear(res);
+    return pg;
+}
+
+static bool conn_lost(relay_t *r) {
+    return !r->pg || PQstatus(r->pg) != CONNECTION_OK;
+}
+
+static void drop_session(relay_t *r, const char *why) {
+    if (r->pg) {
+        outbox_log(r->conf, 3, FAC, "msg=\"lost the PostgreSQL session\" leader=%s error=\"%s\"",
+                   r->leader ? "true" : "false", why);
+        PQfinish(r->pg);
+        r->pg = NULL;
+    }
+    r->leader = false;
+}
+
+/* Logs a failed statement; drops the session when the connection is gone. */
+static void statement_failed(relay_t *r, PGresult *res, const char *what) {
+    char msg[512];
+    outbox_snprintf(msg, sizeof(msg), "%s", res ? PQresultErrorMessage(res) : PQerrorMessage(r->pg));
+    for (char *p = msg; *p; p++)
+        if (*p == '\n' || *p == '"')
+            *p = ' ';
+    if (conn_lost(r)) {
+        drop_session(r, msg);
+        return;
+    }
+    outbox_log(r->conf, 3, FAC, "msg=\"%s failed\" error=\"%s\"", what, msg);
+}
+
+static void sleep_ms(relay_t *r, int ms) {
+    /* Serve delivery reports while waiting. */
+    if (r->rk)
+        rd_kafka_poll(r->rk, ms);
+    else
+        usleep((useconds_t)ms * 1000);
+}
+
+/* Connects (with backoff) and takes the leadership lock; returns true when leader. */
+static bool ensure_leader(relay_t *r, int64_t *backoff_ms) {
+    if (r->leader && !conn_lost(r))
+        return true;
+    if (conn_lost(r)) {
+        if (r->pg)
+            drop_session(r, PQerrorMessage(r->pg));
+        r->pg = relay_connect(r);
+        if (!r->pg) {
+            r->reconnects++;
+            sleep_ms(r, (int)*backoff_ms);
+            int64_t max = outbox_conf_int(r->conf, "relay.reconnect.backoff.max.ms");
+            *backoff_ms = *backoff_ms * 2 > max ? max : *backoff_ms * 2;
+            return false;
+        }
+        *backoff_ms = outbox_conf_int(r->conf, "relay.reconnect.backoff.ms");
+        outbox_log(r->conf, 6, FAC, "msg=\"connected to PostgreSQL\" schema=%s", r->schema_q);
+    }
+    char lock[160];
+    relay_lock_name(r, lock, sizeof(lock));
+    const char *p[1] = {lock};
+    PGresult *res = PQexecParams(r->pg, "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", 1,
+                                 NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        statement_failed(r, res, "taking the leadership lock");
+        PQclear(res);
+        return false;
+    }
+    r->leader = PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (r->leader) {
+        outbox_log(r->conf, 5, FAC, "msg=\"became the leader\" schema=%s pid=%d", r->schema_q,
+                   PQbackendPID(r->pg));
+        return true;
+    }
+    static const int standby_log_every = 20;
+    static int waits;
+    if (waits++ % standby_log_every == 0)
+        outbox_log(r->conf, 6, FAC, "msg=\"standby: another relay holds the lock\" schema=%s",
+                   r->schema_q);
+    sleep_ms(r, (int)outbox_conf_int(r->conf, "relay.lock.retry.ms"));
+    return false;
+}
+
+/* ---- Kafka side ----------------------------------------------------------------------------- */
+
+/* Errors that will not go away by retrying the same message: such rows are dead-lettered. */
+static bool permanent(rd_kafka_resp_err_t err) {
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR__INVALID_ARG:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void mark_dead(batch_t *b, int row, const char *fmt, ...) OUTBOX_PRINTF(3, 4);
+static void mark_dead(batch_t *b, int row, const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    b->state[row] = ROW_DEAD;
+    free(b->error[row]);
+    b->error[row] = outbox_strdup(buf);
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+    (void)rk;
+    relay_t *r = opaque;
+    slot_t *s = m->_private;
+    batch_t *b = s->batch;
+    if (!m->err) {
+        b->state[s->row] = ROW_ACKED;
+        r->published++;
+    } else if (permanent(m->err)) {
+        mark_dead(b, s->row, "kafka: %s (%s)", rd_kafka_err2name(m->err), rd_kafka_err2str(m->err));
+    } else {
+        /* Transient or local (purge, timeout): keep the row and re-send from it. */
+        b->state[s->row] = ROW_RETRY;
+        r->rewind = true;
+        outbox_log(r->conf, 4, FAC, "msg=\"delivery failed, will re-send\" id=%lld error=%s",
+                   (long long)b->ids[s->row], rd_kafka_err2name(m->err));
+    }
+    b->pending--;
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    relay_t *r = opaque;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[512];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
+        outbox_log(r->conf, 3, FAC, "msg=\"fatal producer error: re-creating the producer\" "
+                   "error=%s reason=\"%s\"", rd_kafka_err2name(orig), why);
+        r->fatal = true;
+        return;
+    }
+    outbox_log(r->conf, 4, FAC, "msg=\"kafka error\" error=%s reason=\"%s\"",
+               rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    relay_t *r = rd_kafka_opaque(rk);
+    outbox_log(r->conf, level, "KAFKA", "msg=\"%s\" kafka_fac=%s", buf, fac);
+}
+
+static rd_kafka_t *producer_new(relay_t *r, char *err, size_t err_size) {
+    rd_kafka_conf_t *kc = relay_kafka_conf(r->conf, err, err_size);
+    if (!kc)
+        return NULL;
+    rd_kafka_conf_set_opaque(kc, r);
+    rd_kafka_conf_set_dr_msg_cb(kc, on_delivery);
+    rd_kafka_conf_set_error_cb(kc, on_error);
+    rd_kafka_conf_set_log_cb(kc, on_kafka_log);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, err, err_size);
+    if (!rk)
+        rd_kafka_conf_destroy(kc);
+    return rk;
+}
+
+/* ---- batches -------------------------------------------------------------------------------- */
+
+static void batch_free(batch_t *b) {
+    if (!b)
+        return;
+    for (int i = 0; i < b->n; i++)
+        free(b->error[i]);
+    free(b->error);
+    free(b->state);
+    free(b->ids);
+    free(b->slots);
+    PQclear(b->res);
+    free(b);
+}
+
+typedef struct {
+    rd_kafka_headers_t *hdrs;
+} hdr_ctx_t;
+
+static int add_header(const char *name, size_t nl, const char *value, size_t vl, void *opaque) {
+    hdr_ctx_t *h = opaque;
+    return rd_kafka_header_add(h->hdrs, name, (ssize_t)nl, value, (ssize_t)vl) ? -1 : 0;
+}
+
+static const char *kind_name(int kind) {
+    static const char *names[] = {"UNSPECIFIED", "EVENT", "COMMAND", "REPLY", "DOCUMENT"};
+    return kind >= 0 && kind <= 4 ? names[kind] : "UNKNOWN";
+}
+
+static void uuid_text(const uint8_t *u, char out[37]) {
+    static const char hex[] = "0123456789abcdef";
+    char *w = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *w++ = '-';
+        *w++ = hex[u[i] >> 4];
+        *w++ = hex[u[i] & 15];
+    }
+    *w = '\0';
+}
+
+/* Produces row i of b, pointing into the PGresult (no copy).  Returns false on a fatal error. */
+static bool produce_row(relay_t *r, batch_t *b, slot_t *slot, int i) {
+    PGresult *res = b->res;
+    const char *dest = PQgetvalue(res, i, 1);
+    const void *key = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
+    size_t key_len = key ? (size_t)PQgetlength(res, i, 2) : 0;
+    void *env = PQgetvalue(res, i, 3);
+    size_t env_len = (size_t)PQgetlength(res, i, 3);
+    char why[200], id[37];
+    if (!outbox_topic_valid(dest, why, sizeof(why))) {
+        mark_dead(b, i, "invalid destination: \"%.200s\" %s", dest, why);
+        return true;
+    }
+    int kind;
+    hdr_ctx_t h = {rd_kafka_headers_new(8)};
+    uuid_text((const uint8_t *)PQgetvalue(res, i, 4), id);
+    rd_kafka_header_add(h.hdrs, "id", 2, id, 36);
+    rd_kafka_header_add(h.hdrs, "type", 4, PQgetvalue(res, i, 5), PQgetlength(res, i, 5));
+    if (outbox_envelope_scan(env, env_len, &kind, add_header, &h)) {
+        rd_kafka_headers_destroy(h.hdrs);
+        mark_dead(b, i, "envelope is not a valid outbox.v1.Envelope protobuf (%zu bytes)", env_len);
+        return true;
+    }
+    rd_kafka_header_add(h.hdrs, "kind", 4, kind_name(kind), -1);
+    slot->batch = b;
+    slot->row = i;
+    for (;;) {
+        rd_kafka_resp_err_t err = rd_kafka_producev(
+            r->rk, RD_KAFKA_V_TOPIC(dest), RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(env, env_len),
+            RD_KAFKA_V_MSGFLAGS(0), RD_KAFKA_V_HEADERS(h.hdrs), RD_KAFKA_V_OPAQUE(slot), RD_KAFKA_V_END);
+        if (!err) {
+            b->pending++;
+            return true;
+        }
+        if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            rd_kafka_poll(r->rk, 10);
+            continue;
+        }
+        rd_kafka_headers_destroy(h.hdrs);
+        if (permanent(err)) {
+            mark_dead(b, i, "kafka: %s (%s): %zu-byte envelope, kafka.message.max.bytes applies",
+                      rd_kafka_err2name(err), rd_kafka_err2str(err), env_len);
+            return true;
+        }
+        if (err == RD_KAFKA_RESP_ERR__FATAL) {
+            r->fatal = true;
+            return false;
+        }
+        b->state[i] = ROW_RETRY;
+        r->rewind = true;
+        outbox_log(r->conf, 4, FAC, "msg=\"produce failed, will re-send\" id=%lld error=%s",
+                   (long long)b->ids[i], rd_kafka_err2name(err));
+        return true;
+    }
+}
+
+/* Appends "{1,2,3}" of the ids of all in-flight rows to buf (cap bytes); returns its length. */
+static char *inflight_ids_text(relay_t *r) {
+    size_t n = 0;
+    for (int k = 0; k < r->inflight_cnt; k++)
+        n += (size_t)r->inflight[k]->n;
+    char *buf = malloc(n * 21 + 3), *w = buf;
+    if (!buf)
+        return NULL;
+    *w++ = '{';
+    for (int k = 0; k < r->inflight_cnt; k++) {
+        batch_t *b = r->inflight[k];
+        for (int i = 0; i < b->n; i++)
+            w += sprintf(w, "%s%lld", w[-1] == '{' ? "" : ",", (long long)b->ids[i]);
+    }
+    *w++ = '}';
+    *w = '\0';
+    return buf;
+}
+
+/* Claims up to batch_size rows and produces them.  Returns the number claimed, -1 on error. */
+static int claim(relay_t *r) {
+    char limit[16];
+    snprintf(limit, sizeof(limit), "%d", r->batch_size);
+    char *exclude = inflight_ids_text(r);
+    if (!exclude)
+        return -1;
+    const char *params[2] = {exclude, limit};
+    PGresult *res = PQexecParams(r->pg, r->sql_claim, 2, NULL, params, NULL, NULL, 1);
+    free(exclude);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        statement_failed(r, res, "claiming a batch");
+        PQclear(res);
+        return -1;
+    }
+    int n = PQntuples(res);
+    if (n == 0) {
+        PQclear(res);
+        return 0;
+    }
+    batch_t *b = calloc(1, sizeof(*b));
+    slot_t *slots = calloc((size_t)n, sizeof(*slots));
+    if (b) {
+        b->ids = calloc((size_t)n, sizeof(*b->ids));
+        b->state = calloc((size_t)n, 1);
+        b->error = calloc((size_t)n, sizeof(char *));
+    }
+    if (!b || !slots || !b->ids || !b->state || !b->error) {
+        free(slots);
+        if (b)
+            b->res = res;
+        batch_free(b);
+        outbox_log(r->conf, 3, FAC, "msg=\"out of memory claiming a batch\" rows=%d", n);
+        return -1;
+    }
+    b->relay = r;
+    b->res = res;
+    b->n = n;
+    b->claimed_ms = outbox_mono_ms();
+    for (int i = 0; i < n; i++) {
+        uint64_t be;
+        memcpy(&be, PQgetvalue(res, i, 0), 8);
+        b->ids[i] = (int64_t)be64toh(be);
+    }
+    r->inflight[r->inflight_cnt++] = b;
+    b->slots = slots;
+    for (int i = 0; i < n && !r->fatal; i++)
+        if (!produce_row(r, b, &slots[i], i))
+            break;
+    for (int i = 0; i < n; i++)
+        if (r->fatal && b->state[i] == ROW_PENDING && !slots[i].batch)
+            b->state[i] = ROW_RETRY;
+    outbox_log(r->conf, 7, FAC, "msg=\"claimed batch\" rows=%d first_id=%lld last_id=%lld", n,
+               (long long)b->ids[0], (long long)b->ids[n - 1]);
+    return n;
+}
+
+/* ---- settling ------------------------------------------------------------------------------- */
+
+/* Appends s as a quoted element of a text[] literal. */
+static size_t array_elem(char *w, const char *s) {
+    char *start = w;
+    *w++ = '"';
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            *w++ = '\\';
+        *w++ = *s;
+    }
+    *w++ = '"';
+    return (size_t)(w - start);
+}
+
+/* Deletes the acknowledged rows of b and moves its dead rows to dead_letters, in one statement
+ * (so one transaction).  Rows to re-send are left alone.  Returns 0, or -1 to try again later. */
+static int settle(relay_t *r, batch_t *b) {
+    size_t acked = 0, dead = 0, errlen = 0;
+    for (int i = 0; i < b->n; i++) {
+        if (b->state[i] == ROW_ACKED)
+            acked++;
+        else if (b->state[i] == ROW_DEAD) {
+            dead++;
+            errlen += 2 * strlen(b->error[i]) + 4;
+        }
+    }
+    if (!acked && !dead)
+        return 0;
+    char *ack_txt = malloc(acked * 21 + 3), *dead_txt = malloc(dead * 21 + 3),
+         *err_txt = malloc(errlen + 3);
+    if (!ack_txt || !dead_txt || !err_txt) {
+        free(ack_txt);
+        free(dead_txt);
+        free(err_txt);
+        return -1;
+    }
+    char *a = ack_txt, *d = dead_txt, *e = err_txt;
+    *a++ = '{';
+    *d++ = '{';
+    *e++ = '{';
+    for (int i = 0; i < b->n; i++) {
+        if (b->state[i] == ROW_ACKED) {
+            a += sprintf(a, "%s%lld", a[-1] == '{' ? "" : ",", (long long)b->ids[i]);
+        } else if (b->state[i] == ROW_DEAD) {
+            d += sprintf(d, "%s%lld", d[-1] == '{' ? "" : ",", (long long)b->ids[i]);
+            if (e[-1] != '{')
+                *e++ = ',';
+            e += array_elem(e, b->error[i]);
+        }
+    }
+    strcpy(a, "}");
+    strcpy(d, "}");
+    strcpy(e, "}");
+    PGresult *res;
+    if (dead) {
+        const char *p[3] = {ack_txt, dead_txt, err_txt};
+        res = PQexecParams(r->pg, r->sql_dead, 3, NULL, p, NULL, NULL, 0);
+    } else {
+        const char *p[1] = {ack_txt};
+        res = PQexecParams(r->pg, r->sql_delete, 1, NULL, p, NULL, NULL, 0);
+    }
+    int rc = 0;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        statement_failed(r, res, "deleting acknowledged rows");
+        rc = -1;
+    } else {
+        for (int i = 0; i < b->n; i++)
+            if (b->state[i] == ROW_DEAD)
+                outbox_log(r->conf, 3, FAC, "msg=\"dead-lettered a message\" id=%lld error=\"%s\"",
+                           (long long)b->ids[i], b->error[i]);
+        r->dead_lettered += (int64_t)dead;
+    }
+    PQclear(res);
+    free(ack_txt);
+    free(dead_txt);
+    free(err_txt);
+    return rc;
+}
+
+/* Settles and frees every batch whose reports have all arrived. */
+static void settle_done(relay_t *r) {
+    for (int k = 0; k < r->inflight_cnt;) {
+        batch_t *b = r->inflight[k];
+        if (b->pending > 0 || conn_lost(r) || settle(r, b)) {
+            k++;
+            continue;
+        }
+        batch_free(b);
+        memmove(&r->inflight[k], &r->inflight[k + 1], (size_t)(r->inflight_cnt - k - 1) * sizeof(b));
+        r->inflight_cnt--;
+    }
+}
+
+static int outstanding(const relay_t *r) {
+    int n = 0;
+    for (int k = 0; k < r->inflight_cnt; k++)
+        n += r->inflight[k]->pending;
+    return n;
+}
+
+/* Ends the producer: purges what it still holds, then frees every batch (nothing points into
+ * their results any more).  Acknowledged rows that could not be deleted are simply re-sent. */
+static void producer_close(relay_t *r, int wait_ms) {
+    if (!r->rk)
+        return;
+    int64_t deadline = outbox_mono_ms() + wait_ms;
+    while (outstanding(r) > 0 && outbox_mono_ms() < deadline && *r->interrupts < 2) {
+        rd_kafka_poll(r->rk, 50);
+        settle_done(r);
+    }
+    rd_kafka_purge(r->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_poll(r->rk, 0);
+    settle_done(r);
+    rd_kafka_destroy(r->rk);
+    r->rk = NULL;
+    for (int k = 0; k < r->inflight_cnt; k++)
+        batch_free(r->inflight[k]);
+    r->inflight_cnt = 0;
+}
+
+/* ---- the loop ------------------------------------------------------------------------------- */
+
+static void build_sql(relay_t *r) {
+    const char *s = r->schema_q;
+    snprintf(r->sql_claim, sizeof(r->sql_claim),
+             "SELECT id, destination, partition_key, envelope, message_id, message_type"
+             " FROM %s.messages WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $2::int", s);
+    snprintf(r->sql_delete, sizeof(r->sql_delete),
+             "DELETE FROM %s.messages WHERE id = ANY($1::bigint[])", s);
+    snprintf(r->sql_dead, sizeof(r->sql_dead),
+             "WITH acked AS (DELETE FROM %s.messages WHERE id = ANY($1::bigint[])),"
+             " dead AS (DELETE FROM %s.messages m USING unnest($2::bigint[], $3::text[]) AS f(id, err)"
+             "  WHERE m.id = f.id RETURNING m.*, f.err)"
+             " INSERT INTO %s.dead_letters (id, message_id, destination, partition_key, message_type,"
+             "  envelope, created_at, error)"
+             " SELECT id, message_id, destination, partition_key, message_type, envelope, created_at, err"
+             " FROM dead ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now(),"
+             "  attempts = %s.dead_letters.attempts + 1", s, s, s, s);
+}
+
+int relay_run(relay_t *r) {
+    char err[512];
+    size_t n = 0;
+    if (outbox_conf_get(r->conf, "kafka.bootstrap.servers", NULL, &n) != OUTBOX_CONF_OK) {
+        fprintf(stderr, "outbox-relay: kafka.bootstrap.servers is not set: pass "
+                        "-X kafka.bootstrap.servers=host:9092 or put it in the -c file\n");
+        return 2;
+    }
+    r->batch_size = (int)outbox_conf_int(r->conf, "relay.batch.size");
+    r->inflight_max = (int)outbox_conf_int(r->conf, "relay.inflight.batches");
+    r->inflight = calloc((size_t)r->inflight_max, sizeof(*r->inflight));
+    build_sql(r);
+    if (!(r->rk = producer_new(r, err, sizeof(err)))) {
+        fprintf(stderr, "outbox-relay: cannot create the Kafka producer: %s\n", err);
+        free(r->inflight);
+        return 2;
+    }
+    const int64_t poll_min = outbox_conf_int(r->conf, "relay.poll.min.ms");
+    const int64_t poll_max = outbox_conf_int(r->conf, "relay.poll.max.ms");
+    int64_t idle_ms = poll_min, backoff_ms = outbox_conf_int(r->conf, "relay.reconnect.backoff.ms");
+    int64_t rewind_backoff = backoff_ms, last_report = outbox_mono_ms(), reported = 0;
+    outbox_log(r->conf, 6, FAC, "msg=\"relay starting\" version=%s schema=%s batch_size=%d "
+               "inflight_batches=%d", outbox_version_str(), r->schema_q, r->batch_size, r->inflight_max);
+
+    while (!*r->stop) {
+        rd_kafka_poll(r->rk, 0);
+        if (r->fatal) {
+            /* librdkafka 2.0.2 can raise a spurious fatal idempotence error after timeouts:
+             * settle what was acknowledged, then start over with a new producer from the
+             * oldest row still in the table. */
+            producer_close(r, 0);
+            r->fatal = false;
+            r->rewind = false;
+            if (!(r->rk = producer_new(r, err, sizeof(err)))) {
+                outbox_log(r->conf, 2, FAC, "msg=\"cannot re-create the producer\" error=\"%s\"", err);
+                free(r->inflight);
+                return 1;
+            }
+            continue;
+        }
+        if (!ensure_leader(r, &backoff_ms)) {
+            settle_done(r);
+            continue;
+        }
+        settle_done(r);
+        if (conn_lost(r))
+            continue;
+        if (r->rewind) {
+            /* A row failed transiently: let everything in flight settle, then claim again from
+             * the oldest row, so the failed row goes out before anything newer. */
+            if (r->inflight_cnt) {
+                rd_kafka_poll(r->rk, 5);
+                continue;
+            }
+            r->rewind = false;
+            sleep_ms(r, (int)rewind_backoff);
+            rewind_backoff = rewind_backoff * 2 > 5000 ? 5000 : rewind_backoff * 2;
+        }
+        if (r->inflight_cnt >= r->inflight_max) {
+            rd_kafka_poll(r->rk, 1);
+            continue;
+        }
+        int got = claim(r);
+        if (got < 0) {
+            sleep_ms(r, (int)backoff_ms);
+            continue;
+        }
+        if (got == r->batch_size) {
+            idle_ms = poll_min;
+            rewind_backoff = outbox_conf_int(r->conf, "relay.reconnect.backoff.ms");
+        } else if (got > 0) {
+            idle_ms = poll_min;
+            sleep_ms(r, (int)idle_ms);
+        } else {
+            sleep_ms(r, (int)idle_ms);
+            idle_ms = idle_ms * 2 > poll_max ? poll_max : (idle_ms ? idle_ms * 2 : 1);
+        }
+        if (outbox_mono_ms() - last_report >= 10000 && r->published != reported) {
+            outbox_log(r->conf, 6, FAC, "msg=progress published=%lld dead_lettered=%lld inflight=%d",
+                       (long long)r->published, (long long)r->dead_lettered, outstanding(r));
+            reported = r->published;
+            last_report = outbox_mono_ms();
+        }
+    }
+
+    /* Shutdown: no more claims; wait for outstanding acknowledgements, delete what was acked. */
+    outbox_log(r->conf, 6, FAC, "msg=\"shutting down\" outstanding=%d", outstanding(r));
+    if (*r->interrupts >= 2)
+        _exit(130);
+    producer_close(r, (int)outbox_conf_int(r->conf, "relay.shutdown.timeout.ms"));
+    outbox_log(r->conf, 6, FAC, "msg=\"stopped\" published=%lld dead_lettered=%lld",
+               (long long)r->published, (long long)r->dead_lettered);
+    PQfinish(r->pg);
+    free(r->inflight);
+    return 0;
+}

@@ -1,0 +1,216 @@
+/*
+ * outbox-relay: command line, configuration file and signals; the verbs live in drain.c and
+ * admin.c.  Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "relay.h"
+
+static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t interrupt_count;
+
+static void on_signal(int sig) {
+    stop_requested = 1;
+    if (sig == SIGINT)
+        interrupt_count++;
+}
+
+/* Our producer defaults: safe (idempotent, acks from all replicas, never give up on a message
+ * while the broker is away) and fast (batching with a short linger, lz4). */
+static const char *const kafka_defaults[][2] = {
+    {"enable.idempotence", "true"},
+    {"acks", "all"},
+    {"partitioner", "murmur2_random"},
+    {"linger.ms", "5"},
+    {"compression.codec", "lz4"},
+    {"message.timeout.ms", "0"}, /* infinite: a broker outage delays messages, never drops them */
+    {"batch.num.messages", "10000"},
+    {"queue.buffering.max.messages", "1000000"},
+    {"queue.buffering.max.kbytes", "1048576"},
+    {NULL, NULL},
+};
+
+static void usage(FILE *fp) {
+    fprintf(fp,
+            "usage: outbox-relay [-c FILE] [-X key=value]... [run|migrate|status]\n"
+            "       outbox-relay --help | --version\n"
+            "\n"
+            "Publishes the rows of a liboutbox outbox table to Kafka, in id order, deleting each\n"
+            "row once the broker acknowledged it.\n"
+            "\n"
+            "  run       publish until SIGTERM/SIGINT (the default)\n"
+            "  migrate   create or upgrade the outbox schema, then exit\n"
+            "  status    print the backlog, the oldest message's age and the dead letters\n"
+            "  -c FILE   read key=value lines ('#' starts a comment)\n"
+            "  -X k=v    set one key; overrides the file\n"
+            "\n"
+            "Keys and defaults:\n");
+    const outbox_conf_prop_t *p = outbox_conf_props();
+    for (; p->name; p++) {
+        if (!strncmp(p->name, "consumer.", 9) || !strncmp(p->name, "writer.", 7))
+            continue;
+        fprintf(fp, "  %-30s %-14s %s\n", p->name, *p->def ? p->def : "\"\"", p->doc);
+    }
+    fprintf(fp, "  %-30s %-14s %s\n", "kafka.<property>", "", "any librdkafka property, unchanged");
+    fprintf(fp, "\nProducer defaults (override with kafka.<property>):\n");
+    for (int i = 0; kafka_defaults[i][0]; i++)
+        fprintf(fp, "  kafka.%-24s %s\n", kafka_defaults[i][0], kafka_defaults[i][1]);
+    fprintf(fp, "\npg.conninfo falls back to the environment variable OUTBOX_PG_CONNINFO.\n"
+                "kafka.bootstrap.servers is required for run.\n");
+}
+
+rd_kafka_conf_t *relay_kafka_conf(const outbox_conf_t *conf, char *errstr, size_t errstr_size) {
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    for (int i = 0; kafka_defaults[i][0]; i++) {
+        if (rd_kafka_conf_set(kc, kafka_defaults[i][0], kafka_defaults[i][1], errstr, errstr_size) !=
+            RD_KAFKA_CONF_OK)
+            goto fail;
+    }
+    for (size_t i = 0; i < conf->kafka_cnt; i++) {
+        if (rd_kafka_conf_set(kc, conf->kafka[i].key, conf->kafka[i].value, errstr, errstr_size) !=
+            RD_KAFKA_CONF_OK)
+            goto fail;
+    }
+    return kc;
+fail:
+    rd_kafka_conf_destroy(kc);
+    return NULL;
+}
+
+static char *trim(char *s) {
+    while (*s == ' ' || *s == '\t')
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
+        *--e = '\0';
+    return s;
+}
+
+/* Applies "key=value" to conf; where says where it came from for the error message. */
+static int apply(outbox_conf_t *conf, char *kv, const char *where) {
+    char err[512];
+    char *eq = strchr(kv, '=');
+    if (!eq) {
+        fprintf(stderr, "outbox-relay: %s: \"%s\" is not key=value\n", where, kv);
+        return -1;
+    }
+    *eq = '\0';
+    char *key = trim(kv), *value = trim(eq + 1);
+    if (outbox_conf_set(conf, key, value, err, sizeof(err)) != OUTBOX_CONF_OK) {
+        fprintf(stderr, "outbox-relay: %s: %s\n", where, err);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_file(outbox_conf_t *conf, const char *path) {
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        fprintf(stderr, "outbox-relay: cannot read configuration file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    int lineno = 0, rc = 0;
+    while (getline(&line, &cap, fp) >= 0) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        char where[512];
+        snprintf(where, sizeof(where), "%s:%d", path, lineno);
+        if (apply(conf, s, where)) {
+            rc = -1;
+            break;
+        }
+    }
+    free(line);
+    fclose(fp);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    const char *file = NULL, *verb = "run";
+    char **overrides = calloc((size_t)argc, sizeof(char *));
+    int n_over = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--version")) {
+            printf("outbox-relay %s (librdkafka %s, libpq %d)\n", outbox_version_str(),
+                   rd_kafka_version_str(), PQlibVersion());
+            return 0;
+        } else if (!strcmp(a, "-c") || !strcmp(a, "-X")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "outbox-relay: %s needs an argument (see --help)\n", a);
+                return 2;
+            }
+            if (a[1] == 'c')
+                file = argv[++i];
+            else
+                overrides[n_over++] = argv[++i];
+        } else if (!strcmp(a, "run") || !strcmp(a, "migrate") || !strcmp(a, "status")) {
+            verb = a;
+        } else {
+            fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, "
+                            "run, migrate or status; see --help)\n", a);
+            return 2;
+        }
+    }
+
+    outbox_conf_t *conf = outbox_conf_new();
+    if (file && read_file(conf, file))
+        return 2;
+    for (int i = 0; i < n_over; i++) {
+        char where[64];
+        snprintf(where, sizeof(where), "-X argument %d", i + 1);
+        char *copy = outbox_strdup(overrides[i]);
+        int bad = apply(conf, copy, where);
+        free(copy);
+        if (bad)
+            return 2;
+    }
+    free(overrides);
+
+    relay_t r = {0};
+    r.conf = conf;
+    r.conninfo = outbox_conf_str(conf, "pg.conninfo");
+    if (!*r.conninfo && getenv("OUTBOX_PG_CONNINFO"))
+        r.conninfo = getenv("OUTBOX_PG_CONNINFO");
+    if (!*r.conninfo) {
+        fprintf(stderr, "outbox-relay: pg.conninfo is not set: pass -X pg.conninfo=\"host=... "
+                        "dbname=...\", put it in the -c file, or set OUTBOX_PG_CONNINFO\n");
+        return 2;
+    }
+    r.schema = outbox_conf_str(conf, "outbox.schema");
+    r.schema_q = outbox_quote_ident(r.schema);
+    r.stop = &stop_requested;
+    r.interrupts = &interrupt_count;
+
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc;
+    if (!strcmp(verb, "migrate"))
+        rc = relay_migrate(&r);
+    else if (!strcmp(verb, "status"))
+        rc = relay_status(&r);
+    else
+        rc = relay_run(&r);
+    free(r.schema_q);
+    outbox_conf_destroy(conf);
+    return rc;
+}

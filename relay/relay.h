@@ -1,0 +1,75 @@
+/*
+ * outbox-relay internals shared by its files: the relay state, the drain loop's entry points and
+ * the admin verbs.
+ */
+#ifndef OUTBOX_RELAY_H
+#define OUTBOX_RELAY_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <librdkafka/rdkafka.h>
+#include <libpq-fe.h>
+
+#include "outbox_int.h"
+
+/* Row states inside a claimed batch. */
+enum { ROW_PENDING = 0, ROW_ACKED, ROW_DEAD, ROW_RETRY };
+
+typedef struct relay_s relay_t;
+typedef struct slot_s slot_t;
+
+/* One claimed batch: the PGresult owns every payload the producer points into, so it is freed
+ * only when the last delivery report of the batch has arrived. */
+typedef struct {
+    relay_t *relay;
+    PGresult *res;
+    int n;
+    int pending;     /* rows produced whose delivery report has not arrived */
+    int64_t *ids;
+    uint8_t *state;
+    char **error;    /* for ROW_DEAD rows: why (owned) */
+    slot_t *slots;   /* one per row, the opaque of its produced message */
+    int64_t claimed_ms;
+} batch_t;
+
+/* Handed to each produced message as its opaque. */
+struct slot_s {
+    batch_t *batch;
+    int row;
+};
+
+struct relay_s {
+    outbox_conf_t *conf;
+    const char *schema;
+    char *schema_q;
+    char conninfo_safe[64]; /* for logs: never the conninfo itself, which may hold a password */
+    const char *conninfo;
+    PGconn *pg;
+    bool leader;
+    rd_kafka_t *rk;
+    bool fatal;             /* the producer raised a fatal error: re-create it */
+    bool rewind;            /* a row failed transiently: drain, then claim from the oldest row */
+    batch_t **inflight;
+    int inflight_cnt, inflight_max;
+    int batch_size;
+    int64_t published, dead_lettered, duplicates_possible, reconnects;
+    volatile sig_atomic_t *stop; /* > 0: SIGTERM/SIGINT received */
+    volatile sig_atomic_t *interrupts; /* SIGINT count: 2 = exit at once */
+    char sql_claim[512], sql_delete[256], sql_dead[1024];
+};
+
+/* Connects with the relay's session settings; NULL and a logged error on failure. */
+PGconn *relay_connect(relay_t *r);
+/* The advisory lock key of this schema's leadership, as SQL text for hashtextextended(). */
+void relay_lock_name(const relay_t *r, char *out, size_t size);
+
+int relay_run(relay_t *r);
+int relay_status(relay_t *r);
+int relay_migrate(relay_t *r);
+
+/* Producer configuration: our defaults, then every kafka.* key from the conf. */
+rd_kafka_conf_t *relay_kafka_conf(const outbox_conf_t *conf, char *errstr, size_t errstr_size);
+
+#endif
