@@ -4,7 +4,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <endian.h>
 
 #include "outbox_int.h"
 
@@ -46,19 +46,29 @@ static outbox_err_t check_conn(outbox_t *ob, PGconn *conn, const char *fn) {
     }
 }
 
-/* One encoded row: its parameters point into the message and the envelope buffer. */
+/* One encoded row: its parameters point into the message and these binary fields. */
 typedef struct {
     void *env;
     size_t env_len;
-    char created[40];
+    uint8_t uuid[16];   /* binary uuid */
+    uint64_t created;   /* binary timestamptz: big-endian microseconds since 2000-01-01 UTC */
 } row_t;
 
-static void format_created(int64_t us, char out[40]) {
-    time_t s = (time_t)(us / 1000000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    size_t n = strftime(out, 40, "%Y-%m-%d %H:%M:%S", &tm);
-    snprintf(out + n, 40 - n, ".%06ld+00", (long)(us % 1000000));
+/* Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01). */
+#define PG_EPOCH_OFFSET_US INT64_C(946684800000000)
+
+static int hexval(char c) {
+    return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+}
+
+/* The id is ours (validated text); send it binary so the server need not parse it. */
+static void uuid_bin(const char *text, uint8_t out[16]) {
+    for (int i = 0, k = 0; i < 16; i++) {
+        if (text[k] == '-')
+            k++;
+        out[i] = (uint8_t)(hexval(text[k]) << 4 | hexval(text[k + 1]));
+        k += 2;
+    }
 }
 
 static outbox_err_t encode_row(outbox_t *ob, const outbox_message_t *m, size_t idx, const char *fn,
@@ -81,7 +91,8 @@ static outbox_err_t encode_row(outbox_t *ob, const outbox_message_t *m, size_t i
                              "writer.max.message.bytes (and the topic's max.message.bytes); "
                              "nothing was written", fn, m->id, row->env_len, max);
     }
-    format_created(m->created_at_us, row->created);
+    uuid_bin(m->id, row->uuid);
+    row->created = htobe64((uint64_t)(m->created_at_us - PG_EPOCH_OFFSET_US));
     return OUTBOX_OK;
 }
 
@@ -120,20 +131,21 @@ static outbox_err_t insert_chunk(outbox_t *ob, PGconn *conn, const outbox_messag
     for (size_t i = 0; i < n; i++) {
         const outbox_message_t *m = ms[i];
         size_t p = i * COLS_PER_ROW;
-        values[p] = m->id;
+        values[p] = (const char *)rows[i].uuid;
         values[p + 1] = m->destination;
         values[p + 2] = m->key_len ? (const char *)m->key : NULL; /* NULL = no key */
         values[p + 3] = m->type;
         values[p + 4] = rows[i].env;
-        values[p + 5] = rows[i].created;
+        values[p + 5] = (const char *)&rows[i].created;
+        static const int fmt[COLS_PER_ROW] = {1, 0, 1, 0, 1, 1};
         for (size_t k = 0; k < COLS_PER_ROW; k++) {
             lengths[p + k] = 0;
-            formats[p + k] = 0;
+            formats[p + k] = fmt[k];
         }
+        lengths[p] = 16;
         lengths[p + 2] = (int)m->key_len;
-        formats[p + 2] = 1;
         lengths[p + 4] = (int)rows[i].env_len;
-        formats[p + 4] = 1;
+        lengths[p + 5] = 8;
     }
     PGresult *res = PQexecParams(conn, sql, (int)np, NULL, values, lengths, formats, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)

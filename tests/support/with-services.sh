@@ -5,6 +5,7 @@
 #   OUTBOX_TEST_PG       libpq conninfo of the cluster (superuser "postgres", database "postgres")
 #   OUTBOX_TEST_PGCTL    a command line for pg_ctl on this cluster, e.g. "$OUTBOX_TEST_PGCTL restart -m fast"
 #   OUTBOX_TEST_DIR      a scratch directory removed at the end
+# Set OUTBOX_PG_DURABLE=1 for a production-like cluster (fsync on), as the benchmarks do.
 set -euo pipefail
 
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
@@ -53,14 +54,16 @@ port = $port
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$tmp'
 max_connections = 300
-# A throwaway cluster: no fsync (a crash of PostgreSQL alone still loses nothing committed).
-fsync = off
-full_page_writes = off
 shared_buffers = 256MB
 max_wal_size = 4GB
 log_min_messages = warning
 client_min_messages = error
 CONF
+    if [ -z "${OUTBOX_PG_DURABLE:-}" ]; then
+        # A throwaway cluster needs no fsync: a crash of PostgreSQL alone still loses nothing
+        # committed, since the operating system keeps what was written.
+        printf '%s\n' 'fsync = off' 'full_page_writes = off' >>"$pgdata/postgresql.conf"
+    fi
     if $pgctl start >/dev/null 2>&1; then started=1; break; fi
 done
 if [ -z "$started" ]; then
