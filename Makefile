@@ -164,7 +164,7 @@ demo: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCHES)
-	tests/support/with-services.sh tests/bench/run.sh $(B) $(if $(QUICK),quick,full)
+	OUTBOX_PG_DURABLE=1 tests/support/with-services.sh tests/bench/run.sh $(B) $(if $(QUICK),quick,full)
 
 # ---- install -----------------------------------------------------------------------------
 install: lib $(if $(RELAY_SRCS),$(RELAY))

@@ -117,6 +117,15 @@ typedef int(outbox_envscan_header_cb)(const char *name, size_t name_len, const c
 int outbox_envelope_scan(const uint8_t *buf, size_t len, int *kind, outbox_envscan_header_cb *cb,
                          void *opaque);
 
+/* ---- Kafka client configuration (kafka.c) ---- */
+
+/* {key, value, key, value, ..., NULL}: the relay's producer defaults (safe, then fast). */
+const char *const *outbox_kafka_producer_defaults(void);
+/* A librdkafka conf with defaults (a list as above, may be NULL), then every kafka.* key of conf.
+ * NULL with the reason in errstr.  Caller owns. */
+struct rd_kafka_conf_s *outbox_kafka_conf(const outbox_conf_t *conf, const char *const *defaults,
+                                          char *errstr, size_t errstr_size);
+
 /* ---- handles (outbox.c) ---- */
 
 struct outbox_s {

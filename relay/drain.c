@@ -203,7 +203,7 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
 }
 
 static rd_kafka_t *producer_new(relay_t *r, char *err, size_t err_size) {
-    rd_kafka_conf_t *kc = relay_kafka_conf(r->conf, err, err_size);
+    rd_kafka_conf_t *kc = outbox_kafka_conf(r->conf, outbox_kafka_producer_defaults(), err, err_size);
     if (!kc)
         return NULL;
     rd_kafka_conf_set_opaque(kc, r);

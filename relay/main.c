@@ -19,21 +19,6 @@ static void on_signal(int sig) {
         interrupt_count++;
 }
 
-/* Our producer defaults: safe (idempotent, acks from all replicas, never give up on a message
- * while the broker is away) and fast (batching with a short linger, lz4). */
-static const char *const kafka_defaults[][2] = {
-    {"enable.idempotence", "true"},
-    {"acks", "all"},
-    {"partitioner", "murmur2_random"},
-    {"linger.ms", "5"},
-    {"compression.codec", "lz4"},
-    {"message.timeout.ms", "0"}, /* infinite: a broker outage delays messages, never drops them */
-    {"batch.num.messages", "10000"},
-    {"queue.buffering.max.messages", "1000000"},
-    {"queue.buffering.max.kbytes", "1048576"},
-    {NULL, NULL},
-};
-
 static void usage(FILE *fp) {
     fprintf(fp,
             "usage: outbox-relay [-c FILE] [-X key=value]... [run|migrate|status]\n"
@@ -57,28 +42,10 @@ static void usage(FILE *fp) {
     }
     fprintf(fp, "  %-30s %-14s %s\n", "kafka.<property>", "", "any librdkafka property, unchanged");
     fprintf(fp, "\nProducer defaults (override with kafka.<property>):\n");
-    for (int i = 0; kafka_defaults[i][0]; i++)
-        fprintf(fp, "  kafka.%-24s %s\n", kafka_defaults[i][0], kafka_defaults[i][1]);
+    for (const char *const *kv = outbox_kafka_producer_defaults(); kv[0]; kv += 2)
+        fprintf(fp, "  kafka.%-24s %s\n", kv[0], kv[1]);
     fprintf(fp, "\npg.conninfo falls back to the environment variable OUTBOX_PG_CONNINFO.\n"
                 "kafka.bootstrap.servers is required for run.\n");
-}
-
-rd_kafka_conf_t *relay_kafka_conf(const outbox_conf_t *conf, char *errstr, size_t errstr_size) {
-    rd_kafka_conf_t *kc = rd_kafka_conf_new();
-    for (int i = 0; kafka_defaults[i][0]; i++) {
-        if (rd_kafka_conf_set(kc, kafka_defaults[i][0], kafka_defaults[i][1], errstr, errstr_size) !=
-            RD_KAFKA_CONF_OK)
-            goto fail;
-    }
-    for (size_t i = 0; i < conf->kafka_cnt; i++) {
-        if (rd_kafka_conf_set(kc, conf->kafka[i].key, conf->kafka[i].value, errstr, errstr_size) !=
-            RD_KAFKA_CONF_OK)
-            goto fail;
-    }
-    return kc;
-fail:
-    rd_kafka_conf_destroy(kc);
-    return NULL;
 }
 
 static char *trim(char *s) {

@@ -69,7 +69,5 @@ int relay_run(relay_t *r);
 int relay_status(relay_t *r);
 int relay_migrate(relay_t *r);
 
-/* Producer configuration: our defaults, then every kafka.* key from the conf. */
-rd_kafka_conf_t *relay_kafka_conf(const outbox_conf_t *conf, char *errstr, size_t errstr_size);
 
 #endif

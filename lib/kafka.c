@@ -1,0 +1,42 @@
+/*
+ * Kafka client configuration shared by the relay's producer, the consumer and the benchmarks:
+ * our defaults first, then every kafka.* key of the outbox conf, unchanged.
+ */
+#include <librdkafka/rdkafka.h>
+
+#include "outbox_int.h"
+
+/* Safe (idempotent, acks from all in-sync replicas, never give up on a message while the
+ * broker is away) and fast (large batches with a short linger, lz4). */
+static const char *const producer_defaults[] = {
+    "enable.idempotence", "true",
+    "acks", "all",
+    "partitioner", "murmur2_random",
+    "linger.ms", "5",
+    "compression.codec", "lz4",
+    "message.timeout.ms", "0", /* infinite: an outage delays messages, never drops them */
+    "batch.num.messages", "10000",
+    "queue.buffering.max.messages", "1000000",
+    "queue.buffering.max.kbytes", "1048576",
+    NULL,
+};
+
+const char *const *outbox_kafka_producer_defaults(void) {
+    return producer_defaults;
+}
+
+rd_kafka_conf_t *outbox_kafka_conf(const outbox_conf_t *conf, const char *const *defaults,
+                                   char *errstr, size_t errstr_size) {
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    for (const char *const *kv = defaults; kv && kv[0]; kv += 2)
+        if (rd_kafka_conf_set(kc, kv[0], kv[1], errstr, errstr_size) != RD_KAFKA_CONF_OK)
+            goto fail;
+    for (size_t i = 0; conf && i < conf->kafka_cnt; i++)
+        if (rd_kafka_conf_set(kc, conf->kafka[i].key, conf->kafka[i].value, errstr, errstr_size) !=
+            RD_KAFKA_CONF_OK)
+            goto fail;
+    return kc;
+fail:
+    rd_kafka_conf_destroy(kc);
+    return NULL;
+}
