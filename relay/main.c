@@ -103,10 +103,28 @@ static int read_file(outbox_conf_t *conf, const char *path) {
     return rc;
 }
 
+/* Applies the file, then every -X in order, so the command line overrides the file. */
+static int configure(outbox_conf_t *conf, const char *file, int argc, char **argv) {
+    if (file && read_file(conf, file))
+        return -1;
+    for (int i = 1, n = 0; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "-X") && strcmp(argv[i], "-c"))
+            continue;
+        if (!strcmp(argv[i++], "-c"))
+            continue;
+        char where[64];
+        snprintf(where, sizeof(where), "-X argument %d", ++n);
+        char *copy = outbox_strdup(argv[i]);
+        int bad = !copy || apply(conf, copy, where);
+        free(copy);
+        if (bad)
+            return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *file = NULL, *verb = "run";
-    char **overrides = calloc((size_t)argc, sizeof(char *));
-    int n_over = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -122,9 +140,8 @@ int main(int argc, char **argv) {
                 return 2;
             }
             if (a[1] == 'c')
-                file = argv[++i];
-            else
-                overrides[n_over++] = argv[++i];
+                file = argv[i + 1];
+            i++;
         } else if (!strcmp(a, "run") || !strcmp(a, "migrate") || !strcmp(a, "status")) {
             verb = a;
         } else {
@@ -135,20 +152,10 @@ int main(int argc, char **argv) {
     }
 
     outbox_conf_t *conf = outbox_conf_new();
-    if (file && read_file(conf, file))
-        return 2;
-    for (int i = 0; i < n_over; i++) {
-        char where[64];
-        snprintf(where, sizeof(where), "-X argument %d", i + 1);
-        char *copy = outbox_strdup(overrides[i]);
-        int bad = apply(conf, copy, where);
-        free(copy);
-        if (bad)
-            return 2;
-    }
-    free(overrides);
-
     relay_t r = {0};
+    int rc = 2;
+    if (!conf || configure(conf, file, argc, argv))
+        goto done;
     r.conf = conf;
     r.conninfo = outbox_conf_str(conf, "pg.conninfo");
     if (!*r.conninfo && getenv("OUTBOX_PG_CONNINFO"))
@@ -156,7 +163,7 @@ int main(int argc, char **argv) {
     if (!*r.conninfo) {
         fprintf(stderr, "outbox-relay: pg.conninfo is not set: pass -X pg.conninfo=\"host=... "
                         "dbname=...\", put it in the -c file, or set OUTBOX_PG_CONNINFO\n");
-        return 2;
+        goto done;
     }
     r.schema = outbox_conf_str(conf, "outbox.schema");
     r.schema_q = outbox_quote_ident(r.schema);
@@ -170,13 +177,13 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    int rc;
     if (!strcmp(verb, "migrate"))
         rc = relay_migrate(&r);
     else if (!strcmp(verb, "status"))
         rc = relay_status(&r);
     else
         rc = relay_run(&r);
+done:
     free(r.schema_q);
     outbox_conf_destroy(conf);
     return rc;
