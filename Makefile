@@ -55,6 +55,7 @@ PCFILE    := $(B)/liboutbox.pc
 RELAY_SRCS := $(wildcard relay/*.c)
 RELAY     := $(B)/outbox-relay
 MOCK      := $(B)/mock-kafka
+TEST_CONSUMER := $(B)/test-consumer
 TEST_SRCS := $(wildcard tests/check_*.c)
 TESTS     := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
 TESTLIB_SRCS := $(wildcard tests/support/testutil*.c)
@@ -140,7 +141,7 @@ $(B)/bench/%: tests/bench/%.c $(STLIB)
 # ---- examples (the demo) --------------------------------------------------------------------
 EX_GEN_C := $(B)/examples/gen/orders.pb-c.c
 EX_GEN_H := $(B)/examples/gen/orders.pb-c.h
-EXAMPLES := $(B)/examples/order-service $(B)/examples/demo-check
+EXAMPLES := $(B)/examples/order-service $(B)/examples/customer-service $(B)/examples/demo-check
 
 $(EX_GEN_C) $(EX_GEN_H) &: examples/proto/orders.proto | $(DEPCHECK)
 	@mkdir -p $(B)/examples/gen
@@ -151,7 +152,10 @@ $(B)/examples/%: examples/%/*.c $(EX_GEN_C) $(EX_GEN_H) $(STLIB)
 
 examples: $(EXAMPLES)
 
-tests: all $(TESTS)
+$(TEST_CONSUMER): tests/support/test-consumer.c $(STLIB)
+	$(CC) $(PROG_CFLAGS) -o $@ $< $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
+
+tests: all $(TESTS) $(if $(wildcard tests/support/test-consumer.c),$(TEST_CONSUMER))
 
 # ---- running -----------------------------------------------------------------------------
 check: deps

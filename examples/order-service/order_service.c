@@ -1,7 +1,9 @@
 /*
  * Example order service: each order is one transaction that inserts the order row and its
  * orders.OrderCreated event through liboutbox; about one in ten transactions rolls back.
+ * With --consume it instead applies the customer service's credit decisions to its orders.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +24,67 @@ static PGresult *exec_ok(PGconn *conn, const char *sql, int n, const char *const
     return res;
 }
 
+static volatile sig_atomic_t stop;
+
+static void on_signal(int sig) {
+    (void)sig;
+    stop = 1;
+}
+
+/* Approves or rejects the order a credit decision is about, once per decision. */
+static outbox_handler_result_t on_decision(const outbox_message_t *msg, PGconn *conn, void *opaque) {
+    (void)opaque;
+    const char *type = outbox_message_type(msg);
+    int approved = !strcmp(type, "customers.CreditReserved");
+    if (!approved && strcmp(type, "customers.CreditLimitExceeded") != 0)
+        return OUTBOX_HANDLER_OK;
+    size_t len;
+    const void *p = outbox_message_payload(msg, &len);
+    Examples__Orders__CreditDecision *d = examples__orders__credit_decision__unpack(NULL, len, p);
+    if (!d)
+        return OUTBOX_HANDLER_REJECT;
+    char id[32];
+    snprintf(id, sizeof(id), "%lld", (long long)d->order_id);
+    const char *params[2] = {id, approved ? "APPROVED" : "REJECTED"};
+    PGresult *res = PQexecParams(conn,
+                                 "UPDATE orders SET status = $2, decided_at = clock_timestamp() "
+                                 "WHERE id = $1 AND status = 'PENDING'",
+                                 2, NULL, params, NULL, NULL, 0);
+    outbox_handler_result_t r = PQresultStatus(res) == PGRES_COMMAND_OK ? OUTBOX_HANDLER_OK : OUTBOX_HANDLER_RETRY;
+    PQclear(res);
+    examples__orders__credit_decision__free_unpacked(d, NULL);
+    return r;
+}
+
+static int consume(const char *bootstrap) {
+    char err[512];
+    outbox_conf_t *conf = outbox_conf_new();
+    outbox_conf_set(conf, "consumer.group.id", "order-service", err, sizeof(err));
+    if (outbox_conf_set(conf, "kafka.bootstrap.servers", bootstrap, err, sizeof(err)))
+        die("--consume", err);
+    outbox_consumer_t *c = outbox_consumer_new(conf, err, sizeof(err));
+    if (!c)
+        die("consumer", err);
+    const char *topics[] = {"customers"};
+    outbox_consumer_subscribe(c, topics, 1);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    while (!stop)
+        if (outbox_consumer_poll(c, on_decision, NULL, 100) != OUTBOX_OK)
+            fprintf(stderr, "order-service: %s\n", outbox_consumer_errmsg(c));
+    outbox_consumer_stats_t st;
+    outbox_consumer_stats(c, &st);
+    printf("order-service consumer: processed=%lld duplicates=%lld retried=%lld rejected=%lld\n",
+           (long long)st.processed, (long long)st.duplicates, (long long)st.retried, (long long)st.rejected);
+    outbox_consumer_destroy(c);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--consume"))
+        return consume(argv[2]);
     long orders = 10000, customers = 100, rollback_pct = 10;
     const char *out_dir = ".";
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -52,7 +114,8 @@ int main(int argc, char **argv) {
         die("outbox", ob ? outbox_errmsg(ob) : err);
     PQclear(exec_ok(conn,
                     "CREATE TABLE IF NOT EXISTS orders (id bigserial PRIMARY KEY, customer_id text NOT NULL,"
-                    " amount_cents bigint NOT NULL, status text NOT NULL DEFAULT 'PENDING')",
+                    " amount_cents bigint NOT NULL, status text NOT NULL DEFAULT 'PENDING',"
+                    " created_at timestamptz NOT NULL DEFAULT clock_timestamp(), decided_at timestamptz)",
                     0, NULL));
     PQclear(exec_ok(conn,
                     "CREATE TABLE IF NOT EXISTS customers (id text PRIMARY KEY, orders bigint NOT NULL DEFAULT 0)",

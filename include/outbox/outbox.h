@@ -307,6 +307,93 @@ OUTBOX_API outbox_err_t outbox_migrate(outbox_t *ob, PGconn *conn);
  */
 OUTBOX_API outbox_err_t outbox_schema_version(outbox_t *ob, PGconn *conn, int *version);
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* Consuming                                                                                   */
+
+/** What a handler tells the consumer to do with the message it was given. */
+typedef enum {
+    OUTBOX_HANDLER_OK = 0, /**< commit the handler's work and the dedup record, move on */
+    OUTBOX_HANDLER_RETRY,  /**< roll back; redeliver this message after consumer.retry.backoff.ms,
+                                keeping its partition's order */
+    OUTBOX_HANDLER_REJECT, /**< roll back; record it in consumer_dead_letters; move on */
+} outbox_handler_result_t;
+
+/**
+ * Handles one message inside the consumer's transaction on conn: everything done through conn
+ * (including outbox_send()/outbox_reply()) commits together with the record that makes
+ * redeliveries of this message skip the handler.  msg and conn are borrowed for the call: do not
+ * keep them, and do not BEGIN/COMMIT/ROLLBACK on conn.  Called from the thread that called
+ * outbox_consumer_poll().
+ */
+typedef outbox_handler_result_t (*outbox_handler_cb)(const outbox_message_t *msg, PGconn *conn,
+                                                     void *opaque);
+
+/**
+ * A consumer: a Kafka consumer group member plus its own PostgreSQL connection.  Each message is
+ * processed once in effect: BEGIN; record (consumer.group.id, message id) in <schema>.processed
+ * (a duplicate skips the handler); handler; COMMIT; only then is the Kafka offset stored and
+ * committed.  Thread safety: use one consumer from one thread.
+ */
+typedef struct outbox_consumer_s outbox_consumer_t;
+
+/** Counters since the consumer was created. */
+typedef struct {
+    int64_t processed;  /**< handler returned OK and its transaction committed */
+    int64_t duplicates; /**< already processed by this group: handler skipped */
+    int64_t retried;    /**< handler returned RETRY (or its transaction failed) */
+    int64_t rejected;   /**< handler returned REJECT, or the bytes were not an acceptable envelope */
+} outbox_consumer_stats_t;
+
+/**
+ * Creates a consumer.  conf needs consumer.group.id, pg.conninfo (or OUTBOX_PG_CONNINFO) and
+ * kafka.bootstrap.servers; optional: outbox.schema, consumer.schema.major.max,
+ * consumer.retry.backoff.ms, any kafka.* key (defaults: enable.auto.commit=false,
+ * auto.offset.reset=earliest).  Connects to PostgreSQL at once (the schema must be migrated).
+ * conf is owned by the consumer on success.  NULL with the reason in errstr on failure.
+ * Caller owns; free with outbox_consumer_destroy().
+ */
+OUTBOX_API outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t errstr_size);
+
+/** Subscribes to n topics (names copied).  Replaces an earlier subscription. */
+OUTBOX_API outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const char *const *topics, size_t n);
+
+/**
+ * Waits up to timeout_ms for messages and processes every message that is ready (at most 1000
+ * per call), calling handler for each new one.  Returns OUTBOX_OK, or an error when PostgreSQL or
+ * Kafka failed (the message in hand is redelivered; call again to continue, it reconnects).
+ * Bad input on the topic never fails the call: it is recorded as rejected and skipped.
+ */
+OUTBOX_API outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handler, void *opaque,
+                                             int timeout_ms);
+
+/** Copies the counters into *stats. */
+OUTBOX_API void outbox_consumer_stats(const outbox_consumer_t *c, outbox_consumer_stats_t *stats);
+
+/** The consumer's last error message ("" if none).  Borrowed: valid until the next call on c. */
+OUTBOX_API const char *outbox_consumer_errmsg(const outbox_consumer_t *c);
+
+/** Commits stored offsets, leaves the group cleanly, closes the connection and frees c.
+ *  NULL is a no-op. */
+OUTBOX_API void outbox_consumer_destroy(outbox_consumer_t *c);
+
+/**
+ * Sends, through the outbox and so inside the handler's transaction on conn, a REPLY to request's
+ * reply_to channel with correlation_id = the request's id and the request's key (type and payload
+ * copied).  OUTBOX_ERR_INVALID_ARG if request is not a COMMAND or has no reply_to.
+ */
+OUTBOX_API outbox_err_t outbox_reply(outbox_t *ob, PGconn *conn, const outbox_message_t *request,
+                                     const char *type, const void *payload, size_t len);
+
+/**
+ * Deletes processed-message records older than max_age_s seconds, in batches, on conn (idle or in
+ * a transaction) and sets *deleted (may be NULL).  A record must outlive every possible
+ * redelivery of its message: choose max_age_s above the topic's retention.ms (plus the longest
+ * consumer downtime you tolerate), or a redelivered old message would run its handler again.
+ */
+OUTBOX_API outbox_err_t outbox_processed_prune(outbox_t *ob, PGconn *conn, int64_t max_age_s,
+                                               int64_t *deleted);
+
 #ifdef __cplusplus
 }
 #endif

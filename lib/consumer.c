@@ -1,0 +1,540 @@
+/*
+ * The consumer: each Kafka message is processed once in effect, by recording its id in
+ * <schema>.processed in the same PostgreSQL transaction as the handler's work, and committing the
+ * Kafka offset only after that transaction committed.  Also outbox_reply() and pruning.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "outbox_int.h"
+
+#define FAC "CONSUMER"
+#define MAX_PER_POLL 1000
+
+typedef struct {
+    char *topic;
+    int32_t partition;
+    int64_t resume_ms;
+} paused_t;
+
+struct outbox_consumer_s {
+    outbox_conf_t *conf;
+    char *group;
+    char *conninfo;
+    char *schema_q;
+    PGconn *pg;
+    rd_kafka_t *rk;
+    outbox_consumer_stats_t stats;
+    paused_t *paused;
+    size_t paused_cnt, paused_cap;
+    int major_max;
+    int retry_backoff_ms;
+    char sql_dedup[256];
+    char sql_reject[512];
+    char errstr[OUTBOX_ERRSTR_SIZE];
+};
+
+static const char *const consumer_defaults[] = {
+    "enable.auto.commit", "false",
+    "auto.offset.reset", "earliest",
+    /* Offsets are stored by us, after the message's transaction committed. */
+    "enable.auto.offset.store", "false",
+    NULL,
+};
+
+static outbox_err_t cerr(outbox_consumer_t *c, outbox_err_t err, const char *fmt, ...)
+    OUTBOX_PRINTF(3, 4);
+static outbox_err_t cerr(outbox_consumer_t *c, outbox_err_t err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->errstr, sizeof(c->errstr), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
+                         void *opaque) {
+    outbox_consumer_t *c = opaque;
+    bool cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        if (cooperative)
+            rd_kafka_error_destroy(rd_kafka_incremental_assign(rk, parts));
+        else
+            rd_kafka_assign(rk, parts);
+        outbox_log(c->conf, 6, FAC, "msg=\"partitions assigned\" count=%d", parts->cnt);
+        return;
+    }
+    /* Revoked: commit what our committed transactions covered before another member takes over. */
+    rd_kafka_commit(rk, NULL, 0);
+    for (size_t i = 0; i < c->paused_cnt; i++)
+        free(c->paused[i].topic);
+    c->paused_cnt = 0;
+    if (cooperative)
+        rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, parts));
+    else
+        rd_kafka_assign(rk, NULL);
+    outbox_log(c->conf, 6, FAC, "msg=\"partitions revoked\" count=%d", parts->cnt);
+}
+
+static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    outbox_consumer_t *c = rd_kafka_opaque(rk);
+    outbox_log(c->conf, level, "KAFKA", "msg=\"%s\" kafka_fac=%s", buf, fac);
+}
+
+static bool pg_ensure(outbox_consumer_t *c) {
+    if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
+        return true;
+    PQfinish(c->pg);
+    c->pg = PQconnectdb(c->conninfo);
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        cerr(c, OUTBOX_ERR_CONNECTION, "cannot connect to PostgreSQL: %s", PQerrorMessage(c->pg));
+        PQfinish(c->pg);
+        c->pg = NULL;
+        return false;
+    }
+    return true;
+}
+
+outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t errstr_size) {
+    if (!conf) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: conf is NULL; set at least "
+                        "consumer.group.id, pg.conninfo and kafka.bootstrap.servers");
+        return NULL;
+    }
+    const char *group = outbox_conf_str(conf, "consumer.group.id");
+    if (!*group) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: consumer.group.id is not set; it "
+                        "names the Kafka consumer group and the duplicate-detection namespace");
+        return NULL;
+    }
+    const char *ci = outbox_conf_str(conf, "pg.conninfo");
+    if (!*ci && getenv("OUTBOX_PG_CONNINFO"))
+        ci = getenv("OUTBOX_PG_CONNINFO");
+    if (!*ci) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: pg.conninfo is not set (nor "
+                        "OUTBOX_PG_CONNINFO): the consumer needs its own PostgreSQL connection");
+        return NULL;
+    }
+    size_t n = 0;
+    if (outbox_conf_get(conf, "kafka.bootstrap.servers", NULL, &n) != OUTBOX_CONF_OK) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: kafka.bootstrap.servers is not set");
+        return NULL;
+    }
+    outbox_consumer_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: out of memory");
+        return NULL;
+    }
+    c->group = outbox_strdup(group);
+    c->conninfo = outbox_strdup(ci);
+    c->schema_q = outbox_quote_ident(outbox_conf_str(conf, "outbox.schema"));
+    c->major_max = (int)outbox_conf_int(conf, "consumer.schema.major.max");
+    c->retry_backoff_ms = (int)outbox_conf_int(conf, "consumer.retry.backoff.ms");
+    if (!c->group || !c->conninfo || !c->schema_q) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: out of memory");
+        goto fail;
+    }
+    snprintf(c->sql_dedup, sizeof(c->sql_dedup),
+             "INSERT INTO %s.processed (consumer, message_id) VALUES ($1, $2::uuid) ON CONFLICT DO NOTHING",
+             c->schema_q);
+    snprintf(c->sql_reject, sizeof(c->sql_reject),
+             "INSERT INTO %s.consumer_dead_letters (consumer, message_id, reason, raw, topic, "
+             "kafka_partition, kafka_offset) VALUES ($1, $2, $3, $4, $5, $6, $7)", c->schema_q);
+    c->pg = PQconnectdb(c->conninfo);
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: cannot connect to PostgreSQL: %s",
+                        PQerrorMessage(c->pg));
+        goto fail;
+    }
+    rd_kafka_conf_t *kc = outbox_kafka_conf(conf, consumer_defaults, errstr, errstr_size);
+    if (!kc)
+        goto fail;
+    char why[256];
+    if (rd_kafka_conf_set(kc, "group.id", group, why, sizeof(why)) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(kc, "enable.auto.offset.store", "false", why, sizeof(why)) != RD_KAFKA_CONF_OK) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: %s", why);
+        rd_kafka_conf_destroy(kc);
+        goto fail;
+    }
+    rd_kafka_conf_set_opaque(kc, c);
+    rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
+    rd_kafka_conf_set_log_cb(kc, kafka_log_cb);
+    c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, why, sizeof(why));
+    if (!c->rk) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: %s", why);
+        rd_kafka_conf_destroy(kc);
+        goto fail;
+    }
+    rd_kafka_poll_set_consumer(c->rk);
+    c->conf = conf; /* owned from here on */
+    return c;
+fail:
+    PQfinish(c->pg);
+    free(c->group);
+    free(c->conninfo);
+    free(c->schema_q);
+    free(c);
+    return NULL;
+}
+
+void outbox_consumer_destroy(outbox_consumer_t *c) {
+    if (!c)
+        return;
+    if (c->rk) {
+        rd_kafka_commit(c->rk, NULL, 0);
+        rd_kafka_consumer_close(c->rk);
+        rd_kafka_destroy(c->rk);
+    }
+    PQfinish(c->pg);
+    for (size_t i = 0; i < c->paused_cnt; i++)
+        free(c->paused[i].topic);
+    free(c->paused);
+    free(c->group);
+    free(c->conninfo);
+    free(c->schema_q);
+    outbox_conf_destroy(c->conf);
+    free(c);
+}
+
+const char *outbox_consumer_errmsg(const outbox_consumer_t *c) {
+    return c ? c->errstr : "consumer handle is NULL";
+}
+
+void outbox_consumer_stats(const outbox_consumer_t *c, outbox_consumer_stats_t *stats) {
+    if (c && stats)
+        *stats = c->stats;
+}
+
+outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const char *const *topics, size_t n) {
+    if (!c)
+        return OUTBOX_ERR_INVALID_ARG;
+    if (!topics || !n)
+        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: no topics given");
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
+    for (size_t i = 0; i < n; i++) {
+        char why[160];
+        if (!topics[i] || !outbox_topic_valid(topics[i], why, sizeof(why))) {
+            rd_kafka_topic_partition_list_destroy(l);
+            return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: topic %zu \"%s\" %s", i,
+                        topics[i] ? topics[i] : "(null)", topics[i] ? why : "is NULL");
+        }
+        rd_kafka_topic_partition_list_add(l, topics[i], RD_KAFKA_PARTITION_UA);
+    }
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(c->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err)
+        return cerr(c, OUTBOX_ERR_KAFKA, "outbox_consumer_subscribe: %s", rd_kafka_err2str(err));
+    return OUTBOX_OK;
+}
+
+/* ---- per-message processing ----------------------------------------------------------------- */
+
+static void store_offset(outbox_consumer_t *c, const rd_kafka_message_t *m) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(m->rkt), m->partition)->offset = m->offset + 1;
+    rd_kafka_offsets_store(c->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Rewinds the message's partition to it, so it is delivered again (and nothing after it first);
+ * with pause_ms > 0 the partition also rests that long. */
+static void redeliver(outbox_consumer_t *c, const rd_kafka_message_t *m, int pause_ms) {
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, topic, m->partition)->offset = m->offset;
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(c->rk, l, 5000);
+    if (e) {
+        outbox_log(c->conf, 3, FAC, "msg=\"seek failed\" topic=%s partition=%d offset=%lld error=\"%s\"",
+                   topic, (int)m->partition, (long long)m->offset, rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    }
+    if (pause_ms > 0 && rd_kafka_pause_partitions(c->rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (c->paused_cnt == c->paused_cap) {
+            size_t cap = c->paused_cap ? c->paused_cap * 2 : 8;
+            paused_t *p = realloc(c->paused, cap * sizeof(*p));
+            if (p) {
+                c->paused = p;
+                c->paused_cap = cap;
+            }
+        }
+        if (c->paused_cnt < c->paused_cap) {
+            c->paused[c->paused_cnt].topic = outbox_strdup(topic);
+            c->paused[c->paused_cnt].partition = m->partition;
+            c->paused[c->paused_cnt].resume_ms = outbox_mono_ms() + pause_ms;
+            c->paused_cnt++;
+        } else {
+            rd_kafka_resume_partitions(c->rk, l); /* cannot track it: do not leave it paused */
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void resume_due(outbox_consumer_t *c) {
+    int64_t now = outbox_mono_ms();
+    for (size_t i = 0; i < c->paused_cnt;) {
+        if (c->paused[i].resume_ms > now) {
+            i++;
+            continue;
+        }
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, c->paused[i].topic, c->paused[i].partition);
+        rd_kafka_resume_partitions(c->rk, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        free(c->paused[i].topic);
+        c->paused[i] = c->paused[--c->paused_cnt];
+    }
+}
+
+static bool exec_ok(outbox_consumer_t *c, const char *sql) {
+    PGresult *res = PQexec(c->pg, sql);
+    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        cerr(c, PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION, "%s failed: %s",
+             sql, PQresultErrorMessage(res));
+    PQclear(res);
+    return ok;
+}
+
+/* The Kafka "id" header, if it is plain enough to store as text. */
+static const char *header_id(const rd_kafka_message_t *m, char out[65]) {
+    rd_kafka_headers_t *h = NULL;
+    const void *v;
+    size_t len;
+    if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_last(h, "id", &v, &len) || !v || len > 64)
+        return NULL;
+    for (size_t i = 0; i < len; i++)
+        if (((const unsigned char *)v)[i] < 0x20 || ((const unsigned char *)v)[i] > 0x7e)
+            return NULL;
+    memcpy(out, v, len);
+    out[len] = '\0';
+    return out;
+}
+
+/* Records a rejected message (with its raw bytes) and, when it has a valid id, marks it processed
+ * so a redelivery is skipped; one transaction.  Returns false when PostgreSQL failed. */
+static bool record_rejected(outbox_consumer_t *c, const rd_kafka_message_t *m, const char *msg_id,
+                            bool valid_id, const char *reason) {
+    char part[16], off[24];
+    snprintf(part, sizeof(part), "%d", (int)m->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)m->offset);
+    const char *p[7] = {c->group, msg_id, reason, m->payload ? m->payload : "", rd_kafka_topic_name(m->rkt),
+                        part, off};
+    int lens[7] = {0, 0, 0, (int)m->len, 0, 0, 0};
+    int fmts[7] = {0, 0, 0, 1, 0, 0, 0};
+    if (!exec_ok(c, "BEGIN"))
+        return false;
+    PGresult *res = PQexecParams(c->pg, c->sql_reject, 7, NULL, p, lens, fmts, 0);
+    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        cerr(c, OUTBOX_ERR_PG, "recording a rejected message failed: %s", PQresultErrorMessage(res));
+    PQclear(res);
+    if (ok && valid_id) {
+        const char *d[2] = {c->group, msg_id};
+        res = PQexecParams(c->pg, c->sql_dedup, 2, NULL, d, NULL, NULL, 0);
+        ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        if (!ok)
+            cerr(c, OUTBOX_ERR_PG, "recording a rejected message failed: %s", PQresultErrorMessage(res));
+        PQclear(res);
+    }
+    if (!ok) {
+        PQclear(PQexec(c->pg, "ROLLBACK"));
+        return false;
+    }
+    if (!exec_ok(c, "COMMIT"))
+        return false;
+    c->stats.rejected++;
+    outbox_log(c->conf, 4, FAC, "msg=\"rejected a message\" topic=%s partition=%d offset=%lld id=%s "
+               "reason=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
+               msg_id ? msg_id : "-", reason);
+    return true;
+}
+
+/* A PostgreSQL failure while processing m: roll back, redeliver m later, report the error. */
+static outbox_err_t pg_failed(outbox_consumer_t *c, const rd_kafka_message_t *m) {
+    if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
+        PQclear(PQexec(c->pg, "ROLLBACK"));
+    redeliver(c, m, c->retry_backoff_ms);
+    outbox_log(c->conf, 3, FAC, "msg=\"processing failed, will redeliver\" topic=%s partition=%d "
+               "offset=%lld error=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition,
+               (long long)m->offset, c->errstr);
+    return c->pg && PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION;
+}
+
+static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, outbox_handler_cb handler,
+                            void *opaque) {
+    char reason[300], hid[65];
+    outbox_message_t *msg = NULL;
+    if (!pg_ensure(c)) {
+        redeliver(c, m, c->retry_backoff_ms);
+        return OUTBOX_ERR_CONNECTION;
+    }
+    if (outbox_message_decode(&msg, m->payload, m->len, reason, sizeof(reason)) != OUTBOX_OK) {
+        if (!record_rejected(c, m, header_id(m, hid), false, reason))
+            return pg_failed(c, m);
+        store_offset(c, m);
+        return OUTBOX_OK;
+    }
+    if (c->major_max > 0 && atoi(msg->schema_version) > c->major_max) {
+        snprintf(reason, sizeof(reason), "schema version %s of %s has a major version above "
+                 "consumer.schema.major.max=%d", msg->schema_version, msg->type, c->major_max);
+        bool ok = record_rejected(c, m, msg->id, true, reason);
+        outbox_message_destroy(msg);
+        if (!ok)
+            return pg_failed(c, m);
+        store_offset(c, m);
+        return OUTBOX_OK;
+    }
+    if (!exec_ok(c, "BEGIN")) {
+        outbox_message_destroy(msg);
+        return pg_failed(c, m);
+    }
+    const char *d[2] = {c->group, msg->id};
+    PGresult *res = PQexecParams(c->pg, c->sql_dedup, 2, NULL, d, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        cerr(c, OUTBOX_ERR_PG, "recording message %s as processed failed: %s", msg->id,
+             PQresultErrorMessage(res));
+        PQclear(res);
+        outbox_message_destroy(msg);
+        return pg_failed(c, m);
+    }
+    bool duplicate = strcmp(PQcmdTuples(res), "1") != 0;
+    PQclear(res);
+    if (duplicate) {
+        PQclear(PQexec(c->pg, "ROLLBACK"));
+        c->stats.duplicates++;
+        outbox_log(c->conf, 7, FAC, "msg=\"duplicate skipped\" id=%s", msg->id);
+        outbox_message_destroy(msg);
+        store_offset(c, m);
+        return OUTBOX_OK;
+    }
+    outbox_handler_result_t r = handler(msg, c->pg, opaque);
+    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    outbox_err_t err = OUTBOX_OK;
+    if (r == OUTBOX_HANDLER_OK && ts == PQTRANS_INTRANS) {
+        if (exec_ok(c, "COMMIT")) {
+            c->stats.processed++;
+            store_offset(c, m);
+        } else {
+            c->stats.retried++;
+            err = pg_failed(c, m);
+        }
+    } else if (r == OUTBOX_HANDLER_OK && ts == PQTRANS_IDLE) {
+        /* The handler committed itself: its work and the dedup record went together. */
+        outbox_log(c->conf, 4, FAC, "msg=\"handler ended the transaction itself\" id=%s", msg->id);
+        c->stats.processed++;
+        store_offset(c, m);
+    } else if (r == OUTBOX_HANDLER_REJECT) {
+        PQclear(PQexec(c->pg, "ROLLBACK"));
+        if (record_rejected(c, m, msg->id, true, "rejected by the handler"))
+            store_offset(c, m);
+        else
+            err = pg_failed(c, m);
+    } else {
+        /* RETRY, or OK with a failed transaction: roll back and deliver this message again. */
+        if (r == OUTBOX_HANDLER_OK)
+            outbox_log(c->conf, 4, FAC, "msg=\"handler returned OK but its transaction failed; "
+                       "retrying\" id=%s", msg->id);
+        if (ts != PQTRANS_IDLE)
+            PQclear(PQexec(c->pg, "ROLLBACK"));
+        c->stats.retried++;
+        redeliver(c, m, c->retry_backoff_ms);
+    }
+    outbox_message_destroy(msg);
+    return err;
+}
+
+outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handler, void *opaque,
+                                  int timeout_ms) {
+    if (!c)
+        return OUTBOX_ERR_INVALID_ARG;
+    if (!handler)
+        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_poll: handler is NULL");
+    c->errstr[0] = '\0';
+    resume_due(c);
+    outbox_err_t err = OUTBOX_OK;
+    int done = 0;
+    rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, timeout_ms < 0 ? 0 : timeout_ms);
+    while (m) {
+        if (m->err) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                outbox_log(c->conf, 4, FAC, "msg=\"consumer error\" error=%s reason=\"%s\"",
+                           rd_kafka_err2name(m->err), rd_kafka_message_errstr(m));
+        } else {
+            err = process(c, m, handler, opaque);
+            done++;
+        }
+        rd_kafka_message_destroy(m);
+        if (err || done >= MAX_PER_POLL)
+            break;
+        m = rd_kafka_consumer_poll(c->rk, 0);
+    }
+    if (done)
+        rd_kafka_commit(c->rk, NULL, 1); /* the offsets stored after each committed transaction */
+    return err;
+}
+
+/* ---- replies and retention ------------------------------------------------------------------ */
+
+outbox_err_t outbox_reply(outbox_t *ob, PGconn *conn, const outbox_message_t *request, const char *type,
+                          const void *payload, size_t len) {
+    if (!ob)
+        return OUTBOX_ERR_INVALID_ARG;
+    if (!request || request->kind != OUTBOX_COMMAND || !request->reply_to || !*request->reply_to)
+        return outbox_seterr(ob, OUTBOX_ERR_INVALID_ARG,
+                             "outbox_reply: request %s; replies answer a COMMAND that has a reply_to channel",
+                             !request ? "is NULL" : request->kind != OUTBOX_COMMAND ? "is not a COMMAND"
+                                                                                     : "has no reply_to");
+    outbox_message_t *r;
+    char why[OUTBOX_ERRSTR_SIZE];
+    outbox_err_t err = outbox_message_create(&r, OUTBOX_REPLY, request->reply_to, type, why, sizeof(why));
+    if (err)
+        return outbox_seterr(ob, err, "outbox_reply: %s", why);
+    err = outbox_message_set_correlation_id(r, request->id);
+    if (!err)
+        err = outbox_message_set_key(r, request->key, request->key_len);
+    if (!err)
+        err = outbox_message_set_payload(r, payload, len);
+    if (err) {
+        outbox_message_destroy(r);
+        return outbox_seterr(ob, err, "outbox_reply: %s", payload || !len ? "out of memory" : "payload is NULL");
+    }
+    err = outbox_send(ob, conn, r);
+    outbox_message_destroy(r);
+    return err;
+}
+
+outbox_err_t outbox_processed_prune(outbox_t *ob, PGconn *conn, int64_t max_age_s, int64_t *deleted) {
+    if (!ob)
+        return OUTBOX_ERR_INVALID_ARG;
+    if (!conn || max_age_s < 0)
+        return outbox_seterr(ob, OUTBOX_ERR_INVALID_ARG, "outbox_processed_prune: %s",
+                             !conn ? "conn is NULL" : "max_age_s is negative");
+    char sql[512], age[32];
+    /* Batches keep each statement short, so pruning a large table never holds locks for long. */
+    snprintf(sql, sizeof(sql),
+             "DELETE FROM %s.processed WHERE ctid = ANY (ARRAY(SELECT ctid FROM %s.processed "
+             "WHERE processed_at < now() - $1::bigint * interval '1 second' LIMIT 10000))",
+             ob->schema_q, ob->schema_q);
+    snprintf(age, sizeof(age), "%lld", (long long)max_age_s);
+    const char *p[1] = {age};
+    int64_t total = 0;
+    for (;;) {
+        PGresult *res = PQexecParams(conn, sql, 1, NULL, p, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            outbox_err_t err = outbox_seterr_pg(ob, conn, res, "pruning processed records");
+            PQclear(res);
+            return err;
+        }
+        int64_t n = atoll(PQcmdTuples(res));
+        PQclear(res);
+        total += n;
+        if (n < 10000)
+            break;
+    }
+    if (deleted)
+        *deleted = total;
+    return OUTBOX_OK;
+}
