@@ -28,6 +28,9 @@ TEST_PKGS := check
 # Deferred (=) so that a machine without the packages can still run `make deps` and `make clean`.
 PKG_CFLAGS  = $(shell $(PKG_CONFIG) --cflags $(LIB_PKGS) 2>/dev/null)
 PKG_LIBS    = $(shell $(PKG_CONFIG) --libs $(LIB_PKGS) 2>/dev/null)
+# The relay alone serves HTTP (metrics and health).
+MHD_CFLAGS  = $(shell $(PKG_CONFIG) --cflags libmicrohttpd 2>/dev/null)
+MHD_LIBS    = $(shell $(PKG_CONFIG) --libs libmicrohttpd 2>/dev/null)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags $(TEST_PKGS) 2>/dev/null)
 CHECK_LIBS   = $(shell $(PKG_CONFIG) --libs $(TEST_PKGS) 2>/dev/null)
 
@@ -123,7 +126,7 @@ $(PCFILE): $(HDR) Makefile | $(DEPCHECK)
 # ---- programs ----------------------------------------------------------------------------
 # Programs link the static library: the relay uses internal helpers that the .so does not export.
 $(RELAY): $(RELAY_SRCS) $(wildcard relay/*.h) $(STLIB)
-	$(CC) $(PROG_CFLAGS) -o $@ $(RELAY_SRCS) $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
+	$(CC) $(PROG_CFLAGS) $(MHD_CFLAGS) -o $@ $(RELAY_SRCS) $(STLIB) $(LINK_FLAGS) $(PKG_LIBS) $(MHD_LIBS)
 
 $(MOCK): tests/support/mock-kafka.c | $(DEPCHECK)
 	@mkdir -p $(@D)

@@ -70,6 +70,9 @@ char *outbox_strdup(const char *s);
 char *outbox_quote_ident(const char *ident);
 /* 1 if s is a valid Kafka topic name, else 0 and the reason in why. */
 int outbox_topic_valid(const char *s, char *why, size_t why_size);
+/* Copies s into out (size bytes) fit for a quoted logfmt value: '"' becomes '\'', line breaks
+ * become spaces, trailing blanks go.  Returns out. */
+const char *outbox_logfmt_value(const char *s, char *out, size_t size);
 /* Microseconds since the Unix epoch. */
 int64_t outbox_now_us(void);
 /* Milliseconds of a monotonic clock. */

@@ -77,6 +77,18 @@ int outbox_topic_valid(const char *s, char *why, size_t why_size) {
     return 1;
 }
 
+const char *outbox_logfmt_value(const char *s, char *out, size_t size) {
+    size_t n = 0;
+    if (!size)
+        return out;
+    for (; s && *s && n + 1 < size; s++)
+        out[n++] = *s == '"' ? '\'' : (*s == '\n' || *s == '\r') ? ' ' : *s;
+    while (n && out[n - 1] == ' ')
+        n--;
+    out[n] = '\0';
+    return out;
+}
+
 int64_t outbox_now_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

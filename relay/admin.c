@@ -3,6 +3,7 @@
  * the current leader).
  */
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "relay.h"
@@ -36,13 +37,49 @@ static PGresult *query(PGconn *pg, const char *sql, int nparams, const char *con
     return res;
 }
 
-int relay_status(relay_t *r) {
+/* Writes s as a JSON string (quoted, escaped). */
+static void json_str(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+int relay_status(relay_t *r, int argc, const char **argv) {
+    bool json = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            json = true;
+        } else {
+            fprintf(stderr, "outbox-relay: status: unknown argument \"%s\" (expected --json)\n", argv[i]);
+            return 2;
+        }
+    }
     PGconn *pg = relay_connect(r);
     if (!pg)
         return 1;
     char sql[1024], lock[160];
-    int rc = 1;
+    int rc = 1, version = 0;
     PGresult *a = NULL, *b = NULL, *c = NULL;
+    char err[256];
+    outbox_conf_t *conf = outbox_conf_dup(r->conf);
+    outbox_t *ob = outbox_new(conf, err, sizeof(err));
+    if (!ob || outbox_schema_version(ob, pg, &version) != OUTBOX_OK) {
+        fprintf(stderr, "outbox-relay: status: %s\n", ob ? outbox_errmsg(ob) : err);
+        goto done;
+    }
+    if (version == 0) {
+        fprintf(stderr, "outbox-relay: status: schema %s does not exist; run outbox-relay migrate\n",
+                r->schema_q);
+        goto done;
+    }
     snprintf(sql, sizeof(sql),
              "SELECT count(*), coalesce(round(extract(epoch FROM now() - min(created_at))::numeric, 3), 0)"
              " FROM %s.messages", r->schema_q);
@@ -60,20 +97,145 @@ int relay_status(relay_t *r) {
                     " AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
                     1, p)))
         goto done;
-    printf("schema:        %s\n", r->schema_q);
-    printf("backlog:       %s\n", PQgetvalue(a, 0, 0));
-    printf("oldest_age_s:  %s\n", PQgetvalue(a, 0, 1));
-    printf("dead_letters:  %s\n", PQgetvalue(b, 0, 0));
-    if (PQntuples(c))
-        printf("leader:        %s pid=%s host=%s\n", PQgetvalue(c, 0, 0), PQgetvalue(c, 0, 1),
-               PQgetvalue(c, 0, 2));
-    else
-        printf("leader:        none\n");
+    if (json) {
+        printf("{\"schema\":");
+        json_str(r->schema);
+        printf(",\"schema_version\":%d,\"backlog\":%s,\"oldest_age_seconds\":%s,\"dead_letters\":%s,"
+               "\"leader\":", version, PQgetvalue(a, 0, 0), PQgetvalue(a, 0, 1), PQgetvalue(b, 0, 0));
+        if (PQntuples(c)) {
+            printf("{\"application_name\":");
+            json_str(PQgetvalue(c, 0, 0));
+            printf(",\"pid\":%s,\"host\":", PQgetvalue(c, 0, 1));
+            json_str(PQgetvalue(c, 0, 2));
+            printf("}");
+        } else {
+            printf("null");
+        }
+        printf("}\n");
+    } else {
+        printf("schema:          %s (version %d)\n", r->schema_q, version);
+        printf("backlog:         %s\n", PQgetvalue(a, 0, 0));
+        printf("oldest_age_s:    %s\n", PQgetvalue(a, 0, 1));
+        printf("dead_letters:    %s\n", PQgetvalue(b, 0, 0));
+        if (PQntuples(c))
+            printf("leader:          %s pid=%s host=%s\n", PQgetvalue(c, 0, 0), PQgetvalue(c, 0, 1),
+                   PQgetvalue(c, 0, 2));
+        else
+            printf("leader:          none\n");
+    }
     rc = 0;
 done:
     PQclear(a);
     PQclear(b);
     PQclear(c);
+    outbox_destroy(ob);
+    PQfinish(pg);
+    return rc;
+}
+
+static int dl_list(relay_t *r, PGconn *pg, const char *limit) {
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT id, coalesce(message_id::text, ''), destination, coalesce(message_type, ''),"
+             " to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), attempts,"
+             " octet_length(envelope), error FROM %s.dead_letters ORDER BY id LIMIT $1::bigint", r->schema_q);
+    const char *p[1] = {limit};
+    PGresult *res = query(pg, sql, 1, p);
+    if (!res)
+        return 1;
+    printf("%-10s %-36s %-24s %-24s %-20s %-8s %-9s %s\n", "ID", "MESSAGE_ID", "DESTINATION", "TYPE",
+           "FAILED_AT", "ATTEMPTS", "BYTES", "ERROR");
+    for (int i = 0; i < PQntuples(res); i++)
+        printf("%-10s %-36s %-24.24s %-24.24s %-20s %-8s %-9s %s\n", PQgetvalue(res, i, 0),
+               PQgetvalue(res, i, 1), PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
+               PQgetvalue(res, i, 5), PQgetvalue(res, i, 6), PQgetvalue(res, i, 7));
+    printf("(%d dead letter%s)\n", PQntuples(res), PQntuples(res) == 1 ? "" : "s");
+    PQclear(res);
+    return 0;
+}
+
+/* Retry: move rows back to the outbox in one statement (so one transaction); they get new ids
+ * and go out after what is already queued.  Drop: delete them. */
+static int dl_move(relay_t *r, PGconn *pg, bool retry, const char *id) {
+    char sql[1024];
+    const char *where = id ? "WHERE id = $1::bigint" : "";
+    if (retry)
+        snprintf(sql, sizeof(sql),
+                 "WITH d AS (DELETE FROM %s.dead_letters %s RETURNING *)"
+                 " INSERT INTO %s.messages (message_id, destination, partition_key, message_type, envelope,"
+                 " created_at) SELECT coalesce(message_id, gen_random_uuid()), destination, partition_key,"
+                 " coalesce(message_type, ''), envelope, created_at FROM d ORDER BY id",
+                 r->schema_q, where, r->schema_q);
+    else
+        snprintf(sql, sizeof(sql), "DELETE FROM %s.dead_letters %s", r->schema_q, where);
+    const char *p[1] = {id};
+    PGresult *res = PQexecParams(pg, sql, id ? 1 : 0, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        fprintf(stderr, "outbox-relay: dead-letters %s failed: %s", retry ? "retry" : "drop",
+                PQresultErrorMessage(res));
+        PQclear(res);
+        return 1;
+    }
+    long n = atol(PQcmdTuples(res));
+    PQclear(res);
+    if (id && n == 0) {
+        fprintf(stderr, "outbox-relay: no dead letter with id %s in %s.dead_letters (see dead-letters list)\n",
+                id, r->schema_q);
+        return 1;
+    }
+    printf("%s %ld dead letter%s\n", retry ? "moved back to the outbox:" : "dropped:", n, n == 1 ? "" : "s");
+    return 0;
+}
+
+static bool is_id(const char *s) {
+    if (!*s || strlen(s) > 18)
+        return false;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return false;
+    return true;
+}
+
+int relay_dead_letters(relay_t *r, int argc, const char **argv) {
+    static const char usage[] = "expected: dead-letters list [--limit N] | retry ID|--all | drop ID|--all --yes";
+    if (argc < 1) {
+        fprintf(stderr, "outbox-relay: dead-letters needs a command; %s\n", usage);
+        return 2;
+    }
+    const char *cmd = argv[0], *limit = "100", *id = NULL;
+    bool all = false, yes = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--limit") && i + 1 < argc && is_id(argv[i + 1]) && !strcmp(cmd, "list"))
+            limit = argv[++i];
+        else if (!strcmp(argv[i], "--all"))
+            all = true;
+        else if (!strcmp(argv[i], "--yes"))
+            yes = true;
+        else if (is_id(argv[i]) && !id)
+            id = argv[i];
+        else {
+            fprintf(stderr, "outbox-relay: dead-letters %s: bad argument \"%s\"; %s\n", cmd, argv[i], usage);
+            return 2;
+        }
+    }
+    bool list = !strcmp(cmd, "list"), retry = !strcmp(cmd, "retry"), drop = !strcmp(cmd, "drop");
+    if (!list && !retry && !drop) {
+        fprintf(stderr, "outbox-relay: dead-letters: unknown command \"%s\"; %s\n", cmd, usage);
+        return 2;
+    }
+    if (!list && !!id == all) {
+        fprintf(stderr, "outbox-relay: dead-letters %s: give one ID or --all; %s\n", cmd, usage);
+        return 2;
+    }
+    if (drop && all && !yes) {
+        fprintf(stderr, "outbox-relay: dead-letters drop --all deletes every dead letter for good; "
+                        "add --yes to confirm\n");
+        return 2;
+    }
+    PGconn *pg = relay_connect(r);
+    if (!pg)
+        return 1;
+    int rc = list ? dl_list(r, pg, limit) : dl_move(r, pg, retry, id);
     PQfinish(pg);
     return rc;
 }

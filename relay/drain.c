@@ -31,12 +31,9 @@ PGconn *relay_connect(relay_t *r) {
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (PQstatus(pg) != CONNECTION_OK) {
         /* libpq's message names host and port but never the password. */
-        char *msg = outbox_strdup(PQerrorMessage(pg));
-        for (char *p = msg; p && *p; p++)
-            if (*p == '\n' || *p == '"')
-                *p = ' ';
-        outbox_log(r->conf, 3, FAC, "msg=\"cannot connect to PostgreSQL\" error=\"%s\"", msg ? msg : "");
-        free(msg);
+        char msg[512];
+        outbox_log(r->conf, 3, FAC, "msg=\"cannot connect to PostgreSQL\" error=\"%s\"",
+                   outbox_logfmt_value(PQerrorMessage(pg), msg, sizeof(msg)));
         PQfinish(pg);
         return NULL;
     }
@@ -58,6 +55,8 @@ static bool conn_lost(relay_t *r) {
 }
 
 static void drop_session(relay_t *r, const char *why) {
+    atomic_store(&r->metrics.pg_ok, 0);
+    atomic_store(&r->metrics.is_leader, 0);
     if (r->pg) {
         outbox_log(r->conf, 3, FAC, "msg=\"lost the PostgreSQL session\" leader=%s error=\"%s\"",
                    r->leader ? "true" : "false", why);
@@ -70,10 +69,7 @@ static void drop_session(relay_t *r, const char *why) {
 /* Logs a failed statement; drops the session when the connection is gone. */
 static void statement_failed(relay_t *r, PGresult *res, const char *what) {
     char msg[512];
-    outbox_snprintf(msg, sizeof(msg), "%s", res ? PQresultErrorMessage(res) : PQerrorMessage(r->pg));
-    for (char *p = msg; *p; p++)
-        if (*p == '\n' || *p == '"')
-            *p = ' ';
+    outbox_logfmt_value(res ? PQresultErrorMessage(res) : PQerrorMessage(r->pg), msg, sizeof(msg));
     if (conn_lost(r)) {
         drop_session(r, msg);
         return;
@@ -97,6 +93,7 @@ static bool ensure_leader(relay_t *r, int64_t *backoff_ms) {
         if (r->pg)
             drop_session(r, PQerrorMessage(r->pg));
         r->pg = relay_connect(r);
+        atomic_store(&r->metrics.pg_ok, r->pg != NULL);
         if (!r->pg) {
             r->reconnects++;
             sleep_ms(r, (int)*backoff_ms);
@@ -105,6 +102,8 @@ static bool ensure_leader(relay_t *r, int64_t *backoff_ms) {
             return false;
         }
         *backoff_ms = outbox_conf_int(r->conf, "relay.reconnect.backoff.ms");
+        if (r->connections++ > 0)
+            atomic_fetch_add(&r->metrics.pg_reconnects, 1);
         outbox_log(r->conf, 6, FAC, "msg=\"connected to PostgreSQL\" schema=%s", r->schema_q);
     }
     char lock[160];
@@ -118,6 +117,7 @@ static bool ensure_leader(relay_t *r, int64_t *backoff_ms) {
         return false;
     }
     r->leader = PQgetvalue(res, 0, 0)[0] == 't';
+    atomic_store(&r->metrics.is_leader, r->leader);
     PQclear(res);
     if (r->leader) {
         outbox_log(r->conf, 5, FAC, "msg=\"became the leader\" schema=%s pid=%d", r->schema_q,
@@ -171,7 +171,14 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     if (!m->err) {
         b->state[s->row] = ROW_ACKED;
         r->published++;
-    } else if (permanent(m->err)) {
+        atomic_fetch_add(&r->metrics.published, 1);
+        r->last_delivery_ms = outbox_mono_ms();
+        atomic_store(&r->metrics.kafka_ok, 1);
+        b->pending--;
+        return;
+    }
+    metrics_delivery_error(&r->metrics, m->err);
+    if (permanent(m->err)) {
         mark_dead(b, s->row, "kafka: %s (%s)", rd_kafka_err2name(m->err), rd_kafka_err2str(m->err));
     } else {
         /* Transient or local (purge, timeout): keep the row and re-send from it. */
@@ -185,6 +192,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     relay_t *r = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        atomic_store(&r->metrics.kafka_ok, 0);
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char why[512];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
@@ -416,8 +425,10 @@ static int settle(relay_t *r, batch_t *b) {
             errlen += 2 * strlen(b->error[i]) + 4;
         }
     }
-    if (!acked && !dead)
+    if (!acked && !dead) {
+        metrics_observe_batch(&r->metrics, (double)(outbox_mono_ms() - b->claimed_ms) / 1000.0);
         return 0;
+    }
     char *ack_txt = malloc(acked * 21 + 3), *dead_txt = malloc(dead * 21 + 3),
          *err_txt = malloc(errlen + 3);
     if (!ack_txt || !dead_txt || !err_txt) {
@@ -456,11 +467,16 @@ static int settle(relay_t *r, batch_t *b) {
         statement_failed(r, res, "deleting acknowledged rows");
         rc = -1;
     } else {
-        for (int i = 0; i < b->n; i++)
-            if (b->state[i] == ROW_DEAD)
+        for (int i = 0; i < b->n; i++) {
+            if (b->state[i] == ROW_DEAD) {
+                char safe[512];
                 outbox_log(r->conf, 3, FAC, "msg=\"dead-lettered a message\" id=%lld error=\"%s\"",
-                           (long long)b->ids[i], b->error[i]);
+                           (long long)b->ids[i], outbox_logfmt_value(b->error[i], safe, sizeof(safe)));
+            }
+        }
         r->dead_lettered += (int64_t)dead;
+        atomic_fetch_add(&r->metrics.dead_lettered, (int64_t)dead);
+        metrics_observe_batch(&r->metrics, (double)(outbox_mono_ms() - b->claimed_ms) / 1000.0);
     }
     PQclear(res);
     free(ack_txt);
@@ -510,6 +526,51 @@ static void producer_close(relay_t *r, int wait_ms) {
     r->inflight_cnt = 0;
 }
 
+/* ---- sampling for metrics ------------------------------------------------------------------- */
+
+/* Backlog and oldest age for the metrics endpoint, every 2 s: two index probes, and an exact
+ * count only when the id range says the backlog is small.  Also checks the broker when no
+ * delivery report has arrived for a while. */
+static void sample(relay_t *r) {
+    int64_t now = outbox_mono_ms();
+    if (!r->mhd || now < r->next_sample_ms)
+        return;
+    r->next_sample_ms = now + 2000;
+    if (!conn_lost(r)) {
+        char sql[512];
+        snprintf(sql, sizeof(sql),
+                 "SELECT (SELECT id FROM %1$s.messages ORDER BY id LIMIT 1),"
+                 " (SELECT id FROM %1$s.messages ORDER BY id DESC LIMIT 1),"
+                 " (SELECT (extract(epoch FROM now() - created_at) * 1000)::bigint FROM %1$s.messages"
+                 "  ORDER BY id LIMIT 1)", r->schema_q);
+        PGresult *res = PQexec(r->pg, sql);
+        if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+            int64_t lo = atoll(PQgetvalue(res, 0, 0)), hi = atoll(PQgetvalue(res, 0, 1));
+            int64_t backlog = PQgetisnull(res, 0, 0) ? 0 : hi - lo + 1;
+            atomic_store(&r->metrics.oldest_age_ms, atoll(PQgetvalue(res, 0, 2)));
+            PQclear(res);
+            res = NULL;
+            if (backlog > 0 && backlog <= 10000) {
+                snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s.messages", r->schema_q);
+                res = PQexec(r->pg, sql);
+                if (PQresultStatus(res) == PGRES_TUPLES_OK)
+                    backlog = atoll(PQgetvalue(res, 0, 0));
+            }
+            atomic_store(&r->metrics.backlog, backlog);
+        } else {
+            statement_failed(r, res, "sampling the backlog");
+        }
+        PQclear(res);
+    }
+    if (now - r->last_delivery_ms > 2000) {
+        const struct rd_kafka_metadata *md;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(r->rk, 0, NULL, &md, 500);
+        if (!err)
+            rd_kafka_metadata_destroy(md);
+        atomic_store(&r->metrics.kafka_ok, err == RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+}
+
 /* ---- the loop ------------------------------------------------------------------------------- */
 
 static void build_sql(relay_t *r) {
@@ -551,11 +612,19 @@ int relay_run(relay_t *r) {
     const int64_t poll_max = outbox_conf_int(r->conf, "relay.poll.max.ms");
     int64_t idle_ms = poll_min, backoff_ms = outbox_conf_int(r->conf, "relay.reconnect.backoff.ms");
     int64_t rewind_backoff = backoff_ms, last_report = outbox_mono_ms(), reported = 0;
+    pthread_mutex_init(&r->metrics.lock, NULL);
+    if (metrics_start(r, err, sizeof(err))) {
+        fprintf(stderr, "outbox-relay: %s\n", err);
+        producer_close(r, 0);
+        free(r->inflight);
+        return 2;
+    }
     outbox_log(r->conf, 6, FAC, "msg=\"relay starting\" version=%s schema=%s batch_size=%d "
                "inflight_batches=%d", outbox_version_str(), r->schema_q, r->batch_size, r->inflight_max);
 
     while (!*r->stop) {
         rd_kafka_poll(r->rk, 0);
+        sample(r);
         if (r->fatal) {
             /* librdkafka 2.0.2 can raise a spurious fatal idempotence error after timeouts:
              * settle what was acknowledged, then start over with a new producer from the
@@ -622,6 +691,7 @@ int relay_run(relay_t *r) {
     producer_close(r, (int)outbox_conf_int(r->conf, "relay.shutdown.timeout.ms"));
     outbox_log(r->conf, 6, FAC, "msg=\"stopped\" published=%lld dead_lettered=%lld",
                (long long)r->published, (long long)r->dead_lettered);
+    metrics_stop(r);
     PQfinish(r->pg);
     free(r->inflight);
     return 0;

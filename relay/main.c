@@ -29,7 +29,11 @@ static void usage(FILE *fp) {
             "\n"
             "  run       publish until SIGTERM/SIGINT (the default)\n"
             "  migrate   create or upgrade the outbox schema, then exit\n"
-            "  status    print the backlog, the oldest message's age and the dead letters\n"
+            "  status [--json]\n"
+            "            print the backlog, the oldest message's age, the dead letters, the leader\n"
+            "  dead-letters list [--limit N]\n"
+            "  dead-letters retry ID|--all      move dead letters back to the outbox (new ids)\n"
+            "  dead-letters drop ID|--all --yes delete dead letters\n"
             "  -c FILE   read key=value lines ('#' starts a comment)\n"
             "  -X k=v    set one key; overrides the file\n"
             "\n"
@@ -125,6 +129,8 @@ static int configure(outbox_conf_t *conf, const char *file, int argc, char **arg
 
 int main(int argc, char **argv) {
     const char *file = NULL, *verb = "run";
+    const char *vargs[16];
+    int nvargs = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -142,8 +148,16 @@ int main(int argc, char **argv) {
             if (a[1] == 'c')
                 file = argv[i + 1];
             i++;
-        } else if (!strcmp(a, "run") || !strcmp(a, "migrate") || !strcmp(a, "status")) {
+        } else if (nvargs == 0 && strcmp(verb, "run") == 0 &&
+                   (!strcmp(a, "run") || !strcmp(a, "migrate") || !strcmp(a, "status") ||
+                    !strcmp(a, "dead-letters"))) {
             verb = a;
+        } else if (strcmp(verb, "status") == 0 || strcmp(verb, "dead-letters") == 0) {
+            if (nvargs == (int)(sizeof(vargs) / sizeof(vargs[0]))) {
+                fprintf(stderr, "outbox-relay: too many arguments for %s\n", verb);
+                return 2;
+            }
+            vargs[nvargs++] = a; /* checked by the verb */
         } else {
             fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, "
                             "run, migrate or status; see --help)\n", a);
@@ -180,7 +194,9 @@ int main(int argc, char **argv) {
     if (!strcmp(verb, "migrate"))
         rc = relay_migrate(&r);
     else if (!strcmp(verb, "status"))
-        rc = relay_status(&r);
+        rc = relay_status(&r, nvargs, vargs);
+    else if (!strcmp(verb, "dead-letters"))
+        rc = relay_dead_letters(&r, nvargs, vargs);
     else
         rc = relay_run(&r);
 done:

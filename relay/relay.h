@@ -5,7 +5,9 @@
 #ifndef OUTBOX_RELAY_H
 #define OUTBOX_RELAY_H
 
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -40,6 +42,22 @@ struct slot_s {
     int row;
 };
 
+#define METRICS_BUCKETS 11
+#define METRICS_ERR_CODES 32
+
+/* Figures the drain loop writes and the metrics thread reads. */
+typedef struct {
+    _Atomic int64_t published, dead_lettered, pg_reconnects, backlog, oldest_age_ms;
+    _Atomic int64_t batch_buckets[METRICS_BUCKETS], batch_count, batch_sum_us;
+    _Atomic int is_leader, pg_ok, kafka_ok;
+    pthread_mutex_t lock; /* guards errs */
+    struct {
+        int code;
+        int64_t count;
+    } errs[METRICS_ERR_CODES];
+    int err_cnt;
+} relay_metrics_t;
+
 struct relay_s {
     outbox_conf_t *conf;
     const char *schema;
@@ -54,10 +72,15 @@ struct relay_s {
     batch_t **inflight;
     int inflight_cnt, inflight_max;
     int batch_size;
-    int64_t published, dead_lettered, duplicates_possible, reconnects;
+    int64_t published, dead_lettered, reconnects;
+    int connections;            /* successful connects; all but the first are reconnects */
     volatile sig_atomic_t *stop; /* > 0: SIGTERM/SIGINT received */
     volatile sig_atomic_t *interrupts; /* SIGINT count: 2 = exit at once */
     char sql_claim[512], sql_delete[256], sql_dead[1024];
+    relay_metrics_t metrics;
+    struct MHD_Daemon *mhd;
+    int64_t next_sample_ms;     /* when to sample backlog and broker reachability again */
+    int64_t last_delivery_ms;   /* last successful delivery report */
 };
 
 /* Connects with the relay's session settings; NULL and a logged error on failure. */
@@ -66,7 +89,14 @@ PGconn *relay_connect(relay_t *r);
 void relay_lock_name(const relay_t *r, char *out, size_t size);
 
 int relay_run(relay_t *r);
-int relay_status(relay_t *r);
+
+/* metrics.c: serve metrics.listen (no-op when empty); 0, or -1 with the reason in err. */
+int metrics_start(relay_t *r, char *err, size_t err_size);
+void metrics_stop(relay_t *r);
+void metrics_observe_batch(relay_metrics_t *m, double seconds);
+void metrics_delivery_error(relay_metrics_t *m, int err);
+int relay_status(relay_t *r, int argc, const char **argv);
+int relay_dead_letters(relay_t *r, int argc, const char **argv);
 int relay_migrate(relay_t *r);
 
 

@@ -19,6 +19,7 @@ need libpq-dev pc libpq
 need librdkafka-dev pc rdkafka
 need libprotobuf-c-dev pc libprotobuf-c
 need protobuf-c-compiler command -v protoc-c
+need libmicrohttpd-dev pc libmicrohttpd
 if [ "$mode" != check ]; then
     # Only the tests, the demo and the benchmarks need these.
     need check pc check

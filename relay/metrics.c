@@ -1,0 +1,182 @@
+/*
+ * Metrics and health over HTTP (libmicrohttpd, its own thread): Prometheus text on /metrics,
+ * liveness on /healthz, readiness on /readyz.  The drain loop writes the figures with atomics;
+ * the HTTP thread only reads them, so a scrape never touches PostgreSQL or the producer.
+ */
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <microhttpd.h>
+
+#include "relay.h"
+
+static const double buckets[METRICS_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+void metrics_observe_batch(relay_metrics_t *m, double seconds) {
+    for (int i = 0; i < METRICS_BUCKETS; i++)
+        if (seconds <= buckets[i])
+            atomic_fetch_add(&m->batch_buckets[i], 1);
+    atomic_fetch_add(&m->batch_count, 1);
+    atomic_fetch_add(&m->batch_sum_us, (int64_t)(seconds * 1e6));
+}
+
+void metrics_delivery_error(relay_metrics_t *m, int err) {
+    pthread_mutex_lock(&m->lock);
+    int i = 0;
+    while (i < m->err_cnt && m->errs[i].code != err)
+        i++;
+    if (i == m->err_cnt && i < METRICS_ERR_CODES) {
+        m->errs[i].code = err;
+        m->errs[i].count = 0;
+        m->err_cnt++;
+    }
+    if (i < METRICS_ERR_CODES)
+        m->errs[i].count++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} sbuf_t;
+
+static void put(sbuf_t *b, const char *fmt, ...) OUTBOX_PRINTF(2, 3);
+static void put(sbuf_t *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = (b->cap + (size_t)n) * 2;
+        char *nb = realloc(b->buf, cap);
+        if (!nb)
+            return;
+        b->buf = nb;
+        b->cap = cap;
+    }
+}
+
+static void render(relay_t *r, sbuf_t *b) {
+    relay_metrics_t *m = &r->metrics;
+    put(b, "# HELP outbox_relay_published_total Messages acknowledged by the broker.\n"
+           "# TYPE outbox_relay_published_total counter\noutbox_relay_published_total %lld\n",
+        (long long)atomic_load(&m->published));
+    put(b, "# HELP outbox_relay_dead_letters_total Messages moved to dead_letters.\n"
+           "# TYPE outbox_relay_dead_letters_total counter\noutbox_relay_dead_letters_total %lld\n",
+        (long long)atomic_load(&m->dead_lettered));
+    put(b, "# HELP outbox_backlog_messages Rows waiting in the outbox (exact below 10000, else the id range).\n"
+           "# TYPE outbox_backlog_messages gauge\noutbox_backlog_messages %lld\n",
+        (long long)atomic_load(&m->backlog));
+    put(b, "# HELP outbox_oldest_message_age_seconds Age of the oldest row in the outbox.\n"
+           "# TYPE outbox_oldest_message_age_seconds gauge\noutbox_oldest_message_age_seconds %.3f\n",
+        (double)atomic_load(&m->oldest_age_ms) / 1000.0);
+    put(b, "# HELP outbox_relay_is_leader 1 while this relay holds the leadership lock.\n"
+           "# TYPE outbox_relay_is_leader gauge\noutbox_relay_is_leader %d\n", atomic_load(&m->is_leader));
+    put(b, "# HELP outbox_relay_pg_reconnects_total Connections to PostgreSQL made after the first.\n"
+           "# TYPE outbox_relay_pg_reconnects_total counter\noutbox_relay_pg_reconnects_total %lld\n",
+        (long long)atomic_load(&m->pg_reconnects));
+    put(b, "# HELP outbox_relay_batch_duration_seconds From claiming a batch to deleting its acknowledged rows.\n"
+           "# TYPE outbox_relay_batch_duration_seconds histogram\n");
+    for (int i = 0; i < METRICS_BUCKETS; i++)
+        put(b, "outbox_relay_batch_duration_seconds_bucket{le=\"%g\"} %lld\n", buckets[i],
+            (long long)atomic_load(&m->batch_buckets[i]));
+    long long count = (long long)atomic_load(&m->batch_count);
+    put(b, "outbox_relay_batch_duration_seconds_bucket{le=\"+Inf\"} %lld\n", count);
+    put(b, "outbox_relay_batch_duration_seconds_sum %.6f\noutbox_relay_batch_duration_seconds_count %lld\n",
+        (double)atomic_load(&m->batch_sum_us) / 1e6, count);
+    put(b, "# HELP outbox_relay_delivery_errors_total Failed deliveries by librdkafka error code.\n"
+           "# TYPE outbox_relay_delivery_errors_total counter\n");
+    pthread_mutex_lock(&m->lock);
+    for (int i = 0; i < m->err_cnt; i++)
+        put(b, "outbox_relay_delivery_errors_total{code=\"%s\"} %lld\n",
+            rd_kafka_err2name((rd_kafka_resp_err_t)m->errs[i].code), (long long)m->errs[i].count);
+    pthread_mutex_unlock(&m->lock);
+}
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type, char *body,
+                             size_t len) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    MHD_add_response_header(resp, "Content-Type", type);
+    enum MHD_Result ret = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **ctx) {
+    (void)version;
+    (void)upload;
+    (void)upload_size;
+    (void)ctx;
+    relay_t *r = cls;
+    if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+        return reply(conn, 405, "text/plain", outbox_strdup("method not allowed\n"), 19);
+    if (!strcmp(url, "/metrics")) {
+        sbuf_t b = {malloc(4096), 0, 4096};
+        if (!b.buf)
+            return MHD_NO;
+        render(r, &b);
+        return reply(conn, 200, "text/plain; version=0.0.4", b.buf, b.len);
+    }
+    if (!strcmp(url, "/healthz"))
+        return reply(conn, 200, "text/plain", outbox_strdup("ok\n"), 3);
+    if (!strcmp(url, "/readyz")) {
+        int pg = atomic_load(&r->metrics.pg_ok), kafka = atomic_load(&r->metrics.kafka_ok);
+        int leader = atomic_load(&r->metrics.is_leader);
+        char *body = malloc(128);
+        if (!body)
+            return MHD_NO;
+        int n = snprintf(body, 128, "%s postgresql=%s kafka=%s role=%s\n", pg && kafka ? "ready" : "not ready",
+                         pg ? "up" : "down", kafka ? "up" : "down", leader ? "leader" : "standby");
+        return reply(conn, pg && kafka ? 200 : 503, "text/plain", body, (size_t)n);
+    }
+    return reply(conn, 404, "text/plain", outbox_strdup("not found: try /metrics, /healthz, /readyz\n"), 43);
+}
+
+int metrics_start(relay_t *r, char *err, size_t err_size) {
+    const char *listen = outbox_conf_str(r->conf, "metrics.listen");
+    if (!*listen)
+        return 0;
+    char host[64];
+    const char *colon = strrchr(listen, ':');
+    long port = colon ? strtol(colon + 1, NULL, 10) : 0;
+    size_t hl = colon ? (size_t)(colon - listen) : 0;
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    if (!colon || hl >= sizeof(host) || port < 1 || port > 65535) {
+        outbox_snprintf(err, err_size, "metrics.listen=\"%s\" is not host:port (e.g. 127.0.0.1:9187)", listen);
+        return -1;
+    }
+    memcpy(host, listen, hl);
+    host[hl] = '\0';
+    if (!*host || !strcmp(host, "*"))
+        strcpy(host, "0.0.0.0");
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        outbox_snprintf(err, err_size, "metrics.listen=\"%s\": \"%s\" is not an IPv4 address", listen, host);
+        return -1;
+    }
+    sa.sin_port = htons((uint16_t)port);
+    r->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)port, NULL, NULL, on_request, r,
+                              MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_TIMEOUT,
+                              (unsigned)10, MHD_OPTION_END);
+    if (!r->mhd) {
+        outbox_snprintf(err, err_size, "metrics.listen=\"%s\": cannot listen there (in use, or not an "
+                        "address of this machine)", listen);
+        return -1;
+    }
+    outbox_log(r->conf, 6, "METRICS", "msg=\"serving metrics\" listen=%s", listen);
+    return 0;
+}
+
+void metrics_stop(relay_t *r) {
+    if (r->mhd)
+        MHD_stop_daemon(r->mhd);
+    r->mhd = NULL;
+}
