@@ -5,6 +5,9 @@ PREFIX   ?= /usr/local
 LIBDIR   ?= $(PREFIX)/lib
 INCDIR   ?= $(PREFIX)/include
 BINDIR   ?= $(PREFIX)/bin
+MANDIR   ?= $(PREFIX)/share/man
+DATADIR  ?= $(PREFIX)/share/liboutbox
+UNITDIR  ?= $(PREFIX)/lib/systemd/system
 DESTDIR  ?=
 CC       ?= cc
 WERROR   ?= 1
@@ -69,7 +72,7 @@ DEPCHECK  := $(B)/.depcheck
 .PHONY: all lib relay tests examples check bench demo deps install uninstall clean help
 .DEFAULT_GOAL := all
 
-all: lib $(if $(RELAY_SRCS),$(RELAY)) $(MOCK)
+all: lib $(RELAY) $(MOCK)
 
 lib: $(SHLIB) $(STLIB) $(PCFILE)
 
@@ -174,7 +177,7 @@ bench: deps
 	OUTBOX_PG_DURABLE=1 tests/support/with-services.sh tests/bench/run.sh $(B) $(if $(QUICK),quick,full)
 
 # ---- install -----------------------------------------------------------------------------
-install: lib $(if $(RELAY_SRCS),$(RELAY))
+install: lib $(RELAY)
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/outbox $(DESTDIR)$(BINDIR)
 	install -m 644 $(HDR) $(DESTDIR)$(INCDIR)/outbox/
 	install -m 755 $(SHLIB) $(DESTDIR)$(LIBDIR)/
@@ -182,11 +185,18 @@ install: lib $(if $(RELAY_SRCS),$(RELAY))
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liboutbox.so
 	install -m 644 $(STLIB) $(DESTDIR)$(LIBDIR)/
 	install -m 644 $(PCFILE) $(DESTDIR)$(LIBDIR)/pkgconfig/
-	$(if $(RELAY_SRCS),install -m 755 $(RELAY) $(DESTDIR)$(BINDIR)/)
+	install -m 755 $(RELAY) $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DATADIR) $(DESTDIR)$(UNITDIR)
+	install -m 644 relay/outbox-relay.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 relay/relay.conf $(DESTDIR)$(DATADIR)/relay.conf.example
+	sed 's|@BINDIR@|$(BINDIR)|' relay/outbox-relay.service > $(DESTDIR)$(UNITDIR)/outbox-relay.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/outbox-relay.service
 
 uninstall:
 	rm -f $(DESTDIR)$(INCDIR)/outbox/outbox.h $(DESTDIR)$(LIBDIR)/liboutbox.* \
-	  $(DESTDIR)$(LIBDIR)/pkgconfig/liboutbox.pc $(DESTDIR)$(BINDIR)/outbox-relay
+	  $(DESTDIR)$(LIBDIR)/pkgconfig/liboutbox.pc $(DESTDIR)$(BINDIR)/outbox-relay \
+	  $(DESTDIR)$(MANDIR)/man1/outbox-relay.1 $(DESTDIR)$(DATADIR)/relay.conf.example \
+	  $(DESTDIR)$(UNITDIR)/outbox-relay.service
 
 clean:
 	rm -rf build

@@ -239,3 +239,75 @@ int relay_dead_letters(relay_t *r, int argc, const char **argv) {
     PQfinish(pg);
     return rc;
 }
+
+/* Appends ident quoted as an SQL literal ('it''s') to out. */
+static void print_literal(const char *s) {
+    putchar('\'');
+    for (; *s; s++) {
+        if (*s == '\'')
+            putchar('\'');
+        putchar(*s);
+    }
+    putchar('\'');
+}
+
+static void print_role(const char *role, const char *what) {
+    char *q = outbox_quote_ident(role);
+    printf("-- %s\nDO $outbox$ BEGIN\n  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = ", what);
+    print_literal(role);
+    printf(") THEN\n    CREATE ROLE %s LOGIN;\n  END IF;\nEND $outbox$;\n", q);
+    free(q);
+}
+
+/* Prints the SQL that creates least-privilege roles for this schema: a writer may only insert
+ * into the outbox; the relay may read and delete outbox rows and write dead letters; a consumer
+ * may record processed messages and rejections. */
+int relay_grants(relay_t *r, int argc, const char **argv) {
+    const char *writer = NULL, *relay = NULL, *consumer = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char **dst = !strcmp(argv[i], "--writer") ? &writer : !strcmp(argv[i], "--relay") ? &relay
+                           : !strcmp(argv[i], "--consumer") ? &consumer : NULL;
+        if (!dst || i + 1 >= argc || !*argv[i + 1] || strlen(argv[i + 1]) > OUTBOX_IDENT_MAX) {
+            fprintf(stderr, "outbox-relay: grants: bad argument \"%s\"; expected --writer ROLE, --relay ROLE "
+                            "and/or --consumer ROLE (role names of 1 to %d bytes)\n", argv[i], OUTBOX_IDENT_MAX);
+            return 2;
+        }
+        *dst = argv[++i];
+    }
+    if (!writer && !relay && !consumer) {
+        fprintf(stderr, "outbox-relay: grants: name at least one of --writer ROLE, --relay ROLE, --consumer ROLE\n");
+        return 2;
+    }
+    const char *s = r->schema_q;
+    printf("-- Least-privilege roles for the outbox in schema %s (liboutbox %s).\n"
+           "-- Apply as the owner of the schema, e.g.: outbox-relay grants ... | psql\nBEGIN;\n",
+           s, outbox_version_str());
+    if (writer) {
+        char *q = outbox_quote_ident(writer);
+        print_role(writer, "writer: may add messages, nothing else");
+        printf("GRANT USAGE ON SCHEMA %s TO %s;\nGRANT INSERT ON %s.messages TO %s;\n", s, q, s, q);
+        free(q);
+    }
+    if (relay) {
+        char *q = outbox_quote_ident(relay);
+        print_role(relay, "relay: reads and deletes outbox rows, writes dead letters; advisory locks need no grant");
+        printf("GRANT USAGE ON SCHEMA %s TO %s;\n"
+               "GRANT SELECT, DELETE ON %s.messages TO %s;\n"
+               "GRANT SELECT, INSERT, UPDATE ON %s.dead_letters TO %s;\n"
+               "GRANT SELECT ON %s.schema_version TO %s;\n"
+               "-- dead-letters retry/drop are operator actions: run them as the schema owner.\n",
+               s, q, s, q, s, q, s, q);
+        free(q);
+    }
+    if (consumer) {
+        char *q = outbox_quote_ident(consumer);
+        print_role(consumer, "consumer: records processed messages and rejections (and may reply through the outbox)");
+        printf("GRANT USAGE ON SCHEMA %s TO %s;\n"
+               "GRANT SELECT, INSERT, DELETE ON %s.processed TO %s;\n"
+               "GRANT INSERT ON %s.consumer_dead_letters TO %s;\n"
+               "GRANT INSERT ON %s.messages TO %s;\n", s, q, s, q, s, q, s, q);
+        free(q);
+    }
+    printf("COMMIT;\n");
+    return 0;
+}

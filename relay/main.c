@@ -34,6 +34,8 @@ static void usage(FILE *fp) {
             "  dead-letters list [--limit N]\n"
             "  dead-letters retry ID|--all      move dead letters back to the outbox (new ids)\n"
             "  dead-letters drop ID|--all --yes delete dead letters\n"
+            "  grants [--writer ROLE] [--relay ROLE] [--consumer ROLE]\n"
+            "            print SQL creating least-privilege roles for this schema\n"
             "  -c FILE   read key=value lines ('#' starts a comment)\n"
             "  -X k=v    set one key; overrides the file\n"
             "\n"
@@ -150,9 +152,10 @@ int main(int argc, char **argv) {
             i++;
         } else if (nvargs == 0 && strcmp(verb, "run") == 0 &&
                    (!strcmp(a, "run") || !strcmp(a, "migrate") || !strcmp(a, "status") ||
-                    !strcmp(a, "dead-letters"))) {
+                    !strcmp(a, "dead-letters") || !strcmp(a, "grants"))) {
             verb = a;
-        } else if (strcmp(verb, "status") == 0 || strcmp(verb, "dead-letters") == 0) {
+        } else if (strcmp(verb, "status") == 0 || strcmp(verb, "dead-letters") == 0 ||
+                   strcmp(verb, "grants") == 0) {
             if (nvargs == (int)(sizeof(vargs) / sizeof(vargs[0]))) {
                 fprintf(stderr, "outbox-relay: too many arguments for %s\n", verb);
                 return 2;
@@ -174,7 +177,7 @@ int main(int argc, char **argv) {
     r.conninfo = outbox_conf_str(conf, "pg.conninfo");
     if (!*r.conninfo && getenv("OUTBOX_PG_CONNINFO"))
         r.conninfo = getenv("OUTBOX_PG_CONNINFO");
-    if (!*r.conninfo) {
+    if (!*r.conninfo && strcmp(verb, "grants") != 0) {
         fprintf(stderr, "outbox-relay: pg.conninfo is not set: pass -X pg.conninfo=\"host=... "
                         "dbname=...\", put it in the -c file, or set OUTBOX_PG_CONNINFO\n");
         goto done;
@@ -197,6 +200,8 @@ int main(int argc, char **argv) {
         rc = relay_status(&r, nvargs, vargs);
     else if (!strcmp(verb, "dead-letters"))
         rc = relay_dead_letters(&r, nvargs, vargs);
+    else if (!strcmp(verb, "grants"))
+        rc = relay_grants(&r, nvargs, vargs);
     else
         rc = relay_run(&r);
 done:
