@@ -95,7 +95,6 @@ static bool ensure_leader(relay_t *r, int64_t *backoff_ms) {
         r->pg = relay_connect(r);
         atomic_store(&r->metrics.pg_ok, r->pg != NULL);
         if (!r->pg) {
-            r->reconnects++;
             sleep_ms(r, (int)*backoff_ms);
             int64_t max = outbox_conf_int(r->conf, "relay.reconnect.backoff.max.ms");
             *backoff_ms = *backoff_ms * 2 > max ? max : *backoff_ms * 2;
@@ -124,9 +123,7 @@ static bool ensure_leader(relay_t *r, int64_t *backoff_ms) {
                    PQbackendPID(r->pg));
         return true;
     }
-    static const int standby_log_every = 20;
-    static int waits;
-    if (waits++ % standby_log_every == 0)
+    if (r->standby_waits++ % 20 == 0) /* say so now and then, not every retry */
         outbox_log(r->conf, 6, FAC, "msg=\"standby: another relay holds the lock\" schema=%s",
                    r->schema_q);
     sleep_ms(r, (int)outbox_conf_int(r->conf, "relay.lock.retry.ms"));

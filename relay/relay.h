@@ -72,7 +72,8 @@ struct relay_s {
     batch_t **inflight;
     int inflight_cnt, inflight_max;
     int batch_size;
-    int64_t published, dead_lettered, reconnects;
+    int64_t published, dead_lettered;
+    int standby_waits;          /* lock attempts lost, for occasional logging */
     int connections;            /* successful connects; all but the first are reconnects */
     volatile sig_atomic_t *stop; /* > 0: SIGTERM/SIGINT received */
     volatile sig_atomic_t *interrupts; /* SIGINT count: 2 = exit at once */

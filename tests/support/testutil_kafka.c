@@ -532,3 +532,143 @@ void tk_idset_clear(tk_idset_t *s) {
     free(s->ids);
     memset(s, 0, sizeof(*s));
 }
+
+/* ---- producing directly and reading committed offsets --------------------------------------- */
+
+struct tk_producer_s {
+    rd_kafka_t *rk;
+    int failed;
+    char first_error[512];
+};
+
+/* Where a record's delivery report goes. */
+typedef struct {
+    int64_t *offset;
+    int32_t *partition;
+} tk_dr_slot_t;
+
+static void tk_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+    (void)rk;
+    tk_producer_t *p = opaque;
+    tk_dr_slot_t *slot = m->_private;
+    if (m->err) {
+        if (!p->failed++)
+            snprintf(p->first_error, sizeof(p->first_error), "%s", rd_kafka_err2str(m->err));
+    } else if (slot) {
+        if (slot->offset)
+            *slot->offset = m->offset;
+        if (slot->partition)
+            *slot->partition = m->partition;
+    }
+    free(slot);
+}
+
+tk_producer_t *tk_producer_new(const char *bootstrap) {
+    char err[512];
+    tk_producer_t *p = calloc(1, sizeof(*p));
+    ck_assert_ptr_nonnull(p);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    conf_set(conf, "bootstrap.servers", bootstrap);
+    conf_set(conf, "acks", "all");
+    conf_set(conf, "linger.ms", "0");
+    conf_set(conf, "enable.idempotence", "true"); /* retries never duplicate nor reorder */
+    rd_kafka_conf_set_log_cb(conf, quiet_log);
+    rd_kafka_conf_set_error_cb(conf, quiet_error);
+    rd_kafka_conf_set_dr_msg_cb(conf, tk_dr_cb);
+    rd_kafka_conf_set_opaque(conf, p);
+    p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    ck_assert_msg(p->rk != NULL, "rd_kafka_new: %s", err);
+    return p;
+}
+
+void tk_produce(tk_producer_t *p, const char *topic, int32_t partition, const void *key, size_t key_len,
+                const void *value, size_t value_len, const char *id, int64_t *offset, int32_t *partition_out) {
+    tk_dr_slot_t *slot = malloc(sizeof(*slot));
+    ck_assert_ptr_nonnull(slot);
+    slot->offset = offset;
+    slot->partition = partition_out;
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(1);
+    if (id)
+        rd_kafka_header_add(hdrs, "id", 2, id, -1);
+    rd_kafka_resp_err_t e;
+    for (;;) {
+        e = rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+                              RD_KAFKA_V_KEY(key, key ? key_len : 0),
+                              RD_KAFKA_V_VALUE(value_len ? (void *)value : NULL, value_len),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hdrs),
+                              RD_KAFKA_V_OPAQUE(slot), RD_KAFKA_V_END);
+        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            break;
+        rd_kafka_poll(p->rk, 50);
+    }
+    if (e) {
+        rd_kafka_headers_destroy(hdrs);
+        free(slot);
+        ck_abort_msg("producing to %s: %s", topic, rd_kafka_err2str(e));
+    }
+    rd_kafka_poll(p->rk, 0);
+}
+
+void tk_producer_flush(tk_producer_t *p, int timeout_ms) {
+    rd_kafka_resp_err_t e = rd_kafka_flush(p->rk, timeout_ms);
+    ck_assert_msg(e == RD_KAFKA_RESP_ERR_NO_ERROR, "flush: %s (%d records outstanding after %d ms)",
+                  rd_kafka_err2str(e), rd_kafka_outq_len(p->rk), timeout_ms);
+    ck_assert_msg(!p->failed, "%d records were not acknowledged, the first: %s", p->failed, p->first_error);
+}
+
+void tk_producer_free(tk_producer_t *p) {
+    if (!p)
+        return;
+    rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_poll(p->rk, 0); /* delivery reports of purged records free their slots */
+    rd_kafka_destroy(p->rk);
+    free(p);
+}
+
+int64_t tk_committed_offset(const char *bootstrap, const char *group, const char *topic, int32_t partition) {
+    char err[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    conf_set(conf, "bootstrap.servers", bootstrap);
+    conf_set(conf, "group.id", group);
+    conf_set(conf, "enable.auto.commit", "false");
+    rd_kafka_conf_set_log_cb(conf, quiet_log);
+    rd_kafka_conf_set_error_cb(conf, quiet_error);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    ck_assert_msg(rk != NULL, "rd_kafka_new: %s", err);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, topic, partition);
+    /* The first request may fail while the coordinator is being looked up: ask again. */
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+    int64_t deadline = tk_now_ms() + 10000;
+    do {
+        e = rd_kafka_committed(rk, l, 2000);
+        if (!e)
+            e = l->elems[0].err;
+    } while (e && tk_now_ms() < deadline && (tk_sleep_ms(100), 1));
+    int64_t off = l->elems[0].offset;
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    ck_assert_msg(!e, "committed offset of group %s on %s/%d: %s", group, topic, (int)partition,
+                  rd_kafka_err2str(e));
+    return off < 0 ? -1 : off;
+}
+
+int tk_file_count(const char *path, const char *needle) {
+    char *text = tk_read_file(path);
+    int n = 0;
+    for (const char *s = text; (s = strstr(s, needle)); s += strlen(needle))
+        n++;
+    free(text);
+    return n;
+}
+
+int tk_wait_file_contains(const char *path, const char *needle, int timeout_ms) {
+    int64_t deadline = tk_now_ms() + timeout_ms;
+    for (;;) {
+        if (tk_file_count(path, needle) > 0)
+            return 1;
+        if (tk_now_ms() >= deadline)
+            return 0;
+        tk_sleep_ms(20);
+    }
+}

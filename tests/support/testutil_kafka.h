@@ -126,4 +126,34 @@ void tk_idset_add(tk_idset_t *s, const char *id);
 int tk_idset_has(tk_idset_t *s, const char *id);
 void tk_idset_clear(tk_idset_t *s);
 
+
+/* ---- producing directly and reading committed offsets --------------------------------------- */
+
+/* A plain librdkafka producer (acks=all, no batching delay) for writing arbitrary record values,
+ * e.g. encoded envelopes or garbage, straight onto a topic. */
+typedef struct tk_producer_s tk_producer_t;
+
+/* Creates the producer.  Caller owns; free with tk_producer_free(). */
+tk_producer_t *tk_producer_new(const char *bootstrap);
+/* Queues one record.  partition -1 lets the partitioner choose by key; key may be NULL; value may
+ * be NULL with value_len 0 (a record with an empty value).  id, if not NULL, is sent as the Kafka
+ * header "id" (as the relay does).  *offset (may be NULL) receives the record's offset once it is
+ * acknowledged, and *partition_out (may be NULL) its partition.  Both must stay valid until
+ * tk_producer_flush() returns. */
+void tk_produce(tk_producer_t *p, const char *topic, int32_t partition, const void *key, size_t key_len,
+                const void *value, size_t value_len, const char *id, int64_t *offset, int32_t *partition_out);
+/* Waits up to timeout_ms for every queued record to be acknowledged; fails the test if one was not. */
+void tk_producer_flush(tk_producer_t *p, int timeout_ms);
+void tk_producer_free(tk_producer_t *p);
+
+/* The offset committed by consumer group `group` for topic/partition (the next offset it will
+ * read), or -1 when the group has committed none.  Fails the test if the broker does not answer
+ * within 10 s.  Does not join the group. */
+int64_t tk_committed_offset(const char *bootstrap, const char *group, const char *topic, int32_t partition);
+
+/* Waits up to timeout_ms until the file at path contains needle; 1 if it does. */
+int tk_wait_file_contains(const char *path, const char *needle, int timeout_ms);
+/* How many times needle occurs in the file at path (0 if it cannot be read). */
+int tk_file_count(const char *path, const char *needle);
+
 #endif
