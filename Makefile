@@ -117,7 +117,8 @@ $(STLIB): $(LIB_OBJS)
 
 $(PCFILE): $(HDR) Makefile | $(DEPCHECK)
 	@mkdir -p $(@D)
-	@printf '%s\n' "prefix=$(PREFIX)" "libdir=$(LIBDIR)" "includedir=$(INCDIR)" "" \
+	@printf '%s\n' "prefix=$(PREFIX)" "libdir=$(patsubst $(PREFIX)%,\$${prefix}%,$(LIBDIR))" \
+	  "includedir=$(patsubst $(PREFIX)%,\$${prefix}%,$(INCDIR))" "" \
 	  "Name: liboutbox" \
 	  "Description: Transactional messaging (outbox) on PostgreSQL and Kafka" \
 	  "Version: $(VERSION)" \

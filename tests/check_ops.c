@@ -1,0 +1,1072 @@
+/*
+ * Operating outbox-relay as its own process: the metrics and health endpoints, status, the
+ * dead-letter commands, an installed copy used from outside the tree, least-privilege roles, logs.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <regex.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "testutil_kafka.h"
+
+enum { MAX_RELAYS = 4 };
+
+static PGconn *conn;
+static outbox_t *ob;
+static char *schema;
+static char *schema2; /* a second schema a test creates itself (dropped in teardown) */
+static tk_broker_t *broker;
+static tk_proc_t *relays[MAX_RELAYS];
+
+static void drop_roles(void);
+
+static void setup(void) {
+    conn = tu_connect();
+    schema = tu_schema_name("t_ops");
+    ob = tu_outbox(conn, schema);
+}
+
+static void teardown(void) {
+    for (int i = 0; i < MAX_RELAYS; i++) {
+        tk_proc_free(relays[i]);
+        relays[i] = NULL;
+    }
+    tk_broker_stop(broker);
+    broker = NULL;
+    char sql[256];
+    PQclear(PQexec(conn, "ROLLBACK"));
+    drop_roles();
+    snprintf(sql, sizeof(sql), "DROP SCHEMA \"%s\" CASCADE", schema);
+    tu_exec(conn, sql);
+    if (schema2) {
+        snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS \"%s\" CASCADE", schema2);
+        tu_exec(conn, sql);
+        free(schema2);
+        schema2 = NULL;
+    }
+    outbox_destroy(ob);
+    PQfinish(conn);
+    free(schema);
+}
+
+/* SQL text with every '@' replaced by the test's quoted schema.  Rotating static buffers. */
+static const char *q(const char *tmpl) {
+    static char bufs[4][2048];
+    static int next;
+    char *out = bufs[next++ % 4];
+    size_t n = 0;
+    for (const char *p = tmpl; *p; p++) {
+        int w = *p == '@' ? snprintf(out + n, sizeof(bufs[0]) - n, "\"%s\"", schema)
+                          : snprintf(out + n, sizeof(bufs[0]) - n, "%c", *p);
+        ck_assert(w > 0 && n + (size_t)w < sizeof(bufs[0]));
+        n += (size_t)w;
+    }
+    return out;
+}
+
+/* Check runs no teardown after a failure, and a failing relay test is only diagnosable with the
+ * relays' own account: print their logs before failing. */
+static void dump_logs(void) {
+    for (int i = 0; i < MAX_RELAYS; i++) {
+        if (!relays[i])
+            continue;
+        tk_proc_running(relays[i]);
+        fprintf(stderr, "---- relay #%d (%s), end of its stderr:\n%s\n----\n", i,
+                relays[i]->pid ? "running" : tk_status_str(relays[i]->status),
+                tk_file_tail(relays[i]->err_path, 3000));
+    }
+}
+
+#define CHECK(cond, ...)                                                                      \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            dump_logs();                                                                      \
+            ck_abort_msg(__VA_ARGS__);                                                        \
+        }                                                                                     \
+    } while (0)
+
+static void start_broker(const char *arg, ...) {
+    const char *args[32];
+    size_t n = 0;
+    va_list ap;
+    va_start(ap, arg);
+    for (const char *a = arg; a; a = va_arg(ap, const char *)) {
+        ck_assert_uint_lt(n, 31);
+        args[n++] = a;
+    }
+    va_end(ap);
+    args[n] = NULL;
+    broker = tk_broker_start(args);
+}
+
+/* Starts `prog run` (NULL: the built outbox-relay) on this test's schema and broker with the given
+ * conninfo (NULL: the test server's, as superuser) and extra key=value settings (NULL-terminated).
+ * The suite keeps the child; teardown kills it. */
+static tk_proc_t *start_relay_prog(const char *prog, const char *conninfo, const char *setting, ...) {
+    int slot = 0;
+    while (slot < MAX_RELAYS && relays[slot])
+        slot++;
+    ck_assert_int_lt(slot, MAX_RELAYS);
+    char *built = prog ? NULL : tk_build_path("outbox-relay");
+    char *common[3];
+    ck_assert(asprintf(&common[0], "pg.conninfo=%s", conninfo ? conninfo : getenv("OUTBOX_TEST_PG")) > 0);
+    ck_assert(asprintf(&common[1], "outbox.schema=%s", schema) > 0);
+    ck_assert(asprintf(&common[2], "kafka.bootstrap.servers=%s", broker->bootstrap) > 0);
+    const char *argv[48];
+    size_t n = 0;
+    argv[n++] = prog ? prog : built;
+    for (int i = 0; i < 3; i++) {
+        argv[n++] = "-X";
+        argv[n++] = common[i];
+    }
+    va_list ap;
+    va_start(ap, setting);
+    for (const char *s = setting; s; s = va_arg(ap, const char *)) {
+        ck_assert_uint_lt(n, 44);
+        argv[n++] = "-X";
+        argv[n++] = s;
+    }
+    va_end(ap);
+    argv[n++] = "run";
+    argv[n] = NULL;
+    char tag[32];
+    snprintf(tag, sizeof(tag), "relay%d", slot);
+    relays[slot] = tk_proc_start(tag, argv);
+    for (int i = 0; i < 3; i++)
+        free(common[i]);
+    free(built);
+    return relays[slot];
+}
+
+#define start_relay(conninfo, ...) start_relay_prog(NULL, conninfo, __VA_ARGS__)
+
+/* Runs the built outbox-relay with the given arguments (NULL-terminated) to completion (15 s at
+ * most).  It inherits the environment (OUTBOX_PG_CONNINFO). */
+static tk_proc_t *relay_cli(const char *arg, ...) {
+    char *prog = tk_build_path("outbox-relay");
+    const char *argv[32];
+    size_t n = 0;
+    argv[n++] = prog;
+    va_list ap;
+    va_start(ap, arg);
+    for (const char *a = arg; a; a = va_arg(ap, const char *)) {
+        ck_assert_uint_lt(n, 31);
+        argv[n++] = a;
+    }
+    va_end(ap);
+    argv[n] = NULL;
+    int timed_out;
+    tk_proc_t *p = tk_proc_run("relay-cli", argv, 15000, &timed_out);
+    CHECK(!timed_out, "outbox-relay %s did not exit within 15 s; stderr:\n%s", arg,
+          tk_file_tail(p->err_path, 2000));
+    free(prog);
+    return p;
+}
+
+/* Runs a shell command line to completion within timeout_ms; fails the test if it timed out. */
+static tk_proc_t *sh(const char *tag, const char *cmdline, int timeout_ms) {
+    const char *argv[] = {"/bin/sh", "-c", cmdline, NULL};
+    int timed_out;
+    tk_proc_t *p = tk_proc_run(tag, argv, timeout_ms, &timed_out);
+    CHECK(!timed_out, "`%s` did not finish within %d ms; stderr:\n%s", cmdline, timeout_ms,
+          tk_file_tail(p->err_path, 3000));
+    return p;
+}
+
+static int exit_code(const tk_proc_t *p) {
+    return WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1;
+}
+
+/* 1 if text has a match of the extended, case-insensitive regular expression re. */
+static int matches(const char *text, const char *re) {
+    regex_t rx;
+    ck_assert_int_eq(regcomp(&rx, re, REG_EXTENDED | REG_ICASE | REG_NEWLINE | REG_NOSUB), 0);
+    int hit = regexec(&rx, text, 0, NULL, 0) == 0;
+    regfree(&rx);
+    return hit;
+}
+
+/* ---- messages ------------------------------------------------------------------------------- */
+
+/* Commits n EVENTs for topic (keys k0..k9, payload "<i>") through w on c in one transaction;
+ * ids (optional) receives their message ids. */
+static void send_n(outbox_t *w, PGconn *c, const char *topic, int n, char (*ids)[37]) {
+    outbox_message_t **ms = calloc((size_t)n, sizeof(*ms));
+    ck_assert_ptr_nonnull(ms);
+    for (int i = 0; i < n; i++) {
+        char buf[32];
+        ms[i] = outbox_message_new(OUTBOX_EVENT, topic, "test.Ops");
+        ck_assert_ptr_nonnull(ms[i]);
+        int len = snprintf(buf, sizeof(buf), "k%d", i % 10);
+        ck_assert_int_eq(outbox_message_set_key(ms[i], buf, (size_t)len), OUTBOX_OK);
+        len = snprintf(buf, sizeof(buf), "%d", i);
+        ck_assert_int_eq(outbox_message_set_payload(ms[i], buf, (size_t)len), OUTBOX_OK);
+        if (ids)
+            memcpy(ids[i], outbox_message_id(ms[i]), 37);
+    }
+    tu_exec(c, "BEGIN");
+    ck_assert_msg(outbox_send_batch(w, c, (const outbox_message_t *const *)ms, (size_t)n) == OUTBOX_OK,
+                  "outbox_send_batch: %s", outbox_errmsg(w));
+    tu_exec(c, "COMMIT");
+    for (int i = 0; i < n; i++)
+        outbox_message_destroy(ms[i]);
+    free(ms);
+}
+
+/* A row inserted with plain SQL, as a foreign producer would, whose destination is no valid topic:
+ * its envelope is a well-formed one for envelope_topic. */
+typedef struct {
+    long long id; /* outbox id, which the dead letter keeps */
+    char message_id[37];
+    void *env;
+    size_t env_len;
+} poison_t;
+
+static void insert_poison(poison_t *p, const char *envelope_topic, int i) {
+    outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, envelope_topic, "test.Poison");
+    ck_assert_ptr_nonnull(m);
+    char payload[32];
+    int len = snprintf(payload, sizeof(payload), "poison-%d", i);
+    ck_assert_int_eq(outbox_message_set_payload(m, payload, (size_t)len), OUTBOX_OK);
+    ck_assert_int_eq(outbox_message_set_key(m, "kp", 2), OUTBOX_OK);
+    ck_assert_int_eq(outbox_message_encode(m, &p->env, &p->env_len), OUTBOX_OK);
+    memcpy(p->message_id, outbox_message_id(m), 37);
+    const char *params[4] = {p->message_id, "bad topic!", "test.Poison", p->env};
+    int lengths[4] = {0, 0, 0, (int)p->env_len};
+    int formats[4] = {0, 0, 0, 1};
+    PGresult *res = PQexecParams(conn,
+                                 q("INSERT INTO @.messages (message_id, destination, partition_key, message_type, "
+                                   "envelope) VALUES ($1, $2, 'kp', $3, $4) RETURNING id"),
+                                 4, NULL, params, lengths, formats, 0);
+    ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "insert: %s", PQresultErrorMessage(res));
+    p->id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    outbox_message_destroy(m);
+}
+
+static void wait_count(const char *sql, long long want, int timeout_ms) {
+    long long got = tk_wait_scalar(conn, sql, want, timeout_ms);
+    CHECK(got == want, "%s: %lld after %d ms, expected %lld", sql, got, timeout_ms, want);
+}
+
+/* Reads topic until want records arrived (or timeout_ms), then a little longer to catch extras. */
+static tk_consumer_t *read_topic(const char *topic, size_t want, int timeout_ms) {
+    tk_consumer_t *c = tk_consumer_new(broker->bootstrap, topic);
+    size_t got = tk_consumer_poll(c, want, tk_now_ms() + timeout_ms);
+    CHECK(got >= want, "only %zu of %zu records arrived on %s within %d ms", got, want, topic, timeout_ms);
+    tk_consumer_poll(c, want + 1, tk_now_ms() + 500);
+    return c;
+}
+
+/* ---- a tiny HTTP client --------------------------------------------------------------------- */
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    socklen_t len = sizeof(sa);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* GET path from 127.0.0.1:port.  Returns the status code, or -1 when there is no connection or no
+ * complete response within 3 s; *body (may be NULL) receives the body, caller frees. */
+static int http_get(int port, const char *path, char **body) {
+    if (body)
+        *body = NULL;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    char req[256];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n",
+                     path, port);
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        close(fd);
+        return -1;
+    }
+    size_t len = 0, cap = 8192;
+    char *buf = malloc(cap);
+    ck_assert_ptr_nonnull(buf);
+    int64_t deadline = tk_now_ms() + 3000;
+    int eof = 0;
+    while (!eof) {
+        int64_t left = deadline - tk_now_ms();
+        if (left <= 0)
+            break;
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int r = poll(&pfd, 1, (int)left);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        if (cap - len < 4096) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            ck_assert_ptr_nonnull(buf);
+        }
+        ssize_t got = recv(fd, buf + len, cap - len - 1, 0);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            eof = 1;
+        else
+            len += (size_t)got;
+    }
+    close(fd);
+    buf[len] = '\0';
+    int status = -1;
+    char *head_end = strstr(buf, "\r\n\r\n");
+    if (eof && head_end && sscanf(buf, "HTTP/1.%*d %d", &status) == 1 && body)
+        *body = strdup(head_end + 4);
+    free(buf);
+    return eof && head_end ? status : -1;
+}
+
+/* Polls path until it answers with want (and, when needle is not NULL, a body containing it)
+ * or timeout_ms passes.  Returns the last status; *body (may be NULL) gets the last body. */
+static int wait_http(int port, const char *path, int want, const char *needle, int timeout_ms, char **body) {
+    int64_t deadline = tk_now_ms() + timeout_ms;
+    for (;;) {
+        char *b = NULL;
+        int st = http_get(port, path, &b);
+        int done = st == want && (!needle || (b && strstr(b, needle)));
+        if (done || tk_now_ms() >= deadline) {
+            if (body)
+                *body = b ? b : strdup("");
+            else
+                free(b);
+            return st;
+        }
+        free(b);
+        tk_sleep_ms(100);
+    }
+}
+
+/* The value of the sample called exactly name (the whole text before the space, labels included)
+ * in Prometheus text; 0 if there is none. */
+static int metric(const char *text, const char *name, double *value) {
+    size_t nl = strlen(name);
+    for (const char *line = text; line && *line;) {
+        if (!strncmp(line, name, nl) && line[nl] == ' ') {
+            *value = strtod(line + nl + 1, NULL);
+            return 1;
+        }
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    return 0;
+}
+
+/* The value of a sample that must be there. */
+static double must_metric(const char *text, const char *name) {
+    double v = 0;
+    CHECK(metric(text, name, &v), "/metrics has no sample %s:\n%s", name, text);
+    return v;
+}
+
+static char *listen_setting(int port) {
+    char *s;
+    ck_assert(asprintf(&s, "metrics.listen=127.0.0.1:%d", port) > 0);
+    return s;
+}
+
+/* ---- 1. metrics after a drain ------------------------------------------------------------------ */
+
+START_TEST(test_metrics_after_a_drain) {
+    enum { N = 500 };
+    start_broker("--topic", "ops1.metrics:4", NULL);
+    send_n(ob, conn, "ops1.metrics", N, NULL);
+    poison_t bad;
+    insert_poison(&bad, "ops1.metrics", 0);
+    int port = free_port();
+    char *listen = listen_setting(port);
+    start_relay(NULL, listen, NULL);
+
+    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
+    wait_count(q("SELECT count(*) FROM @.dead_letters"), 1, 5000);
+
+    /* The backlog is sampled every 2 s: give it a few seconds to see the empty table. */
+    char *text = NULL;
+    double v = -1;
+    int64_t deadline = tk_now_ms() + 6000;
+    for (;;) {
+        free(text);
+        int st = http_get(port, "/metrics", &text);
+        if (st == 200 && metric(text, "outbox_backlog_messages", &v) && v == 0 &&
+            metric(text, "outbox_relay_published_total", &v) && v == N &&
+            metric(text, "outbox_relay_dead_letters_total", &v) && v == 1)
+            break;
+        CHECK(tk_now_ms() < deadline, "/metrics (status %d) after the drain does not show 500 published, "
+              "1 dead letter and an empty backlog within 6 s:\n%s", st, text ? text : "");
+        tk_sleep_ms(200);
+    }
+    ck_assert_int_eq((long long)must_metric(text, "outbox_relay_published_total"), N);
+    ck_assert_int_eq((long long)must_metric(text, "outbox_relay_dead_letters_total"), 1);
+    ck_assert_int_eq((long long)must_metric(text, "outbox_relay_is_leader"), 1);
+    ck_assert_int_eq((long long)must_metric(text, "outbox_backlog_messages"), 0);
+    double count = must_metric(text, "outbox_relay_batch_duration_seconds_count");
+    double inf = must_metric(text, "outbox_relay_batch_duration_seconds_bucket{le=\"+Inf\"}");
+    CHECK(count >= 1, "histogram _count %g after a drain of %d messages", count, N);
+    CHECK(inf == count, "+Inf bucket %g differs from _count %g", inf, count);
+    must_metric(text, "outbox_relay_batch_duration_seconds_sum");
+    CHECK(matches(text, "^# TYPE outbox_relay_batch_duration_seconds histogram$"), "no histogram TYPE line:\n%s",
+          text);
+    /* Buckets are cumulative: never decreasing, never above _count. */
+    double prev = 0;
+    int buckets = 0;
+    for (const char *p = text; (p = strstr(p, "outbox_relay_batch_duration_seconds_bucket{")); p++) {
+        const char *sp = strchr(p, ' ');
+        ck_assert_ptr_nonnull(sp);
+        double b = strtod(sp + 1, NULL);
+        CHECK(b >= prev && b <= count, "bucket %d holds %g after %g (count %g)", buckets, b, prev, count);
+        prev = b;
+        buckets++;
+    }
+    CHECK(buckets >= 2, "only %d histogram buckets", buckets);
+    free(text);
+
+    /* What was counted is what is on the topic. */
+    tk_consumer_t *c = read_topic("ops1.metrics", N, 30000);
+    size_t n;
+    tk_consumer_records(c, &n);
+    CHECK(n == N, "%zu records on the topic, outbox_relay_published_total says %d", n, N);
+    tk_consumer_free(c);
+
+    char *body = NULL;
+    int st = http_get(port, "/healthz", &body);
+    CHECK(st == 200 && body && !strncmp(body, "ok", 2), "/healthz: %d '%s'", st, body ? body : "");
+    free(body);
+    st = http_get(port, "/no/such/path", &body);
+    CHECK(st == 404, "/no/such/path: %d '%s'", st, body ? body : "");
+    free(body);
+    free(listen);
+    free(bad.env);
+}
+END_TEST
+
+/* ---- 2. readiness ------------------------------------------------------------------------------- */
+
+START_TEST(test_readiness_follows_kafka_and_postgresql) {
+    start_broker("--brokers", "1", "--topic", "ops2.ready:1", NULL);
+    send_n(ob, conn, "ops2.ready", 10, NULL);
+    int port = free_port();
+    char *listen = listen_setting(port);
+    start_relay(NULL, listen, NULL);
+    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
+
+    char *body;
+    int st = wait_http(port, "/readyz", 200, NULL, 10000, &body);
+    CHECK(st == 200, "/readyz while PostgreSQL and the broker are up: %d '%s'", st, body);
+    CHECK(strstr(body, "postgresql=up") && strstr(body, "kafka=up"), "/readyz body: '%s'", body);
+    free(body);
+
+    tk_broker_cmd(broker, "down all");
+    st = wait_http(port, "/readyz", 503, "kafka=down", 10000, &body);
+    CHECK(st == 503 && strstr(body, "kafka=down"), "/readyz 10 s after the broker went down: %d '%s'", st, body);
+    free(body);
+    st = http_get(port, "/healthz", NULL);
+    CHECK(st == 200, "/healthz while the broker is down: %d (the process is alive)", st);
+
+    tk_broker_cmd(broker, "up all");
+    st = wait_http(port, "/readyz", 200, NULL, 10000, &body);
+    CHECK(st == 200, "/readyz 10 s after the broker came back: %d '%s'", st, body);
+    free(body);
+
+    /* A relay that cannot reach PostgreSQL is alive but not ready. */
+    int port2 = free_port();
+    char *listen2 = listen_setting(port2), *bad_pg;
+    ck_assert(asprintf(&bad_pg, "%s port=1", getenv("OUTBOX_TEST_PG")) > 0);
+    tk_proc_t *r2 = start_relay(bad_pg, listen2, "relay.reconnect.backoff.max.ms=500", NULL);
+    st = wait_http(port2, "/healthz", 200, NULL, 10000, NULL);
+    CHECK(st == 200, "/healthz of the relay without PostgreSQL: %d", st);
+    st = wait_http(port2, "/readyz", 503, "postgresql=down", 10000, &body);
+    CHECK(st == 503 && strstr(body, "postgresql=down"), "/readyz without PostgreSQL: %d '%s'", st, body);
+    free(body);
+    /* ... and stays so: it is not a start-up blip. */
+    tk_sleep_ms(2500);
+    st = http_get(port2, "/readyz", &body);
+    CHECK(st == 503, "/readyz without PostgreSQL, 2.5 s later: %d '%s'", st, body ? body : "");
+    free(body);
+    CHECK(tk_proc_running(r2), "the relay without PostgreSQL exited: %s", tk_status_str(r2->status));
+    /* The first relay is unaffected. */
+    st = http_get(port, "/readyz", NULL);
+    CHECK(st == 200, "/readyz of the healthy relay: %d", st);
+    free(listen);
+    free(listen2);
+    free(bad_pg);
+}
+END_TEST
+
+/* ---- 3. status ---------------------------------------------------------------------------------- */
+
+/* Runs `status [--json]` with the conninfo from OUTBOX_PG_CONNINFO; returns stdout (caller frees). */
+static char *status_output(int json) {
+    char *sch;
+    ck_assert(asprintf(&sch, "outbox.schema=%s", schema) > 0);
+    ck_assert_int_eq(setenv("OUTBOX_PG_CONNINFO", getenv("OUTBOX_TEST_PG"), 1), 0);
+    tk_proc_t *p = json ? relay_cli("-X", sch, "status", "--json", NULL) : relay_cli("-X", sch, "status", NULL);
+    unsetenv("OUTBOX_PG_CONNINFO");
+    char *out = tk_read_file(p->out_path);
+    CHECK(exit_code(p) == 0, "status%s: %s; stderr:\n%s", json ? " --json" : "", tk_status_str(p->status),
+          tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+    free(sch);
+    return out;
+}
+
+START_TEST(test_status_reports_backlog_dead_letters_and_leader) {
+    send_n(ob, conn, "ops3.status", 3, NULL);
+    tu_exec(conn, q("INSERT INTO @.dead_letters (id, message_id, destination, envelope, created_at, error) "
+                    "VALUES (1001, gen_random_uuid(), 'x', '\\x00', now(), 'test'), "
+                    "(1002, gen_random_uuid(), 'x', '\\x00', now(), 'test')"));
+
+    char *out = status_output(1);
+    CHECK(matches(out, "^\\{.*\\}$"), "status --json is not one JSON object:\n%s", out);
+    CHECK(matches(out, "\"backlog\": *3[,}]"), "no \"backlog\":3 in:\n%s", out);
+    CHECK(matches(out, "\"dead_letters\": *2[,}]"), "no \"dead_letters\":2 in:\n%s", out);
+    CHECK(matches(out, "\"schema_version\": *1[,}]"), "no \"schema_version\":1 in:\n%s", out);
+    CHECK(matches(out, "\"leader\": *null[,}]"), "no \"leader\":null (no relay runs) in:\n%s", out);
+    char want[128];
+    snprintf(want, sizeof(want), "\"schema\":\"%s\"", schema);
+    CHECK(strstr(out, want), "no %s in:\n%s", want, out);
+    free(out);
+
+    out = status_output(0);
+    CHECK(matches(out, "^backlog: *3$"), "human status has no \"backlog: 3\" line:\n%s", out);
+    CHECK(matches(out, "^leader: *none$"), "human status has no \"leader: none\" line:\n%s", out);
+    CHECK(matches(out, "^dead_letters: *2$"), "human status has no \"dead_letters: 2\" line:\n%s", out);
+    free(out);
+
+    start_broker("--topic", "ops3.status:1", NULL);
+    start_relay(NULL, NULL);
+    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
+    out = status_output(1);
+    CHECK(matches(out, "\"backlog\": *0[,}]"), "no \"backlog\":0 after the drain in:\n%s", out);
+    CHECK(matches(out, "\"leader\": *\\{[^}]*\"application_name\": *\"outbox-relay\""),
+          "the leader object does not name outbox-relay:\n%s", out);
+    const char *pid = strstr(out, "\"pid\":");
+    CHECK(pid, "the leader object has no pid:\n%s", out);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay' "
+             "AND pid = %ld", strtol(pid + 6, NULL, 10));
+    CHECK(tu_scalar(conn, sql) == 1, "the leader pid is no outbox-relay session:\n%s", out);
+    free(out);
+    out = status_output(0);
+    CHECK(matches(out, "^leader: *outbox-relay pid=[0-9]+"), "human status names no leader:\n%s", out);
+    free(out);
+}
+END_TEST
+
+/* ---- 4. dead letters ---------------------------------------------------------------------------- */
+
+START_TEST(test_dead_letters_list_retry_drop) {
+    start_broker("--topic", "ops4.fixed:1", NULL);
+    poison_t bad[3];
+    for (int i = 0; i < 3; i++)
+        insert_poison(&bad[i], "ops4.fixed", i);
+    start_relay(NULL, NULL);
+    wait_count(q("SELECT count(*) FROM @.dead_letters"), 3, 30000);
+    wait_count(q("SELECT count(*) FROM @.messages"), 0, 5000);
+
+    char *sch;
+    ck_assert(asprintf(&sch, "outbox.schema=%s", schema) > 0);
+    ck_assert_int_eq(setenv("OUTBOX_PG_CONNINFO", getenv("OUTBOX_TEST_PG"), 1), 0);
+
+    tk_proc_t *p = relay_cli("-X", sch, "dead-letters", "list", NULL);
+    char *out = tk_read_file(p->out_path);
+    CHECK(exit_code(p) == 0, "dead-letters list: %s; stderr:\n%s", tk_status_str(p->status),
+          tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+    for (int i = 0; i < 3; i++) {
+        char sql[256], line_re[256];
+        snprintf(sql, sizeof(sql), "%s%lld", q("SELECT error FROM @.dead_letters WHERE id = "), bad[i].id);
+        PGresult *res = PQexec(conn, sql);
+        ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+        CHECK(PQntuples(res) == 1, "outbox row %lld is not in dead_letters", bad[i].id);
+        const char *error = PQgetvalue(res, 0, 0);
+        CHECK(strstr(error, "topic") || strstr(error, "destination"), "dead letter error: '%s'", error);
+        /* One line per row: its id, its message id, and the error in full. */
+        snprintf(line_re, sizeof(line_re), "^%lld +%s +bad topic! .*", bad[i].id, bad[i].message_id);
+        CHECK(matches(out, line_re), "dead-letters list has no line for %lld (%s):\n%s", bad[i].id,
+              bad[i].message_id, out);
+        CHECK(strstr(out, error), "dead-letters list does not show the error '%s':\n%s", error, out);
+        PQclear(res);
+    }
+    CHECK(matches(out, "^\\(3 dead letters\\)$"), "dead-letters list does not count 3:\n%s", out);
+    free(out);
+
+    /* The operator fixes one row's destination and retries it: it leaves dead_letters and, with
+     * the relay still running, arrives on that topic as the same message. */
+    char sql[256], idbuf[32];
+    snprintf(sql, sizeof(sql), "%s%lld", q("UPDATE @.dead_letters SET destination = 'ops4.fixed' WHERE id = "),
+             bad[0].id);
+    tu_exec(conn, sql);
+    snprintf(idbuf, sizeof(idbuf), "%lld", bad[0].id);
+    p = relay_cli("-X", sch, "dead-letters", "retry", idbuf, NULL);
+    CHECK(exit_code(p) == 0, "dead-letters retry %s: %s; stderr:\n%s", idbuf, tk_status_str(p->status),
+          tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+    snprintf(sql, sizeof(sql), "%s%lld", q("SELECT count(*) FROM @.dead_letters WHERE id = "), bad[0].id);
+    ck_assert_int_eq(tu_scalar(conn, sql), 0);
+    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 2);
+    tk_consumer_t *c = read_topic("ops4.fixed", 1, 30000);
+    size_t n;
+    const tk_record_t *recs = tk_consumer_records(c, &n);
+    CHECK(n == 1, "%zu records on ops4.fixed after retrying one dead letter", n);
+    const char *hid = tk_record_header(&recs[0], "id");
+    CHECK(hid && !strcmp(hid, bad[0].message_id), "record header id %s, the dead letter's message id %s",
+          hid ? hid : "(none)", bad[0].message_id);
+    CHECK(recs[0].value_len == bad[0].env_len && !memcmp(recs[0].value, bad[0].env, bad[0].env_len),
+          "the record's value (%zu bytes) is not the dead letter's envelope (%zu bytes)", recs[0].value_len,
+          bad[0].env_len);
+    outbox_message_t *m = NULL;
+    char err[256];
+    CHECK(outbox_message_decode(&m, recs[0].value, recs[0].value_len, err, sizeof(err)) == OUTBOX_OK, "%s", err);
+    ck_assert_str_eq(outbox_message_id(m), bad[0].message_id);
+    outbox_message_destroy(m);
+    tk_consumer_free(c);
+    wait_count(q("SELECT count(*) FROM @.messages"), 0, 10000);
+
+    /* An unknown id is an error naming it. */
+    p = relay_cli("-X", sch, "dead-letters", "retry", "999999", NULL);
+    char *errtext = tk_read_file(p->err_path);
+    CHECK(exit_code(p) == 1 && strstr(errtext, "999999"), "retry 999999: %s, stderr '%s'",
+          tk_status_str(p->status), errtext);
+    free(errtext);
+    tk_proc_free(p);
+
+    /* Dropping everything needs --yes. */
+    p = relay_cli("-X", sch, "dead-letters", "drop", "--all", NULL);
+    errtext = tk_read_file(p->err_path);
+    CHECK(exit_code(p) == 2 && strstr(errtext, "--yes"), "drop --all without --yes: %s, stderr '%s'",
+          tk_status_str(p->status), errtext);
+    free(errtext);
+    tk_proc_free(p);
+    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 2);
+
+    snprintf(idbuf, sizeof(idbuf), "%lld", bad[1].id);
+    p = relay_cli("-X", sch, "dead-letters", "drop", idbuf, NULL);
+    CHECK(exit_code(p) == 0, "drop %s: %s; stderr:\n%s", idbuf, tk_status_str(p->status),
+          tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+    snprintf(sql, sizeof(sql), "%s%lld", q("SELECT count(*) FROM @.dead_letters WHERE id = "), bad[1].id);
+    ck_assert_int_eq(tu_scalar(conn, sql), 0);
+    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 1);
+
+    p = relay_cli("-X", sch, "dead-letters", "drop", "--all", "--yes", NULL);
+    CHECK(exit_code(p) == 0, "drop --all --yes: %s; stderr:\n%s", tk_status_str(p->status),
+          tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 0);
+    /* Dropped rows were deleted, not sent: nothing more on the topic, nothing back in the outbox. */
+    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.messages")), 0);
+
+    p = relay_cli("-X", sch, "dead-letters", "frob", NULL);
+    errtext = tk_read_file(p->err_path);
+    CHECK(exit_code(p) == 2 && strstr(errtext, "frob"), "dead-letters frob: %s, stderr '%s'",
+          tk_status_str(p->status), errtext);
+    free(errtext);
+    tk_proc_free(p);
+
+    unsetenv("OUTBOX_PG_CONNINFO");
+    free(sch);
+    for (int i = 0; i < 3; i++)
+        free(bad[i].env);
+}
+END_TEST
+
+/* ---- 5. the installed library ------------------------------------------------------------------ */
+
+/* A program outside the tree: only <outbox/outbox.h>, as a user of the installed library writes. */
+static const char outside_prog[] =
+    "#include <stdio.h>\n"
+    "#include <stdlib.h>\n"
+    "#include <outbox/outbox.h>\n"
+    "\n"
+    "int main(int argc, char **argv) {\n"
+    "    if (argc != 3) { fprintf(stderr, \"usage: prog SCHEMA TOPIC\\n\"); return 2; }\n"
+    "    PGconn *conn = PQconnectdb(getenv(\"OUTBOX_PG_CONNINFO\"));\n"
+    "    if (PQstatus(conn) != CONNECTION_OK) { fprintf(stderr, \"%s\", PQerrorMessage(conn)); return 1; }\n"
+    "    char err[512];\n"
+    "    outbox_conf_t *conf = outbox_conf_new();\n"
+    "    if (outbox_conf_set(conf, \"outbox.schema\", argv[1], err, sizeof err) != OUTBOX_CONF_OK) {\n"
+    "        fprintf(stderr, \"%s\\n\", err); return 1; }\n"
+    "    outbox_t *ob = outbox_new(conf, err, sizeof err);\n"
+    "    if (!ob) { fprintf(stderr, \"%s\\n\", err); return 1; }\n"
+    "    if (outbox_migrate(ob, conn) != OUTBOX_OK) { fprintf(stderr, \"%s\\n\", outbox_errmsg(ob)); return 1; }\n"
+    "    outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, argv[2], \"install.Checked\");\n"
+    "    outbox_message_set_payload(m, \"hello\", 5);\n"
+    "    PQclear(PQexec(conn, \"BEGIN\"));\n"
+    "    if (outbox_send(ob, conn, m) != OUTBOX_OK) { fprintf(stderr, \"%s\\n\", outbox_errmsg(ob)); return 1; }\n"
+    "    PGresult *res = PQexec(conn, \"COMMIT\");\n"
+    "    if (PQresultStatus(res) != PGRES_COMMAND_OK) { fprintf(stderr, \"commit failed\\n\"); return 1; }\n"
+    "    PQclear(res);\n"
+    "    printf(\"%s\\n\", outbox_message_id(m));\n"
+    "    fprintf(stderr, \"liboutbox %s\\n\", outbox_version_str());\n"
+    "    outbox_message_destroy(m);\n"
+    "    outbox_destroy(ob);\n"
+    "    PQfinish(conn);\n"
+    "    return 0;\n"
+    "}\n";
+
+static void must_exist(const char *root, const char *rel, mode_t type) {
+    char path[1024];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/%s", root, rel);
+    CHECK(lstat(path, &st) == 0, "make install did not place %s (%s)", rel, strerror(errno));
+    CHECK((st.st_mode & S_IFMT) == type, "%s is not a %s", rel, type == S_IFLNK ? "symlink" : "regular file");
+}
+
+START_TEST(test_installed_library_builds_an_outside_program) {
+    CHECK(access("Makefile", R_OK) == 0 && access("include/outbox/outbox.h", R_OK) == 0,
+          "the test must run from the repository root (no Makefile here)");
+    char *destdir = tk_scratch_path("inst"), *cmd;
+    /* A plain user's `make install`: not the make that may be running this suite (its jobserver
+     * and its SANITIZE setting are not ours). */
+    ck_assert(asprintf(&cmd, "unset MAKEFLAGS MFLAGS MAKELEVEL; exec make --no-print-directory install "
+                             "DESTDIR='%s' PREFIX=/usr/local", destdir) > 0);
+    tk_proc_t *p = sh("make-install", cmd, 170000);
+    CHECK(exit_code(p) == 0, "make install: %s; stderr:\n%s", tk_status_str(p->status),
+          tk_file_tail(p->err_path, 3000));
+    tk_proc_free(p);
+    free(cmd);
+
+    char root[1024], path[1200], target[256];
+    snprintf(root, sizeof(root), "%s/usr/local", destdir);
+    must_exist(root, "lib/liboutbox.so.0", S_IFLNK);
+    snprintf(path, sizeof(path), "%s/lib/liboutbox.so.0", root);
+    ssize_t tl = readlink(path, target, sizeof(target) - 1);
+    ck_assert(tl > 0);
+    target[tl] = '\0';
+    char versioned[64];
+    snprintf(versioned, sizeof(versioned), "liboutbox.so.%s", outbox_version_str());
+    CHECK(!strcmp(target, versioned), "liboutbox.so.0 points to %s, expected %s", target, versioned);
+    snprintf(path, sizeof(path), "lib/%s", versioned);
+    must_exist(root, path, S_IFREG);
+    must_exist(root, "lib/liboutbox.so", S_IFLNK); /* what -loutbox finds */
+    must_exist(root, "lib/liboutbox.a", S_IFREG);
+    must_exist(root, "include/outbox/outbox.h", S_IFREG);
+    must_exist(root, "lib/pkgconfig/liboutbox.pc", S_IFREG);
+    must_exist(root, "bin/outbox-relay", S_IFREG);
+    must_exist(root, "share/man/man1/outbox-relay.1", S_IFREG);
+    must_exist(root, "share/liboutbox/relay.conf.example", S_IFREG);
+    must_exist(root, "lib/systemd/system/outbox-relay.service", S_IFREG);
+    snprintf(path, sizeof(path), "%s/bin/outbox-relay", root);
+    CHECK(access(path, X_OK) == 0, "%s is not executable", path);
+    char *installed_hdr, *repo_hdr = tk_read_file("include/outbox/outbox.h");
+    snprintf(path, sizeof(path), "%s/include/outbox/outbox.h", root);
+    installed_hdr = tk_read_file(path);
+    CHECK(!strcmp(installed_hdr, repo_hdr), "the installed header differs from include/outbox/outbox.h");
+    free(installed_hdr);
+    free(repo_hdr);
+    snprintf(path, sizeof(path), "%s/lib/systemd/system/outbox-relay.service", root);
+    char *unit = tk_read_file(path);
+    CHECK(matches(unit, "^Restart=on-failure$"), "the unit has no Restart=on-failure:\n%s", unit);
+    CHECK(matches(unit, "^KillSignal=SIGTERM$"), "the unit has no KillSignal=SIGTERM:\n%s", unit);
+    CHECK(matches(unit, "^TimeoutStopSec=[0-9]+"), "the unit has no TimeoutStopSec:\n%s", unit);
+    CHECK(matches(unit, "^ExecStart=/usr/local/bin/outbox-relay "), "ExecStart is not the installed relay:\n%s",
+          unit);
+    free(unit);
+
+    /* Compile an outside program against the DESTDIR tree, which stands in for /usr/local.  The
+     * sysroot also prefixes libpq's flags, which stay the system's: add those unprefixed. */
+    char *src = tk_scratch_path("outside.c"), *bin = tk_scratch_path("outside");
+    FILE *f = fopen(src, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(outside_prog, f);
+    fclose(f);
+    ck_assert(asprintf(&cmd, "cc -o '%s' '%s' $(PKG_CONFIG_SYSROOT_DIR='%s' PKG_CONFIG_PATH='%s/lib/pkgconfig' "
+                             "pkg-config --cflags --libs liboutbox) $(pkg-config --cflags --libs libpq)",
+                       bin, src, destdir, root) > 0);
+    p = sh("cc", cmd, 60000);
+    CHECK(exit_code(p) == 0, "compiling against the installed library: %s\n%s\nstderr:\n%s",
+          tk_status_str(p->status), cmd, tk_file_tail(p->err_path, 3000));
+    tk_proc_free(p);
+    free(cmd);
+
+    schema2 = tu_schema_name("t_ops_inst");
+    ck_assert(asprintf(&cmd, "OUTBOX_PG_CONNINFO='%s' LD_LIBRARY_PATH='%s/lib' exec '%s' '%s' ops5.installed",
+                       getenv("OUTBOX_TEST_PG"), root, bin, schema2) > 0);
+    p = sh("outside", cmd, 30000);
+    char *out = tk_read_file(p->out_path);
+    CHECK(exit_code(p) == 0, "the outside program: %s; stderr:\n%s", tk_status_str(p->status),
+          tk_file_tail(p->err_path, 3000));
+    tk_proc_free(p);
+    free(cmd);
+    char id[37] = "";
+    CHECK(sscanf(out, "%36s", id) == 1 && strlen(id) == 36, "the outside program printed no message id: '%s'",
+          out);
+    free(out);
+    /* It ran on the installed library, not on one found elsewhere. */
+    ck_assert(asprintf(&cmd, "LD_LIBRARY_PATH='%s/lib' ldd '%s' | grep -F 'liboutbox.so.0 => %s/lib/'", root,
+                       bin, root) > 0);
+    p = sh("ldd", cmd, 10000);
+    CHECK(exit_code(p) == 0, "the outside program does not resolve liboutbox.so.0 in %s/lib:\n%s", root,
+          tk_file_tail(p->out_path, 2000));
+    tk_proc_free(p);
+    free(cmd);
+    char sql[512];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".messages WHERE message_id = '%s' "
+             "AND destination = 'ops5.installed'", schema2, id);
+    CHECK(tu_scalar(conn, sql) == 1, "no row with message id %s in schema %s", id, schema2);
+
+    /* The installed relay: its version, and it publishes that row. */
+    snprintf(path, sizeof(path), "%s/bin/outbox-relay", root);
+    const char *vargv[] = {path, "--version", NULL};
+    int timed_out;
+    p = tk_proc_run("inst-version", vargv, 10000, &timed_out);
+    out = tk_read_file(p->out_path);
+    CHECK(!timed_out && exit_code(p) == 0 && strstr(out, outbox_version_str()),
+          "installed outbox-relay --version: %s, output '%s'", tk_status_str(p->status), out);
+    free(out);
+    tk_proc_free(p);
+
+    start_broker("--topic", "ops5.installed:1", NULL);
+    char *saved = schema; /* start_relay_prog runs on `schema` */
+    schema = schema2;
+    start_relay_prog(path, NULL, NULL);
+    schema = saved;
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".messages", schema2);
+    wait_count(sql, 0, 30000);
+    tk_consumer_t *c = read_topic("ops5.installed", 1, 30000);
+    size_t n;
+    const tk_record_t *recs = tk_consumer_records(c, &n);
+    CHECK(n == 1, "%zu records on ops5.installed, expected 1", n);
+    const char *hid = tk_record_header(&recs[0], "id");
+    CHECK(hid && !strcmp(hid, id), "record id %s, the outside program sent %s", hid ? hid : "(none)", id);
+    tk_consumer_free(c);
+    free(src);
+    free(bin);
+    free(destdir);
+}
+END_TEST
+
+/* ---- 6. least privilege ------------------------------------------------------------------------- */
+
+static char role_w[40], role_r[40], role_c[40];
+
+static void drop_roles(void) {
+    if (!role_w[0])
+        return;
+    char sql[1024];
+    snprintf(sql, sizeof(sql), "REASSIGN OWNED BY %s, %s, %s TO postgres; DROP OWNED BY %s, %s, %s; "
+             "DROP ROLE %s; DROP ROLE %s; DROP ROLE %s", role_w, role_r, role_c, role_w, role_r, role_c,
+             role_w, role_r, role_c);
+    tu_exec(conn, sql);
+    role_w[0] = '\0';
+}
+
+/* The SQLSTATE of running sql on c (an empty string when it succeeded). */
+static const char *sqlstate_of(PGconn *c, const char *sql) {
+    static char state[8];
+    PGresult *res = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(res);
+    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    snprintf(state, sizeof(state), "%s", st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK ? "" : s ? s : "?");
+    PQclear(res);
+    return state;
+}
+
+START_TEST(test_least_privilege_roles) {
+    snprintf(role_w, sizeof(role_w), "ops_writer_%d", (int)getpid());
+    snprintf(role_r, sizeof(role_r), "ops_relay_%d", (int)getpid());
+    snprintf(role_c, sizeof(role_c), "ops_consumer_%d", (int)getpid());
+    char *sch;
+    ck_assert(asprintf(&sch, "outbox.schema=%s", schema) > 0);
+    tk_proc_t *p = relay_cli("-X", sch, "grants", "--writer", role_w, "--relay", role_r, "--consumer", role_c, NULL);
+    char *grants = tk_read_file(p->out_path);
+    CHECK(exit_code(p) == 0 && *grants, "grants: %s; stderr:\n%s", tk_status_str(p->status),
+          tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+    free(sch);
+    PGresult *res = PQexec(conn, grants);
+    CHECK(PQresultStatus(res) == PGRES_COMMAND_OK, "applying the grants SQL failed: %s\n%s",
+          PQresultErrorMessage(res), grants);
+    PQclear(res);
+    free(grants);
+
+    /* The writer adds messages in its own transaction, and can do nothing else to the outbox. */
+    char *ci_w, *ci_r;
+    ck_assert(asprintf(&ci_w, "%s user=%s", getenv("OUTBOX_TEST_PG"), role_w) > 0);
+    ck_assert(asprintf(&ci_r, "%s user=%s", getenv("OUTBOX_TEST_PG"), role_r) > 0);
+    PGconn *wc = PQconnectdb(ci_w);
+    CHECK(PQstatus(wc) == CONNECTION_OK, "connecting as %s: %s", role_w, PQerrorMessage(wc));
+    char err[256];
+    outbox_conf_t *conf = outbox_conf_new();
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", schema, err, sizeof(err)), OUTBOX_CONF_OK);
+    outbox_t *w = outbox_new(conf, err, sizeof(err));
+    ck_assert_ptr_nonnull(w);
+    enum { N = 20 };
+    char ids[N][37];
+    send_n(w, wc, "ops6.priv", N, ids);
+    const char *st = sqlstate_of(wc, q("SELECT count(*) FROM @.messages"));
+    CHECK(!strcmp(st, "42501"), "SELECT on the outbox as the writer: SQLSTATE '%s', expected 42501", st);
+    st = sqlstate_of(wc, q("DELETE FROM @.messages"));
+    CHECK(!strcmp(st, "42501"), "DELETE on the outbox as the writer: SQLSTATE '%s', expected 42501", st);
+    st = sqlstate_of(wc, q("SELECT count(*) FROM @.dead_letters"));
+    CHECK(!strcmp(st, "42501"), "SELECT on dead_letters as the writer: SQLSTATE '%s', expected 42501", st);
+    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.messages")), N);
+    outbox_destroy(w);
+    PQfinish(wc);
+
+    /* The relay role publishes and dead-letters. */
+    poison_t bad;
+    insert_poison(&bad, "ops6.priv", 0);
+    start_broker("--topic", "ops6.priv:2", NULL);
+    tk_proc_t *relay = start_relay(ci_r, NULL);
+    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
+    wait_count(q("SELECT count(*) FROM @.dead_letters"), 1, 5000);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "%s'%s'", q("SELECT count(*) FROM @.dead_letters WHERE message_id = "),
+             bad.message_id);
+    ck_assert_int_eq(tu_scalar(conn, sql), 1);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE usename = '%s'", role_r);
+    CHECK(tu_scalar(conn, sql) >= 1, "no session of %s: the relay did not run as that role", role_r);
+    tk_consumer_t *c = read_topic("ops6.priv", N, 30000);
+    size_t n;
+    const tk_record_t *recs = tk_consumer_records(c, &n);
+    tk_idset_t sent = {0};
+    for (int i = 0; i < N; i++)
+        tk_idset_add(&sent, ids[i]);
+    for (size_t i = 0; i < n; i++)
+        CHECK(tk_idset_has(&sent, tk_record_header(&recs[i], "id")), "record %zu is not one the writer sent", i);
+    CHECK(n == N, "%zu records for %d messages", n, N);
+    char *log = tk_read_file(relay->err_path);
+    CHECK(!strstr(log, "permission denied"), "the relay hit a permission it was not granted:\n%s",
+          tk_file_tail(relay->err_path, 3000));
+    free(log);
+    tk_idset_clear(&sent);
+    tk_consumer_free(c);
+
+    /* The roles go, so a rerun starts clean (their sessions first). */
+    tk_proc_free(relay);
+    relays[0] = NULL;
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE usename IN ('%s', '%s')", role_w,
+             role_r);
+    wait_count(sql, 0, 10000);
+    drop_roles();
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'ops\\_%%\\_%d'", (int)getpid());
+    ck_assert_int_eq(tu_scalar(conn, sql), 0);
+    free(ci_w);
+    free(ci_r);
+    free(bad.env);
+}
+END_TEST
+
+/* ---- 7. no secret in logs ----------------------------------------------------------------------- */
+
+#define SECRET "S3cr3tPassw0rd-xyz"
+
+START_TEST(test_no_password_in_logs) {
+    start_broker("--topic", "ops7.secret:2", NULL);
+    send_n(ob, conn, "ops7.secret", 50, NULL);
+    char *ci, *ci_bad;
+    ck_assert(asprintf(&ci, "%s password=" SECRET, getenv("OUTBOX_TEST_PG")) > 0);
+    /* TCP to a closed port: connection refused, retried and logged. */
+    ck_assert(asprintf(&ci_bad, "%s password=" SECRET " host=127.0.0.1 port=1", getenv("OUTBOX_TEST_PG")) > 0);
+
+    tk_proc_t *r1 = start_relay(ci, "log.level=7", NULL);
+    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
+    tk_proc_signal(r1, SIGTERM);
+    CHECK(tk_proc_wait(r1, 15000), "the relay did not exit within 15 s of SIGTERM");
+    CHECK(exit_code(r1) == 0, "the relay exited with %s after SIGTERM", tk_status_str(r1->status));
+
+    tk_proc_t *r2 = start_relay(ci_bad, "log.level=7", "relay.reconnect.backoff.max.ms=200", NULL);
+    tk_sleep_ms(2000);
+    tk_proc_signal(r2, SIGTERM);
+    CHECK(tk_proc_wait(r2, 15000), "the relay without PostgreSQL did not exit within 15 s of SIGTERM");
+
+    tk_proc_t *runs[2] = {r1, r2};
+    for (int i = 0; i < 2; i++) {
+        char *err = tk_read_file(runs[i]->err_path), *out = tk_read_file(runs[i]->out_path);
+        const char *hit = strstr(err, SECRET);
+        if (hit)
+            hit = hit - err > 300 ? hit - 300 : err; /* show what led up to it */
+        else if (strstr(out, SECRET))
+            hit = out;
+        CHECK(!hit, "relay run %d logged the password:\n%.800s", i + 1, hit);
+        free(err);
+        free(out);
+    }
+    /* The second run did log its failures (otherwise the check above proves nothing). */
+    char *err2 = tk_read_file(r2->err_path);
+    CHECK(matches(err2, "level=error.*PostgreSQL"), "the relay without PostgreSQL logged no connection error:\n%s",
+          err2);
+    free(err2);
+
+    /* One logfmt line per event. */
+    char *err1 = tk_read_file(r1->err_path);
+    CHECK(strstr(err1, "level=debug"), "log.level=7 logged no debug line");
+    int lines = 0;
+    for (char *line = strtok(err1, "\n"); line; line = strtok(NULL, "\n")) {
+        if (!*line)
+            continue;
+        lines++;
+        CHECK(!strncmp(line, "ts=", 3) && strstr(line, " level=") && strstr(line, " msg="),
+              "stderr line %d is not logfmt (ts= level= msg=): '%s'", lines, line);
+    }
+    CHECK(lines >= 3, "only %d log lines from a relay at log.level=7", lines);
+    free(err1);
+    free(ci);
+    free(ci_bad);
+}
+END_TEST
+
+static Suite *ops_suite(void) {
+    Suite *s = suite_create("ops");
+    TCase *tc = tcase_create("endpoints");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 90);
+    tcase_add_test(tc, test_metrics_after_a_drain);
+    tcase_add_test(tc, test_readiness_follows_kafka_and_postgresql);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("admin");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 90);
+    tcase_add_test(tc, test_status_reports_backlog_dead_letters_and_leader);
+    tcase_add_test(tc, test_dead_letters_list_retry_drop);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("install");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 240); /* may compile the library first */
+    tcase_add_test(tc, test_installed_library_builds_an_outside_program);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("security");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 90);
+    tcase_add_test(tc, test_least_privilege_roles);
+    tcase_add_test(tc, test_no_password_in_logs);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    return tu_run(ops_suite());
+}
