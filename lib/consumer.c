@@ -55,6 +55,18 @@ static outbox_err_t cerr(outbox_consumer_t *c, outbox_err_t err, const char *fmt
     return err;
 }
 
+/* Forgets the retry pauses of the given partitions (they are being revoked). */
+static void forget_paused(outbox_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
+    for (size_t i = 0; i < c->paused_cnt;) {
+        if (rd_kafka_topic_partition_list_find(parts, c->paused[i].topic, c->paused[i].partition)) {
+            free(c->paused[i].topic);
+            c->paused[i] = c->paused[--c->paused_cnt];
+        } else {
+            i++;
+        }
+    }
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
                          void *opaque) {
     outbox_consumer_t *c = opaque;
@@ -64,14 +76,16 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
             rd_kafka_error_destroy(rd_kafka_incremental_assign(rk, parts));
         else
             rd_kafka_assign(rk, parts);
+        /* librdkafka keeps an application pause across unassign and assign: a partition paused
+         * for a retry backoff and revoked would never fetch again.  Its retry starts afresh from
+         * the committed offset, so resume it. */
+        rd_kafka_resume_partitions(rk, parts);
         outbox_log(c->conf, 6, FAC, "msg=\"partitions assigned\" count=%d", parts->cnt);
         return;
     }
     /* Revoked: commit what our committed transactions covered before another member takes over. */
     rd_kafka_commit(rk, NULL, 0);
-    for (size_t i = 0; i < c->paused_cnt; i++)
-        free(c->paused[i].topic);
-    c->paused_cnt = 0;
+    forget_paused(c, parts);
     if (cooperative)
         rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, parts));
     else
