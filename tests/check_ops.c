@@ -745,9 +745,9 @@ START_TEST(test_installed_library_builds_an_outside_program) {
     CHECK(access("Makefile", R_OK) == 0 && access("include/outbox/outbox.h", R_OK) == 0,
           "the test must run from the repository root (no Makefile here)");
     char *destdir = tk_scratch_path("inst"), *cmd;
-    /* A plain user's `make install`: not the make that may be running this suite (its jobserver
-     * and its SANITIZE setting are not ours). */
-    ck_assert(asprintf(&cmd, "unset MAKEFLAGS MFLAGS MAKELEVEL; exec make --no-print-directory install "
+    /* A plain user's `make install`: not the make that may be running this suite (its jobserver,
+     * and its SANITIZE/BUILD settings, which make also exports into the environment, are not ours). */
+    ck_assert(asprintf(&cmd, "unset MAKEFLAGS MFLAGS MAKELEVEL SANITIZE BUILD; exec make --no-print-directory install "
                              "DESTDIR='%s' PREFIX=/usr/local", destdir) > 0);
     tk_proc_t *p = sh("make-install", cmd, 170000);
     CHECK(exit_code(p) == 0, "make install: %s; stderr:\n%s", tk_status_str(p->status),
