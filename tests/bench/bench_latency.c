@@ -1,0 +1,179 @@
+/*
+ * Latency: from a transaction's COMMIT returning to the message's receipt by a Kafka consumer,
+ * through outbox-relay (its own process, default settings), at a steady rate; p50/p99/p999.
+ * Usage: bench_latency CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "outbox_int.h"
+
+#define TOPIC "bench.latency"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what, const char *why) {
+    fprintf(stderr, "bench_latency: %s: %s\n", what, why);
+    exit(1);
+}
+
+typedef struct {
+    const char *bootstrap;
+    long n;
+    double *committed; /* per sequence number: when COMMIT returned (0 = not yet) */
+    double *latency;   /* per sequence number: receipt - commit, seconds (-1 = not received) */
+    _Atomic long received;
+    _Atomic int ready, stop;
+} shared_t;
+
+/* Reads the topic from its end (assigned before the first write) and timestamps receipts. */
+static void *consume(void *arg) {
+    shared_t *sh = arg;
+    char err[512];
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    rd_kafka_conf_set(kc, "bootstrap.servers", sh->bootstrap, err, sizeof(err));
+    rd_kafka_conf_set(kc, "group.id", "bench-latency", err, sizeof(err));
+    rd_kafka_conf_set(kc, "fetch.wait.max.ms", "1", err, sizeof(err));
+    rd_kafka_conf_set(kc, "fetch.error.backoff.ms", "1", err, sizeof(err));
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, err, sizeof(err));
+    if (!rk)
+        die("consumer", err);
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    for (int p = 0; p < 4; p++)
+        rd_kafka_topic_partition_list_add(l, TOPIC, p)->offset = RD_KAFKA_OFFSET_END;
+    rd_kafka_assign(rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    /* Let the consumer resolve the end offsets before anything is written. */
+    for (int i = 0; i < 20; i++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+        if (m)
+            rd_kafka_message_destroy(m);
+    }
+    atomic_store(&sh->ready, 1);
+    while (!atomic_load(&sh->stop)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 50);
+        if (!m)
+            continue;
+        double t = now();
+        outbox_message_t *msg;
+        if (!m->err && outbox_message_decode(&msg, m->payload, m->len, err, sizeof(err)) == OUTBOX_OK) {
+            size_t len;
+            const char *p = outbox_message_payload(msg, &len);
+            long seq = len ? strtol(p, NULL, 10) : -1;
+            if (seq >= 0 && seq < sh->n && sh->committed[seq] > 0 && sh->latency[seq] < 0) {
+                sh->latency[seq] = t - sh->committed[seq];
+                atomic_fetch_add(&sh->received, 1);
+            }
+            outbox_message_destroy(msg);
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return NULL;
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 6) {
+        fprintf(stderr, "usage: bench_latency CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS\n");
+        return 2;
+    }
+    double rate = atof(argv[4]), secs = atof(argv[5]);
+    if (rate <= 0 || rate > 100000 || secs <= 0)
+        die("arguments", "RATE_PER_S in (0, 100000], SECONDS > 0");
+    shared_t sh = {.bootstrap = argv[2], .n = (long)(rate * secs)};
+    sh.committed = calloc((size_t)sh.n, sizeof(double));
+    sh.latency = malloc((size_t)sh.n * sizeof(double));
+    for (long i = 0; i < sh.n; i++)
+        sh.latency[i] = -1;
+    setenv("OUTBOX_PG_CONNINFO", argv[1], 1);
+    PGconn *conn = PQconnectdb(argv[1]);
+    char err[512];
+    outbox_conf_t *conf = outbox_conf_new();
+    outbox_conf_set(conf, "log.level", "4", err, sizeof(err));
+    outbox_t *ob = outbox_new(conf, err, sizeof(err));
+    if (PQstatus(conn) != CONNECTION_OK || outbox_migrate(ob, conn) != OUTBOX_OK)
+        die("setup", PQerrorMessage(conn));
+    PQclear(PQexec(conn, "TRUNCATE outbox.messages"));
+
+    char boot[512];
+    snprintf(boot, sizeof(boot), "kafka.bootstrap.servers=%s", argv[2]);
+    pid_t relay = fork();
+    if (relay == 0) {
+        execl(argv[3], argv[3], "-X", boot, "-X", "log.level=4", "run", (char *)NULL);
+        _exit(127);
+    }
+    pthread_t th;
+    pthread_create(&th, NULL, consume, &sh);
+    while (!atomic_load(&sh.ready))
+        usleep(10000);
+    usleep(500000); /* the relay is connected and idle-polling: the steady state being measured */
+
+    double t0 = now(), interval = 1.0 / rate;
+    for (long i = 0; i < sh.n; i++) {
+        double due = t0 + (double)i * interval, wait = due - now();
+        if (wait > 0)
+            usleep((useconds_t)(wait * 1e6));
+        char payload[24];
+        int len = snprintf(payload, sizeof(payload), "%ld", i);
+        outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, TOPIC, "bench.Latency");
+        char key[16];
+        int kl = snprintf(key, sizeof(key), "k%ld", i % 100);
+        outbox_message_set_key(m, key, (size_t)kl);
+        outbox_message_set_payload(m, payload, (size_t)len);
+        PQclear(PQexec(conn, "BEGIN"));
+        if (outbox_send(ob, conn, m) != OUTBOX_OK)
+            die("outbox_send", outbox_errmsg(ob));
+        PQclear(PQexec(conn, "COMMIT"));
+        sh.committed[i] = now();
+        outbox_message_destroy(m);
+    }
+    double deadline = now() + 10;
+    while (atomic_load(&sh.received) < sh.n && now() < deadline)
+        usleep(10000);
+    atomic_store(&sh.stop, 1);
+    pthread_join(th, NULL);
+    kill(relay, SIGTERM);
+    waitpid(relay, NULL, 0);
+
+    long got = atomic_load(&sh.received);
+    double *lat = malloc((size_t)(got ? got : 1) * sizeof(double));
+    long k = 0;
+    for (long i = 0; i < sh.n; i++)
+        if (sh.latency[i] >= 0)
+            lat[k++] = sh.latency[i] * 1000;
+    qsort(lat, (size_t)k, sizeof(double), cmp);
+#define PCT(p) (k ? lat[(long)((double)(k - 1) * (p))] : 0)
+    printf("latency commit -> consumer receipt at %.0f msg/s for %.0f s (%ld of %ld received):\n", rate, secs, got,
+           sh.n);
+    printf("  p50 %.2f ms   p99 %.2f ms   p999 %.2f ms   max %.2f ms\n", PCT(0.5), PCT(0.99), PCT(0.999),
+           k ? lat[k - 1] : 0);
+    printf("{\"bench\":\"latency\",\"rate\":%.0f,\"seconds\":%.0f,\"sent\":%ld,\"received\":%ld,\"p50_ms\":%.3f,"
+           "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f}\n",
+           rate, secs, sh.n, got, PCT(0.5), PCT(0.99), PCT(0.999), k ? lat[k - 1] : 0);
+    free(lat);
+    free(sh.committed);
+    free(sh.latency);
+    outbox_destroy(ob);
+    PQfinish(conn);
+    return got == sh.n ? 0 : 1;
+}
