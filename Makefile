@@ -136,7 +136,7 @@ $(MOCK): tests/support/mock-kafka.c | $(DEPCHECK)
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) -o $@ $< $(LINK_FLAGS) $(PKG_LIBS)
 
-$(B)/tests/%: tests/%.c $(TESTLIB_SRCS) tests/support/testutil.h $(STLIB)
+$(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(STLIB)
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -o $@ $< $(TESTLIB_SRCS) $(STLIB) \
 	  $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)

@@ -11,19 +11,9 @@
 #include <sys/wait.h>
 
 #include "outbox/v1/envelope.pb-c.h"
-#include "testutil.h"
-#include "testutil_kafka.h"
+#include "testutil_fixture.h"
 
-enum { MAX_PROCS = 6 };
-
-static PGconn *conn;
-static outbox_t *ob;
-static char *schema;
-static char *schema_b; /* a second outbox, for the tests that need one */
-static tk_broker_t *broker;
-static tk_producer_t *producer;
-static tk_proc_t *procs[MAX_PROCS];
-static const char *proc_names[MAX_PROCS];
+static tk_producer_t *producer; /* on this test's broker, for writing records directly */
 
 static const char effects_ddl[] =
     "CREATE TABLE \"%s\".effects (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
@@ -32,117 +22,37 @@ static const char effects_ddl[] =
 static void create_effects(const char *sch) {
     char sql[512];
     snprintf(sql, sizeof(sql), effects_ddl, sch);
-    tu_exec(conn, sql);
+    tu_exec(tf_conn, sql);
 }
 
 static void setup(void) {
-    conn = tu_connect();
-    schema = tu_schema_name("t_cons");
-    ob = tu_outbox(conn, schema);
-    create_effects(schema);
-}
-
-static void drop_schema(const char *sch) {
-    char sql[256];
-    snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS \"%s\" CASCADE", sch);
-    tu_exec(conn, sql);
+    tf_setup("t_cons");
+    create_effects(tf_schema);
 }
 
 static void teardown(void) {
-    for (int i = 0; i < MAX_PROCS; i++) {
-        tk_proc_free(procs[i]);
-        procs[i] = NULL;
-    }
     tk_producer_free(producer);
     producer = NULL;
-    tk_broker_stop(broker);
-    broker = NULL;
-    PQclear(PQexec(conn, "ROLLBACK"));
-    drop_schema(schema);
-    if (schema_b) {
-        drop_schema(schema_b);
-        free(schema_b);
-        schema_b = NULL;
-    }
-    outbox_destroy(ob);
-    PQfinish(conn);
-    free(schema);
+    tf_teardown(NULL);
 }
 
-/* SQL text with every '@' replaced by the test's quoted schema.  Rotating static buffers. */
-static const char *q(const char *tmpl, ...) {
-    static char bufs[4][2048];
-    static int next;
-    char fmt[2048];
-    va_list ap;
-    va_start(ap, tmpl);
-    int w = vsnprintf(fmt, sizeof(fmt), tmpl, ap);
-    va_end(ap);
-    ck_assert(w > 0 && (size_t)w < sizeof(fmt));
-    char *out = bufs[next++ % 4];
-    size_t n = 0;
-    for (const char *p = fmt; *p; p++) {
-        w = *p == '@' ? snprintf(out + n, sizeof(bufs[0]) - n, "\"%s\"", schema)
-                      : snprintf(out + n, sizeof(bufs[0]) - n, "%c", *p);
-        ck_assert(w > 0 && n + (size_t)w < sizeof(bufs[0]));
-        n += (size_t)w;
-    }
-    return out;
-}
-
-/* Check runs no teardown after a failure, and a failure in a test with child processes is only
- * diagnosable with their own account: print their output before failing. */
-static void dump_logs(void) {
-    for (int i = 0; i < MAX_PROCS; i++) {
-        if (!procs[i])
-            continue;
-        tk_proc_running(procs[i]);
-        fprintf(stderr, "---- %s (%s), end of its stdout:\n%s\n", proc_names[i],
-                procs[i]->pid ? "running" : tk_status_str(procs[i]->status), tk_file_tail(procs[i]->out_path, 1500));
-        fprintf(stderr, "---- %s, end of its stderr:\n%s\n----\n", proc_names[i], tk_file_tail(procs[i]->err_path, 3000));
-    }
-}
-
-#define CHECK(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            dump_logs();                                                                      \
-            ck_abort_msg(__VA_ARGS__);                                                        \
-        }                                                                                     \
-    } while (0)
-
+/* Starts this test's broker with the given arguments (NULL-terminated), and a producer on it. */
 static void start_broker(const char *arg, ...) {
-    const char *args[32];
-    size_t n = 0;
     va_list ap;
     va_start(ap, arg);
-    for (const char *a = arg; a; a = va_arg(ap, const char *)) {
-        ck_assert_uint_lt(n, 31);
-        args[n++] = a;
-    }
+    tf_vstart_broker(arg, ap);
     va_end(ap);
-    args[n] = NULL;
-    broker = tk_broker_start(args);
-    producer = tk_producer_new(broker->bootstrap);
-}
-
-static int free_slot(void) {
-    for (int i = 0; i < MAX_PROCS; i++)
-        if (!procs[i])
-            return i;
-    ck_abort_msg("more than %d child processes", MAX_PROCS);
-    return -1;
+    producer = tk_producer_new(tf_broker->bootstrap);
 }
 
 /* Starts build/test-consumer on schema sch, group and topic, with extra arguments (NULL-terminated,
  * e.g. "--no-sleep", "-X", "consumer.retry.backoff.ms=100").  Teardown kills it. */
 static tk_proc_t *start_consumer(const char *name, const char *sch, const char *group, const char *topic, ...) {
-    int slot = free_slot();
     char *prog = tk_build_path("test-consumer");
     const char *argv[48];
     size_t n = 0;
     argv[n++] = prog;
-    argv[n++] = "--bootstrap", argv[n++] = broker->bootstrap;
+    argv[n++] = "--bootstrap", argv[n++] = tf_broker->bootstrap;
     argv[n++] = "--conninfo", argv[n++] = getenv("OUTBOX_TEST_PG");
     argv[n++] = "--schema", argv[n++] = sch;
     argv[n++] = "--group", argv[n++] = group;
@@ -159,27 +69,14 @@ static tk_proc_t *start_consumer(const char *name, const char *sch, const char *
     }
     va_end(ap);
     argv[n] = NULL;
-    procs[slot] = tk_proc_start(name, argv);
-    proc_names[slot] = name;
+    tk_proc_t *p = tf_spawn(name, argv);
     free(prog);
-    return procs[slot];
+    return p;
 }
 
 /* Starts `outbox-relay run` for schema sch on this test's broker. */
 static tk_proc_t *start_relay(const char *name, const char *sch) {
-    int slot = free_slot();
-    char *prog = tk_build_path("outbox-relay");
-    char *common[3];
-    ck_assert(asprintf(&common[0], "pg.conninfo=%s", getenv("OUTBOX_TEST_PG")) > 0);
-    ck_assert(asprintf(&common[1], "outbox.schema=%s", sch) > 0);
-    ck_assert(asprintf(&common[2], "kafka.bootstrap.servers=%s", broker->bootstrap) > 0);
-    const char *argv[] = {prog, "-X", common[0], "-X", common[1], "-X", common[2], "run", NULL};
-    procs[slot] = tk_proc_start(name, argv);
-    proc_names[slot] = name;
-    for (int i = 0; i < 3; i++)
-        free(common[i]);
-    free(prog);
-    return procs[slot];
+    return tf_start_relay_with(&(tf_relay_opts_t){.name = name, .schema = sch}, NULL);
 }
 
 static void kill_proc(tk_proc_t *p) {
@@ -194,15 +91,15 @@ typedef struct {
 /* SIGTERMs a test-consumer, expects exit 0 within 20 s and reads its final stats line. */
 static stats_t stop_consumer(tk_proc_t *p) {
     tk_proc_signal(p, SIGTERM);
-    CHECK(tk_proc_wait(p, 20000), "test-consumer did not exit within 20 s of SIGTERM");
-    CHECK(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0, "test-consumer ended with %s",
-          tk_status_str(p->status));
+    TF_CHECK(tk_proc_wait(p, 20000), "test-consumer did not exit within 20 s of SIGTERM");
+    TF_CHECK(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0, "test-consumer ended with %s",
+             tk_status_str(p->status));
     char *out = tk_read_file(p->out_path);
     const char *line = strstr(out, "stats processed=");
     stats_t st = {-1, -1, -1, -1};
-    CHECK(line && sscanf(line, "stats processed=%lld duplicates=%lld retried=%lld rejected=%lld", &st.processed,
-                         &st.duplicates, &st.retried, &st.rejected) == 4,
-          "test-consumer printed no stats line");
+    TF_CHECK(line && sscanf(line, "stats processed=%lld duplicates=%lld retried=%lld rejected=%lld", &st.processed,
+                            &st.duplicates, &st.retried, &st.rejected) == 4,
+             "test-consumer printed no stats line");
     free(out);
     return st;
 }
@@ -267,20 +164,20 @@ static void flush_produced(void) {
 static long long effects_of(const char *sch, const char *id) {
     char sql[256];
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".effects WHERE message_id = '%s'", sch, id);
-    return tu_scalar(conn, sql);
+    return tu_scalar(tf_conn, sql);
 }
 
 /* Waits until message id's effect is committed n times (within timeout_ms) and returns the count. */
 static long long wait_effects(const char *sch, const char *id, long long n, int timeout_ms) {
     char sql[256];
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".effects WHERE message_id = '%s'", sch, id);
-    return tk_wait_scalar(conn, sql, n, timeout_ms);
+    return tk_wait_scalar(tf_conn, sql, n, timeout_ms);
 }
 
 /* Waits until stdout of p contains needle. */
 static void wait_output(tk_proc_t *p, const char *needle, int timeout_ms) {
-    CHECK(tk_wait_file_contains(p->out_path, needle, timeout_ms), "no '%s' from the consumer within %d ms", needle,
-          timeout_ms);
+    TF_CHECK(tk_wait_file_contains(p->out_path, needle, timeout_ms), "no '%s' from the consumer within %d ms", needle,
+             timeout_ms);
 }
 
 /* The reason of the consumer_dead_letters row of group with exactly these raw bytes at
@@ -292,13 +189,13 @@ static char *dead_letter(const char *group, const sent_t *s, const char *topic, 
     snprintf(off, sizeof(off), "%lld", (long long)s->offset);
     const char *p[5] = {group, s->env_len ? s->env : "", topic, part, off};
     int lens[5] = {0, (int)s->env_len, 0, 0, 0}, fmts[5] = {0, 1, 0, 0, 0};
-    PGresult *res = PQexecParams(conn,
-                                 q("SELECT reason, coalesce(message_id, '') FROM @.consumer_dead_letters "
-                                   "WHERE consumer = $1 AND coalesce(raw, '') = $2 AND topic = $3 "
-                                   "AND kafka_partition = $4 AND kafka_offset = $5"),
+    PGresult *res = PQexecParams(tf_conn,
+                                 tf_q("SELECT reason, coalesce(message_id, '') FROM @.consumer_dead_letters "
+                                      "WHERE consumer = $1 AND coalesce(raw, '') = $2 AND topic = $3 "
+                                      "AND kafka_partition = $4 AND kafka_offset = $5"),
                                  5, NULL, p, lens, fmts, 0);
     ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "%s", PQresultErrorMessage(res));
-    CHECK(PQntuples(res) <= 1, "%d dead letters for offset %s", PQntuples(res), off);
+    TF_CHECK(PQntuples(res) <= 1, "%d dead letters for offset %s", PQntuples(res), off);
     char *reason = NULL;
     if (PQntuples(res) == 1) {
         reason = strdup(PQgetvalue(res, 0, 0));
@@ -333,10 +230,10 @@ static outbox_handler_result_t inproc_handler(const outbox_message_t *msg, PGcon
 static outbox_consumer_t *inproc_consumer(const char *group, const char *topic) {
     char err[512];
     outbox_conf_t *conf = outbox_conf_new();
-    ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", schema, err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "pg.conninfo", getenv("OUTBOX_TEST_PG"), err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "consumer.group.id", group, err, sizeof(err)), OUTBOX_CONF_OK);
-    ck_assert_int_eq(outbox_conf_set(conf, "kafka.bootstrap.servers", broker->bootstrap, err, sizeof(err)),
+    ck_assert_int_eq(outbox_conf_set(conf, "kafka.bootstrap.servers", tf_broker->bootstrap, err, sizeof(err)),
                      OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "kafka.fetch.wait.max.ms", "50", err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "log.level", "4", err, sizeof(err)), OUTBOX_CONF_OK);
@@ -358,7 +255,7 @@ START_TEST(test_same_envelope_twice_has_one_effect) {
     ck_assert_int_eq(first.partition, second.partition);
     ck_assert_int_eq(second.offset, first.offset + 1);
 
-    inproc_t ctx = {schema, 0};
+    inproc_t ctx = {tf_schema, 0};
     outbox_consumer_t *c = inproc_consumer("ta", "ta.events");
     outbox_consumer_stats_t st = {0};
     int64_t deadline = tk_now_ms() + 30000;
@@ -378,11 +275,11 @@ START_TEST(test_same_envelope_twice_has_one_effect) {
     ck_assert_int_eq(st.duplicates, 1);
     ck_assert_int_eq(st.retried, 0);
     ck_assert_int_eq(st.rejected, 0);
-    ck_assert_int_eq(effects_of(schema, first.id), 1);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.processed WHERE consumer = 'ta' AND "
-                                       "message_id = '%s'", first.id)), 1);
+    ck_assert_int_eq(effects_of(tf_schema, first.id), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed WHERE consumer = 'ta' AND "
+                                             "message_id = '%s'", first.id)), 1);
     outbox_consumer_destroy(c); /* commits the offsets of both records */
-    ck_assert_int_eq(tk_committed_offset(broker->bootstrap, "ta", "ta.events", first.partition), second.offset + 1);
+    ck_assert_int_eq(tk_committed_offset(tf_broker->bootstrap, "ta", "ta.events", first.partition), second.offset + 1);
     free(first.env);
     free(second.env);
 }
@@ -399,31 +296,31 @@ START_TEST(test_kill_after_pg_commit_redelivers_without_rerunning_handler) {
     produce_cmd(&k1, "tb.events", "acct-1", "sleep:30000");
     flush_produced();
 
-    tk_proc_t *c1 = start_consumer("consumer1", schema, "tb", "tb.events", NULL);
-    CHECK(wait_effects(schema, k.id, 1, 30000) == 1, "message k was not processed within 30 s");
+    tk_proc_t *c1 = start_consumer("consumer1", tf_schema, "tb", "tb.events", NULL);
+    TF_CHECK(wait_effects(tf_schema, k.id, 1, 30000) == 1, "message k was not processed within 30 s");
     char line[80];
     snprintf(line, sizeof(line), "sleeping %s", k1.id);
     wait_output(c1, line, 15000);
-    CHECK(effects_of(schema, k1.id) == 0, "k+1's effect is visible while its handler sleeps");
-    int64_t committed = tk_committed_offset(broker->bootstrap, "tb", "tb.events", 0);
-    CHECK(committed <= k.offset,
-          "the scenario did not happen: the group's committed offset is already %lld (k is at %lld), so "
-          "k is not redelivered after the kill",
-          (long long)committed, (long long)k.offset);
+    TF_CHECK(effects_of(tf_schema, k1.id) == 0, "k+1's effect is visible while its handler sleeps");
+    int64_t committed = tk_committed_offset(tf_broker->bootstrap, "tb", "tb.events", 0);
+    TF_CHECK(committed <= k.offset,
+             "the scenario did not happen: the group's committed offset is already %lld (k is at %lld), so "
+             "k is not redelivered after the kill",
+             (long long)committed, (long long)k.offset);
     kill_proc(c1);
 
-    tk_proc_t *c2 = start_consumer("consumer2", schema, "tb", "tb.events", "--no-sleep", NULL);
-    CHECK(wait_effects(schema, k1.id, 1, 40000) == 1, "message k+1 was not processed after the restart");
+    tk_proc_t *c2 = start_consumer("consumer2", tf_schema, "tb", "tb.events", "--no-sleep", NULL);
+    TF_CHECK(wait_effects(tf_schema, k1.id, 1, 40000) == 1, "message k+1 was not processed after the restart");
     stats_t st = stop_consumer(c2);
-    CHECK(st.duplicates >= 1, "the restarted consumer saw no duplicate (duplicates=%lld): k was not redelivered",
-          st.duplicates);
-    CHECK(st.processed == 1, "the restarted consumer processed %lld messages, expected 1 (k+1)", st.processed);
+    TF_CHECK(st.duplicates >= 1, "the restarted consumer saw no duplicate (duplicates=%lld): k was not redelivered",
+             st.duplicates);
+    TF_CHECK(st.processed == 1, "the restarted consumer processed %lld messages, expected 1 (k+1)", st.processed);
     snprintf(line, sizeof(line), "handled %s", k.id);
-    CHECK(tk_file_count(c2->out_path, line) == 0, "the handler ran again for k after the restart");
-    ck_assert_int_eq(effects_of(schema, k.id), 1);
-    ck_assert_int_eq(effects_of(schema, k1.id), 1);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.effects")), 2);
-    ck_assert_int_eq(tk_committed_offset(broker->bootstrap, "tb", "tb.events", 0), k1.offset + 1);
+    TF_CHECK(tk_file_count(c2->out_path, line) == 0, "the handler ran again for k after the restart");
+    ck_assert_int_eq(effects_of(tf_schema, k.id), 1);
+    ck_assert_int_eq(effects_of(tf_schema, k1.id), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.effects")), 2);
+    ck_assert_int_eq(tk_committed_offset(tf_broker->bootstrap, "tb", "tb.events", 0), k1.offset + 1);
     free(k.env);
     free(k1.env);
 }
@@ -437,25 +334,25 @@ START_TEST(test_kill_before_pg_commit_reruns_handler_once) {
     produce_cmd(&s, "tc.events", "acct-1", "sleep:30000");
     flush_produced();
 
-    tk_proc_t *c1 = start_consumer("consumer1", schema, "tc", "tc.events", NULL);
+    tk_proc_t *c1 = start_consumer("consumer1", tf_schema, "tc", "tc.events", NULL);
     char line[80];
     snprintf(line, sizeof(line), "sleeping %s", s.id);
     wait_output(c1, line, 30000);
     /* The effect and the dedup record exist only inside the sleeping transaction. */
-    CHECK(effects_of(schema, s.id) == 0, "the effect is visible before the commit");
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.processed")), 0);
+    TF_CHECK(effects_of(tf_schema, s.id) == 0, "the effect is visible before the commit");
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed")), 0);
     kill_proc(c1);
 
-    tk_proc_t *c2 = start_consumer("consumer2", schema, "tc", "tc.events", "--no-sleep", NULL);
-    CHECK(wait_effects(schema, s.id, 1, 40000) == 1, "the message was not processed after the restart");
+    tk_proc_t *c2 = start_consumer("consumer2", tf_schema, "tc", "tc.events", "--no-sleep", NULL);
+    TF_CHECK(wait_effects(tf_schema, s.id, 1, 40000) == 1, "the message was not processed after the restart");
     stats_t st = stop_consumer(c2);
     ck_assert_int_eq(st.processed, 1);
     ck_assert_int_eq(st.duplicates, 0);
     snprintf(line, sizeof(line), "handled %s", s.id);
     ck_assert_int_eq(tk_file_count(c2->out_path, line), 1);
-    ck_assert_int_eq(effects_of(schema, s.id), 1);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.processed WHERE consumer = 'tc'")), 1);
-    ck_assert_int_eq(tk_committed_offset(broker->bootstrap, "tc", "tc.events", 0), s.offset + 1);
+    ck_assert_int_eq(effects_of(tf_schema, s.id), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed WHERE consumer = 'tc'")), 1);
+    ck_assert_int_eq(tk_committed_offset(tf_broker->bootstrap, "tc", "tc.events", 0), s.offset + 1);
     free(s.env);
 }
 END_TEST
@@ -473,25 +370,26 @@ START_TEST(test_retry_keeps_order_and_reject_rolls_back) {
     for (int i = 1; i < N; i++)
         ck_assert_int_eq(s[i].partition, s[0].partition);
 
-    tk_proc_t *c = start_consumer("consumer", schema, "td", "td.events", "-X", "consumer.retry.backoff.ms=200", NULL);
-    CHECK(wait_effects(schema, s[3].id, 1, 40000) == 1, "the last message was not processed within 40 s");
+    tk_proc_t *c =
+        start_consumer("consumer", tf_schema, "td", "td.events", "-X", "consumer.retry.backoff.ms=200", NULL);
+    TF_CHECK(wait_effects(tf_schema, s[3].id, 1, 40000) == 1, "the last message was not processed within 40 s");
     stats_t st = stop_consumer(c);
-    CHECK(st.processed == 3 && st.retried == 2 && st.rejected == 1 && st.duplicates == 0,
-          "stats processed=%lld retried=%lld rejected=%lld duplicates=%lld, expected 3, 2, 1, 0", st.processed,
-          st.retried, st.rejected, st.duplicates);
+    TF_CHECK(st.processed == 3 && st.retried == 2 && st.rejected == 1 && st.duplicates == 0,
+             "stats processed=%lld retried=%lld rejected=%lld duplicates=%lld, expected 3, 2, 1, 0", st.processed,
+             st.retried, st.rejected, st.duplicates);
 
     /* Effects: once each, none for the rejected message, in the partition's order. */
-    ck_assert_int_eq(effects_of(schema, s[0].id), 1);
-    ck_assert_int_eq(effects_of(schema, s[1].id), 1);
-    ck_assert_int_eq(effects_of(schema, s[2].id), 0);
-    ck_assert_int_eq(effects_of(schema, s[3].id), 1);
-    PGresult *res = PQexec(conn, q("SELECT message_id FROM @.effects ORDER BY seq"));
+    ck_assert_int_eq(effects_of(tf_schema, s[0].id), 1);
+    ck_assert_int_eq(effects_of(tf_schema, s[1].id), 1);
+    ck_assert_int_eq(effects_of(tf_schema, s[2].id), 0);
+    ck_assert_int_eq(effects_of(tf_schema, s[3].id), 1);
+    PGresult *res = PQexec(tf_conn, tf_q("SELECT message_id FROM @.effects ORDER BY seq"));
     ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
     static const int order[] = {0, 1, 3};
-    CHECK(PQntuples(res) == 3, "%d effects, expected 3", PQntuples(res));
+    TF_CHECK(PQntuples(res) == 3, "%d effects, expected 3", PQntuples(res));
     for (int i = 0; i < 3; i++)
-        CHECK(!strcmp(PQgetvalue(res, i, 0), s[order[i]].id), "effect %d is of %s, expected message %d (%s)", i,
-              PQgetvalue(res, i, 0), order[i], s[order[i]].id);
+        TF_CHECK(!strcmp(PQgetvalue(res, i, 0), s[order[i]].id), "effect %d is of %s, expected message %d (%s)", i,
+                 PQgetvalue(res, i, 0), order[i], s[order[i]].id);
     PQclear(res);
 
     /* The handler saw nothing after a retried message before that message succeeded. */
@@ -501,19 +399,19 @@ START_TEST(test_retry_keeps_order_and_reject_rolls_back) {
     snprintf(h0, sizeof(h0), "handled %s", s[0].id);
     snprintf(h1, sizeof(h1), "handled %s", s[1].id);
     const char *pr0 = strstr(out, r0), *ph0 = strstr(out, h0), *ph1 = strstr(out, h1);
-    CHECK(pr0 && ph0 && ph1 && pr0 < ph0 && ph0 < ph1, "handler calls out of order:\n%s", out);
-    CHECK(tk_file_count(c->out_path, h1) == 1, "message 2 was handled more than once:\n%s", out);
+    TF_CHECK(pr0 && ph0 && ph1 && pr0 < ph0 && ph0 < ph1, "handler calls out of order:\n%s", out);
+    TF_CHECK(tk_file_count(c->out_path, h1) == 1, "message 2 was handled more than once:\n%s", out);
     free(out);
 
     /* The rejected message: recorded with its bytes and place, and marked processed. */
     char msg_id[65] = "";
     char *reason = dead_letter("td", &s[2], "td.events", msg_id);
-    CHECK(reason, "no consumer_dead_letters row for the rejected message");
-    CHECK(strcasestr(reason, "rejected"), "reason '%s' does not mention \"rejected\"", reason);
+    TF_CHECK(reason, "no consumer_dead_letters row for the rejected message");
+    TF_CHECK(strcasestr(reason, "rejected"), "reason '%s' does not mention \"rejected\"", reason);
     ck_assert_str_eq(msg_id, s[2].id);
     free(reason);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.consumer_dead_letters")), 1);
-    ck_assert_int_eq(tk_committed_offset(broker->bootstrap, "td", "td.events", s[0].partition), s[3].offset + 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters")), 1);
+    ck_assert_int_eq(tk_committed_offset(tf_broker->bootstrap, "td", "td.events", s[0].partition), s[3].offset + 1);
     for (int i = 0; i < N; i++)
         free(s[i].env);
 }
@@ -523,32 +421,32 @@ END_TEST
 
 START_TEST(test_command_reply_round_trip_through_two_outboxes) {
     start_broker("--topic", "te.commands:2", "--topic", "te.replies:3", NULL);
-    schema_b = tu_schema_name("t_cons_b");
-    outbox_t *ob_b = tu_outbox(conn, schema_b);
-    create_effects(schema_b);
+    tf_schema2 = tu_schema_name("t_cons_b");
+    outbox_t *ob_b = tu_outbox(tf_conn, tf_schema2);
+    create_effects(tf_schema2);
 
     /* The sender: a COMMAND written in its own transaction into outbox A. */
     outbox_message_t *cmd = cmd_msg(OUTBOX_COMMAND, "te.commands", "cust-42", "reply");
     ck_assert_int_eq(outbox_message_set_reply_to(cmd, "te.replies"), OUTBOX_OK);
-    tu_exec(conn, "BEGIN");
-    ck_assert_msg(outbox_send(ob, conn, cmd) == OUTBOX_OK, "%s", outbox_errmsg(ob));
-    tu_exec(conn, "COMMIT");
+    tu_exec(tf_conn, "BEGIN");
+    ck_assert_msg(outbox_send(tf_ob, tf_conn, cmd) == OUTBOX_OK, "%s", outbox_errmsg(tf_ob));
+    tu_exec(tf_conn, "COMMIT");
 
-    start_relay("relayA", schema);
-    start_relay("relayB", schema_b);
-    tk_proc_t *resp = start_consumer("responder", schema_b, "resp", "te.commands", NULL);
+    start_relay("relayA", tf_schema);
+    start_relay("relayB", tf_schema2);
+    tk_proc_t *resp = start_consumer("responder", tf_schema2, "resp", "te.commands", NULL);
 
-    tk_consumer_t *rd = tk_consumer_new(broker->bootstrap, "te.replies");
+    tk_consumer_t *rd = tk_consumer_new(tf_broker->bootstrap, "te.replies");
     size_t got = tk_consumer_poll(rd, 1, tk_now_ms() + 45000);
-    CHECK(got == 1, "no reply on te.replies within 45 s");
+    TF_CHECK(got == 1, "no reply on te.replies within 45 s");
     got = tk_consumer_poll(rd, 2, tk_now_ms() + 1000);
-    CHECK(got == 1, "%zu replies, expected one", got);
+    TF_CHECK(got == 1, "%zu replies, expected one", got);
     size_t n;
     const tk_record_t *r = &tk_consumer_records(rd, &n)[0];
     outbox_message_t *reply = NULL;
     char err[256];
-    CHECK(outbox_message_decode(&reply, r->value, r->value_len, err, sizeof(err)) == OUTBOX_OK,
-          "the reply is not an envelope: %s", err);
+    TF_CHECK(outbox_message_decode(&reply, r->value, r->value_len, err, sizeof(err)) == OUTBOX_OK,
+             "the reply is not an envelope: %s", err);
     ck_assert_int_eq(outbox_message_kind(reply), OUTBOX_REPLY);
     ck_assert_str_eq(outbox_message_correlation_id(reply), outbox_message_id(cmd));
     ck_assert_str_eq(outbox_message_type(reply), "test.Reply");
@@ -564,14 +462,15 @@ START_TEST(test_command_reply_round_trip_through_two_outboxes) {
     ck_assert_msg(hid && !strcmp(hid, outbox_message_id(reply)), "the reply's id header is %s", hid ? hid : "(none)");
 
     /* The responder's effect committed with the reply, once. */
-    ck_assert_int_eq(effects_of(schema_b, outbox_message_id(cmd)), 1);
+    ck_assert_int_eq(effects_of(tf_schema2, outbox_message_id(cmd)), 1);
     stats_t st = stop_consumer(resp);
     ck_assert_int_eq(st.processed, 1);
     ck_assert_int_eq(st.rejected, 0);
     char sql[256];
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".messages", schema_b);
-    CHECK(tk_wait_scalar(conn, sql, 0, 10000) == 0, "the reply is still in outbox B");
-    CHECK(tk_wait_scalar(conn, q("SELECT count(*) FROM @.messages"), 0, 10000) == 0, "the command is still in outbox A");
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".messages", tf_schema2);
+    TF_CHECK(tk_wait_scalar(tf_conn, sql, 0, 10000) == 0, "the reply is still in outbox B");
+    TF_CHECK(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"), 0, 10000) == 0,
+             "the command is still in outbox A");
 
     outbox_message_destroy(reply);
     outbox_message_destroy(cmd);
@@ -621,30 +520,32 @@ START_TEST(test_bad_input_is_dead_lettered_and_consumer_continues) {
     for (int i = 0; i <= BAD; i++)
         ck_assert_int_eq(s[i].offset, i);
 
-    tk_proc_t *c = start_consumer("consumer", schema, "tf", "tf.events", "-X", "consumer.schema.major.max=1", NULL);
-    CHECK(wait_effects(schema, s[BAD].id, 1, 40000) == 1, "the valid message after the bad ones was not processed");
+    tk_proc_t *c =
+        start_consumer("consumer", tf_schema, "tf", "tf.events", "-X", "consumer.schema.major.max=1", NULL);
+    TF_CHECK(wait_effects(tf_schema, s[BAD].id, 1, 40000) == 1,
+             "the valid message after the bad ones was not processed");
     stats_t st = stop_consumer(c);
-    CHECK(st.rejected == BAD && st.processed == 1, "stats rejected=%lld processed=%lld, expected %d and 1",
-          st.rejected, st.processed, BAD);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.effects")), 1);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.consumer_dead_letters")), BAD);
+    TF_CHECK(st.rejected == BAD && st.processed == 1, "stats rejected=%lld processed=%lld, expected %d and 1",
+             st.rejected, st.processed, BAD);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.effects")), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters")), BAD);
 
     static const char *const what[BAD] = {"garbage", "an empty value", "an unknown kind", "schema version 9.0"};
     char *reasons[BAD];
     for (int i = 0; i < BAD; i++) {
         char msg_id[65] = "";
         reasons[i] = dead_letter("tf", &s[i], "tf.events", msg_id);
-        CHECK(reasons[i] && *reasons[i], "no dead letter with its raw bytes, topic, partition and offset for %s",
-              what[i]);
+        TF_CHECK(reasons[i] && *reasons[i], "no dead letter with its raw bytes, topic, partition and offset for %s",
+                 what[i]);
         if (i == 3)
             ck_assert_str_eq(msg_id, s[3].id);
     }
-    CHECK(strcasestr(reasons[2], "kind"), "reason for the unknown kind: '%s'", reasons[2]);
-    CHECK(strstr(reasons[3], "9.0") || strcasestr(reasons[3], "major"), "reason for schema version 9.0: '%s'",
-          reasons[3]);
+    TF_CHECK(strcasestr(reasons[2], "kind"), "reason for the unknown kind: '%s'", reasons[2]);
+    TF_CHECK(strstr(reasons[3], "9.0") || strcasestr(reasons[3], "major"), "reason for schema version 9.0: '%s'",
+             reasons[3]);
     for (int i = 0; i < BAD; i++)
         free(reasons[i]);
-    ck_assert_int_eq(tk_committed_offset(broker->bootstrap, "tf", "tf.events", 0), BAD + 1);
+    ck_assert_int_eq(tk_committed_offset(tf_broker->bootstrap, "tf", "tf.events", 0), BAD + 1);
     for (int i = 0; i <= BAD; i++)
         free(s[i].env);
 }
@@ -669,50 +570,51 @@ START_TEST(test_rebalance_between_two_members_keeps_effects_exactly_once) {
         }                                                                                    \
         flush_produced();                                                                    \
     } while (0)
-    char *count_sql = strdup(q("SELECT count(DISTINCT message_id) FROM @.effects"));
+    char *count_sql = strdup(tf_q("SELECT count(DISTINCT message_id) FROM @.effects"));
 
     PRODUCE_UPTO(700);
-    tk_proc_t *c1 = start_consumer("member1", schema, "tg", "tg.events", NULL);
+    tk_proc_t *c1 = start_consumer("member1", tf_schema, "tg", "tg.events", NULL);
     int64_t deadline = tk_now_ms() + 30000;
-    while (tu_scalar(conn, count_sql) < 200) {
-        CHECK(tk_now_ms() < deadline, "member 1 did not process 200 messages within 30 s");
+    while (tu_scalar(tf_conn, count_sql) < 200) {
+        TF_CHECK(tk_now_ms() < deadline, "member 1 did not process 200 messages within 30 s");
         tk_sleep_ms(20);
     }
 
-    tk_proc_t *c2 = start_consumer("member2", schema, "tg", "tg.events", NULL);
+    tk_proc_t *c2 = start_consumer("member2", tf_schema, "tg", "tg.events", NULL);
     PRODUCE_UPTO(1400);
     wait_output(c2, "handled ", 30000); /* the group rebalanced: member 2 has partitions */
-    long long done = tu_scalar(conn, count_sql);
-    CHECK(done < 1400, "everything was processed before member 1 stopped (%lld): no rebalance mid-way", done);
+    long long done = tu_scalar(tf_conn, count_sql);
+    TF_CHECK(done < 1400, "everything was processed before member 1 stopped (%lld): no rebalance mid-way", done);
 
     stats_t st1 = stop_consumer(c1);
     PRODUCE_UPTO(N);
-    CHECK(tk_wait_scalar(conn, count_sql, N, 60000) == N, "only %lld of %d messages had an effect within 60 s",
-          tu_scalar(conn, count_sql), N);
+    TF_CHECK(tk_wait_scalar(tf_conn, count_sql, N, 60000) == N, "only %lld of %d messages had an effect within 60 s",
+             tu_scalar(tf_conn, count_sql), N);
     tk_sleep_ms(500); /* a duplicate effect would show up now */
     stats_t st2 = stop_consumer(c2);
 
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.effects")), N);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM (SELECT message_id FROM @.effects GROUP BY message_id "
-                                       "HAVING count(*) > 1) d")), 0);
-    CHECK(st1.processed + st2.processed == N, "members processed %lld + %lld, expected %d in total", st1.processed,
-          st2.processed, N);
-    CHECK(st1.processed > 0 && st2.processed > 0, "one member did nothing (%lld, %lld)", st1.processed, st2.processed);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.effects")), N);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM (SELECT message_id FROM @.effects "
+                                             "GROUP BY message_id HAVING count(*) > 1) d")), 0);
+    TF_CHECK(st1.processed + st2.processed == N, "members processed %lld + %lld, expected %d in total", st1.processed,
+             st2.processed, N);
+    TF_CHECK(st1.processed > 0 && st2.processed > 0, "one member did nothing (%lld, %lld)", st1.processed,
+             st2.processed);
     /* Every produced message is among the effects. */
     tk_idset_t ids = {0};
-    PGresult *res = PQexec(conn, q("SELECT message_id FROM @.effects"));
+    PGresult *res = PQexec(tf_conn, tf_q("SELECT message_id FROM @.effects"));
     ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
     for (int i = 0; i < PQntuples(res); i++)
         tk_idset_add(&ids, PQgetvalue(res, i, 0));
     PQclear(res);
     for (int i = 0; i < N; i++)
-        CHECK(tk_idset_has(&ids, s[i].id), "message %d (%s) has no effect", i, s[i].id);
+        TF_CHECK(tk_idset_has(&ids, s[i].id), "message %d (%s) has no effect", i, s[i].id);
     tk_idset_clear(&ids);
     /* Per key, effects happened in the order the messages were produced. */
-    long long inversions = tu_scalar(conn, q(
+    long long inversions = tu_scalar(tf_conn, tf_q(
         "SELECT count(*) FROM (SELECT split_part(payload, ' ', 3)::int AS n, lag(split_part(payload, ' ', 3)::int) "
         "OVER (PARTITION BY split_part(payload, ' ', 2) ORDER BY seq) AS prev FROM @.effects) x WHERE n < prev"));
-    CHECK(inversions == 0, "%lld effects happened before an earlier message of the same key", inversions);
+    TF_CHECK(inversions == 0, "%lld effects happened before an earlier message of the same key", inversions);
     for (int i = 0; i < N; i++)
         free(s[i].env);
     free(s);
@@ -729,7 +631,8 @@ START_TEST(test_retry_backoff_survives_rebalance_to_same_member) {
     produce_cmd(&a, "ti.events", "k", "retry:1 first");
     produce_cmd(&b, "ti.events", "k", "ok second");
     flush_produced();
-    tk_proc_t *c1 = start_consumer("member1", schema, "ti", "ti.events", "-X", "consumer.retry.backoff.ms=10000", NULL);
+    tk_proc_t *c1 =
+        start_consumer("member1", tf_schema, "ti", "ti.events", "-X", "consumer.retry.backoff.ms=10000", NULL);
     char line[80];
     snprintf(line, sizeof(line), "retrying %s 1", a.id);
     wait_output(c1, line, 30000);
@@ -737,25 +640,25 @@ START_TEST(test_retry_backoff_survives_rebalance_to_same_member) {
 
     /* A second member of the group for another topic: the group rebalances, and ti.events/0,
      * paused for the backoff, is revoked from member 1 and given back to it. */
-    start_consumer("member2", schema, "ti", "ti.other", NULL);
-    CHECK(tk_wait_file_contains(c1->err_path, "partitions revoked", 10000), "member 1 saw no rebalance");
+    start_consumer("member2", tf_schema, "ti", "ti.other", NULL);
+    TF_CHECK(tk_wait_file_contains(c1->err_path, "partitions revoked", 10000), "member 1 saw no rebalance");
     int64_t deadline = tk_now_ms() + 10000;
     while (tk_file_count(c1->err_path, "partitions assigned") < 2) {
-        CHECK(tk_now_ms() < deadline, "member 1 did not get its partition back");
+        TF_CHECK(tk_now_ms() < deadline, "member 1 did not get its partition back");
         tk_sleep_ms(20);
     }
-    CHECK(tk_now_ms() - paused_at < 10000,
-          "the scenario did not happen: the rebalance ended after the 10 s retry backoff had expired");
+    TF_CHECK(tk_now_ms() - paused_at < 10000,
+             "the scenario did not happen: the rebalance ended after the 10 s retry backoff had expired");
 
-    CHECK(wait_effects(schema, a.id, 1, 30000) == 1 && wait_effects(schema, b.id, 1, 5000) == 1,
-          "the partition paused for a RETRY backoff was never consumed again after the rebalance gave it "
-          "back to the same member (effects: retried message %lld, next message %lld)",
-          effects_of(schema, a.id), effects_of(schema, b.id));
+    TF_CHECK(wait_effects(tf_schema, a.id, 1, 30000) == 1 && wait_effects(tf_schema, b.id, 1, 5000) == 1,
+             "the partition paused for a RETRY backoff was never consumed again after the rebalance gave it "
+             "back to the same member (effects: retried message %lld, next message %lld)",
+             effects_of(tf_schema, a.id), effects_of(tf_schema, b.id));
     stats_t st = stop_consumer(c1);
     ck_assert_int_eq(st.processed, 2);
     ck_assert_int_eq(st.retried, 1);
-    ck_assert_int_lt(tu_scalar(conn, q("SELECT seq FROM @.effects WHERE message_id = '%s'", a.id)),
-                     tu_scalar(conn, q("SELECT seq FROM @.effects WHERE message_id = '%s'", b.id)));
+    ck_assert_int_lt(tu_scalar(tf_conn, tf_q("SELECT seq FROM @.effects WHERE message_id = '%s'", a.id)),
+                     tu_scalar(tf_conn, tf_q("SELECT seq FROM @.effects WHERE message_id = '%s'", b.id)));
     free(a.env);
     free(b.env);
 }
@@ -765,27 +668,27 @@ END_TEST
 
 START_TEST(test_prune_deletes_only_old_records) {
     enum { OLD_BULK = 12000 }; /* more than one batch of the prune loop */
-    tu_exec(conn, q("INSERT INTO @.processed (consumer, message_id, processed_at) SELECT 'g1', gen_random_uuid(), "
-                    "now() - interval '3 hours' FROM generate_series(1, %d)", OLD_BULK));
-    tu_exec(conn, q("INSERT INTO @.processed (consumer, message_id, processed_at) VALUES "
-                    "('g1', '00000000-0000-7000-8000-000000000001', now() - interval '2 hours'), "
-                    "('g2', '00000000-0000-7000-8000-000000000002', now() - interval '61 minutes'), "
-                    "('g1', '00000000-0000-7000-8000-000000000003', now() - interval '59 minutes'), "
-                    "('g1', '00000000-0000-7000-8000-000000000004', now()), "
-                    "('g2', '00000000-0000-7000-8000-000000000005', now())"));
+    tu_exec(tf_conn, tf_q("INSERT INTO @.processed (consumer, message_id, processed_at) SELECT 'g1', "
+                          "gen_random_uuid(), now() - interval '3 hours' FROM generate_series(1, %d)", OLD_BULK));
+    tu_exec(tf_conn, tf_q("INSERT INTO @.processed (consumer, message_id, processed_at) VALUES "
+                          "('g1', '00000000-0000-7000-8000-000000000001', now() - interval '2 hours'), "
+                          "('g2', '00000000-0000-7000-8000-000000000002', now() - interval '61 minutes'), "
+                          "('g1', '00000000-0000-7000-8000-000000000003', now() - interval '59 minutes'), "
+                          "('g1', '00000000-0000-7000-8000-000000000004', now()), "
+                          "('g2', '00000000-0000-7000-8000-000000000005', now())"));
 
     /* Inside a transaction it runs there and leaves the outcome to the caller. */
     int64_t deleted = -1;
-    tu_exec(conn, "BEGIN");
-    ck_assert_msg(outbox_processed_prune(ob, conn, 0, &deleted) == OUTBOX_OK, "%s", outbox_errmsg(ob));
+    tu_exec(tf_conn, "BEGIN");
+    ck_assert_msg(outbox_processed_prune(tf_ob, tf_conn, 0, &deleted) == OUTBOX_OK, "%s", outbox_errmsg(tf_ob));
     ck_assert_int_eq(deleted, OLD_BULK + 5);
-    tu_exec(conn, "ROLLBACK");
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.processed")), OLD_BULK + 5);
+    tu_exec(tf_conn, "ROLLBACK");
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed")), OLD_BULK + 5);
 
     deleted = -1;
-    ck_assert_msg(outbox_processed_prune(ob, conn, 3600, &deleted) == OUTBOX_OK, "%s", outbox_errmsg(ob));
+    ck_assert_msg(outbox_processed_prune(tf_ob, tf_conn, 3600, &deleted) == OUTBOX_OK, "%s", outbox_errmsg(tf_ob));
     ck_assert_int_eq(deleted, OLD_BULK + 2);
-    PGresult *res = PQexec(conn, q("SELECT message_id FROM @.processed ORDER BY message_id"));
+    PGresult *res = PQexec(tf_conn, tf_q("SELECT message_id FROM @.processed ORDER BY message_id"));
     ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
     ck_assert_int_eq(PQntuples(res), 3);
     ck_assert_str_eq(PQgetvalue(res, 0, 0), "00000000-0000-7000-8000-000000000003");
@@ -795,15 +698,15 @@ START_TEST(test_prune_deletes_only_old_records) {
 
     /* Nothing left to prune; deleted may be NULL. */
     deleted = -1;
-    ck_assert_int_eq(outbox_processed_prune(ob, conn, 3600, &deleted), OUTBOX_OK);
+    ck_assert_int_eq(outbox_processed_prune(tf_ob, tf_conn, 3600, &deleted), OUTBOX_OK);
     ck_assert_int_eq(deleted, 0);
-    ck_assert_int_eq(outbox_processed_prune(ob, conn, 3600, NULL), OUTBOX_OK);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.processed")), 3);
+    ck_assert_int_eq(outbox_processed_prune(tf_ob, tf_conn, 3600, NULL), OUTBOX_OK);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed")), 3);
 
-    ck_assert_int_eq(outbox_processed_prune(ob, conn, -1, &deleted), OUTBOX_ERR_INVALID_ARG);
-    ck_assert_msg(strstr(outbox_errmsg(ob), "max_age_s"), "error message: %s", outbox_errmsg(ob));
-    ck_assert_int_eq(outbox_processed_prune(ob, NULL, 10, &deleted), OUTBOX_ERR_INVALID_ARG);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.processed")), 3);
+    ck_assert_int_eq(outbox_processed_prune(tf_ob, tf_conn, -1, &deleted), OUTBOX_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(outbox_errmsg(tf_ob), "max_age_s"), "error message: %s", outbox_errmsg(tf_ob));
+    ck_assert_int_eq(outbox_processed_prune(tf_ob, NULL, 10, &deleted), OUTBOX_ERR_INVALID_ARG);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed")), 3);
 }
 END_TEST
 

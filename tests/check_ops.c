@@ -6,9 +6,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <regex.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,184 +15,30 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "testutil.h"
-#include "testutil_kafka.h"
-
-enum { MAX_RELAYS = 4 };
-
-static PGconn *conn;
-static outbox_t *ob;
-static char *schema;
-static char *schema2; /* a second schema a test creates itself (dropped in teardown) */
-static tk_broker_t *broker;
-static tk_proc_t *relays[MAX_RELAYS];
+#include "testutil_fixture.h"
 
 static void drop_roles(void);
 
 static void setup(void) {
-    conn = tu_connect();
-    schema = tu_schema_name("t_ops");
-    ob = tu_outbox(conn, schema);
+    tf_setup("t_ops");
 }
 
 static void teardown(void) {
-    for (int i = 0; i < MAX_RELAYS; i++) {
-        tk_proc_free(relays[i]);
-        relays[i] = NULL;
-    }
-    tk_broker_stop(broker);
-    broker = NULL;
-    char sql[256];
-    PQclear(PQexec(conn, "ROLLBACK"));
-    drop_roles();
-    snprintf(sql, sizeof(sql), "DROP SCHEMA \"%s\" CASCADE", schema);
-    tu_exec(conn, sql);
-    if (schema2) {
-        snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS \"%s\" CASCADE", schema2);
-        tu_exec(conn, sql);
-        free(schema2);
-        schema2 = NULL;
-    }
-    outbox_destroy(ob);
-    PQfinish(conn);
-    free(schema);
+    tf_teardown(drop_roles); /* drop_roles needs the connection out of any failed transaction */
 }
 
-/* SQL text with every '@' replaced by the test's quoted schema.  Rotating static buffers. */
-static const char *q(const char *tmpl) {
-    static char bufs[4][2048];
-    static int next;
-    char *out = bufs[next++ % 4];
-    size_t n = 0;
-    for (const char *p = tmpl; *p; p++) {
-        int w = *p == '@' ? snprintf(out + n, sizeof(bufs[0]) - n, "\"%s\"", schema)
-                          : snprintf(out + n, sizeof(bufs[0]) - n, "%c", *p);
-        ck_assert(w > 0 && n + (size_t)w < sizeof(bufs[0]));
-        n += (size_t)w;
-    }
-    return out;
-}
-
-/* Check runs no teardown after a failure, and a failing relay test is only diagnosable with the
- * relays' own account: print their logs before failing. */
-static void dump_logs(void) {
-    for (int i = 0; i < MAX_RELAYS; i++) {
-        if (!relays[i])
-            continue;
-        tk_proc_running(relays[i]);
-        fprintf(stderr, "---- relay #%d (%s), end of its stderr:\n%s\n----\n", i,
-                relays[i]->pid ? "running" : tk_status_str(relays[i]->status),
-                tk_file_tail(relays[i]->err_path, 3000));
-    }
-}
-
-#define CHECK(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            dump_logs();                                                                      \
-            ck_abort_msg(__VA_ARGS__);                                                        \
-        }                                                                                     \
-    } while (0)
-
-static void start_broker(const char *arg, ...) {
-    const char *args[32];
-    size_t n = 0;
-    va_list ap;
-    va_start(ap, arg);
-    for (const char *a = arg; a; a = va_arg(ap, const char *)) {
-        ck_assert_uint_lt(n, 31);
-        args[n++] = a;
-    }
-    va_end(ap);
-    args[n] = NULL;
-    broker = tk_broker_start(args);
-}
-
-/* Starts `prog run` (NULL: the built outbox-relay) on this test's schema and broker with the given
- * conninfo (NULL: the test server's, as superuser) and extra key=value settings (NULL-terminated).
- * The suite keeps the child; teardown kills it. */
-static tk_proc_t *start_relay_prog(const char *prog, const char *conninfo, const char *setting, ...) {
-    int slot = 0;
-    while (slot < MAX_RELAYS && relays[slot])
-        slot++;
-    ck_assert_int_lt(slot, MAX_RELAYS);
-    char *built = prog ? NULL : tk_build_path("outbox-relay");
-    char *common[3];
-    ck_assert(asprintf(&common[0], "pg.conninfo=%s", conninfo ? conninfo : getenv("OUTBOX_TEST_PG")) > 0);
-    ck_assert(asprintf(&common[1], "outbox.schema=%s", schema) > 0);
-    ck_assert(asprintf(&common[2], "kafka.bootstrap.servers=%s", broker->bootstrap) > 0);
-    const char *argv[48];
-    size_t n = 0;
-    argv[n++] = prog ? prog : built;
-    for (int i = 0; i < 3; i++) {
-        argv[n++] = "-X";
-        argv[n++] = common[i];
-    }
-    va_list ap;
-    va_start(ap, setting);
-    for (const char *s = setting; s; s = va_arg(ap, const char *)) {
-        ck_assert_uint_lt(n, 44);
-        argv[n++] = "-X";
-        argv[n++] = s;
-    }
-    va_end(ap);
-    argv[n++] = "run";
-    argv[n] = NULL;
-    char tag[32];
-    snprintf(tag, sizeof(tag), "relay%d", slot);
-    relays[slot] = tk_proc_start(tag, argv);
-    for (int i = 0; i < 3; i++)
-        free(common[i]);
-    free(built);
-    return relays[slot];
-}
-
-#define start_relay(conninfo, ...) start_relay_prog(NULL, conninfo, __VA_ARGS__)
-
-/* Runs the built outbox-relay with the given arguments (NULL-terminated) to completion (15 s at
- * most).  It inherits the environment (OUTBOX_PG_CONNINFO). */
-static tk_proc_t *relay_cli(const char *arg, ...) {
-    char *prog = tk_build_path("outbox-relay");
-    const char *argv[32];
-    size_t n = 0;
-    argv[n++] = prog;
-    va_list ap;
-    va_start(ap, arg);
-    for (const char *a = arg; a; a = va_arg(ap, const char *)) {
-        ck_assert_uint_lt(n, 31);
-        argv[n++] = a;
-    }
-    va_end(ap);
-    argv[n] = NULL;
-    int timed_out;
-    tk_proc_t *p = tk_proc_run("relay-cli", argv, 15000, &timed_out);
-    CHECK(!timed_out, "outbox-relay %s did not exit within 15 s; stderr:\n%s", arg,
-          tk_file_tail(p->err_path, 2000));
-    free(prog);
-    return p;
-}
+/* Starts the built relay with conninfo ci (NULL: the test server's, as superuser) and extra
+ * key=value settings (NULL-terminated). */
+#define start_relay(ci, ...) tf_start_relay_with(&(tf_relay_opts_t){.conninfo = (ci)}, __VA_ARGS__)
 
 /* Runs a shell command line to completion within timeout_ms; fails the test if it timed out. */
 static tk_proc_t *sh(const char *tag, const char *cmdline, int timeout_ms) {
     const char *argv[] = {"/bin/sh", "-c", cmdline, NULL};
     int timed_out;
     tk_proc_t *p = tk_proc_run(tag, argv, timeout_ms, &timed_out);
-    CHECK(!timed_out, "`%s` did not finish within %d ms; stderr:\n%s", cmdline, timeout_ms,
-          tk_file_tail(p->err_path, 3000));
+    TF_CHECK(!timed_out, "`%s` did not finish within %d ms; stderr:\n%s", cmdline, timeout_ms,
+             tk_file_tail(p->err_path, 3000));
     return p;
-}
-
-static int exit_code(const tk_proc_t *p) {
-    return WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1;
-}
-
-/* 1 if text has a match of the extended, case-insensitive regular expression re. */
-static int matches(const char *text, const char *re) {
-    regex_t rx;
-    ck_assert_int_eq(regcomp(&rx, re, REG_EXTENDED | REG_ICASE | REG_NEWLINE | REG_NOSUB), 0);
-    int hit = regexec(&rx, text, 0, NULL, 0) == 0;
-    regfree(&rx);
-    return hit;
 }
 
 /* ---- messages ------------------------------------------------------------------------------- */
@@ -245,9 +89,9 @@ static void insert_poison(poison_t *p, const char *envelope_topic, int i) {
     const char *params[4] = {p->message_id, "bad topic!", "test.Poison", p->env};
     int lengths[4] = {0, 0, 0, (int)p->env_len};
     int formats[4] = {0, 0, 0, 1};
-    PGresult *res = PQexecParams(conn,
-                                 q("INSERT INTO @.messages (message_id, destination, partition_key, message_type, "
-                                   "envelope) VALUES ($1, $2, 'kp', $3, $4) RETURNING id"),
+    PGresult *res = PQexecParams(tf_conn,
+                                 tf_q("INSERT INTO @.messages (message_id, destination, partition_key, message_type, "
+                                      "envelope) VALUES ($1, $2, 'kp', $3, $4) RETURNING id"),
                                  4, NULL, params, lengths, formats, 0);
     ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "insert: %s", PQresultErrorMessage(res));
     p->id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -256,15 +100,15 @@ static void insert_poison(poison_t *p, const char *envelope_topic, int i) {
 }
 
 static void wait_count(const char *sql, long long want, int timeout_ms) {
-    long long got = tk_wait_scalar(conn, sql, want, timeout_ms);
-    CHECK(got == want, "%s: %lld after %d ms, expected %lld", sql, got, timeout_ms, want);
+    long long got = tk_wait_scalar(tf_conn, sql, want, timeout_ms);
+    TF_CHECK(got == want, "%s: %lld after %d ms, expected %lld", sql, got, timeout_ms, want);
 }
 
 /* Reads topic until want records arrived (or timeout_ms), then a little longer to catch extras. */
 static tk_consumer_t *read_topic(const char *topic, size_t want, int timeout_ms) {
-    tk_consumer_t *c = tk_consumer_new(broker->bootstrap, topic);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topic);
     size_t got = tk_consumer_poll(c, want, tk_now_ms() + timeout_ms);
-    CHECK(got >= want, "only %zu of %zu records arrived on %s within %d ms", got, want, topic, timeout_ms);
+    TF_CHECK(got >= want, "only %zu of %zu records arrived on %s within %d ms", got, want, topic, timeout_ms);
     tk_consumer_poll(c, want + 1, tk_now_ms() + 500);
     return c;
 }
@@ -384,7 +228,7 @@ static int metric(const char *text, const char *name, double *value) {
 /* The value of a sample that must be there. */
 static double must_metric(const char *text, const char *name) {
     double v = 0;
-    CHECK(metric(text, name, &v), "/metrics has no sample %s:\n%s", name, text);
+    TF_CHECK(metric(text, name, &v), "/metrics has no sample %s:\n%s", name, text);
     return v;
 }
 
@@ -398,16 +242,16 @@ static char *listen_setting(int port) {
 
 START_TEST(test_metrics_after_a_drain) {
     enum { N = 500 };
-    start_broker("--topic", "ops1.metrics:4", NULL);
-    send_n(ob, conn, "ops1.metrics", N, NULL);
+    tf_start_broker("--topic", "ops1.metrics:4", NULL);
+    send_n(tf_ob, tf_conn, "ops1.metrics", N, NULL);
     poison_t bad;
     insert_poison(&bad, "ops1.metrics", 0);
     int port = free_port();
     char *listen = listen_setting(port);
     start_relay(NULL, listen, NULL);
 
-    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
-    wait_count(q("SELECT count(*) FROM @.dead_letters"), 1, 5000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 5000);
 
     /* The backlog is sampled every 2 s: give it a few seconds to see the empty table. */
     char *text = NULL;
@@ -420,8 +264,8 @@ START_TEST(test_metrics_after_a_drain) {
             metric(text, "outbox_relay_published_total", &v) && v == N &&
             metric(text, "outbox_relay_dead_letters_total", &v) && v == 1)
             break;
-        CHECK(tk_now_ms() < deadline, "/metrics (status %d) after the drain does not show 500 published, "
-              "1 dead letter and an empty backlog within 6 s:\n%s", st, text ? text : "");
+        TF_CHECK(tk_now_ms() < deadline, "/metrics (status %d) after the drain does not show 500 published, "
+                 "1 dead letter and an empty backlog within 6 s:\n%s", st, text ? text : "");
         tk_sleep_ms(200);
     }
     ck_assert_int_eq((long long)must_metric(text, "outbox_relay_published_total"), N);
@@ -430,11 +274,11 @@ START_TEST(test_metrics_after_a_drain) {
     ck_assert_int_eq((long long)must_metric(text, "outbox_backlog_messages"), 0);
     double count = must_metric(text, "outbox_relay_batch_duration_seconds_count");
     double inf = must_metric(text, "outbox_relay_batch_duration_seconds_bucket{le=\"+Inf\"}");
-    CHECK(count >= 1, "histogram _count %g after a drain of %d messages", count, N);
-    CHECK(inf == count, "+Inf bucket %g differs from _count %g", inf, count);
+    TF_CHECK(count >= 1, "histogram _count %g after a drain of %d messages", count, N);
+    TF_CHECK(inf == count, "+Inf bucket %g differs from _count %g", inf, count);
     must_metric(text, "outbox_relay_batch_duration_seconds_sum");
-    CHECK(matches(text, "^# TYPE outbox_relay_batch_duration_seconds histogram$"), "no histogram TYPE line:\n%s",
-          text);
+    TF_CHECK(tf_matches(text, "^# TYPE outbox_relay_batch_duration_seconds histogram$"), "no histogram TYPE line:\n%s",
+             text);
     /* Buckets are cumulative: never decreasing, never above _count. */
     double prev = 0;
     int buckets = 0;
@@ -442,26 +286,26 @@ START_TEST(test_metrics_after_a_drain) {
         const char *sp = strchr(p, ' ');
         ck_assert_ptr_nonnull(sp);
         double b = strtod(sp + 1, NULL);
-        CHECK(b >= prev && b <= count, "bucket %d holds %g after %g (count %g)", buckets, b, prev, count);
+        TF_CHECK(b >= prev && b <= count, "bucket %d holds %g after %g (count %g)", buckets, b, prev, count);
         prev = b;
         buckets++;
     }
-    CHECK(buckets >= 2, "only %d histogram buckets", buckets);
+    TF_CHECK(buckets >= 2, "only %d histogram buckets", buckets);
     free(text);
 
     /* What was counted is what is on the topic. */
     tk_consumer_t *c = read_topic("ops1.metrics", N, 30000);
     size_t n;
     tk_consumer_records(c, &n);
-    CHECK(n == N, "%zu records on the topic, outbox_relay_published_total says %d", n, N);
+    TF_CHECK(n == N, "%zu records on the topic, outbox_relay_published_total says %d", n, N);
     tk_consumer_free(c);
 
     char *body = NULL;
     int st = http_get(port, "/healthz", &body);
-    CHECK(st == 200 && body && !strncmp(body, "ok", 2), "/healthz: %d '%s'", st, body ? body : "");
+    TF_CHECK(st == 200 && body && !strncmp(body, "ok", 2), "/healthz: %d '%s'", st, body ? body : "");
     free(body);
     st = http_get(port, "/no/such/path", &body);
-    CHECK(st == 404, "/no/such/path: %d '%s'", st, body ? body : "");
+    TF_CHECK(st == 404, "/no/such/path: %d '%s'", st, body ? body : "");
     free(body);
     free(listen);
     free(bad.env);
@@ -471,29 +315,29 @@ END_TEST
 /* ---- 2. readiness ------------------------------------------------------------------------------- */
 
 START_TEST(test_readiness_follows_kafka_and_postgresql) {
-    start_broker("--brokers", "1", "--topic", "ops2.ready:1", NULL);
-    send_n(ob, conn, "ops2.ready", 10, NULL);
+    tf_start_broker("--brokers", "1", "--topic", "ops2.ready:1", NULL);
+    send_n(tf_ob, tf_conn, "ops2.ready", 10, NULL);
     int port = free_port();
     char *listen = listen_setting(port);
     start_relay(NULL, listen, NULL);
-    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
 
     char *body;
     int st = wait_http(port, "/readyz", 200, NULL, 10000, &body);
-    CHECK(st == 200, "/readyz while PostgreSQL and the broker are up: %d '%s'", st, body);
-    CHECK(strstr(body, "postgresql=up") && strstr(body, "kafka=up"), "/readyz body: '%s'", body);
+    TF_CHECK(st == 200, "/readyz while PostgreSQL and the broker are up: %d '%s'", st, body);
+    TF_CHECK(strstr(body, "postgresql=up") && strstr(body, "kafka=up"), "/readyz body: '%s'", body);
     free(body);
 
-    tk_broker_cmd(broker, "down all");
+    tk_broker_cmd(tf_broker, "down all");
     st = wait_http(port, "/readyz", 503, "kafka=down", 10000, &body);
-    CHECK(st == 503 && strstr(body, "kafka=down"), "/readyz 10 s after the broker went down: %d '%s'", st, body);
+    TF_CHECK(st == 503 && strstr(body, "kafka=down"), "/readyz 10 s after the broker went down: %d '%s'", st, body);
     free(body);
     st = http_get(port, "/healthz", NULL);
-    CHECK(st == 200, "/healthz while the broker is down: %d (the process is alive)", st);
+    TF_CHECK(st == 200, "/healthz while the broker is down: %d (the process is alive)", st);
 
-    tk_broker_cmd(broker, "up all");
+    tk_broker_cmd(tf_broker, "up all");
     st = wait_http(port, "/readyz", 200, NULL, 10000, &body);
-    CHECK(st == 200, "/readyz 10 s after the broker came back: %d '%s'", st, body);
+    TF_CHECK(st == 200, "/readyz 10 s after the broker came back: %d '%s'", st, body);
     free(body);
 
     /* A relay that cannot reach PostgreSQL is alive but not ready. */
@@ -502,19 +346,19 @@ START_TEST(test_readiness_follows_kafka_and_postgresql) {
     ck_assert(asprintf(&bad_pg, "%s port=1", getenv("OUTBOX_TEST_PG")) > 0);
     tk_proc_t *r2 = start_relay(bad_pg, listen2, "relay.reconnect.backoff.max.ms=500", NULL);
     st = wait_http(port2, "/healthz", 200, NULL, 10000, NULL);
-    CHECK(st == 200, "/healthz of the relay without PostgreSQL: %d", st);
+    TF_CHECK(st == 200, "/healthz of the relay without PostgreSQL: %d", st);
     st = wait_http(port2, "/readyz", 503, "postgresql=down", 10000, &body);
-    CHECK(st == 503 && strstr(body, "postgresql=down"), "/readyz without PostgreSQL: %d '%s'", st, body);
+    TF_CHECK(st == 503 && strstr(body, "postgresql=down"), "/readyz without PostgreSQL: %d '%s'", st, body);
     free(body);
     /* ... and stays so: it is not a start-up blip. */
     tk_sleep_ms(2500);
     st = http_get(port2, "/readyz", &body);
-    CHECK(st == 503, "/readyz without PostgreSQL, 2.5 s later: %d '%s'", st, body ? body : "");
+    TF_CHECK(st == 503, "/readyz without PostgreSQL, 2.5 s later: %d '%s'", st, body ? body : "");
     free(body);
-    CHECK(tk_proc_running(r2), "the relay without PostgreSQL exited: %s", tk_status_str(r2->status));
+    TF_CHECK(tk_proc_running(r2), "the relay without PostgreSQL exited: %s", tk_status_str(r2->status));
     /* The first relay is unaffected. */
     st = http_get(port, "/readyz", NULL);
-    CHECK(st == 200, "/readyz of the healthy relay: %d", st);
+    TF_CHECK(st == 200, "/readyz of the healthy relay: %d", st);
     free(listen);
     free(listen2);
     free(bad_pg);
@@ -526,57 +370,57 @@ END_TEST
 /* Runs `status [--json]` with the conninfo from OUTBOX_PG_CONNINFO; returns stdout (caller frees). */
 static char *status_output(int json) {
     char *sch;
-    ck_assert(asprintf(&sch, "outbox.schema=%s", schema) > 0);
+    ck_assert(asprintf(&sch, "outbox.schema=%s", tf_schema) > 0);
     ck_assert_int_eq(setenv("OUTBOX_PG_CONNINFO", getenv("OUTBOX_TEST_PG"), 1), 0);
-    tk_proc_t *p = json ? relay_cli("-X", sch, "status", "--json", NULL) : relay_cli("-X", sch, "status", NULL);
+    tk_proc_t *p = json ? tf_relay_cli("-X", sch, "status", "--json", NULL) : tf_relay_cli("-X", sch, "status", NULL);
     unsetenv("OUTBOX_PG_CONNINFO");
     char *out = tk_read_file(p->out_path);
-    CHECK(exit_code(p) == 0, "status%s: %s; stderr:\n%s", json ? " --json" : "", tk_status_str(p->status),
-          tk_file_tail(p->err_path, 2000));
+    TF_CHECK(tf_exit_code(p) == 0, "status%s: %s; stderr:\n%s", json ? " --json" : "", tk_status_str(p->status),
+             tk_file_tail(p->err_path, 2000));
     tk_proc_free(p);
     free(sch);
     return out;
 }
 
 START_TEST(test_status_reports_backlog_dead_letters_and_leader) {
-    send_n(ob, conn, "ops3.status", 3, NULL);
-    tu_exec(conn, q("INSERT INTO @.dead_letters (id, message_id, destination, envelope, created_at, error) "
-                    "VALUES (1001, gen_random_uuid(), 'x', '\\x00', now(), 'test'), "
-                    "(1002, gen_random_uuid(), 'x', '\\x00', now(), 'test')"));
+    send_n(tf_ob, tf_conn, "ops3.status", 3, NULL);
+    tu_exec(tf_conn, tf_q("INSERT INTO @.dead_letters (id, message_id, destination, envelope, created_at, error) "
+                          "VALUES (1001, gen_random_uuid(), 'x', '\\x00', now(), 'test'), "
+                          "(1002, gen_random_uuid(), 'x', '\\x00', now(), 'test')"));
 
     char *out = status_output(1);
-    CHECK(matches(out, "^\\{.*\\}$"), "status --json is not one JSON object:\n%s", out);
-    CHECK(matches(out, "\"backlog\": *3[,}]"), "no \"backlog\":3 in:\n%s", out);
-    CHECK(matches(out, "\"dead_letters\": *2[,}]"), "no \"dead_letters\":2 in:\n%s", out);
-    CHECK(matches(out, "\"schema_version\": *1[,}]"), "no \"schema_version\":1 in:\n%s", out);
-    CHECK(matches(out, "\"leader\": *null[,}]"), "no \"leader\":null (no relay runs) in:\n%s", out);
+    TF_CHECK(tf_matches(out, "^\\{.*\\}$"), "status --json is not one JSON object:\n%s", out);
+    TF_CHECK(tf_matches(out, "\"backlog\": *3[,}]"), "no \"backlog\":3 in:\n%s", out);
+    TF_CHECK(tf_matches(out, "\"dead_letters\": *2[,}]"), "no \"dead_letters\":2 in:\n%s", out);
+    TF_CHECK(tf_matches(out, "\"schema_version\": *1[,}]"), "no \"schema_version\":1 in:\n%s", out);
+    TF_CHECK(tf_matches(out, "\"leader\": *null[,}]"), "no \"leader\":null (no relay runs) in:\n%s", out);
     char want[128];
-    snprintf(want, sizeof(want), "\"schema\":\"%s\"", schema);
-    CHECK(strstr(out, want), "no %s in:\n%s", want, out);
+    snprintf(want, sizeof(want), "\"schema\":\"%s\"", tf_schema);
+    TF_CHECK(strstr(out, want), "no %s in:\n%s", want, out);
     free(out);
 
     out = status_output(0);
-    CHECK(matches(out, "^backlog: *3$"), "human status has no \"backlog: 3\" line:\n%s", out);
-    CHECK(matches(out, "^leader: *none$"), "human status has no \"leader: none\" line:\n%s", out);
-    CHECK(matches(out, "^dead_letters: *2$"), "human status has no \"dead_letters: 2\" line:\n%s", out);
+    TF_CHECK(tf_matches(out, "^backlog: *3$"), "human status has no \"backlog: 3\" line:\n%s", out);
+    TF_CHECK(tf_matches(out, "^leader: *none$"), "human status has no \"leader: none\" line:\n%s", out);
+    TF_CHECK(tf_matches(out, "^dead_letters: *2$"), "human status has no \"dead_letters: 2\" line:\n%s", out);
     free(out);
 
-    start_broker("--topic", "ops3.status:1", NULL);
+    tf_start_broker("--topic", "ops3.status:1", NULL);
     start_relay(NULL, NULL);
-    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
     out = status_output(1);
-    CHECK(matches(out, "\"backlog\": *0[,}]"), "no \"backlog\":0 after the drain in:\n%s", out);
-    CHECK(matches(out, "\"leader\": *\\{[^}]*\"application_name\": *\"outbox-relay\""),
-          "the leader object does not name outbox-relay:\n%s", out);
+    TF_CHECK(tf_matches(out, "\"backlog\": *0[,}]"), "no \"backlog\":0 after the drain in:\n%s", out);
+    TF_CHECK(tf_matches(out, "\"leader\": *\\{[^}]*\"application_name\": *\"outbox-relay\""),
+             "the leader object does not name outbox-relay:\n%s", out);
     const char *pid = strstr(out, "\"pid\":");
-    CHECK(pid, "the leader object has no pid:\n%s", out);
+    TF_CHECK(pid, "the leader object has no pid:\n%s", out);
     char sql[256];
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay' "
              "AND pid = %ld", strtol(pid + 6, NULL, 10));
-    CHECK(tu_scalar(conn, sql) == 1, "the leader pid is no outbox-relay session:\n%s", out);
+    TF_CHECK(tu_scalar(tf_conn, sql) == 1, "the leader pid is no outbox-relay session:\n%s", out);
     free(out);
     out = status_output(0);
-    CHECK(matches(out, "^leader: *outbox-relay pid=[0-9]+"), "human status names no leader:\n%s", out);
+    TF_CHECK(tf_matches(out, "^leader: *outbox-relay pid=[0-9]+"), "human status names no leader:\n%s", out);
     free(out);
 }
 END_TEST
@@ -584,111 +428,111 @@ END_TEST
 /* ---- 4. dead letters ---------------------------------------------------------------------------- */
 
 START_TEST(test_dead_letters_list_retry_drop) {
-    start_broker("--topic", "ops4.fixed:1", NULL);
+    tf_start_broker("--topic", "ops4.fixed:1", NULL);
     poison_t bad[3];
     for (int i = 0; i < 3; i++)
         insert_poison(&bad[i], "ops4.fixed", i);
     start_relay(NULL, NULL);
-    wait_count(q("SELECT count(*) FROM @.dead_letters"), 3, 30000);
-    wait_count(q("SELECT count(*) FROM @.messages"), 0, 5000);
+    wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 3, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 5000);
 
     char *sch;
-    ck_assert(asprintf(&sch, "outbox.schema=%s", schema) > 0);
+    ck_assert(asprintf(&sch, "outbox.schema=%s", tf_schema) > 0);
     ck_assert_int_eq(setenv("OUTBOX_PG_CONNINFO", getenv("OUTBOX_TEST_PG"), 1), 0);
 
-    tk_proc_t *p = relay_cli("-X", sch, "dead-letters", "list", NULL);
+    tk_proc_t *p = tf_relay_cli("-X", sch, "dead-letters", "list", NULL);
     char *out = tk_read_file(p->out_path);
-    CHECK(exit_code(p) == 0, "dead-letters list: %s; stderr:\n%s", tk_status_str(p->status),
-          tk_file_tail(p->err_path, 2000));
+    TF_CHECK(tf_exit_code(p) == 0, "dead-letters list: %s; stderr:\n%s", tk_status_str(p->status),
+             tk_file_tail(p->err_path, 2000));
     tk_proc_free(p);
     for (int i = 0; i < 3; i++) {
         char sql[256], line_re[256];
-        snprintf(sql, sizeof(sql), "%s%lld", q("SELECT error FROM @.dead_letters WHERE id = "), bad[i].id);
-        PGresult *res = PQexec(conn, sql);
+        snprintf(sql, sizeof(sql), "%s%lld", tf_q("SELECT error FROM @.dead_letters WHERE id = "), bad[i].id);
+        PGresult *res = PQexec(tf_conn, sql);
         ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
-        CHECK(PQntuples(res) == 1, "outbox row %lld is not in dead_letters", bad[i].id);
+        TF_CHECK(PQntuples(res) == 1, "outbox row %lld is not in dead_letters", bad[i].id);
         const char *error = PQgetvalue(res, 0, 0);
-        CHECK(strstr(error, "topic") || strstr(error, "destination"), "dead letter error: '%s'", error);
+        TF_CHECK(strstr(error, "topic") || strstr(error, "destination"), "dead letter error: '%s'", error);
         /* One line per row: its id, its message id, and the error in full. */
         snprintf(line_re, sizeof(line_re), "^%lld +%s +bad topic! .*", bad[i].id, bad[i].message_id);
-        CHECK(matches(out, line_re), "dead-letters list has no line for %lld (%s):\n%s", bad[i].id,
-              bad[i].message_id, out);
-        CHECK(strstr(out, error), "dead-letters list does not show the error '%s':\n%s", error, out);
+        TF_CHECK(tf_matches(out, line_re), "dead-letters list has no line for %lld (%s):\n%s", bad[i].id,
+                 bad[i].message_id, out);
+        TF_CHECK(strstr(out, error), "dead-letters list does not show the error '%s':\n%s", error, out);
         PQclear(res);
     }
-    CHECK(matches(out, "^\\(3 dead letters\\)$"), "dead-letters list does not count 3:\n%s", out);
+    TF_CHECK(tf_matches(out, "^\\(3 dead letters\\)$"), "dead-letters list does not count 3:\n%s", out);
     free(out);
 
     /* The operator fixes one row's destination and retries it: it leaves dead_letters and, with
      * the relay still running, arrives on that topic as the same message. */
     char sql[256], idbuf[32];
-    snprintf(sql, sizeof(sql), "%s%lld", q("UPDATE @.dead_letters SET destination = 'ops4.fixed' WHERE id = "),
+    snprintf(sql, sizeof(sql), "%s%lld", tf_q("UPDATE @.dead_letters SET destination = 'ops4.fixed' WHERE id = "),
              bad[0].id);
-    tu_exec(conn, sql);
+    tu_exec(tf_conn, sql);
     snprintf(idbuf, sizeof(idbuf), "%lld", bad[0].id);
-    p = relay_cli("-X", sch, "dead-letters", "retry", idbuf, NULL);
-    CHECK(exit_code(p) == 0, "dead-letters retry %s: %s; stderr:\n%s", idbuf, tk_status_str(p->status),
-          tk_file_tail(p->err_path, 2000));
+    p = tf_relay_cli("-X", sch, "dead-letters", "retry", idbuf, NULL);
+    TF_CHECK(tf_exit_code(p) == 0, "dead-letters retry %s: %s; stderr:\n%s", idbuf, tk_status_str(p->status),
+             tk_file_tail(p->err_path, 2000));
     tk_proc_free(p);
-    snprintf(sql, sizeof(sql), "%s%lld", q("SELECT count(*) FROM @.dead_letters WHERE id = "), bad[0].id);
-    ck_assert_int_eq(tu_scalar(conn, sql), 0);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 2);
+    snprintf(sql, sizeof(sql), "%s%lld", tf_q("SELECT count(*) FROM @.dead_letters WHERE id = "), bad[0].id);
+    ck_assert_int_eq(tu_scalar(tf_conn, sql), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 2);
     tk_consumer_t *c = read_topic("ops4.fixed", 1, 30000);
     size_t n;
     const tk_record_t *recs = tk_consumer_records(c, &n);
-    CHECK(n == 1, "%zu records on ops4.fixed after retrying one dead letter", n);
+    TF_CHECK(n == 1, "%zu records on ops4.fixed after retrying one dead letter", n);
     const char *hid = tk_record_header(&recs[0], "id");
-    CHECK(hid && !strcmp(hid, bad[0].message_id), "record header id %s, the dead letter's message id %s",
-          hid ? hid : "(none)", bad[0].message_id);
-    CHECK(recs[0].value_len == bad[0].env_len && !memcmp(recs[0].value, bad[0].env, bad[0].env_len),
-          "the record's value (%zu bytes) is not the dead letter's envelope (%zu bytes)", recs[0].value_len,
-          bad[0].env_len);
+    TF_CHECK(hid && !strcmp(hid, bad[0].message_id), "record header id %s, the dead letter's message id %s",
+             hid ? hid : "(none)", bad[0].message_id);
+    TF_CHECK(recs[0].value_len == bad[0].env_len && !memcmp(recs[0].value, bad[0].env, bad[0].env_len),
+             "the record's value (%zu bytes) is not the dead letter's envelope (%zu bytes)", recs[0].value_len,
+             bad[0].env_len);
     outbox_message_t *m = NULL;
     char err[256];
-    CHECK(outbox_message_decode(&m, recs[0].value, recs[0].value_len, err, sizeof(err)) == OUTBOX_OK, "%s", err);
+    TF_CHECK(outbox_message_decode(&m, recs[0].value, recs[0].value_len, err, sizeof(err)) == OUTBOX_OK, "%s", err);
     ck_assert_str_eq(outbox_message_id(m), bad[0].message_id);
     outbox_message_destroy(m);
     tk_consumer_free(c);
-    wait_count(q("SELECT count(*) FROM @.messages"), 0, 10000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 10000);
 
     /* An unknown id is an error naming it. */
-    p = relay_cli("-X", sch, "dead-letters", "retry", "999999", NULL);
+    p = tf_relay_cli("-X", sch, "dead-letters", "retry", "999999", NULL);
     char *errtext = tk_read_file(p->err_path);
-    CHECK(exit_code(p) == 1 && strstr(errtext, "999999"), "retry 999999: %s, stderr '%s'",
-          tk_status_str(p->status), errtext);
+    TF_CHECK(tf_exit_code(p) == 1 && strstr(errtext, "999999"), "retry 999999: %s, stderr '%s'",
+             tk_status_str(p->status), errtext);
     free(errtext);
     tk_proc_free(p);
 
     /* Dropping everything needs --yes. */
-    p = relay_cli("-X", sch, "dead-letters", "drop", "--all", NULL);
+    p = tf_relay_cli("-X", sch, "dead-letters", "drop", "--all", NULL);
     errtext = tk_read_file(p->err_path);
-    CHECK(exit_code(p) == 2 && strstr(errtext, "--yes"), "drop --all without --yes: %s, stderr '%s'",
-          tk_status_str(p->status), errtext);
+    TF_CHECK(tf_exit_code(p) == 2 && strstr(errtext, "--yes"), "drop --all without --yes: %s, stderr '%s'",
+             tk_status_str(p->status), errtext);
     free(errtext);
     tk_proc_free(p);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 2);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 2);
 
     snprintf(idbuf, sizeof(idbuf), "%lld", bad[1].id);
-    p = relay_cli("-X", sch, "dead-letters", "drop", idbuf, NULL);
-    CHECK(exit_code(p) == 0, "drop %s: %s; stderr:\n%s", idbuf, tk_status_str(p->status),
-          tk_file_tail(p->err_path, 2000));
+    p = tf_relay_cli("-X", sch, "dead-letters", "drop", idbuf, NULL);
+    TF_CHECK(tf_exit_code(p) == 0, "drop %s: %s; stderr:\n%s", idbuf, tk_status_str(p->status),
+             tk_file_tail(p->err_path, 2000));
     tk_proc_free(p);
-    snprintf(sql, sizeof(sql), "%s%lld", q("SELECT count(*) FROM @.dead_letters WHERE id = "), bad[1].id);
-    ck_assert_int_eq(tu_scalar(conn, sql), 0);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 1);
+    snprintf(sql, sizeof(sql), "%s%lld", tf_q("SELECT count(*) FROM @.dead_letters WHERE id = "), bad[1].id);
+    ck_assert_int_eq(tu_scalar(tf_conn, sql), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 1);
 
-    p = relay_cli("-X", sch, "dead-letters", "drop", "--all", "--yes", NULL);
-    CHECK(exit_code(p) == 0, "drop --all --yes: %s; stderr:\n%s", tk_status_str(p->status),
-          tk_file_tail(p->err_path, 2000));
+    p = tf_relay_cli("-X", sch, "dead-letters", "drop", "--all", "--yes", NULL);
+    TF_CHECK(tf_exit_code(p) == 0, "drop --all --yes: %s; stderr:\n%s", tk_status_str(p->status),
+             tk_file_tail(p->err_path, 2000));
     tk_proc_free(p);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 0);
     /* Dropped rows were deleted, not sent: nothing more on the topic, nothing back in the outbox. */
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.messages")), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages")), 0);
 
-    p = relay_cli("-X", sch, "dead-letters", "frob", NULL);
+    p = tf_relay_cli("-X", sch, "dead-letters", "frob", NULL);
     errtext = tk_read_file(p->err_path);
-    CHECK(exit_code(p) == 2 && strstr(errtext, "frob"), "dead-letters frob: %s, stderr '%s'",
-          tk_status_str(p->status), errtext);
+    TF_CHECK(tf_exit_code(p) == 2 && strstr(errtext, "frob"), "dead-letters frob: %s, stderr '%s'",
+             tk_status_str(p->status), errtext);
     free(errtext);
     tk_proc_free(p);
 
@@ -737,21 +581,21 @@ static void must_exist(const char *root, const char *rel, mode_t type) {
     char path[1024];
     struct stat st;
     snprintf(path, sizeof(path), "%s/%s", root, rel);
-    CHECK(lstat(path, &st) == 0, "make install did not place %s (%s)", rel, strerror(errno));
-    CHECK((st.st_mode & S_IFMT) == type, "%s is not a %s", rel, type == S_IFLNK ? "symlink" : "regular file");
+    TF_CHECK(lstat(path, &st) == 0, "make install did not place %s (%s)", rel, strerror(errno));
+    TF_CHECK((st.st_mode & S_IFMT) == type, "%s is not a %s", rel, type == S_IFLNK ? "symlink" : "regular file");
 }
 
 START_TEST(test_installed_library_builds_an_outside_program) {
-    CHECK(access("Makefile", R_OK) == 0 && access("include/outbox/outbox.h", R_OK) == 0,
-          "the test must run from the repository root (no Makefile here)");
+    TF_CHECK(access("Makefile", R_OK) == 0 && access("include/outbox/outbox.h", R_OK) == 0,
+             "the test must run from the repository root (no Makefile here)");
     char *destdir = tk_scratch_path("inst"), *cmd;
     /* A plain user's `make install`: not the make that may be running this suite (its jobserver,
      * and its SANITIZE/BUILD settings, which make also exports into the environment, are not ours). */
     ck_assert(asprintf(&cmd, "unset MAKEFLAGS MFLAGS MAKELEVEL SANITIZE BUILD; exec make --no-print-directory install "
                              "DESTDIR='%s' PREFIX=/usr/local", destdir) > 0);
     tk_proc_t *p = sh("make-install", cmd, 170000);
-    CHECK(exit_code(p) == 0, "make install: %s; stderr:\n%s", tk_status_str(p->status),
-          tk_file_tail(p->err_path, 3000));
+    TF_CHECK(tf_exit_code(p) == 0, "make install: %s; stderr:\n%s", tk_status_str(p->status),
+             tk_file_tail(p->err_path, 3000));
     tk_proc_free(p);
     free(cmd);
 
@@ -764,7 +608,7 @@ START_TEST(test_installed_library_builds_an_outside_program) {
     target[tl] = '\0';
     char versioned[64];
     snprintf(versioned, sizeof(versioned), "liboutbox.so.%s", outbox_version_str());
-    CHECK(!strcmp(target, versioned), "liboutbox.so.0 points to %s, expected %s", target, versioned);
+    TF_CHECK(!strcmp(target, versioned), "liboutbox.so.0 points to %s, expected %s", target, versioned);
     snprintf(path, sizeof(path), "lib/%s", versioned);
     must_exist(root, path, S_IFREG);
     must_exist(root, "lib/liboutbox.so", S_IFLNK); /* what -loutbox finds */
@@ -776,20 +620,20 @@ START_TEST(test_installed_library_builds_an_outside_program) {
     must_exist(root, "share/liboutbox/relay.conf.example", S_IFREG);
     must_exist(root, "lib/systemd/system/outbox-relay.service", S_IFREG);
     snprintf(path, sizeof(path), "%s/bin/outbox-relay", root);
-    CHECK(access(path, X_OK) == 0, "%s is not executable", path);
+    TF_CHECK(access(path, X_OK) == 0, "%s is not executable", path);
     char *installed_hdr, *repo_hdr = tk_read_file("include/outbox/outbox.h");
     snprintf(path, sizeof(path), "%s/include/outbox/outbox.h", root);
     installed_hdr = tk_read_file(path);
-    CHECK(!strcmp(installed_hdr, repo_hdr), "the installed header differs from include/outbox/outbox.h");
+    TF_CHECK(!strcmp(installed_hdr, repo_hdr), "the installed header differs from include/outbox/outbox.h");
     free(installed_hdr);
     free(repo_hdr);
     snprintf(path, sizeof(path), "%s/lib/systemd/system/outbox-relay.service", root);
     char *unit = tk_read_file(path);
-    CHECK(matches(unit, "^Restart=on-failure$"), "the unit has no Restart=on-failure:\n%s", unit);
-    CHECK(matches(unit, "^KillSignal=SIGTERM$"), "the unit has no KillSignal=SIGTERM:\n%s", unit);
-    CHECK(matches(unit, "^TimeoutStopSec=[0-9]+"), "the unit has no TimeoutStopSec:\n%s", unit);
-    CHECK(matches(unit, "^ExecStart=/usr/local/bin/outbox-relay "), "ExecStart is not the installed relay:\n%s",
-          unit);
+    TF_CHECK(tf_matches(unit, "^Restart=on-failure$"), "the unit has no Restart=on-failure:\n%s", unit);
+    TF_CHECK(tf_matches(unit, "^KillSignal=SIGTERM$"), "the unit has no KillSignal=SIGTERM:\n%s", unit);
+    TF_CHECK(tf_matches(unit, "^TimeoutStopSec=[0-9]+"), "the unit has no TimeoutStopSec:\n%s", unit);
+    TF_CHECK(tf_matches(unit, "^ExecStart=/usr/local/bin/outbox-relay "), "ExecStart is not the installed relay:\n%s",
+             unit);
     free(unit);
 
     /* Compile an outside program against the DESTDIR tree, which stands in for /usr/local.  The
@@ -803,36 +647,36 @@ START_TEST(test_installed_library_builds_an_outside_program) {
                              "pkg-config --cflags --libs liboutbox) $(pkg-config --cflags --libs libpq)",
                        bin, src, destdir, root) > 0);
     p = sh("cc", cmd, 60000);
-    CHECK(exit_code(p) == 0, "compiling against the installed library: %s\n%s\nstderr:\n%s",
-          tk_status_str(p->status), cmd, tk_file_tail(p->err_path, 3000));
+    TF_CHECK(tf_exit_code(p) == 0, "compiling against the installed library: %s\n%s\nstderr:\n%s",
+             tk_status_str(p->status), cmd, tk_file_tail(p->err_path, 3000));
     tk_proc_free(p);
     free(cmd);
 
-    schema2 = tu_schema_name("t_ops_inst");
+    tf_schema2 = tu_schema_name("t_ops_inst");
     ck_assert(asprintf(&cmd, "OUTBOX_PG_CONNINFO='%s' LD_LIBRARY_PATH='%s/lib' exec '%s' '%s' ops5.installed",
-                       getenv("OUTBOX_TEST_PG"), root, bin, schema2) > 0);
+                       getenv("OUTBOX_TEST_PG"), root, bin, tf_schema2) > 0);
     p = sh("outside", cmd, 30000);
     char *out = tk_read_file(p->out_path);
-    CHECK(exit_code(p) == 0, "the outside program: %s; stderr:\n%s", tk_status_str(p->status),
-          tk_file_tail(p->err_path, 3000));
+    TF_CHECK(tf_exit_code(p) == 0, "the outside program: %s; stderr:\n%s", tk_status_str(p->status),
+             tk_file_tail(p->err_path, 3000));
     tk_proc_free(p);
     free(cmd);
     char id[37] = "";
-    CHECK(sscanf(out, "%36s", id) == 1 && strlen(id) == 36, "the outside program printed no message id: '%s'",
-          out);
+    TF_CHECK(sscanf(out, "%36s", id) == 1 && strlen(id) == 36, "the outside program printed no message id: '%s'",
+             out);
     free(out);
     /* It ran on the installed library, not on one found elsewhere. */
     ck_assert(asprintf(&cmd, "LD_LIBRARY_PATH='%s/lib' ldd '%s' | grep -F 'liboutbox.so.0 => %s/lib/'", root,
                        bin, root) > 0);
     p = sh("ldd", cmd, 10000);
-    CHECK(exit_code(p) == 0, "the outside program does not resolve liboutbox.so.0 in %s/lib:\n%s", root,
-          tk_file_tail(p->out_path, 2000));
+    TF_CHECK(tf_exit_code(p) == 0, "the outside program does not resolve liboutbox.so.0 in %s/lib:\n%s", root,
+             tk_file_tail(p->out_path, 2000));
     tk_proc_free(p);
     free(cmd);
     char sql[512];
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".messages WHERE message_id = '%s' "
-             "AND destination = 'ops5.installed'", schema2, id);
-    CHECK(tu_scalar(conn, sql) == 1, "no row with message id %s in schema %s", id, schema2);
+             "AND destination = 'ops5.installed'", tf_schema2, id);
+    TF_CHECK(tu_scalar(tf_conn, sql) == 1, "no row with message id %s in schema %s", id, tf_schema2);
 
     /* The installed relay: its version, and it publishes that row. */
     snprintf(path, sizeof(path), "%s/bin/outbox-relay", root);
@@ -840,24 +684,21 @@ START_TEST(test_installed_library_builds_an_outside_program) {
     int timed_out;
     p = tk_proc_run("inst-version", vargv, 10000, &timed_out);
     out = tk_read_file(p->out_path);
-    CHECK(!timed_out && exit_code(p) == 0 && strstr(out, outbox_version_str()),
-          "installed outbox-relay --version: %s, output '%s'", tk_status_str(p->status), out);
+    TF_CHECK(!timed_out && tf_exit_code(p) == 0 && strstr(out, outbox_version_str()),
+             "installed outbox-relay --version: %s, output '%s'", tk_status_str(p->status), out);
     free(out);
     tk_proc_free(p);
 
-    start_broker("--topic", "ops5.installed:1", NULL);
-    char *saved = schema; /* start_relay_prog runs on `schema` */
-    schema = schema2;
-    start_relay_prog(path, NULL, NULL);
-    schema = saved;
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".messages", schema2);
+    tf_start_broker("--topic", "ops5.installed:1", NULL);
+    tf_start_relay_with(&(tf_relay_opts_t){.prog = path, .schema = tf_schema2}, NULL);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".messages", tf_schema2);
     wait_count(sql, 0, 30000);
     tk_consumer_t *c = read_topic("ops5.installed", 1, 30000);
     size_t n;
     const tk_record_t *recs = tk_consumer_records(c, &n);
-    CHECK(n == 1, "%zu records on ops5.installed, expected 1", n);
+    TF_CHECK(n == 1, "%zu records on ops5.installed, expected 1", n);
     const char *hid = tk_record_header(&recs[0], "id");
-    CHECK(hid && !strcmp(hid, id), "record id %s, the outside program sent %s", hid ? hid : "(none)", id);
+    TF_CHECK(hid && !strcmp(hid, id), "record id %s, the outside program sent %s", hid ? hid : "(none)", id);
     tk_consumer_free(c);
     free(src);
     free(bin);
@@ -876,7 +717,7 @@ static void drop_roles(void) {
     snprintf(sql, sizeof(sql), "REASSIGN OWNED BY %s, %s, %s TO postgres; DROP OWNED BY %s, %s, %s; "
              "DROP ROLE %s; DROP ROLE %s; DROP ROLE %s", role_w, role_r, role_c, role_w, role_r, role_c,
              role_w, role_r, role_c);
-    tu_exec(conn, sql);
+    tu_exec(tf_conn, sql);
     role_w[0] = '\0';
 }
 
@@ -896,16 +737,16 @@ START_TEST(test_least_privilege_roles) {
     snprintf(role_r, sizeof(role_r), "ops_relay_%d", (int)getpid());
     snprintf(role_c, sizeof(role_c), "ops_consumer_%d", (int)getpid());
     char *sch;
-    ck_assert(asprintf(&sch, "outbox.schema=%s", schema) > 0);
-    tk_proc_t *p = relay_cli("-X", sch, "grants", "--writer", role_w, "--relay", role_r, "--consumer", role_c, NULL);
+    ck_assert(asprintf(&sch, "outbox.schema=%s", tf_schema) > 0);
+    tk_proc_t *p = tf_relay_cli("-X", sch, "grants", "--writer", role_w, "--relay", role_r, "--consumer", role_c, NULL);
     char *grants = tk_read_file(p->out_path);
-    CHECK(exit_code(p) == 0 && *grants, "grants: %s; stderr:\n%s", tk_status_str(p->status),
-          tk_file_tail(p->err_path, 2000));
+    TF_CHECK(tf_exit_code(p) == 0 && *grants, "grants: %s; stderr:\n%s", tk_status_str(p->status),
+             tk_file_tail(p->err_path, 2000));
     tk_proc_free(p);
     free(sch);
-    PGresult *res = PQexec(conn, grants);
-    CHECK(PQresultStatus(res) == PGRES_COMMAND_OK, "applying the grants SQL failed: %s\n%s",
-          PQresultErrorMessage(res), grants);
+    PGresult *res = PQexec(tf_conn, grants);
+    TF_CHECK(PQresultStatus(res) == PGRES_COMMAND_OK, "applying the grants SQL failed: %s\n%s",
+             PQresultErrorMessage(res), grants);
     PQclear(res);
     free(grants);
 
@@ -914,38 +755,38 @@ START_TEST(test_least_privilege_roles) {
     ck_assert(asprintf(&ci_w, "%s user=%s", getenv("OUTBOX_TEST_PG"), role_w) > 0);
     ck_assert(asprintf(&ci_r, "%s user=%s", getenv("OUTBOX_TEST_PG"), role_r) > 0);
     PGconn *wc = PQconnectdb(ci_w);
-    CHECK(PQstatus(wc) == CONNECTION_OK, "connecting as %s: %s", role_w, PQerrorMessage(wc));
+    TF_CHECK(PQstatus(wc) == CONNECTION_OK, "connecting as %s: %s", role_w, PQerrorMessage(wc));
     char err[256];
     outbox_conf_t *conf = outbox_conf_new();
-    ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", schema, err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
     outbox_t *w = outbox_new(conf, err, sizeof(err));
     ck_assert_ptr_nonnull(w);
     enum { N = 20 };
     char ids[N][37];
     send_n(w, wc, "ops6.priv", N, ids);
-    const char *st = sqlstate_of(wc, q("SELECT count(*) FROM @.messages"));
-    CHECK(!strcmp(st, "42501"), "SELECT on the outbox as the writer: SQLSTATE '%s', expected 42501", st);
-    st = sqlstate_of(wc, q("DELETE FROM @.messages"));
-    CHECK(!strcmp(st, "42501"), "DELETE on the outbox as the writer: SQLSTATE '%s', expected 42501", st);
-    st = sqlstate_of(wc, q("SELECT count(*) FROM @.dead_letters"));
-    CHECK(!strcmp(st, "42501"), "SELECT on dead_letters as the writer: SQLSTATE '%s', expected 42501", st);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.messages")), N);
+    const char *st = sqlstate_of(wc, tf_q("SELECT count(*) FROM @.messages"));
+    TF_CHECK(!strcmp(st, "42501"), "SELECT on the outbox as the writer: SQLSTATE '%s', expected 42501", st);
+    st = sqlstate_of(wc, tf_q("DELETE FROM @.messages"));
+    TF_CHECK(!strcmp(st, "42501"), "DELETE on the outbox as the writer: SQLSTATE '%s', expected 42501", st);
+    st = sqlstate_of(wc, tf_q("SELECT count(*) FROM @.dead_letters"));
+    TF_CHECK(!strcmp(st, "42501"), "SELECT on dead_letters as the writer: SQLSTATE '%s', expected 42501", st);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages")), N);
     outbox_destroy(w);
     PQfinish(wc);
 
     /* The relay role publishes and dead-letters. */
     poison_t bad;
     insert_poison(&bad, "ops6.priv", 0);
-    start_broker("--topic", "ops6.priv:2", NULL);
+    tf_start_broker("--topic", "ops6.priv:2", NULL);
     tk_proc_t *relay = start_relay(ci_r, NULL);
-    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
-    wait_count(q("SELECT count(*) FROM @.dead_letters"), 1, 5000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 5000);
     char sql[256];
-    snprintf(sql, sizeof(sql), "%s'%s'", q("SELECT count(*) FROM @.dead_letters WHERE message_id = "),
+    snprintf(sql, sizeof(sql), "%s'%s'", tf_q("SELECT count(*) FROM @.dead_letters WHERE message_id = "),
              bad.message_id);
-    ck_assert_int_eq(tu_scalar(conn, sql), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, sql), 1);
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE usename = '%s'", role_r);
-    CHECK(tu_scalar(conn, sql) >= 1, "no session of %s: the relay did not run as that role", role_r);
+    TF_CHECK(tu_scalar(tf_conn, sql) >= 1, "no session of %s: the relay did not run as that role", role_r);
     tk_consumer_t *c = read_topic("ops6.priv", N, 30000);
     size_t n;
     const tk_record_t *recs = tk_consumer_records(c, &n);
@@ -953,24 +794,24 @@ START_TEST(test_least_privilege_roles) {
     for (int i = 0; i < N; i++)
         tk_idset_add(&sent, ids[i]);
     for (size_t i = 0; i < n; i++)
-        CHECK(tk_idset_has(&sent, tk_record_header(&recs[i], "id")), "record %zu is not one the writer sent", i);
-    CHECK(n == N, "%zu records for %d messages", n, N);
+        TF_CHECK(tk_idset_has(&sent, tk_record_header(&recs[i], "id")), "record %zu is not one the writer sent", i);
+    TF_CHECK(n == N, "%zu records for %d messages", n, N);
     char *log = tk_read_file(relay->err_path);
-    CHECK(!strstr(log, "permission denied"), "the relay hit a permission it was not granted:\n%s",
-          tk_file_tail(relay->err_path, 3000));
+    TF_CHECK(!strstr(log, "permission denied"), "the relay hit a permission it was not granted:\n%s",
+             tk_file_tail(relay->err_path, 3000));
     free(log);
     tk_idset_clear(&sent);
     tk_consumer_free(c);
 
     /* The roles go, so a rerun starts clean (their sessions first). */
     tk_proc_free(relay);
-    relays[0] = NULL;
+    tf_procs[0] = NULL;
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE usename IN ('%s', '%s')", role_w,
              role_r);
     wait_count(sql, 0, 10000);
     drop_roles();
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'ops\\_%%\\_%d'", (int)getpid());
-    ck_assert_int_eq(tu_scalar(conn, sql), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, sql), 0);
     free(ci_w);
     free(ci_r);
     free(bad.env);
@@ -982,23 +823,23 @@ END_TEST
 #define SECRET "S3cr3tPassw0rd-xyz"
 
 START_TEST(test_no_password_in_logs) {
-    start_broker("--topic", "ops7.secret:2", NULL);
-    send_n(ob, conn, "ops7.secret", 50, NULL);
+    tf_start_broker("--topic", "ops7.secret:2", NULL);
+    send_n(tf_ob, tf_conn, "ops7.secret", 50, NULL);
     char *ci, *ci_bad;
     ck_assert(asprintf(&ci, "%s password=" SECRET, getenv("OUTBOX_TEST_PG")) > 0);
     /* TCP to a closed port: connection refused, retried and logged. */
     ck_assert(asprintf(&ci_bad, "%s password=" SECRET " host=127.0.0.1 port=1", getenv("OUTBOX_TEST_PG")) > 0);
 
     tk_proc_t *r1 = start_relay(ci, "log.level=7", NULL);
-    wait_count(q("SELECT count(*) FROM @.messages"), 0, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
     tk_proc_signal(r1, SIGTERM);
-    CHECK(tk_proc_wait(r1, 15000), "the relay did not exit within 15 s of SIGTERM");
-    CHECK(exit_code(r1) == 0, "the relay exited with %s after SIGTERM", tk_status_str(r1->status));
+    TF_CHECK(tk_proc_wait(r1, 15000), "the relay did not exit within 15 s of SIGTERM");
+    TF_CHECK(tf_exit_code(r1) == 0, "the relay exited with %s after SIGTERM", tk_status_str(r1->status));
 
     tk_proc_t *r2 = start_relay(ci_bad, "log.level=7", "relay.reconnect.backoff.max.ms=200", NULL);
     tk_sleep_ms(2000);
     tk_proc_signal(r2, SIGTERM);
-    CHECK(tk_proc_wait(r2, 15000), "the relay without PostgreSQL did not exit within 15 s of SIGTERM");
+    TF_CHECK(tk_proc_wait(r2, 15000), "the relay without PostgreSQL did not exit within 15 s of SIGTERM");
 
     tk_proc_t *runs[2] = {r1, r2};
     for (int i = 0; i < 2; i++) {
@@ -1008,28 +849,28 @@ START_TEST(test_no_password_in_logs) {
             hit = hit - err > 300 ? hit - 300 : err; /* show what led up to it */
         else if (strstr(out, SECRET))
             hit = out;
-        CHECK(!hit, "relay run %d logged the password:\n%.800s", i + 1, hit);
+        TF_CHECK(!hit, "relay run %d logged the password:\n%.800s", i + 1, hit);
         free(err);
         free(out);
     }
     /* The second run did log its failures (otherwise the check above proves nothing). */
     char *err2 = tk_read_file(r2->err_path);
-    CHECK(matches(err2, "level=error.*PostgreSQL"), "the relay without PostgreSQL logged no connection error:\n%s",
-          err2);
+    TF_CHECK(tf_matches(err2, "level=error.*PostgreSQL"),
+             "the relay without PostgreSQL logged no connection error:\n%s", err2);
     free(err2);
 
     /* One logfmt line per event. */
     char *err1 = tk_read_file(r1->err_path);
-    CHECK(strstr(err1, "level=debug"), "log.level=7 logged no debug line");
+    TF_CHECK(strstr(err1, "level=debug"), "log.level=7 logged no debug line");
     int lines = 0;
     for (char *line = strtok(err1, "\n"); line; line = strtok(NULL, "\n")) {
         if (!*line)
             continue;
         lines++;
-        CHECK(!strncmp(line, "ts=", 3) && strstr(line, " level=") && strstr(line, " msg="),
-              "stderr line %d is not logfmt (ts= level= msg=): '%s'", lines, line);
+        TF_CHECK(!strncmp(line, "ts=", 3) && strstr(line, " level=") && strstr(line, " msg="),
+                 "stderr line %d is not logfmt (ts= level= msg=): '%s'", lines, line);
     }
-    CHECK(lines >= 3, "only %d log lines from a relay at log.level=7", lines);
+    TF_CHECK(lines >= 3, "only %d log lines from a relay at log.level=7", lines);
     free(err1);
     free(ci);
     free(ci_bad);

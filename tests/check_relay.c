@@ -3,170 +3,20 @@
  * TCP: delivery, gaps, per-key order, leadership, shutdown, broker and database faults, poison rows.
  */
 #include <pthread.h>
-#include <regex.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 
-#include "testutil.h"
-#include "testutil_kafka.h"
-
-enum { MAX_RELAYS = 4 };
-
-static PGconn *conn;
-static outbox_t *ob;
-static char *schema;
-static tk_broker_t *broker;
-static tk_proc_t *relays[MAX_RELAYS];
+#include "testutil_fixture.h"
 
 static void setup(void) {
-    conn = tu_connect();
-    schema = tu_schema_name("t_relay");
-    ob = tu_outbox(conn, schema);
+    tf_setup("t_relay");
 }
 
 static void teardown(void) {
-    for (int i = 0; i < MAX_RELAYS; i++) {
-        tk_proc_free(relays[i]);
-        relays[i] = NULL;
-    }
-    tk_broker_stop(broker);
-    broker = NULL;
-    char sql[256];
-    PQclear(PQexec(conn, "ROLLBACK"));
-    snprintf(sql, sizeof(sql), "DROP SCHEMA \"%s\" CASCADE", schema);
-    tu_exec(conn, sql);
-    outbox_destroy(ob);
-    PQfinish(conn);
-    free(schema);
-}
-
-/* SQL text with every '@' replaced by the test's quoted schema.  Rotating static buffers, so a
- * few results can be used at once. */
-static const char *q(const char *tmpl) {
-    static char bufs[4][2048];
-    static int next;
-    char *out = bufs[next++ % 4];
-    size_t n = 0;
-    for (const char *p = tmpl; *p; p++) {
-        int w = *p == '@' ? snprintf(out + n, sizeof(bufs[0]) - n, "\"%s\"", schema)
-                          : snprintf(out + n, sizeof(bufs[0]) - n, "%c", *p);
-        ck_assert(w > 0 && n + (size_t)w < sizeof(bufs[0]));
-        n += (size_t)w;
-    }
-    return out;
-}
-
-/* A failing relay test is only diagnosable with the relays' own account of what happened, and
- * Check runs no teardown after a failure: print their logs before failing. */
-static void dump_logs(void) {
-    for (int i = 0; i < MAX_RELAYS; i++) {
-        if (!relays[i])
-            continue;
-        tk_proc_running(relays[i]);
-        fprintf(stderr, "---- relay #%d (%s), end of its stderr:\n%s\n----\n", i,
-                relays[i]->pid ? "running" : tk_status_str(relays[i]->status),
-                tk_file_tail(relays[i]->err_path, 3000));
-    }
-}
-
-#define CHECK(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            dump_logs();                                                                      \
-            ck_abort_msg(__VA_ARGS__);                                                        \
-        }                                                                                     \
-    } while (0)
-
-/* Starts this test's broker with the given arguments (NULL-terminated). */
-static void start_broker(const char *arg, ...) {
-    const char *args[32];
-    size_t n = 0;
-    va_list ap;
-    va_start(ap, arg);
-    for (const char *a = arg; a; a = va_arg(ap, const char *)) {
-        ck_assert_uint_lt(n, 31);
-        args[n++] = a;
-    }
-    va_end(ap);
-    args[n] = NULL;
-    broker = tk_broker_start(args);
-}
-
-/* Starts `outbox-relay run` on this test's schema and broker, with extra key=value settings
- * (NULL-terminated) after the common ones.  The suite keeps it; teardown kills it. */
-static tk_proc_t *start_relay(const char *setting, ...) {
-    int slot = 0;
-    while (slot < MAX_RELAYS && relays[slot])
-        slot++;
-    ck_assert_int_lt(slot, MAX_RELAYS);
-    char *prog = tk_build_path("outbox-relay");
-    char *common[3];
-    ck_assert(asprintf(&common[0], "pg.conninfo=%s", getenv("OUTBOX_TEST_PG")) > 0);
-    ck_assert(asprintf(&common[1], "outbox.schema=%s", schema) > 0);
-    ck_assert(asprintf(&common[2], "kafka.bootstrap.servers=%s", broker->bootstrap) > 0);
-    const char *argv[48];
-    size_t n = 0;
-    argv[n++] = prog;
-    for (int i = 0; i < 3; i++) {
-        argv[n++] = "-X";
-        argv[n++] = common[i];
-    }
-    va_list ap;
-    va_start(ap, setting);
-    for (const char *s = setting; s; s = va_arg(ap, const char *)) {
-        ck_assert_uint_lt(n, 44);
-        argv[n++] = "-X";
-        argv[n++] = s;
-    }
-    va_end(ap);
-    argv[n++] = "run";
-    argv[n] = NULL;
-    char tag[32];
-    snprintf(tag, sizeof(tag), "relay%d", slot);
-    relays[slot] = tk_proc_start(tag, argv);
-    for (int i = 0; i < 3; i++)
-        free(common[i]);
-    free(prog);
-    return relays[slot];
-}
-
-/* Runs outbox-relay with the given arguments (NULL-terminated) to completion (15 s at most). */
-static tk_proc_t *relay_cli(const char *arg, ...) {
-    char *prog = tk_build_path("outbox-relay");
-    const char *argv[32];
-    size_t n = 0;
-    argv[n++] = prog;
-    va_list ap;
-    va_start(ap, arg);
-    for (const char *a = arg; a; a = va_arg(ap, const char *)) {
-        ck_assert_uint_lt(n, 31);
-        argv[n++] = a;
-    }
-    va_end(ap);
-    argv[n] = NULL;
-    int timed_out;
-    tk_proc_t *p = tk_proc_run("relay-cli", argv, 15000, &timed_out);
-    ck_assert_msg(!timed_out, "outbox-relay %s did not exit within 15 s; stderr:\n%s", arg,
-                  tk_file_tail(p->err_path, 2000));
-    free(prog);
-    return p;
-}
-
-static int exit_code(const tk_proc_t *p) {
-    return WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1;
-}
-
-/* 1 if text has a match of the extended, case-insensitive regular expression re. */
-static int matches(const char *text, const char *re) {
-    regex_t rx;
-    ck_assert_int_eq(regcomp(&rx, re, REG_EXTENDED | REG_ICASE | REG_NEWLINE | REG_NOSUB), 0);
-    int hit = regexec(&rx, text, 0, NULL, 0) == 0;
-    regfree(&rx);
-    return hit;
+    tf_teardown(NULL);
 }
 
 /* ---- messages with a per-key sequence ------------------------------------------------------ */
@@ -199,10 +49,10 @@ static void write_seq(const char *topic, int nkeys, int from, int to, char (*ids
                 memcpy(ids[(size_t)s * (size_t)nkeys + (size_t)k], outbox_message_id(ms[n]), 37);
             n++;
             if (n == PER_TX || (s == to - 1 && k == nkeys - 1)) {
-                tu_exec(conn, "BEGIN");
-                ck_assert_msg(outbox_send_batch(ob, conn, (const outbox_message_t *const *)ms, n) == OUTBOX_OK,
-                              "outbox_send_batch: %s", outbox_errmsg(ob));
-                tu_exec(conn, "COMMIT");
+                tu_exec(tf_conn, "BEGIN");
+                ck_assert_msg(outbox_send_batch(tf_ob, tf_conn, (const outbox_message_t *const *)ms, n) == OUTBOX_OK,
+                              "outbox_send_batch: %s", outbox_errmsg(tf_ob));
+                tu_exec(tf_conn, "COMMIT");
                 for (size_t i = 0; i < n; i++)
                     outbox_message_destroy(ms[i]);
                 n = 0;
@@ -245,22 +95,22 @@ static void seq_free(seqstate_t *st) {
 static void record_seq(const tk_record_t *r, int *key, int *seq) {
     outbox_message_t *m = NULL;
     char err[256];
-    CHECK(outbox_message_decode(&m, r->value, r->value_len, err, sizeof(err)) == OUTBOX_OK,
-          "partition %d offset %lld: value is not an envelope: %s", r->partition, (long long)r->offset, err);
+    TF_CHECK(outbox_message_decode(&m, r->value, r->value_len, err, sizeof(err)) == OUTBOX_OK,
+             "partition %d offset %lld: value is not an envelope: %s", r->partition, (long long)r->offset, err);
     size_t len;
     const char *payload = outbox_message_payload(m, &len);
     char buf[32];
-    CHECK(len < sizeof(buf), "payload of %zu bytes", len);
+    TF_CHECK(len < sizeof(buf), "payload of %zu bytes", len);
     memcpy(buf, payload, len);
     buf[len] = '\0';
-    CHECK(sscanf(buf, "%d:%d", key, seq) == 2, "unexpected payload '%s'", buf);
+    TF_CHECK(sscanf(buf, "%d:%d", key, seq) == 2, "unexpected payload '%s'", buf);
     const char *id = tk_record_header(r, "id");
-    CHECK(id && !strcmp(id, outbox_message_id(m)), "header id %s, envelope id %s", id ? id : "(none)",
-          outbox_message_id(m));
+    TF_CHECK(id && !strcmp(id, outbox_message_id(m)), "header id %s, envelope id %s", id ? id : "(none)",
+             outbox_message_id(m));
     char kbuf[16];
     int klen = snprintf(kbuf, sizeof(kbuf), "k%d", *key);
-    CHECK(r->key && r->key_len == (size_t)klen && !memcmp(r->key, kbuf, (size_t)klen),
-          "record of %s has the wrong Kafka key", buf);
+    TF_CHECK(r->key && r->key_len == (size_t)klen && !memcmp(r->key, kbuf, (size_t)klen),
+             "record of %s has the wrong Kafka key", buf);
     outbox_message_destroy(m);
 }
 
@@ -273,14 +123,14 @@ static void seq_feed(seqstate_t *st, tk_consumer_t *c) {
         const tk_record_t *r = &recs[st->pos];
         int k, s;
         record_seq(r, &k, &s);
-        CHECK(k >= 0 && k < st->nkeys && s >= 0 && s < st->per_key, "unexpected message %d:%d", k, s);
+        TF_CHECK(k >= 0 && k < st->nkeys && s >= 0 && s < st->per_key, "unexpected message %d:%d", k, s);
         if (st->partition[k] < 0)
             st->partition[k] = r->partition;
-        CHECK(st->partition[k] == r->partition, "key k%d on partitions %d and %d", k, st->partition[k],
-              r->partition);
-        CHECK(s <= st->next[k],
-              "key k%d: message %d arrived before message %d (partition %d offset %lld): order broken", k, s,
-              st->next[k], r->partition, (long long)r->offset);
+        TF_CHECK(st->partition[k] == r->partition, "key k%d on partitions %d and %d", k, st->partition[k],
+                 r->partition);
+        TF_CHECK(s <= st->next[k],
+                 "key k%d: message %d arrived before message %d (partition %d offset %lld): order broken", k, s,
+                 st->next[k], r->partition, (long long)r->offset);
         if (s == st->next[k])
             st->next[k]++;
         unsigned char *seen = &st->seen[(size_t)s * (size_t)st->nkeys + (size_t)k];
@@ -304,7 +154,7 @@ static void seq_read_all(seqstate_t *st, tk_consumer_t *c, int timeout_ms) {
     int64_t deadline = tk_now_ms() + timeout_ms;
     while (st->complete < total && tk_now_ms() < deadline)
         seq_poll(st, c, 500);
-    CHECK(st->complete == total, "only %d of %d messages arrived within %d ms", st->complete, total, timeout_ms);
+    TF_CHECK(st->complete == total, "only %d of %d messages arrived within %d ms", st->complete, total, timeout_ms);
 }
 
 /* How many records with sequence numbers in [from, to) were read (duplicates count). */
@@ -321,20 +171,20 @@ static int seq_records_in(tk_consumer_t *c, int from, int to) {
 }
 
 static long long backlog(void) {
-    return tu_scalar(conn, q("SELECT count(*) FROM @.messages"));
+    return tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"));
 }
 
 /* Waits for the relay to empty the outbox table. */
 static void wait_drained(int timeout_ms) {
-    long long left = tk_wait_scalar(conn, q("SELECT count(*) FROM @.messages"), 0, timeout_ms);
-    CHECK(left == 0, "%lld rows still in the outbox after %d ms", left, timeout_ms);
+    long long left = tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"), 0, timeout_ms);
+    TF_CHECK(left == 0, "%lld rows still in the outbox after %d ms", left, timeout_ms);
 }
 
 /* Waits until the relay has deleted at least one of the first total rows: it is mid-drain. */
 static void wait_draining(long long total) {
     int64_t deadline = tk_now_ms() + 30000;
     while (backlog() >= total) {
-        CHECK(tk_now_ms() < deadline, "the relay deleted nothing of %lld rows within 30 s", total);
+        TF_CHECK(tk_now_ms() < deadline, "the relay deleted nothing of %lld rows within 30 s", total);
         tk_sleep_ms(5);
     }
 }
@@ -346,7 +196,7 @@ START_TEST(test_delivers_committed_messages_with_key_value_and_headers) {
     static const char *const kind_names[] = {"", "EVENT", "COMMAND", "REPLY", "DOCUMENT"};
     static const char *const topics[] = {"t1.orders", "t1.payments"};
     static const char traceparent[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    start_broker("--topic", "t1.orders:4", "--topic", "t1.payments:3", NULL);
+    tf_start_broker("--topic", "t1.orders:4", "--topic", "t1.payments:3", NULL);
 
     outbox_message_t **ms = calloc(N, sizeof(*ms));
     ck_assert_ptr_nonnull(ms);
@@ -371,32 +221,32 @@ START_TEST(test_delivers_committed_messages_with_key_value_and_headers) {
     /* Messages of rolled-back transactions must never appear. */
     tk_idset_t rolled = {0};
     for (int round = 0; round < 2; round++) {
-        tu_exec(conn, "BEGIN");
+        tu_exec(tf_conn, "BEGIN");
         for (int i = 0; i < ROLLED; i++) {
             outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, topics[i % 2], "test.RolledBack");
             ck_assert_int_eq(outbox_message_set_key(m, "k1", 2), OUTBOX_OK);
             ck_assert_int_eq(outbox_message_set_payload(m, "-1", 2), OUTBOX_OK);
-            ck_assert_int_eq(outbox_send(ob, conn, m), OUTBOX_OK);
+            ck_assert_int_eq(outbox_send(tf_ob, tf_conn, m), OUTBOX_OK);
             tk_idset_add(&rolled, outbox_message_id(m));
             outbox_message_destroy(m);
         }
-        tu_exec(conn, "ROLLBACK");
+        tu_exec(tf_conn, "ROLLBACK");
 
         /* The first half is a backlog when the relay starts; the second arrives while it runs. */
         for (int tx = round * N / 2; tx < (round + 1) * N / 2; tx += 100) {
-            tu_exec(conn, "BEGIN");
+            tu_exec(tf_conn, "BEGIN");
             if (round == 0) {
                 for (int i = tx; i < tx + 100; i++)
-                    ck_assert_msg(outbox_send(ob, conn, ms[i]) == OUTBOX_OK, "%s", outbox_errmsg(ob));
+                    ck_assert_msg(outbox_send(tf_ob, tf_conn, ms[i]) == OUTBOX_OK, "%s", outbox_errmsg(tf_ob));
             } else {
-                ck_assert_msg(outbox_send_batch(ob, conn, (const outbox_message_t *const *)ms + tx, 100) ==
+                ck_assert_msg(outbox_send_batch(tf_ob, tf_conn, (const outbox_message_t *const *)ms + tx, 100) ==
                                   OUTBOX_OK,
-                              "%s", outbox_errmsg(ob));
+                              "%s", outbox_errmsg(tf_ob));
             }
-            tu_exec(conn, "COMMIT");
+            tu_exec(tf_conn, "COMMIT");
         }
         if (round == 0)
-            start_relay(NULL);
+            tf_start_relay(NULL);
     }
 
     unsigned char *seen = calloc(N, 1);
@@ -404,13 +254,13 @@ START_TEST(test_delivers_committed_messages_with_key_value_and_headers) {
     for (int k = 0; k < KEYS; k++)
         key_partition[0][k] = key_partition[1][k] = -1, last[k] = -1;
     for (int t = 0; t < 2; t++) {
-        tk_consumer_t *c = tk_consumer_new(broker->bootstrap, topics[t]);
+        tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topics[t]);
         size_t got = tk_consumer_poll(c, (size_t)expected[t], tk_now_ms() + 60000);
-        CHECK(got == (size_t)expected[t], "%s: %zu of %d messages arrived", topics[t], got, expected[t]);
+        TF_CHECK(got == (size_t)expected[t], "%s: %zu of %d messages arrived", topics[t], got, expected[t]);
         /* Nothing more may come: no rolled-back message, and no duplicates without a fault. */
         got = tk_consumer_poll(c, (size_t)expected[t] + 1, tk_now_ms() + 1500);
-        CHECK(got == (size_t)expected[t], "%s: %zu messages, expected exactly %d", topics[t], got,
-              expected[t]);
+        TF_CHECK(got == (size_t)expected[t], "%s: %zu messages, expected exactly %d", topics[t], got,
+                 expected[t]);
 
         size_t n;
         const tk_record_t *recs = tk_consumer_records(c, &n);
@@ -418,16 +268,16 @@ START_TEST(test_delivers_committed_messages_with_key_value_and_headers) {
             const tk_record_t *r = &recs[j];
             outbox_message_t *d = NULL;
             char err[256];
-            CHECK(outbox_message_decode(&d, r->value, r->value_len, err, sizeof(err)) == OUTBOX_OK,
-                  "%s offset %lld: value is not an envelope: %s", topics[t], (long long)r->offset, err);
+            TF_CHECK(outbox_message_decode(&d, r->value, r->value_len, err, sizeof(err)) == OUTBOX_OK,
+                     "%s offset %lld: value is not an envelope: %s", topics[t], (long long)r->offset, err);
             const char *id = tk_record_header(r, "id");
-            CHECK(!tk_idset_has(&rolled, id), "message %s of a rolled-back transaction was published", id);
+            TF_CHECK(!tk_idset_has(&rolled, id), "message %s of a rolled-back transaction was published", id);
             size_t plen;
             const char *payload = outbox_message_payload(d, &plen);
             char buf[16] = "";
             memcpy(buf, payload, plen < sizeof(buf) - 1 ? plen : sizeof(buf) - 1);
             int i = atoi(buf);
-            CHECK(i >= 0 && i < N && !seen[i], "%s: unexpected or repeated message '%s'", topics[t], buf);
+            TF_CHECK(i >= 0 && i < N && !seen[i], "%s: unexpected or repeated message '%s'", topics[t], buf);
             seen[i] = 1;
             const outbox_message_t *m = ms[i];
 
@@ -435,39 +285,39 @@ START_TEST(test_delivers_committed_messages_with_key_value_and_headers) {
             void *env;
             size_t env_len;
             ck_assert_int_eq(outbox_message_encode(m, &env, &env_len), OUTBOX_OK);
-            CHECK(r->value_len == env_len && !memcmp(r->value, env, env_len),
-                  "message %d: value differs from the envelope written (%zu vs %zu bytes)", i, r->value_len,
-                  env_len);
+            TF_CHECK(r->value_len == env_len && !memcmp(r->value, env, env_len),
+                     "message %d: value differs from the envelope written (%zu vs %zu bytes)", i, r->value_len,
+                     env_len);
             free(env);
             ck_assert_str_eq(outbox_message_destination(d), topics[t]);
 
             /* headers: id, type and kind from the relay, then the envelope's own */
-            CHECK(id && !strcmp(id, outbox_message_id(m)), "message %d: header id %s, expected %s", i,
-                  id ? id : "(none)", outbox_message_id(m));
+            TF_CHECK(id && !strcmp(id, outbox_message_id(m)), "message %d: header id %s, expected %s", i,
+                     id ? id : "(none)", outbox_message_id(m));
             const char *h = tk_record_header(r, "type");
-            CHECK(h && !strcmp(h, outbox_message_type(m)), "message %d: header type %s", i, h ? h : "(none)");
+            TF_CHECK(h && !strcmp(h, outbox_message_type(m)), "message %d: header type %s", i, h ? h : "(none)");
             h = tk_record_header(r, "kind");
-            CHECK(h && !strcmp(h, kind_names[outbox_message_kind(m)]), "message %d: header kind %s, expected %s",
-                  i, h ? h : "(none)", kind_names[outbox_message_kind(m)]);
+            TF_CHECK(h && !strcmp(h, kind_names[outbox_message_kind(m)]), "message %d: header kind %s, expected %s",
+                     i, h ? h : "(none)", kind_names[outbox_message_kind(m)]);
             h = tk_record_header(r, "traceparent");
-            CHECK(h && !strcmp(h, traceparent), "message %d: header traceparent %s", i, h ? h : "(none)");
+            TF_CHECK(h && !strcmp(h, traceparent), "message %d: header traceparent %s", i, h ? h : "(none)");
             h = tk_record_header(r, "seq");
-            CHECK(h && !strcmp(h, buf), "message %d: header seq %s", i, h ? h : "(none)");
+            TF_CHECK(h && !strcmp(h, buf), "message %d: header seq %s", i, h ? h : "(none)");
 
             /* key = partition key; same key, same partition, in outbox order */
             size_t klen;
             const void *key = outbox_message_key(m, &klen);
             if (!klen) {
-                CHECK(r->key == NULL, "message %d has no partition key but a Kafka key", i);
+                TF_CHECK(r->key == NULL, "message %d has no partition key but a Kafka key", i);
             } else {
-                CHECK(r->key && r->key_len == klen && !memcmp(r->key, key, klen), "message %d: wrong Kafka key",
-                      i);
+                TF_CHECK(r->key && r->key_len == klen && !memcmp(r->key, key, klen), "message %d: wrong Kafka key",
+                         i);
                 int k = i % KEYS;
                 if (key_partition[t][k] < 0)
                     key_partition[t][k] = r->partition;
-                CHECK(key_partition[t][k] == r->partition, "key k%d on partitions %d and %d", k,
-                      key_partition[t][k], r->partition);
-                CHECK(i > last[k], "key k%d: message %d after message %d", k, i, last[k]);
+                TF_CHECK(key_partition[t][k] == r->partition, "key k%d on partitions %d and %d", k,
+                         key_partition[t][k], r->partition);
+                TF_CHECK(i > last[k], "key k%d: message %d after message %d", k, i, last[k]);
                 last[k] = i;
             }
             outbox_message_destroy(d);
@@ -477,7 +327,7 @@ START_TEST(test_delivers_committed_messages_with_key_value_and_headers) {
     for (int i = 0; i < N; i++)
         ck_assert_msg(seen[i], "message %d never arrived", i);
     wait_drained(10000);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 0);
 
     for (int i = 0; i < N; i++)
         outbox_message_destroy(ms[i]);
@@ -490,40 +340,40 @@ END_TEST
 /* ---- 2. gaps -------------------------------------------------------------------------------- */
 
 START_TEST(test_late_commit_of_lower_id_is_published) {
-    start_broker("--topic", "t2.gap:2", NULL);
+    tf_start_broker("--topic", "t2.gap:2", NULL);
     PGconn *conn2 = tu_connect();
-    outbox_t *ob2 = tu_outbox(conn2, schema);
-    start_relay(NULL);
-    tk_consumer_t *c = tk_consumer_new(broker->bootstrap, "t2.gap");
+    outbox_t *ob2 = tu_outbox(conn2, tf_schema);
+    tf_start_relay(NULL);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "t2.gap");
 
     outbox_message_t *a = seq_msg("t2.gap", 0, 0), *b = seq_msg("t2.gap", 1, 0);
-    tu_exec(conn, "BEGIN");
-    ck_assert_int_eq(outbox_send(ob, conn, a), OUTBOX_OK);
-    long long id_a = tu_scalar(conn, q("SELECT max(id) FROM @.messages"));
+    tu_exec(tf_conn, "BEGIN");
+    ck_assert_int_eq(outbox_send(tf_ob, tf_conn, a), OUTBOX_OK);
+    long long id_a = tu_scalar(tf_conn, tf_q("SELECT max(id) FROM @.messages"));
     tu_exec(conn2, "BEGIN");
     ck_assert_int_eq(outbox_send(ob2, conn2, b), OUTBOX_OK);
     tu_exec(conn2, "COMMIT");
     char sql[512];
-    snprintf(sql, sizeof(sql), "%s'%s'", q("SELECT id FROM @.messages WHERE message_id = "), outbox_message_id(b));
+    snprintf(sql, sizeof(sql), "%s'%s'", tf_q("SELECT id FROM @.messages WHERE message_id = "), outbox_message_id(b));
     long long id_b = tu_scalar(conn2, sql);
     ck_assert_int_gt(id_b, id_a); /* the gap: A holds a lower id and is not committed */
 
-    snprintf(sql, sizeof(sql), "%s'%s'", q("SELECT count(*) FROM @.messages WHERE message_id = "),
+    snprintf(sql, sizeof(sql), "%s'%s'", tf_q("SELECT count(*) FROM @.messages WHERE message_id = "),
              outbox_message_id(b));
-    CHECK(tk_wait_scalar(conn2, sql, 0, 15000) == 0, "B was not deleted");
+    TF_CHECK(tk_wait_scalar(conn2, sql, 0, 15000) == 0, "B was not deleted");
     size_t n;
-    CHECK(tk_consumer_poll(c, 1, tk_now_ms() + 15000) == 1, "B was not published");
+    TF_CHECK(tk_consumer_poll(c, 1, tk_now_ms() + 15000) == 1, "B was not published");
     const tk_record_t *recs = tk_consumer_records(c, &n);
     ck_assert_str_eq(tk_record_header(&recs[0], "id"), outbox_message_id(b));
     /* Let the relay poll past A's id a few times before A becomes visible. */
     tk_sleep_ms(500);
 
-    tu_exec(conn, "COMMIT");
-    CHECK(tk_consumer_poll(c, 2, tk_now_ms() + 15000) == 2, "A, committed after B, was never published");
+    tu_exec(tf_conn, "COMMIT");
+    TF_CHECK(tk_consumer_poll(c, 2, tk_now_ms() + 15000) == 2, "A, committed after B, was never published");
     recs = tk_consumer_records(c, &n);
     ck_assert_str_eq(tk_record_header(&recs[1], "id"), outbox_message_id(a));
     wait_drained(10000);
-    CHECK(tk_consumer_poll(c, 3, tk_now_ms() + 1000) == 2, "more than the two messages were published");
+    TF_CHECK(tk_consumer_poll(c, 3, tk_now_ms() + 1000) == 2, "more than the two messages were published");
 
     tk_consumer_free(c);
     outbox_message_destroy(a);
@@ -552,7 +402,7 @@ static void *ordered_writer(void *p) {
     outbox_t *w = NULL;
     if (PQstatus(c) != CONNECTION_OK)
         snprintf(a->error, sizeof(a->error), "connect: %s", PQerrorMessage(c));
-    else if (outbox_conf_set(conf, "outbox.schema", schema, err, sizeof(err)) != OUTBOX_CONF_OK ||
+    else if (outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)) != OUTBOX_CONF_OK ||
              !(w = outbox_new(conf, err, sizeof(err))))
         snprintf(a->error, sizeof(a->error), "outbox_new: %s", err);
     if (!w) /* outbox_new() takes the conf only on success */
@@ -560,7 +410,7 @@ static void *ordered_writer(void *p) {
     snprintf(upsert, sizeof(upsert),
              "INSERT INTO \"%s\".agg (key) VALUES ($1) ON CONFLICT (key) DO UPDATE SET n = agg.n + 1 "
              "RETURNING n",
-             schema);
+             tf_schema);
     for (int slot = a->thread; slot < T3_KEYS * T3_PER_KEY && !a->error[0]; slot += T3_THREADS) {
         int key = slot % T3_KEYS;
         char kbuf[16];
@@ -588,9 +438,9 @@ static void *ordered_writer(void *p) {
 }
 
 START_TEST(test_per_key_order_with_concurrent_writers) {
-    start_broker("--topic", "t3.ordered:8", NULL);
-    tu_exec(conn, q("CREATE TABLE @.agg (key text PRIMARY KEY, n integer NOT NULL DEFAULT 0)"));
-    start_relay(NULL);
+    tf_start_broker("--topic", "t3.ordered:8", NULL);
+    tu_exec(tf_conn, tf_q("CREATE TABLE @.agg (key text PRIMARY KEY, n integer NOT NULL DEFAULT 0)"));
+    tf_start_relay(NULL);
     pthread_t th[T3_THREADS];
     writer_arg_t args[T3_THREADS];
     for (int t = 0; t < T3_THREADS; t++) {
@@ -603,9 +453,9 @@ START_TEST(test_per_key_order_with_concurrent_writers) {
     for (int t = 0; t < T3_THREADS; t++)
         ck_assert_msg(!args[t].error[0], "writer %d: %s", t, args[t].error);
     /* Every key got sequence numbers 0..99, each once. */
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.agg WHERE n = 99")), T3_KEYS);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.agg WHERE n = 99")), T3_KEYS);
 
-    tk_consumer_t *c = tk_consumer_new(broker->bootstrap, "t3.ordered");
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "t3.ordered");
     seqstate_t st;
     seq_init(&st, T3_KEYS, T3_PER_KEY);
     seq_read_all(&st, c, 90000);
@@ -627,20 +477,20 @@ static const char lock_holder_sql[] =
 
 START_TEST(test_one_leader_and_standby_takes_over) {
     enum { KEYS = 20, BATCH = 10 }; /* three batches of 10 sequence numbers per key */
-    start_broker("--topic", "t4.leader:4", NULL);
-    tk_consumer_t *c = tk_consumer_new(broker->bootstrap, "t4.leader");
+    tf_start_broker("--topic", "t4.leader:4", NULL);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "t4.leader");
     seqstate_t st;
     seq_init(&st, KEYS, 3 * BATCH);
 
     write_seq("t4.leader", KEYS, 0, BATCH, NULL);
-    tk_proc_t *leader = start_relay(NULL);
+    tk_proc_t *leader = tf_start_relay(NULL);
     wait_drained(30000);
-    tk_proc_t *standby = start_relay(NULL);
+    tk_proc_t *standby = tf_start_relay(NULL);
     tk_sleep_ms(1500); /* three lock retries of the standby */
-    CHECK(tk_proc_running(standby), "the standby exited: %s", tk_status_str(standby->status));
-    long long holders = tu_scalar(conn, lock_holders_sql);
-    CHECK(holders == 1, "%lld relay sessions hold an advisory lock, expected exactly 1", holders);
-    long long leader_backend = tu_scalar(conn, lock_holder_sql);
+    TF_CHECK(tk_proc_running(standby), "the standby exited: %s", tk_status_str(standby->status));
+    long long holders = tu_scalar(tf_conn, lock_holders_sql);
+    TF_CHECK(holders == 1, "%lld relay sessions hold an advisory lock, expected exactly 1", holders);
+    long long leader_backend = tu_scalar(tf_conn, lock_holder_sql);
 
     /* While both run, each message is published once: the standby publishes nothing. */
     write_seq("t4.leader", KEYS, BATCH, 2 * BATCH, NULL);
@@ -648,11 +498,11 @@ START_TEST(test_one_leader_and_standby_takes_over) {
     int64_t deadline = tk_now_ms() + 30000;
     while (st.complete < 2 * BATCH * KEYS && tk_now_ms() < deadline)
         seq_poll(&st, c, 500);
-    CHECK(st.complete == 2 * BATCH * KEYS, "%d of %d messages arrived", st.complete, 2 * BATCH * KEYS);
+    TF_CHECK(st.complete == 2 * BATCH * KEYS, "%d of %d messages arrived", st.complete, 2 * BATCH * KEYS);
     seq_poll(&st, c, 1000);
     int copies = seq_records_in(c, 0, 2 * BATCH);
-    CHECK(copies == 2 * BATCH * KEYS, "%d records for %d messages: more than one relay published", copies,
-          2 * BATCH * KEYS);
+    TF_CHECK(copies == 2 * BATCH * KEYS, "%d records for %d messages: more than one relay published", copies,
+             2 * BATCH * KEYS);
 
     /* SIGKILL ends the leader's session; messages written after that must flow within 5 s. */
     tk_proc_signal(leader, SIGKILL);
@@ -662,13 +512,13 @@ START_TEST(test_one_leader_and_standby_takes_over) {
     int before = st.complete;
     while (st.complete == before && tk_now_ms() < killed + 5000)
         seq_poll(&st, c, 100);
-    CHECK(st.complete > before, "no new message was published within 5 s of killing the leader");
+    TF_CHECK(st.complete > before, "no new message was published within 5 s of killing the leader");
     seq_read_all(&st, c, 30000);
     wait_drained(10000);
-    holders = tu_scalar(conn, lock_holders_sql);
-    CHECK(holders == 1, "%lld relay sessions hold an advisory lock after the failover", holders);
-    CHECK(tu_scalar(conn, lock_holder_sql) != leader_backend, "the lock holder did not change");
-    CHECK(tk_proc_running(standby), "the new leader exited: %s", tk_status_str(standby->status));
+    holders = tu_scalar(tf_conn, lock_holders_sql);
+    TF_CHECK(holders == 1, "%lld relay sessions hold an advisory lock after the failover", holders);
+    TF_CHECK(tu_scalar(tf_conn, lock_holder_sql) != leader_backend, "the lock holder did not change");
+    TF_CHECK(tk_proc_running(standby), "the new leader exited: %s", tk_status_str(standby->status));
     seq_free(&st);
     tk_consumer_free(c);
 }
@@ -678,44 +528,44 @@ END_TEST
 
 START_TEST(test_sigterm_mid_drain_exits_0_and_loses_nothing) {
     enum { KEYS = 50, PER_KEY = 2000, N = KEYS * PER_KEY };
-    start_broker("--topic", "t5.drain:4", NULL);
+    tf_start_broker("--topic", "t5.drain:4", NULL);
     char(*ids)[37] = calloc(N, sizeof(*ids));
     ck_assert_ptr_nonnull(ids);
     write_seq("t5.drain", KEYS, 0, PER_KEY, ids);
     ck_assert_int_eq(backlog(), N);
 
-    tk_proc_t *relay = start_relay(NULL);
+    tk_proc_t *relay = tf_start_relay(NULL);
     wait_draining(N);
     tk_proc_signal(relay, SIGTERM);
-    CHECK(tk_proc_wait(relay, 20000), "the relay did not exit within 20 s of SIGTERM");
-    CHECK(WIFEXITED(relay->status) && WEXITSTATUS(relay->status) == 0, "the relay ended with %s after SIGTERM",
-          tk_status_str(relay->status));
+    TF_CHECK(tk_proc_wait(relay, 20000), "the relay did not exit within 20 s of SIGTERM");
+    TF_CHECK(WIFEXITED(relay->status) && WEXITSTATUS(relay->status) == 0, "the relay ended with %s after SIGTERM",
+             tk_status_str(relay->status));
 
     /* Rows may only be gone for messages that are on the topic. */
     tk_idset_t remaining = {0};
-    PGresult *res = PQexec(conn, q("SELECT message_id::text FROM @.messages"));
+    PGresult *res = PQexec(tf_conn, tf_q("SELECT message_id::text FROM @.messages"));
     ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
     for (int i = 0; i < PQntuples(res); i++)
         tk_idset_add(&remaining, PQgetvalue(res, i, 0));
     int left = PQntuples(res);
     PQclear(res);
-    tk_consumer_t *c = tk_consumer_new(broker->bootstrap, "t5.drain");
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "t5.drain");
     seqstate_t st;
     seq_init(&st, KEYS, PER_KEY);
     int64_t deadline = tk_now_ms() + 60000;
     while (st.complete < N - left && tk_now_ms() < deadline)
         seq_poll(&st, c, 500);
     for (int i = 0; i < N; i++)
-        CHECK(st.seen[i] || tk_idset_has(&remaining, ids[i]),
-              "message k%d:%d was deleted from the outbox but is not on the topic", i % KEYS, i / KEYS);
+        TF_CHECK(st.seen[i] || tk_idset_has(&remaining, ids[i]),
+                 "message k%d:%d was deleted from the outbox but is not on the topic", i % KEYS, i / KEYS);
 
     /* A new relay finishes the job. */
-    relay = start_relay(NULL);
+    relay = tf_start_relay(NULL);
     wait_drained(60000);
     seq_read_all(&st, c, 60000);
     tk_proc_signal(relay, SIGTERM);
-    CHECK(tk_proc_wait(relay, 20000) && WIFEXITED(relay->status) && WEXITSTATUS(relay->status) == 0,
-          "the second relay did not exit 0 on SIGTERM");
+    TF_CHECK(tk_proc_wait(relay, 20000) && WIFEXITED(relay->status) && WEXITSTATUS(relay->status) == 0,
+             "the second relay did not exit 0 on SIGTERM");
     seq_free(&st);
     tk_consumer_free(c);
     tk_idset_clear(&remaining);
@@ -727,19 +577,19 @@ END_TEST
 
 START_TEST(test_broker_down_for_5s_loses_nothing_and_keeps_order) {
     enum { KEYS = 50, BEFORE = 600, DURING = 40 };
-    start_broker("--brokers", "3", "--topic", "t6.outage:4", NULL);
+    tf_start_broker("--brokers", "3", "--topic", "t6.outage:4", NULL);
     write_seq("t6.outage", KEYS, 0, BEFORE, NULL);
-    start_relay(NULL);
+    tf_start_relay(NULL);
     wait_draining((long long)KEYS * BEFORE);
 
-    tk_broker_cmd(broker, "down all");
+    tk_broker_cmd(tf_broker, "down all");
     int64_t down_at = tk_now_ms();
     write_seq("t6.outage", KEYS, BEFORE, BEFORE + DURING, NULL); /* new work during the outage */
     tk_sleep_ms((int)(down_at + 5000 - tk_now_ms()));
-    tk_broker_cmd(broker, "up all");
+    tk_broker_cmd(tf_broker, "up all");
 
     wait_drained(90000);
-    tk_consumer_t *c = tk_consumer_new(broker->bootstrap, "t6.outage");
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "t6.outage");
     seqstate_t st;
     seq_init(&st, KEYS, BEFORE + DURING);
     seq_read_all(&st, c, 60000);
@@ -752,25 +602,25 @@ END_TEST
 
 START_TEST(test_relay_reconnects_after_backend_killed) {
     enum { KEYS = 60, BEFORE = 500, AFTER = 20 };
-    start_broker("--topic", "t7.reconnect:4", NULL);
+    tf_start_broker("--topic", "t7.reconnect:4", NULL);
     write_seq("t7.reconnect", KEYS, 0, BEFORE, NULL);
-    tk_proc_t *relay = start_relay(NULL);
+    tk_proc_t *relay = tf_start_relay(NULL);
     wait_draining((long long)KEYS * BEFORE);
 
-    PGresult *res = PQexec(conn, "SELECT coalesce(array_agg(pid)::text, '{}'), "
+    PGresult *res = PQexec(tf_conn, "SELECT coalesce(array_agg(pid)::text, '{}'), "
                                  "count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                  "WHERE application_name = 'outbox-relay'");
     ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
     char killed[512], sql[1024];
     snprintf(killed, sizeof(killed), "%s", PQgetvalue(res, 0, 0));
-    CHECK(atoi(PQgetvalue(res, 0, 1)) >= 1, "no session with application_name 'outbox-relay' to terminate");
+    TF_CHECK(atoi(PQgetvalue(res, 0, 1)) >= 1, "no session with application_name 'outbox-relay' to terminate");
     PQclear(res);
     /* Rows written after the kill can only be claimed through a new session. */
     write_seq("t7.reconnect", KEYS, BEFORE, BEFORE + AFTER, NULL);
     wait_drained(60000);
-    CHECK(tk_proc_running(relay), "the relay exited after losing its session: %s", tk_status_str(relay->status));
+    TF_CHECK(tk_proc_running(relay), "the relay exited after losing its session: %s", tk_status_str(relay->status));
 
-    tk_consumer_t *c = tk_consumer_new(broker->bootstrap, "t7.reconnect");
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "t7.reconnect");
     seqstate_t st;
     seq_init(&st, KEYS, BEFORE + AFTER);
     seq_read_all(&st, c, 60000);
@@ -779,9 +629,9 @@ START_TEST(test_relay_reconnects_after_backend_killed) {
              "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay' "
              "AND pid <> ALL ('%s'::int[])",
              killed);
-    CHECK(tu_scalar(conn, sql) >= 1, "the relay has no new session (old ones: %s)", killed);
+    TF_CHECK(tu_scalar(tf_conn, sql) >= 1, "the relay has no new session (old ones: %s)", killed);
     char *log = tk_read_file(relay->err_path);
-    CHECK(matches(log, "lost|reconnect|terminat|closed"), "the relay's log does not mention the lost session");
+    TF_CHECK(tf_matches(log, "lost|reconnect|terminat|closed"), "the relay's log does not mention the lost session");
     free(log);
     seq_free(&st);
     tk_consumer_free(c);
@@ -798,9 +648,9 @@ static long long insert_raw(const char *message_id, const char *destination, con
     const char *params[5] = {message_id, destination, key, "test.Poison", envelope};
     int lengths[5] = {0, 0, (int)strlen(key), 0, (int)envelope_len};
     int formats[5] = {0, 0, 1, 0, 1};
-    PGresult *res = PQexecParams(conn,
-                                 q("INSERT INTO @.messages (message_id, destination, partition_key, message_type, "
-                                   "envelope) VALUES ($1, $2, $3, $4, $5) RETURNING id"),
+    PGresult *res = PQexecParams(tf_conn,
+                                 tf_q("INSERT INTO @.messages (message_id, destination, partition_key, message_type, "
+                                      "envelope) VALUES ($1, $2, $3, $4, $5) RETURNING id"),
                                  5, NULL, params, lengths, formats, 0);
     ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "insert: %s", PQresultErrorMessage(res));
     long long id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -812,12 +662,12 @@ static long long insert_raw(const char *message_id, const char *destination, con
 static char *dead_letter_error(long long id, const char *message_id, const char *destination, size_t env_len) {
     char sql[512];
     snprintf(sql, sizeof(sql), "%s%lld",
-             q("SELECT message_id::text, destination, octet_length(envelope), error FROM @.dead_letters "
-               "WHERE id = "),
+             tf_q("SELECT message_id::text, destination, octet_length(envelope), error FROM @.dead_letters "
+                  "WHERE id = "),
              id);
-    PGresult *res = PQexec(conn, sql);
+    PGresult *res = PQexec(tf_conn, sql);
     ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
-    CHECK(PQntuples(res) == 1, "row %lld (%s) is not in dead_letters", id, destination);
+    TF_CHECK(PQntuples(res) == 1, "row %lld (%s) is not in dead_letters", id, destination);
     ck_assert_str_eq(PQgetvalue(res, 0, 0), message_id);
     ck_assert_str_eq(PQgetvalue(res, 0, 1), destination);
     ck_assert_int_eq(strtoll(PQgetvalue(res, 0, 2), NULL, 10), (long long)env_len);
@@ -828,7 +678,7 @@ static char *dead_letter_error(long long id, const char *message_id, const char 
 
 START_TEST(test_poison_rows_go_to_dead_letters_and_others_flow) {
     enum { KEYS = 3, PER_KEY = 5 };
-    start_broker("--topic", "t8.events:2", NULL);
+    tf_start_broker("--topic", "t8.events:2", NULL);
 
     /* An envelope of 2,000,000+ bytes, above kafka.message.max.bytes (default 1000000). */
     size_t big_len = 2000000;
@@ -848,19 +698,19 @@ START_TEST(test_poison_rows_go_to_dead_letters_and_others_flow) {
     write_seq("t8.events", KEYS, 2, 4, NULL);
     long long bad_id = insert_raw(outbox_message_id(bad), "bad topic!", "k1", bad_env, bad_len);
     write_seq("t8.events", KEYS, 4, PER_KEY, NULL);
-    start_relay(NULL);
+    tf_start_relay(NULL);
 
     wait_drained(30000);
-    ck_assert_int_eq(tu_scalar(conn, q("SELECT count(*) FROM @.dead_letters")), 2);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 2);
     char *err = dead_letter_error(huge_id, outbox_message_id(huge), "t8.events", huge_len);
-    CHECK(strcasestr(err, "size") || strcasestr(err, "large"), "dead letter error for the oversize row: '%s'",
-          err);
+    TF_CHECK(strcasestr(err, "size") || strcasestr(err, "large"), "dead letter error for the oversize row: '%s'",
+             err);
     free(err);
     err = dead_letter_error(bad_id, outbox_message_id(bad), "bad topic!", bad_len);
-    CHECK(strcasestr(err, "topic") != NULL, "dead letter error for the bad destination: '%s'", err);
+    TF_CHECK(strcasestr(err, "topic") != NULL, "dead letter error for the bad destination: '%s'", err);
     free(err);
 
-    tk_consumer_t *c = tk_consumer_new(broker->bootstrap, "t8.events");
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "t8.events");
     seqstate_t st;
     seq_init(&st, KEYS, PER_KEY);
     seq_read_all(&st, c, 30000);
@@ -868,8 +718,8 @@ START_TEST(test_poison_rows_go_to_dead_letters_and_others_flow) {
     seq_poll(&st, c, 1000);
     size_t n;
     tk_consumer_records(c, &n);
-    CHECK(n == KEYS * PER_KEY, "%zu records for %d valid messages", n, KEYS * PER_KEY);
-    CHECK(tk_proc_running(relays[0]), "the relay exited: %s", tk_status_str(relays[0]->status));
+    TF_CHECK(n == KEYS * PER_KEY, "%zu records for %d valid messages", n, KEYS * PER_KEY);
+    TF_CHECK(tk_proc_running(tf_procs[0]), "the relay exited: %s", tk_status_str(tf_procs[0]->status));
 
     seq_free(&st);
     tk_consumer_free(c);
@@ -897,11 +747,11 @@ static char *write_conf(const char *text) {
 #define EXPECT_REFUSED(p, ...)                                                                          \
     do {                                                                                                \
         char *err_ = tk_read_file((p)->err_path);                                                       \
-        ck_assert_msg(exit_code(p) == 2, "%s, expected exit 2; stderr:\n%s", tk_status_str((p)->status), \
+        ck_assert_msg(tf_exit_code(p) == 2, "%s, expected exit 2; stderr:\n%s", tk_status_str((p)->status), \
                       err_);                                                                            \
         const char *res_[] = {__VA_ARGS__};                                                             \
         for (size_t i_ = 0; i_ < sizeof(res_) / sizeof(res_[0]); i_++)                                  \
-            ck_assert_msg(matches(err_, res_[i_]), "stderr does not match /%s/:\n%s", res_[i_], err_);   \
+            ck_assert_msg(tf_matches(err_, res_[i_]), "stderr does not match /%s/:\n%s", res_[i_], err_);   \
         free(err_);                                                                                     \
         tk_proc_free(p);                                                                                \
     } while (0)
@@ -910,25 +760,25 @@ START_TEST(test_bad_configuration_exits_2_naming_the_key) {
     char *pg, *kafka;
     ck_assert(asprintf(&pg, "pg.conninfo=%s", getenv("OUTBOX_TEST_PG")) > 0);
     kafka = strdup("kafka.bootstrap.servers=127.0.0.1:9");
-    tk_proc_t *p = relay_cli("-X", pg, "-X", kafka, "-X", "relay.bogus=1", "run", NULL);
+    tk_proc_t *p = tf_relay_cli("-X", pg, "-X", kafka, "-X", "relay.bogus=1", "run", NULL);
     EXPECT_REFUSED(p, "relay\\.bogus");
-    p = relay_cli("-X", pg, "-X", kafka, "-X", "relay.batch.size=abc", "run", NULL);
+    p = tf_relay_cli("-X", pg, "-X", kafka, "-X", "relay.batch.size=abc", "run", NULL);
     EXPECT_REFUSED(p, "relay\\.batch\\.size");
 
     /* The file's path and the line number, so the operator can go straight to it. */
     char *path = write_conf("# relay settings\nlog.level=6\nrelay.poll.max.ms=soon\n");
     char line_re[64];
     snprintf(line_re, sizeof(line_re), "(:|line )3([^0-9]|$)");
-    p = relay_cli("-c", path, "-X", pg, "-X", kafka, "run", NULL);
+    p = tf_relay_cli("-c", path, "-X", pg, "-X", kafka, "run", NULL);
     EXPECT_REFUSED(p, "relay\\.poll\\.max\\.ms", "relay\\.conf", line_re);
     free(path);
     path = write_conf("log.level=6\nthis line has no equals sign\n");
     snprintf(line_re, sizeof(line_re), "(:|line )2([^0-9]|$)");
-    p = relay_cli("-c", path, "-X", pg, "-X", kafka, "run", NULL);
+    p = tf_relay_cli("-c", path, "-X", pg, "-X", kafka, "run", NULL);
     EXPECT_REFUSED(p, "relay\\.conf", line_re);
     free(path);
 
-    p = relay_cli("-c", "/nonexistent/outbox/relay.conf", "-X", pg, "-X", kafka, "run", NULL);
+    p = tf_relay_cli("-c", "/nonexistent/outbox/relay.conf", "-X", pg, "-X", kafka, "run", NULL);
     EXPECT_REFUSED(p, "/nonexistent/outbox/relay\\.conf");
     free(pg);
     free(kafka);
@@ -936,15 +786,15 @@ START_TEST(test_bad_configuration_exits_2_naming_the_key) {
 END_TEST
 
 START_TEST(test_help_and_version) {
-    tk_proc_t *p = relay_cli("--version", NULL);
+    tk_proc_t *p = tf_relay_cli("--version", NULL);
     char *out = tk_read_file(p->out_path);
-    ck_assert_msg(exit_code(p) == 0 && strstr(out, outbox_version_str()), "--version: %s, output '%s'",
+    ck_assert_msg(tf_exit_code(p) == 0 && strstr(out, outbox_version_str()), "--version: %s, output '%s'",
                   tk_status_str(p->status), out);
     free(out);
     tk_proc_free(p);
-    p = relay_cli("--help", NULL);
+    p = tf_relay_cli("--help", NULL);
     out = tk_read_file(p->out_path);
-    ck_assert_msg(exit_code(p) == 0, "--help: %s", tk_status_str(p->status));
+    ck_assert_msg(tf_exit_code(p) == 0, "--help: %s", tk_status_str(p->status));
     /* --help lists the keys with their defaults (CONVENTIONS 12). */
     ck_assert_msg(strstr(out, "relay.lock.retry.ms") && strstr(out, "kafka."), "--help output:\n%s", out);
     free(out);
@@ -961,44 +811,44 @@ START_TEST(test_migrate_then_status_reports_backlog) {
     char sql[512];
 
     for (int round = 0; round < 2; round++) { /* the second run finds nothing to do */
-        tk_proc_t *p = relay_cli("-X", pg, "-X", sch, "-X", kafka, "migrate", NULL);
-        ck_assert_msg(exit_code(p) == 0, "migrate: %s; stderr:\n%s", tk_status_str(p->status),
+        tk_proc_t *p = tf_relay_cli("-X", pg, "-X", sch, "-X", kafka, "migrate", NULL);
+        ck_assert_msg(tf_exit_code(p) == 0, "migrate: %s; stderr:\n%s", tk_status_str(p->status),
                       tk_file_tail(p->err_path, 2000));
         tk_proc_free(p);
         snprintf(sql, sizeof(sql), "SELECT max(version) FROM \"%s\".schema_version", s2);
-        ck_assert_int_eq(tu_scalar(conn, sql), OUTBOX_SCHEMA_VERSION);
+        ck_assert_int_eq(tu_scalar(tf_conn, sql), OUTBOX_SCHEMA_VERSION);
     }
 
     char err[256];
     outbox_conf_t *conf = outbox_conf_new();
     ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", s2, err, sizeof(err)), OUTBOX_CONF_OK);
     outbox_t *w = outbox_new(conf, err, sizeof(err));
-    tu_exec(conn, "BEGIN");
+    tu_exec(tf_conn, "BEGIN");
     for (int i = 0; i < 3; i++) {
         outbox_message_t *m = seq_msg("t10.status", i, 0);
-        ck_assert_msg(outbox_send(w, conn, m) == OUTBOX_OK, "%s", outbox_errmsg(w));
+        ck_assert_msg(outbox_send(w, tf_conn, m) == OUTBOX_OK, "%s", outbox_errmsg(w));
         outbox_message_destroy(m);
     }
-    tu_exec(conn, "COMMIT");
+    tu_exec(tf_conn, "COMMIT");
     snprintf(sql, sizeof(sql),
              "INSERT INTO \"%s\".dead_letters (id, message_id, destination, envelope, created_at, error) "
              "VALUES (1001, gen_random_uuid(), 'x', '\\x00', now(), 'test'), "
              "(1002, gen_random_uuid(), 'x', '\\x00', now(), 'test')",
              s2);
-    tu_exec(conn, sql);
+    tu_exec(tf_conn, sql);
 
-    tk_proc_t *p = relay_cli("-X", pg, "-X", sch, "-X", kafka, "status", NULL);
+    tk_proc_t *p = tf_relay_cli("-X", pg, "-X", sch, "-X", kafka, "status", NULL);
     char *out = tk_read_file(p->out_path);
-    ck_assert_msg(exit_code(p) == 0, "status: %s; stderr:\n%s", tk_status_str(p->status),
+    ck_assert_msg(tf_exit_code(p) == 0, "status: %s; stderr:\n%s", tk_status_str(p->status),
                   tk_file_tail(p->err_path, 2000));
-    ck_assert_msg(matches(out, "backlog[^0-9\n]{0,30}3([^0-9]|$)"), "status shows no backlog of 3:\n%s", out);
-    ck_assert_msg(matches(out, "dead[ _-]?letters?[^0-9\n]{0,30}2([^0-9]|$)"),
+    ck_assert_msg(tf_matches(out, "backlog[^0-9\n]{0,30}3([^0-9]|$)"), "status shows no backlog of 3:\n%s", out);
+    ck_assert_msg(tf_matches(out, "dead[ _-]?letters?[^0-9\n]{0,30}2([^0-9]|$)"),
                   "status shows no 2 dead letters:\n%s", out);
     free(out);
     tk_proc_free(p);
 
     snprintf(sql, sizeof(sql), "DROP SCHEMA \"%s\" CASCADE", s2);
-    tu_exec(conn, sql);
+    tu_exec(tf_conn, sql);
     outbox_destroy(w);
     free(pg);
     free(sch);
