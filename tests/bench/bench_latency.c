@@ -1,7 +1,9 @@
 /*
  * Latency: from a transaction's COMMIT returning to the message's receipt by a Kafka consumer,
  * through outbox-relay (its own process, default settings), at a steady rate; p50/p99/p999.
- * Usage: bench_latency CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS
+ * The first second of messages warms up (the producer's first metadata lookup of the topic
+ * costs about half a second) and is not counted.
+ * Usage: bench_latency CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS [RELAY_KEY=VALUE...]
  */
 #include <pthread.h>
 #include <signal.h>
@@ -17,7 +19,6 @@
 
 #include "outbox_int.h"
 
-#define TOPIC "bench.latency"
 
 static double now(void) {
     struct timespec ts;
@@ -32,6 +33,7 @@ static void die(const char *what, const char *why) {
 
 typedef struct {
     const char *bootstrap;
+    char topic[64];     /* fresh per run, so nothing older is on it */
     long n;
     double *committed; /* per sequence number: when COMMIT returned (0 = not yet) */
     double *latency;   /* per sequence number: receipt - commit, seconds (-1 = not received) */
@@ -54,15 +56,9 @@ static void *consume(void *arg) {
     rd_kafka_poll_set_consumer(rk);
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
     for (int p = 0; p < 4; p++)
-        rd_kafka_topic_partition_list_add(l, TOPIC, p)->offset = RD_KAFKA_OFFSET_END;
+        rd_kafka_topic_partition_list_add(l, sh->topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
     rd_kafka_assign(rk, l);
     rd_kafka_topic_partition_list_destroy(l);
-    /* Let the consumer resolve the end offsets before anything is written. */
-    for (int i = 0; i < 20; i++) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
-        if (m)
-            rd_kafka_message_destroy(m);
-    }
     atomic_store(&sh->ready, 1);
     while (!atomic_load(&sh->stop)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 50);
@@ -94,13 +90,15 @@ static int cmp(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     if (argc < 6) {
-        fprintf(stderr, "usage: bench_latency CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS\n");
+        fprintf(stderr, "usage: bench_latency CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS [KEY=VALUE...]\n");
         return 2;
     }
     double rate = atof(argv[4]), secs = atof(argv[5]);
     if (rate <= 0 || rate > 100000 || secs <= 0)
         die("arguments", "RATE_PER_S in (0, 100000], SECONDS > 0");
-    shared_t sh = {.bootstrap = argv[2], .n = (long)(rate * secs)};
+    long warmup = (long)rate < 20 ? 20 : (long)rate;
+    shared_t sh = {.bootstrap = argv[2], .n = warmup + (long)(rate * secs)};
+    snprintf(sh.topic, sizeof(sh.topic), "bench.latency.%d.%ld", (int)getpid(), (long)time(NULL));
     sh.committed = calloc((size_t)sh.n, sizeof(double));
     sh.latency = malloc((size_t)sh.n * sizeof(double));
     for (long i = 0; i < sh.n; i++)
@@ -119,7 +117,19 @@ int main(int argc, char **argv) {
     snprintf(boot, sizeof(boot), "kafka.bootstrap.servers=%s", argv[2]);
     pid_t relay = fork();
     if (relay == 0) {
-        execl(argv[3], argv[3], "-X", boot, "-X", "log.level=4", "run", (char *)NULL);
+        char **args = calloc((size_t)(2 * argc + 8), sizeof(char *));
+        int n = 0;
+        args[n++] = argv[3];
+        args[n++] = (char *)"-X";
+        args[n++] = boot;
+        args[n++] = (char *)"-X";
+        args[n++] = (char *)"log.level=4";
+        for (int i = 6; i < argc; i++) { /* extra relay settings, e.g. relay.poll.max.ms=5 */
+            args[n++] = (char *)"-X";
+            args[n++] = argv[i];
+        }
+        args[n++] = (char *)"run";
+        execv(argv[3], args);
         _exit(127);
     }
     pthread_t th;
@@ -135,7 +145,7 @@ int main(int argc, char **argv) {
             usleep((useconds_t)(wait * 1e6));
         char payload[24];
         int len = snprintf(payload, sizeof(payload), "%ld", i);
-        outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, TOPIC, "bench.Latency");
+        outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, sh.topic, "bench.Latency");
         char key[16];
         int kl = snprintf(key, sizeof(key), "k%ld", i % 100);
         outbox_message_set_key(m, key, (size_t)kl);
@@ -158,13 +168,13 @@ int main(int argc, char **argv) {
     long got = atomic_load(&sh.received);
     double *lat = malloc((size_t)(got ? got : 1) * sizeof(double));
     long k = 0;
-    for (long i = 0; i < sh.n; i++)
+    for (long i = warmup; i < sh.n; i++)
         if (sh.latency[i] >= 0)
             lat[k++] = sh.latency[i] * 1000;
     qsort(lat, (size_t)k, sizeof(double), cmp);
 #define PCT(p) (k ? lat[(long)((double)(k - 1) * (p))] : 0)
-    printf("latency commit -> consumer receipt at %.0f msg/s for %.0f s (%ld of %ld received):\n", rate, secs, got,
-           sh.n);
+    printf("latency commit -> consumer receipt at %.0f msg/s for %.0f s after %ld warm-up messages "
+           "(%ld of %ld received):\n", rate, secs, warmup, got, sh.n);
     printf("  p50 %.2f ms   p99 %.2f ms   p999 %.2f ms   max %.2f ms\n", PCT(0.5), PCT(0.99), PCT(0.999),
            k ? lat[k - 1] : 0);
     printf("{\"bench\":\"latency\",\"rate\":%.0f,\"seconds\":%.0f,\"sent\":%ld,\"received\":%ld,\"p50_ms\":%.3f,"
