@@ -259,22 +259,39 @@ static void print_role(const char *role, const char *what) {
     free(q);
 }
 
-/* Prints the SQL that creates least-privilege roles for this schema: a writer may only insert
- * into the outbox; the relay may read and delete outbox rows and write dead letters; a consumer
- * may record processed messages and rejections. */
+/* The least-privilege roles: a writer may only insert into the outbox; the relay may read and
+ * delete outbox rows and write dead letters (advisory locks need no grant; dead-letters
+ * retry/drop are operator actions for the schema owner); a consumer records processed messages
+ * and rejections and may reply through the outbox. */
+static const struct {
+    const char *flag, *comment;
+    const char *grants[4][2]; /* {privileges, table} */
+} role_specs[] = {
+    {"--writer", "writer: may add messages, nothing else", {{"INSERT", "messages"}}},
+    {"--relay", "relay: reads and deletes outbox rows, writes dead letters",
+     {{"SELECT, DELETE", "messages"}, {"SELECT, INSERT, UPDATE", "dead_letters"}, {"SELECT", "schema_version"}}},
+    {"--consumer", "consumer: records processed messages and rejections, may reply through the outbox",
+     {{"SELECT, INSERT, DELETE", "processed"}, {"INSERT", "consumer_dead_letters"}, {"INSERT", "messages"}}},
+};
+#define ROLE_KINDS ((int)(sizeof(role_specs) / sizeof(role_specs[0])))
+
+/* Prints the SQL that creates the roles named on the command line, for this schema. */
 int relay_grants(relay_t *r, int argc, const char **argv) {
-    const char *writer = NULL, *relay = NULL, *consumer = NULL;
+    const char *names[ROLE_KINDS] = {NULL};
+    bool any = false;
     for (int i = 0; i < argc; i++) {
-        const char **dst = !strcmp(argv[i], "--writer") ? &writer : !strcmp(argv[i], "--relay") ? &relay
-                           : !strcmp(argv[i], "--consumer") ? &consumer : NULL;
-        if (!dst || i + 1 >= argc || !*argv[i + 1] || strlen(argv[i + 1]) > OUTBOX_IDENT_MAX) {
+        int k = 0;
+        while (k < ROLE_KINDS && strcmp(argv[i], role_specs[k].flag))
+            k++;
+        if (k == ROLE_KINDS || i + 1 >= argc || !*argv[i + 1] || strlen(argv[i + 1]) > OUTBOX_IDENT_MAX) {
             fprintf(stderr, "outbox-relay: grants: bad argument \"%s\"; expected --writer ROLE, --relay ROLE "
                             "and/or --consumer ROLE (role names of 1 to %d bytes)\n", argv[i], OUTBOX_IDENT_MAX);
             return 2;
         }
-        *dst = argv[++i];
+        names[k] = argv[++i];
+        any = true;
     }
-    if (!writer && !relay && !consumer) {
+    if (!any) {
         fprintf(stderr, "outbox-relay: grants: name at least one of --writer ROLE, --relay ROLE, --consumer ROLE\n");
         return 2;
     }
@@ -282,30 +299,14 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
     printf("-- Least-privilege roles for the outbox in schema %s (liboutbox %s).\n"
            "-- Apply as the owner of the schema, e.g.: outbox-relay grants ... | psql\nBEGIN;\n",
            s, outbox_version_str());
-    if (writer) {
-        char *q = outbox_quote_ident(writer);
-        print_role(writer, "writer: may add messages, nothing else");
-        printf("GRANT USAGE ON SCHEMA %s TO %s;\nGRANT INSERT ON %s.messages TO %s;\n", s, q, s, q);
-        free(q);
-    }
-    if (relay) {
-        char *q = outbox_quote_ident(relay);
-        print_role(relay, "relay: reads and deletes outbox rows, writes dead letters; advisory locks need no grant");
-        printf("GRANT USAGE ON SCHEMA %s TO %s;\n"
-               "GRANT SELECT, DELETE ON %s.messages TO %s;\n"
-               "GRANT SELECT, INSERT, UPDATE ON %s.dead_letters TO %s;\n"
-               "GRANT SELECT ON %s.schema_version TO %s;\n"
-               "-- dead-letters retry/drop are operator actions: run them as the schema owner.\n",
-               s, q, s, q, s, q, s, q);
-        free(q);
-    }
-    if (consumer) {
-        char *q = outbox_quote_ident(consumer);
-        print_role(consumer, "consumer: records processed messages and rejections (and may reply through the outbox)");
-        printf("GRANT USAGE ON SCHEMA %s TO %s;\n"
-               "GRANT SELECT, INSERT, DELETE ON %s.processed TO %s;\n"
-               "GRANT INSERT ON %s.consumer_dead_letters TO %s;\n"
-               "GRANT INSERT ON %s.messages TO %s;\n", s, q, s, q, s, q, s, q);
+    for (int k = 0; k < ROLE_KINDS; k++) {
+        if (!names[k])
+            continue;
+        char *q = outbox_quote_ident(names[k]);
+        print_role(names[k], role_specs[k].comment);
+        printf("GRANT USAGE ON SCHEMA %s TO %s;\n", s, q);
+        for (int g = 0; g < 4 && role_specs[k].grants[g][0]; g++)
+            printf("GRANT %s ON %s.%s TO %s;\n", role_specs[k].grants[g][0], s, role_specs[k].grants[g][1], q);
         free(q);
     }
     printf("COMMIT;\n");
