@@ -2,7 +2,7 @@
  * Drain rate: outbox-relay draining a backlog of N 200-byte messages into the broker, next to
  * K_raw, a plain librdkafka producer loop with the relay's producer settings to the same broker,
  * run alternately in the same process; medians of several runs, plus the relay's CPU per message.
- * Usage: bench_drain CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES=100000] [RUNS=3]
+ * Usage: bench_drain CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES=100000] [RUNS=3] [RELAY_KEY=VALUE...]
  */
 #include <signal.h>
 #include <stdio.h>
@@ -79,7 +79,7 @@ static double raw_rate(const char *bootstrap, const void *value, size_t len, lon
 
 /* Drain: fill the outbox, start the relay, time until the table is empty. */
 static double drain_rate(PGconn *conn, const char *bootstrap, const char *relay, const void *env,
-                         size_t len, long n, double *cpu_us_per_msg) {
+                         size_t len, long n, char **extra, int n_extra, double *cpu_us_per_msg) {
     char count[32];
     snprintf(count, sizeof(count), "%ld", n);
     const char *params[2] = {env, count};
@@ -95,12 +95,27 @@ static double drain_rate(PGconn *conn, const char *bootstrap, const char *relay,
         die("fill", PQresultErrorMessage(res));
     PQclear(res);
     sql(conn, "VACUUM ANALYZE outbox.messages");
+    res = PQexec(conn, "SELECT count(*) FROM outbox.dead_letters");
+    long dead_before = atol(PQgetvalue(res, 0, 0));
+    PQclear(res);
     char boot[512];
     snprintf(boot, sizeof(boot), "kafka.bootstrap.servers=%s", bootstrap);
     double t0 = now();
     pid_t pid = fork();
     if (pid == 0) {
-        execl(relay, relay, "-X", boot, "-X", "log.level=4", "run", (char *)NULL);
+        char **args = calloc((size_t)(2 * n_extra + 8), sizeof(char *));
+        int k = 0;
+        args[k++] = (char *)relay;
+        args[k++] = (char *)"-X";
+        args[k++] = boot;
+        args[k++] = (char *)"-X";
+        args[k++] = (char *)"log.level=4";
+        for (int i = 0; i < n_extra; i++) { /* extra relay settings, e.g. relay.inflight.batches=1 */
+            args[k++] = (char *)"-X";
+            args[k++] = extra[i];
+        }
+        args[k++] = (char *)"run";
+        execv(relay, args);
         _exit(127);
     }
     for (;;) {
@@ -115,6 +130,10 @@ static double drain_rate(PGconn *conn, const char *bootstrap, const char *relay,
             die("relay", "exited before draining the backlog");
     }
     double t = now() - t0;
+    res = PQexec(conn, "SELECT count(*) FROM outbox.dead_letters");
+    if (atol(PQgetvalue(res, 0, 0)) != dead_before)
+        die("relay", "dead-lettered messages of the benchmark: the figure would not be a drain rate");
+    PQclear(res);
     kill(pid, SIGTERM);
     int st;
     struct rusage ru;
@@ -160,7 +179,7 @@ int main(int argc, char **argv) {
     double raw[20], drain[20], cpu[20];
     for (int r = 0; r < runs; r++) {
         raw[r] = raw_rate(argv[2], env, len, n);
-        drain[r] = drain_rate(conn, argv[2], argv[3], env, len, n, &cpu[r]);
+        drain[r] = drain_rate(conn, argv[2], argv[3], env, len, n, argv + 6, argc > 6 ? argc - 6 : 0, &cpu[r]);
         fprintf(stderr, "run %d: K_raw %.0f msg/s, drain %.0f msg/s (%.2f of K_raw), relay CPU %.2f us/msg\n",
                 r + 1, raw[r], drain[r], drain[r] / raw[r], cpu[r]);
     }
