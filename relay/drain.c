@@ -86,6 +86,26 @@ static void sleep_ms(relay_t *r, int ms) {
         usleep((useconds_t)ms * 1000);
 }
 
+/* Prepares the loop's statements on a new session: parsed and planned once, not at every poll
+ * (an idle relay polls hundreds of times a second). */
+static bool prepare_statements(relay_t *r) {
+    static const char *const names[] = {"outbox_claim", "outbox_settle", "outbox_settle_dead"};
+    const char *sql[] = {r->sql_claim, r->sql_delete, r->sql_dead};
+    for (int i = 0; i < 3; i++) {
+        PGresult *res = PQprepare(r->pg, names[i], sql[i], 0, NULL);
+        bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        if (!ok) {
+            statement_failed(r, res, "preparing the relay's statements");
+            if (r->pg)
+                drop_session(r, "cannot prepare the relay's statements");
+        }
+        PQclear(res);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
 /* Connects (with backoff) and takes the leadership lock; returns true when leader. */
 static bool ensure_leader(relay_t *r, int64_t *backoff_ms) {
     if (r->leader && !conn_lost(r))
@@ -102,6 +122,8 @@ static bool ensure_leader(relay_t *r, int64_t *backoff_ms) {
             return false;
         }
         *backoff_ms = outbox_conf_int(r->conf, "relay.reconnect.backoff.ms");
+        if (!prepare_statements(r))
+            return false;
         if (r->connections++ > 0)
             atomic_fetch_add(&r->metrics.pg_reconnects, 1);
         outbox_log(r->conf, 6, FAC, "msg=\"connected to PostgreSQL\" schema=%s", r->schema_q);
@@ -372,7 +394,7 @@ static int claim(relay_t *r) {
     if (gap_arrays(r, &lo, &hi))
         return -1;
     const char *params[3] = {lo, hi, limit};
-    PGresult *res = PQexecParams(r->pg, r->sql_claim, 3, NULL, params, NULL, NULL, 1);
+    PGresult *res = PQexecPrepared(r->pg, "outbox_claim", 3, params, NULL, NULL, 1);
     free(lo);
     free(hi);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -481,10 +503,10 @@ static int settle(relay_t *r, batch_t *b) {
     PGresult *res;
     if (dead) {
         const char *p[3] = {ack_txt, dead_txt, err_txt};
-        res = PQexecParams(r->pg, r->sql_dead, 3, NULL, p, NULL, NULL, 0);
+        res = PQexecPrepared(r->pg, "outbox_settle_dead", 3, p, NULL, NULL, 0);
     } else {
         const char *p[1] = {ack_txt};
-        res = PQexecParams(r->pg, r->sql_delete, 1, NULL, p, NULL, NULL, 0);
+        res = PQexecPrepared(r->pg, "outbox_settle", 1, p, NULL, NULL, 0);
     }
     int rc = 0;
     if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
