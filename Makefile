@@ -141,7 +141,7 @@ $(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(
 	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -o $@ $< $(TESTLIB_SRCS) $(STLIB) \
 	  $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
 
-$(B)/bench/%: tests/bench/%.c $(STLIB)
+$(B)/bench/%: tests/bench/%.c tests/bench/bench.h $(STLIB)
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) -o $@ $< $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
 

@@ -11,18 +11,12 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "bench.h"
 #include "outbox_int.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#define die(what, why) bench_die("bench_consume", what, why)
 
-static void die(const char *what, const char *why) {
-    fprintf(stderr, "bench_consume: %s: %s\n", what, why);
-    exit(1);
-}
+
 
 static void produce(const char *bootstrap, const char *topic, long n) {
     char err[512];
@@ -67,15 +61,15 @@ static double raw_rate(const char *bootstrap, const char *topic, const char *gro
     rd_kafka_subscribe(rk, l);
     rd_kafka_topic_partition_list_destroy(l);
     long got = 0;
-    double t0 = 0, deadline = now() + 120;
-    while (got < n && now() < deadline) {
+    double t0 = 0, deadline = bench_now() + 120;
+    while (got < n && bench_now() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
         if (m && !m->err && got++ == 0)
-            t0 = now();
+            t0 = bench_now();
         if (m)
             rd_kafka_message_destroy(m);
     }
-    double t = now() - t0;
+    double t = bench_now() - t0;
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     if (got < n)
@@ -107,25 +101,21 @@ static double outbox_rate(const char *conninfo, const char *bootstrap, const cha
     const char *topics[1] = {topic};
     outbox_consumer_subscribe(c, topics, 1);
     handled = 0;
-    double t0 = 0, deadline = now() + 300;
-    while (handled < n && now() < deadline) {
+    double t0 = 0, deadline = bench_now() + 300;
+    while (handled < n && bench_now() < deadline) {
         long before = handled;
         if (outbox_consumer_poll(c, trivial, NULL, 100) != OUTBOX_OK)
             die("poll", outbox_consumer_errmsg(c));
         if (before == 0 && handled > 0)
-            t0 = now();
+            t0 = bench_now();
     }
-    double t = now() - t0;
+    double t = bench_now() - t0;
     outbox_consumer_destroy(c);
     if (handled < n)
         die("outbox consumer", "did not process every message");
     return (double)(n - 1) / t;
 }
 
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv) {
     if (argc < 3) {
@@ -153,14 +143,13 @@ int main(int argc, char **argv) {
         ours[r] = outbox_rate(argv[1], argv[2], "bench.consume", group, n);
         fprintf(stderr, "run %d: raw consumer %.0f msg/s, outbox consumer %.0f msg/s\n", r + 1, raw[r], ours[r]);
     }
-    qsort(raw, (size_t)runs, sizeof(double), cmp);
-    qsort(ours, (size_t)runs, sizeof(double), cmp);
+    double raw_med = bench_median(raw, runs), ours_med = bench_median(ours, runs);
     printf("consumer throughput, %ld messages, %d runs, medians:\n", n, runs);
-    printf("  plain librdkafka consumer                   %9.0f msg/s\n", raw[runs / 2]);
-    printf("  outbox consumer (dedup + trivial handler)   %9.0f msg/s   ratio %.3f\n", ours[runs / 2],
-           ours[runs / 2] / raw[runs / 2]);
+    printf("  plain librdkafka consumer                   %9.0f msg/s\n", raw_med);
+    printf("  outbox consumer (dedup + trivial handler)   %9.0f msg/s   ratio %.3f\n", ours_med,
+           ours_med / raw_med);
     printf("{\"bench\":\"consume\",\"messages\":%ld,\"runs\":%d,\"raw\":%.0f,\"outbox\":%.0f}\n", n, runs,
-           raw[runs / 2], ours[runs / 2]);
+           raw_med, ours_med);
     outbox_destroy(ob);
     PQfinish(conn);
     return 0;

@@ -15,18 +15,12 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "bench.h"
 #include "outbox_int.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#define die(what, why) bench_die("bench_drain", what, why)
 
-static void die(const char *what, const char *why) {
-    fprintf(stderr, "bench_drain: %s: %s\n", what, why);
-    exit(1);
-}
+
 
 static void sql(PGconn *conn, const char *q) {
     PGresult *res = PQexec(conn, q);
@@ -59,7 +53,7 @@ static double raw_rate(const char *bootstrap, const void *value, size_t len, lon
     if (rd_kafka_metadata(rk, 1, NULL, &md, 10000) == 0)
         rd_kafka_metadata_destroy(md);
     delivered = 0;
-    double t0 = now();
+    double t0 = bench_now();
     for (long i = 0; i < n; i++) {
         char key[16];
         int kl = snprintf(key, sizeof(key), "k%ld", i % 1000);
@@ -70,7 +64,7 @@ static double raw_rate(const char *bootstrap, const void *value, size_t len, lon
         rd_kafka_poll(rk, 0);
     }
     rd_kafka_flush(rk, 60000);
-    double t = now() - t0;
+    double t = bench_now() - t0;
     if (delivered != n)
         die("raw producer", "not every message was delivered");
     rd_kafka_destroy(rk);
@@ -98,26 +92,8 @@ static double drain_rate(PGconn *conn, const char *bootstrap, const char *relay,
     res = PQexec(conn, "SELECT count(*) FROM outbox.dead_letters");
     long dead_before = atol(PQgetvalue(res, 0, 0));
     PQclear(res);
-    char boot[512];
-    snprintf(boot, sizeof(boot), "kafka.bootstrap.servers=%s", bootstrap);
-    double t0 = now();
-    pid_t pid = fork();
-    if (pid == 0) {
-        char **args = calloc((size_t)(2 * n_extra + 8), sizeof(char *));
-        int k = 0;
-        args[k++] = (char *)relay;
-        args[k++] = (char *)"-X";
-        args[k++] = boot;
-        args[k++] = (char *)"-X";
-        args[k++] = (char *)"log.level=4";
-        for (int i = 0; i < n_extra; i++) { /* extra relay settings, e.g. relay.inflight.batches=1 */
-            args[k++] = (char *)"-X";
-            args[k++] = extra[i];
-        }
-        args[k++] = (char *)"run";
-        execv(relay, args);
-        _exit(127);
-    }
+    double t0 = bench_now();
+    pid_t pid = bench_start_relay(relay, bootstrap, extra, n_extra);
     for (;;) {
         usleep(20000);
         res = PQexec(conn, "SELECT NOT EXISTS (SELECT 1 FROM outbox.messages)");
@@ -129,7 +105,7 @@ static double drain_rate(PGconn *conn, const char *bootstrap, const char *relay,
         if (waitpid(pid, &st, WNOHANG) == pid)
             die("relay", "exited before draining the backlog");
     }
-    double t = now() - t0;
+    double t = bench_now() - t0;
     res = PQexec(conn, "SELECT count(*) FROM outbox.dead_letters");
     if (atol(PQgetvalue(res, 0, 0)) != dead_before)
         die("relay", "dead-lettered messages of the benchmark: the figure would not be a drain rate");
@@ -144,10 +120,6 @@ static double drain_rate(PGconn *conn, const char *bootstrap, const char *relay,
     return (double)n / t;
 }
 
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv) {
     if (argc < 4) {
@@ -183,10 +155,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "run %d: K_raw %.0f msg/s, drain %.0f msg/s (%.2f of K_raw), relay CPU %.2f us/msg\n",
                 r + 1, raw[r], drain[r], drain[r] / raw[r], cpu[r]);
     }
-    qsort(raw, (size_t)runs, sizeof(double), cmp);
-    qsort(drain, (size_t)runs, sizeof(double), cmp);
-    qsort(cpu, (size_t)runs, sizeof(double), cmp);
-    double kr = raw[runs / 2], dr = drain[runs / 2], cu = cpu[runs / 2];
+    double kr = bench_median(raw, runs), dr = bench_median(drain, runs), cu = bench_median(cpu, runs);
     printf("drain of a %ld-message backlog (%zu-byte envelopes), %d runs, medians:\n", n, len, runs);
     printf("  K_raw (librdkafka producer, same settings)  %9.0f msg/s\n", kr);
     printf("  outbox-relay drain (start to empty table)   %9.0f msg/s   ratio to K_raw %.2f\n", dr, dr / kr);

@@ -17,19 +17,13 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "bench.h"
 #include "outbox_int.h"
 
+#define die(what, why) bench_die("bench_latency", what, why)
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
-static void die(const char *what, const char *why) {
-    fprintf(stderr, "bench_latency: %s: %s\n", what, why);
-    exit(1);
-}
+
 
 typedef struct {
     const char *bootstrap;
@@ -64,7 +58,7 @@ static void *consume(void *arg) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 50);
         if (!m)
             continue;
-        double t = now();
+        double t = bench_now();
         outbox_message_t *msg;
         if (!m->err && outbox_message_decode(&msg, m->payload, m->len, err, sizeof(err)) == OUTBOX_OK) {
             size_t len;
@@ -83,10 +77,6 @@ static void *consume(void *arg) {
     return NULL;
 }
 
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv) {
     if (argc < 6) {
@@ -113,34 +103,16 @@ int main(int argc, char **argv) {
         die("setup", PQerrorMessage(conn));
     PQclear(PQexec(conn, "TRUNCATE outbox.messages"));
 
-    char boot[512];
-    snprintf(boot, sizeof(boot), "kafka.bootstrap.servers=%s", argv[2]);
-    pid_t relay = fork();
-    if (relay == 0) {
-        char **args = calloc((size_t)(2 * argc + 8), sizeof(char *));
-        int n = 0;
-        args[n++] = argv[3];
-        args[n++] = (char *)"-X";
-        args[n++] = boot;
-        args[n++] = (char *)"-X";
-        args[n++] = (char *)"log.level=4";
-        for (int i = 6; i < argc; i++) { /* extra relay settings, e.g. relay.poll.max.ms=5 */
-            args[n++] = (char *)"-X";
-            args[n++] = argv[i];
-        }
-        args[n++] = (char *)"run";
-        execv(argv[3], args);
-        _exit(127);
-    }
+    pid_t relay = bench_start_relay(argv[3], argv[2], argv + 6, argc > 6 ? argc - 6 : 0);
     pthread_t th;
     pthread_create(&th, NULL, consume, &sh);
     while (!atomic_load(&sh.ready))
         usleep(10000);
     usleep(500000); /* the relay is connected and idle-polling: the steady state being measured */
 
-    double t0 = now(), interval = 1.0 / rate;
+    double t0 = bench_now(), interval = 1.0 / rate;
     for (long i = 0; i < sh.n; i++) {
-        double due = t0 + (double)i * interval, wait = due - now();
+        double due = t0 + (double)i * interval, wait = due - bench_now();
         if (wait > 0)
             usleep((useconds_t)(wait * 1e6));
         char payload[24];
@@ -154,11 +126,11 @@ int main(int argc, char **argv) {
         if (outbox_send(ob, conn, m) != OUTBOX_OK)
             die("outbox_send", outbox_errmsg(ob));
         PQclear(PQexec(conn, "COMMIT"));
-        sh.committed[i] = now();
+        sh.committed[i] = bench_now();
         outbox_message_destroy(m);
     }
-    double deadline = now() + 10;
-    while (atomic_load(&sh.received) < sh.n && now() < deadline)
+    double deadline = bench_now() + 10;
+    while (atomic_load(&sh.received) < sh.n && bench_now() < deadline)
         usleep(10000);
     atomic_store(&sh.stop, 1);
     pthread_join(th, NULL);
@@ -171,7 +143,7 @@ int main(int argc, char **argv) {
     for (long i = warmup; i < sh.n; i++)
         if (sh.latency[i] >= 0)
             lat[k++] = sh.latency[i] * 1000;
-    qsort(lat, (size_t)k, sizeof(double), cmp);
+    qsort(lat, (size_t)k, sizeof(double), bench_cmp_double);
 #define PCT(p) (k ? lat[(long)((double)(k - 1) * (p))] : 0)
     printf("latency commit -> consumer receipt at %.0f msg/s for %.0f s after %ld warm-up messages "
            "(%ld of %ld received):\n", rate, secs, warmup, got, sh.n);

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench.h"
 #include "outbox/outbox.h"
 
 enum { MODE_BARE, MODE_SEND, MODE_BATCH10, MODES };
@@ -23,11 +24,6 @@ typedef struct {
     int failed;
 } worker_t;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int ok(PGresult *res) {
     int good = PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK;
@@ -47,8 +43,8 @@ static void *work(void *arg) {
     char payload[200];
     memset(payload, 'p', sizeof(payload));
     const char *params[2] = {"customer-1", "1234"};
-    double end = now() + w->seconds;
-    while (now() < end) {
+    double end = bench_now() + w->seconds;
+    while (bench_now() < end) {
         if (!ok(PQexec(conn, "BEGIN")) ||
             !ok(PQexecParams(conn, "INSERT INTO bench_orders (customer_id, amount_cents) VALUES ($1, $2)",
                              2, NULL, params, NULL, NULL, 0))) {
@@ -83,10 +79,6 @@ static void *work(void *arg) {
     return NULL;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 int main(int argc, char **argv) {
     if (argc < 2) {
@@ -135,8 +127,7 @@ int main(int argc, char **argv) {
     }
     double med[MODES];
     for (int mode = 0; mode < MODES; mode++) {
-        qsort(tps[mode], (size_t)runs, sizeof(double), cmp_double);
-        med[mode] = tps[mode][runs / 2];
+        med[mode] = bench_median(tps[mode], runs);
     }
     printf("write overhead, %d connections, %d runs of %.0f s, medians:\n", conns, runs, secs);
     for (int mode = 0; mode < MODES; mode++)
