@@ -152,11 +152,21 @@ static int parse_int(const char *v, long long *out) {
     return 0;
 }
 
+/* s as quoted in an error message: cut to 64 bytes ("...") so that the key and the fix that follow
+ * it still fit in errstr when a caller passes a huge key or value. */
+static const char *shown(const char *s, char buf[72]) {
+    if (strlen(s) <= 64)
+        return s;
+    snprintf(buf, 72, "%.64s...", s);
+    return buf;
+}
+
 /* Checks a kafka.* property with librdkafka's own parser, so the error is librdkafka's. */
 static outbox_conf_res_t kafka_check(const char *key, const char *value, char *errstr,
                                      size_t errstr_size) {
     rd_kafka_conf_t *rk = rd_kafka_conf_new();
     char why[256] = "";
+    char kb[72], vb[72];
     rd_kafka_conf_res_t r = rd_kafka_conf_set(rk, key, value, why, sizeof(why));
     rd_kafka_conf_destroy(rk);
     if (r == RD_KAFKA_CONF_OK)
@@ -165,11 +175,11 @@ static outbox_conf_res_t kafka_check(const char *key, const char *value, char *e
         outbox_snprintf(errstr, errstr_size,
                         "unknown configuration key \"" KAFKA_PREFIX "%s\": \"%s\" is not a "
                         "librdkafka property (see librdkafka's CONFIGURATION.md)",
-                        key, key);
+                        shown(key, kb), shown(key, kb));
         return OUTBOX_CONF_UNKNOWN;
     }
-    outbox_snprintf(errstr, errstr_size, "invalid value \"%s\" for \"" KAFKA_PREFIX "%s\": %s", value,
-                    key, why);
+    outbox_snprintf(errstr, errstr_size, "invalid value \"%s\" for \"" KAFKA_PREFIX "%s\": %s",
+                    shown(value, vb), shown(key, kb), why);
     return OUTBOX_CONF_INVALID;
 }
 
@@ -207,8 +217,9 @@ static outbox_conf_res_t kafka_set(outbox_conf_t *conf, const char *key, const c
     conf->kafka[conf->kafka_cnt].value = v;
     conf->kafka_cnt++;
     return OUTBOX_CONF_OK;
-nomem:
-    outbox_snprintf(errstr, errstr_size, "out of memory setting \"" KAFKA_PREFIX "%s\"", key);
+nomem:;
+    char kb[72];
+    outbox_snprintf(errstr, errstr_size, "out of memory setting \"" KAFKA_PREFIX "%s\"", shown(key, kb));
     return OUTBOX_CONF_INVALID;
 }
 
@@ -222,12 +233,13 @@ outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const ch
     if (!strncmp(key, KAFKA_PREFIX, strlen(KAFKA_PREFIX)) && key[strlen(KAFKA_PREFIX)])
         return kafka_set(conf, key + strlen(KAFKA_PREFIX), value, errstr, errstr_size);
 
+    char kb[72], vb[72];
     int i = prop_index(key);
     if (i < 0) {
         outbox_snprintf(errstr, errstr_size,
                         "unknown configuration key \"%s\" (known keys: outbox-relay --help; "
                         "Kafka client properties take the prefix \"kafka.\")",
-                        key);
+                        shown(key, kb));
         return OUTBOX_CONF_UNKNOWN;
     }
     const outbox_conf_prop_t *p = &props[i];
@@ -236,7 +248,8 @@ outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const ch
         int b;
         if (parse_bool(value, &b)) {
             outbox_snprintf(errstr, errstr_size,
-                            "invalid value \"%s\" for \"%s\": expected true or false", value, key);
+                            "invalid value \"%s\" for \"%s\": expected true or false",
+                            shown(value, vb), key);
             return OUTBOX_CONF_INVALID;
         }
         value = b ? "true" : "false";
@@ -247,7 +260,7 @@ outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const ch
         if (parse_int(value, &x) || x < p->min || x > p->max) {
             outbox_snprintf(errstr, errstr_size,
                             "invalid value \"%s\" for \"%s\": expected an integer from %lld to %lld",
-                            value, key, p->min, p->max);
+                            shown(value, vb), key, p->min, p->max);
             return OUTBOX_CONF_INVALID;
         }
         break;
@@ -257,7 +270,16 @@ outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const ch
         if (p->max > 0 && ((long long)len < p->min || (long long)len > p->max)) {
             outbox_snprintf(errstr, errstr_size,
                             "invalid value \"%s\" for \"%s\": expected %lld to %lld bytes, got %zu",
-                            value, key, p->min, p->max, len);
+                            shown(value, vb), key, p->min, p->max, len);
+            return OUTBOX_CONF_INVALID;
+        }
+        /* Bounded strings are names that reach PostgreSQL as text (schema, group id), where bytes
+         * that are not UTF-8 fail every statement with an error that names no setting. */
+        ptrdiff_t bad = p->max > 0 ? outbox_utf8_invalid_at(value) : -1;
+        if (bad >= 0) {
+            outbox_snprintf(errstr, errstr_size,
+                            "invalid value for \"%s\": not valid UTF-8 (byte 0x%02x at offset %td)",
+                            key, (unsigned char)value[bad], bad);
             return OUTBOX_CONF_INVALID;
         }
         break;

@@ -3,6 +3,7 @@
  * <schema>.processed in the same PostgreSQL transaction as the handler's work, and committing the
  * Kafka offset only after that transaction committed.  Also outbox_reply() and pruning.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -227,16 +228,20 @@ outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const char *const *
         return OUTBOX_ERR_INVALID_ARG;
     if (!topics || !n)
         return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: no topics given");
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
+    /* Every name is checked before librdkafka sizes a list by n: a huge n (a negative count) made
+     * it abort on the allocation even when the first topic was already invalid. */
     for (size_t i = 0; i < n; i++) {
         char why[160];
-        if (!topics[i] || !outbox_topic_valid(topics[i], why, sizeof(why))) {
-            rd_kafka_topic_partition_list_destroy(l);
-            return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: topic %zu \"%s\" %s", i,
+        if (!topics[i] || !outbox_topic_valid(topics[i], why, sizeof(why)))
+            return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: topic %zu \"%.300s\" %s", i,
                         topics[i] ? topics[i] : "(null)", topics[i] ? why : "is NULL");
-        }
-        rd_kafka_topic_partition_list_add(l, topics[i], RD_KAFKA_PARTITION_UA);
     }
+    if (n > INT_MAX)
+        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: n is %zu, more topics than "
+                    "librdkafka takes", n);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
+    for (size_t i = 0; i < n; i++)
+        rd_kafka_topic_partition_list_add(l, topics[i], RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t err = rd_kafka_subscribe(c->rk, l);
     rd_kafka_topic_partition_list_destroy(l);
     if (err)
@@ -313,11 +318,10 @@ static bool exec_ok(outbox_consumer_t *c, const char *sql) {
 }
 
 /* The Kafka "id" header, if it is plain enough to store as text. */
-static const char *header_id(const rd_kafka_message_t *m, char out[65]) {
-    rd_kafka_headers_t *h = NULL;
+static const char *header_id(const rd_kafka_headers_t *h, char out[65]) {
     const void *v;
     size_t len;
-    if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_last(h, "id", &v, &len) || !v || len > 64)
+    if (!h || rd_kafka_header_get_last(h, "id", &v, &len) || !v || len > 64)
         return NULL;
     for (size_t i = 0; i < len; i++)
         if (((const unsigned char *)v)[i] < 0x20 || ((const unsigned char *)v)[i] > 0x7e)
@@ -325,6 +329,43 @@ static const char *header_id(const rd_kafka_message_t *m, char out[65]) {
     memcpy(out, v, len);
     out[len] = '\0';
     return out;
+}
+
+/* s fit for a dead letter's reason, a text column that refuses invalid UTF-8 (which would fail the
+ * INSERT and redeliver the record for ever): printable ASCII, other bytes as '?', at most 100
+ * bytes so the rest of the reason is never cut off.  An envelope's strings are unchecked bytes. */
+static const char *reason_text(const char *s, char out[101]) {
+    size_t n = 0;
+    for (; s[n] && n < 100; n++)
+        out[n] = s[n] >= 0x20 && s[n] <= 0x7e ? s[n] : '?';
+    out[n] = '\0';
+    return out;
+}
+
+bool outbox_consumer_verdict(const void *value, size_t len, const rd_kafka_headers_t *headers,
+                             int major_max, outbox_verdict_t *v) {
+    v->msg = NULL;
+    v->dead_id = NULL;
+    v->dead_id_valid = false;
+    v->id_buf[0] = v->reason[0] = '\0';
+    outbox_message_t *msg;
+    if (outbox_message_decode(&msg, value, len, v->reason, sizeof(v->reason)) != OUTBOX_OK) {
+        v->dead_id = header_id(headers, v->id_buf);
+        return false;
+    }
+    if (major_max > 0 && atoi(msg->schema_version) > major_max) {
+        char type[101];
+        snprintf(v->reason, sizeof(v->reason), "schema version %s of %s has a major version above "
+                 "consumer.schema.major.max=%d", msg->schema_version, reason_text(msg->type, type),
+                 major_max);
+        memcpy(v->id_buf, msg->id, sizeof(msg->id));
+        v->dead_id = v->id_buf;
+        v->dead_id_valid = true;
+        outbox_message_destroy(msg);
+        return false;
+    }
+    v->msg = msg;
+    return true;
 }
 
 /* Records a rejected message (with its raw bytes) and, when it has a valid id, marks it processed
@@ -379,28 +420,21 @@ static outbox_err_t pg_failed(outbox_consumer_t *c, const rd_kafka_message_t *m)
 
 static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, outbox_handler_cb handler,
                             void *opaque) {
-    char reason[300], hid[65];
-    outbox_message_t *msg = NULL;
     if (!pg_ensure(c)) {
         redeliver(c, m, c->retry_backoff_ms);
         return OUTBOX_ERR_CONNECTION;
     }
-    if (outbox_message_decode(&msg, m->payload, m->len, reason, sizeof(reason)) != OUTBOX_OK) {
-        if (!record_rejected(c, m, header_id(m, hid), false, reason))
+    rd_kafka_headers_t *headers = NULL;
+    if (rd_kafka_message_headers(m, &headers))
+        headers = NULL; /* none, or unparsable: then there is no "id" header to fall back on */
+    outbox_verdict_t v;
+    if (!outbox_consumer_verdict(m->payload, m->len, headers, c->major_max, &v)) {
+        if (!record_rejected(c, m, v.dead_id, v.dead_id_valid, v.reason))
             return pg_failed(c, m);
         store_offset(c, m);
         return OUTBOX_OK;
     }
-    if (c->major_max > 0 && atoi(msg->schema_version) > c->major_max) {
-        snprintf(reason, sizeof(reason), "schema version %s of %s has a major version above "
-                 "consumer.schema.major.max=%d", msg->schema_version, msg->type, c->major_max);
-        bool ok = record_rejected(c, m, msg->id, true, reason);
-        outbox_message_destroy(msg);
-        if (!ok)
-            return pg_failed(c, m);
-        store_offset(c, m);
-        return OUTBOX_OK;
-    }
+    outbox_message_t *msg = v.msg;
     if (!exec_ok(c, "BEGIN")) {
         outbox_message_destroy(msg);
         return pg_failed(c, m);
@@ -513,7 +547,11 @@ outbox_err_t outbox_reply(outbox_t *ob, PGconn *conn, const outbox_message_t *re
         err = outbox_message_set_payload(r, payload, len);
     if (err) {
         outbox_message_destroy(r);
-        return outbox_seterr(ob, err, "outbox_reply: %s", payload || !len ? "out of memory" : "payload is NULL");
+        if (err == OUTBOX_ERR_NOMEM)
+            return outbox_seterr(ob, err, "outbox_reply: out of memory");
+        if (!payload)
+            return outbox_seterr(ob, err, "outbox_reply: payload is NULL but len is %zu", len);
+        return outbox_seterr(ob, err, "outbox_reply: len %zu is not a length (a negative size?)", len);
     }
     err = outbox_send(ob, conn, r);
     outbox_message_destroy(r);
@@ -532,6 +570,10 @@ outbox_err_t outbox_processed_prune(outbox_t *ob, PGconn *conn, int64_t max_age_
              "DELETE FROM %s.processed WHERE ctid = ANY (ARRAY(SELECT ctid FROM %s.processed "
              "WHERE processed_at < now() - $1::bigint * interval '1 second' LIMIT 10000))",
              ob->schema_q, ob->schema_q);
+    /* A larger age means "keep everything", not "timestamp out of range": no record is 5,000 years
+     * old, and PostgreSQL's timestamps begin in 4713 BC. */
+    if (max_age_s > INT64_C(157788000000))
+        max_age_s = INT64_C(157788000000);
     snprintf(age, sizeof(age), "%lld", (long long)max_age_s);
     const char *p[1] = {age};
     int64_t total = 0;

@@ -74,7 +74,8 @@ const char *outbox_errmsg(const outbox_t *ob) {
 }
 
 int outbox_errmsg_retriable(const outbox_t *ob) {
-    return ob && outbox_sqlstate_retriable(ob->sqlstate);
+    return ob && ob->errstr[0] &&
+           (outbox_err_is_retriable(ob->err) || outbox_sqlstate_retriable(ob->sqlstate));
 }
 
 outbox_err_t outbox_seterr(outbox_t *ob, outbox_err_t err, const char *fmt, ...) {
@@ -85,6 +86,7 @@ outbox_err_t outbox_seterr(outbox_t *ob, outbox_err_t err, const char *fmt, ...)
     vsnprintf(ob->errstr, sizeof(ob->errstr), fmt, ap);
     va_end(ap);
     ob->sqlstate[0] = '\0';
+    ob->err = err;
     return err;
 }
 
@@ -98,6 +100,8 @@ outbox_err_t outbox_seterr_pg(outbox_t *ob, PGconn *conn, const PGresult *res, c
         err = OUTBOX_ERR_CONNECTION;
     else if (state && (!strcmp(state, "3F000") || !strcmp(state, "42P01")))
         err = OUTBOX_ERR_SCHEMA;
+    else if (state && !strcmp(state, "25P02")) /* the caller's transaction had already failed */
+        err = OUTBOX_ERR_TRANSACTION_ABORTED;
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
         n--;

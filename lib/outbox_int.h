@@ -7,6 +7,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -70,6 +71,9 @@ char *outbox_strdup(const char *s);
 char *outbox_quote_ident(const char *ident);
 /* 1 if s is a valid Kafka topic name, else 0 and the reason in why. */
 int outbox_topic_valid(const char *s, char *why, size_t why_size);
+/* -1 if s is well-formed UTF-8 (as PostgreSQL and proto3 strings require), else the offset of
+ * the first byte that is not. */
+ptrdiff_t outbox_utf8_invalid_at(const char *s);
 /* Copies s into out (size bytes) fit for a quoted logfmt value: '"' becomes '\'', line breaks
  * become spaces, trailing blanks go.  Returns out. */
 const char *outbox_logfmt_value(const char *s, char *out, size_t size);
@@ -120,6 +124,26 @@ typedef int(outbox_envscan_header_cb)(const char *name, size_t name_len, const c
 int outbox_envelope_scan(const uint8_t *buf, size_t len, int *kind, outbox_envscan_header_cb *cb,
                          void *opaque);
 
+/* ---- what the consumer makes of a received record (consumer.c) ---- */
+
+struct rd_kafka_headers_s;
+
+/* The verdict on one record, reached without PostgreSQL or Kafka (tests/fuzz/fuzz_consumer.c). */
+typedef struct {
+    outbox_message_t *msg; /* accepted: the message for the handler, caller owns; NULL if rejected */
+    const char *dead_id;   /* rejected: the message id to record (points into id_buf) or NULL */
+    bool dead_id_valid;    /* rejected: dead_id is the envelope's own valid id, so mark it processed */
+    char id_buf[65];
+    char reason[300];      /* rejected: why, for consumer_dead_letters.reason */
+} outbox_verdict_t;
+
+/* Decides whether a record's value becomes a message (true, v->msg set) or a dead letter (false,
+ * v->reason set).  headers (may be NULL) are the record's Kafka headers, whose "id" names a dead
+ * letter whose value is no envelope.  major_max is consumer.schema.major.max (0 = any).  The
+ * record key is not consulted: the envelope carries its own. */
+bool outbox_consumer_verdict(const void *value, size_t len, const struct rd_kafka_headers_s *headers,
+                             int major_max, outbox_verdict_t *v);
+
 /* ---- Kafka client configuration (kafka.c) ---- */
 
 /* {key, value, key, value, ..., NULL}: the relay's producer defaults (safe, then fast). */
@@ -136,6 +160,7 @@ struct outbox_s {
     char *schema_q; /* quoted schema identifier */
     char errstr[OUTBOX_ERRSTR_SIZE];
     char sqlstate[6];
+    outbox_err_t err; /* the code of the last error recorded in errstr */
 };
 
 /* Records the handle's last error and returns err, so callers can `return outbox_seterr(...)`. */

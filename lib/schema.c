@@ -158,8 +158,9 @@ static outbox_err_t migrate_in_tx(outbox_t *ob, PGconn *conn) {
         PQclear(res);
         if (err)
             return err;
-        outbox_log(ob->conf, 6, "MIGRATE", "msg=\"applied outbox migration\" schema=%s version=%d",
-                   ob->schema_q, v);
+        char shown[128]; /* the name, not its SQL quoting: '"' or a line break would end the value */
+        outbox_log(ob->conf, 6, "MIGRATE", "msg=\"applied outbox migration\" schema=\"%s\" version=%d",
+                   outbox_logfmt_value(schema, shown, sizeof(shown)), v);
     }
     return OUTBOX_OK;
 }
@@ -175,10 +176,14 @@ outbox_err_t outbox_migrate(outbox_t *ob, PGconn *conn) {
     PGTransactionStatusType ts = PQtransactionStatus(conn);
     if (ts == PQTRANS_INTRANS)
         return migrate_in_tx(ob, conn);
+    if (ts == PQTRANS_INERROR)
+        return outbox_seterr(ob, OUTBOX_ERR_TRANSACTION_ABORTED,
+                             "outbox_migrate: the connection's transaction has already failed; "
+                             "ROLLBACK, then call it on the idle connection or in a new transaction");
     if (ts != PQTRANS_IDLE)
         return outbox_seterr(ob, OUTBOX_ERR_STATE,
-                             "outbox_migrate: the connection is busy or its transaction has failed; "
-                             "call it on an idle connection or inside a healthy transaction");
+                             "outbox_migrate: the connection is busy with another query; collect "
+                             "its results first");
     outbox_err_t err = exec_cmd(ob, conn, "BEGIN", "outbox_migrate: BEGIN");
     if (err)
         return err;

@@ -77,6 +77,37 @@ int outbox_topic_valid(const char *s, char *why, size_t why_size) {
     return 1;
 }
 
+ptrdiff_t outbox_utf8_invalid_at(const char *str) {
+    const unsigned char *s = (const unsigned char *)str, *p = s;
+    while (*p) {
+        unsigned c = *p, cp;
+        size_t n;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            n = 1;
+        else if (c >= 0xe0 && c <= 0xef)
+            n = 2;
+        else if (c >= 0xf0 && c <= 0xf4)
+            n = 3;
+        else
+            return p - s; /* a continuation byte, an overlong lead (0xc0, 0xc1) or beyond U+10FFFF */
+        cp = c & (0x3fu >> n);
+        for (size_t i = 1; i <= n; i++) { /* stops at the terminating NUL, which is no continuation */
+            if ((p[i] & 0xc0) != 0x80)
+                return p - s;
+            cp = cp << 6 | (p[i] & 0x3fu);
+        }
+        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return p - s; /* overlong, a UTF-16 surrogate, or beyond U+10FFFF */
+        p += n + 1;
+    }
+    return -1;
+}
+
 const char *outbox_logfmt_value(const char *s, char *out, size_t size) {
     size_t n = 0;
     if (!size)

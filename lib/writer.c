@@ -200,5 +200,9 @@ outbox_err_t outbox_send_batch(outbox_t *ob, PGconn *conn, const outbox_message_
                              "outbox_send_batch: ms is NULL but n is %zu", n);
     if (n == 0)
         return OUTBOX_OK;
+    if (n > PTRDIFF_MAX / sizeof(row_t)) /* no such array: a negative count converted to size_t */
+        return outbox_seterr(ob, OUTBOX_ERR_INVALID_ARG,
+                             "outbox_send_batch: n is %zu, more messages than memory can hold "
+                             "(a negative count?); nothing was written", n);
     return send_many(ob, conn, ms, n, "outbox_send_batch");
 }

@@ -54,57 +54,13 @@ static void usage(FILE *fp) {
                 "kafka.bootstrap.servers is required for run.\n");
 }
 
-static char *trim(char *s) {
-    while (*s == ' ' || *s == '\t')
-        s++;
-    char *e = s + strlen(s);
-    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
-        *--e = '\0';
-    return s;
-}
-
-/* Applies "key=value" to conf; where says where it came from for the error message. */
-static int apply(outbox_conf_t *conf, char *kv, const char *where) {
-    char err[512];
-    char *eq = strchr(kv, '=');
-    if (!eq) {
-        fprintf(stderr, "outbox-relay: %s: \"%s\" is not key=value\n", where, kv);
-        return -1;
-    }
-    *eq = '\0';
-    char *key = trim(kv), *value = trim(eq + 1);
-    if (outbox_conf_set(conf, key, value, err, sizeof(err)) != OUTBOX_CONF_OK) {
-        fprintf(stderr, "outbox-relay: %s: %s\n", where, err);
-        return -1;
-    }
-    return 0;
-}
-
 static int read_file(outbox_conf_t *conf, const char *path) {
     FILE *fp = fopen(path, "r");
     if (!fp) {
         fprintf(stderr, "outbox-relay: cannot read configuration file %s: %s\n", path, strerror(errno));
         return -1;
     }
-    char *line = NULL;
-    size_t cap = 0;
-    int lineno = 0, rc = 0;
-    while (getline(&line, &cap, fp) >= 0) {
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash)
-            *hash = '\0';
-        char *s = trim(line);
-        if (!*s)
-            continue;
-        char where[512];
-        snprintf(where, sizeof(where), "%s:%d", path, lineno);
-        if (apply(conf, s, where)) {
-            rc = -1;
-            break;
-        }
-    }
-    free(line);
+    int rc = relay_conf_read(conf, fp, path, stderr);
     fclose(fp);
     return rc;
 }
@@ -121,7 +77,7 @@ static int configure(outbox_conf_t *conf, const char *file, int argc, char **arg
         char where[64];
         snprintf(where, sizeof(where), "-X argument %d", ++n);
         char *copy = outbox_strdup(argv[i]);
-        int bad = !copy || apply(conf, copy, where);
+        int bad = !copy || relay_conf_apply(conf, copy, where, stderr);
         free(copy);
         if (bad)
             return -1;

@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <librdkafka/rdkafka.h>
 #include <libpq-fe.h>
@@ -100,6 +101,13 @@ int relay_status(relay_t *r, int argc, const char **argv);
 int relay_dead_letters(relay_t *r, int argc, const char **argv);
 int relay_grants(relay_t *r, int argc, const char **argv);
 int relay_migrate(relay_t *r);
+
+/* conffile.c: applies one "key=value" (kv is modified) to conf; 0, or -1 with the reason, prefixed
+ * by where, on errfp (NULL: silent). */
+int relay_conf_apply(outbox_conf_t *conf, char *kv, const char *where, FILE *errfp);
+/* Applies every line of fp ('#' starts a comment; blank lines are skipped) up to the first bad one;
+ * path names the file in messages.  0, or -1 after reporting on errfp (NULL: silent). */
+int relay_conf_read(outbox_conf_t *conf, FILE *fp, const char *path, FILE *errfp);
 
 
 #endif

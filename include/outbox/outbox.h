@@ -106,7 +106,8 @@ OUTBOX_API outbox_conf_t *outbox_conf_new(void);
 
 /**
  * Sets key to value, both borrowed (copied).  Keys:
- *   outbox.schema               schema of the outbox tables, default "outbox" (always quoted in SQL)
+ *   outbox.schema               schema of the outbox tables, default "outbox" (always quoted in SQL;
+ *                               UTF-8, 1 to 63 bytes)
  *   writer.allow.autocommit     true|false, default false: allow outbox_send() outside a transaction
  *   writer.max.message.bytes    largest encoded envelope, default 1000000 (Kafka's default)
  *   log.level                   0..7 (syslog), default 6 (info)
@@ -188,8 +189,8 @@ typedef struct outbox_message_s outbox_message_t;
 /**
  * Creates a message of the given kind for destination (the Kafka topic) and type (e.g.
  * "orders.OrderCreated"); both are copied.  It gets a fresh UUIDv7 id, created_at = now and
- * schema version "1.0".  Returns NULL when an argument is invalid (errno = EINVAL: NULL or empty
- * type, a destination that is not a valid Kafka topic name, an unknown kind) or out of memory
+ * schema version "1.0".  Returns NULL when an argument is invalid (errno = EINVAL: NULL, empty or
+ * not UTF-8 type, a destination that is not a valid Kafka topic name, an unknown kind) or out of memory
  * (errno = ENOMEM).  outbox_message_create() says which argument is wrong.
  * Caller owns; free with outbox_message_destroy().
  */
@@ -208,17 +209,18 @@ OUTBOX_API outbox_err_t outbox_message_create(outbox_message_t **out, outbox_kin
  *  len 0 clears it (the relay then lets the partitioner spread messages). */
 OUTBOX_API outbox_err_t outbox_message_set_key(outbox_message_t *m, const void *key, size_t len);
 
-/** Sets the payload, copied.  len may be 0.  key/payload NULL with len > 0 is OUTBOX_ERR_INVALID_ARG. */
+/** Sets the payload, copied.  len may be 0.  key/payload NULL with len > 0, or a len above PTRDIFF_MAX
+ *  (a negative size converted), is OUTBOX_ERR_INVALID_ARG. */
 OUTBOX_API outbox_err_t outbox_message_set_payload(outbox_message_t *m, const void *payload, size_t len);
 
-/** Sets (or replaces) a string header, both copied.  The names "id", "type" and "kind" are reserved
- *  for the Kafka headers the relay adds (OUTBOX_ERR_INVALID_ARG). */
+/** Sets (or replaces) a string header, both copied and both UTF-8 (proto3 strings).  The names "id",
+ *  "type" and "kind" are reserved for the Kafka headers the relay adds (OUTBOX_ERR_INVALID_ARG). */
 OUTBOX_API outbox_err_t outbox_message_set_header(outbox_message_t *m, const char *name, const char *value);
 
 /** Sets the payload's semantic schema version, "MAJOR.MINOR" (digits only, e.g. "2.1"). */
 OUTBOX_API outbox_err_t outbox_message_set_schema_version(outbox_message_t *m, const char *major_minor);
 
-/** Sets the correlation id (for a REPLY: the command's id).  Copied. */
+/** Sets the correlation id (for a REPLY: the command's id), UTF-8.  Copied. */
 OUTBOX_API outbox_err_t outbox_message_set_correlation_id(outbox_message_t *m, const char *id);
 
 /** Sets the reply channel (for a COMMAND), a valid Kafka topic name.  Copied. */
@@ -260,7 +262,9 @@ OUTBOX_API outbox_err_t outbox_message_encode(const outbox_message_t *m, void **
 /**
  * Decodes an Envelope from untrusted bytes (borrowed; copied).  Refuses, with OUTBOX_ERR_DECODE and
  * the reason in errstr: bytes that are not protobuf, an id that is not a UUID, an unknown or
- * unspecified kind, an empty type, an invalid destination or a malformed schema version.
+ * unspecified kind, an empty type, an invalid destination, a malformed schema version, a header
+ * with an empty name or a NUL byte, or a type, correlation id or header that is not UTF-8.
+ * A len above PTRDIFF_MAX is OUTBOX_ERR_INVALID_ARG.
  * On success *out is caller-owned; free with outbox_message_destroy().
  */
 OUTBOX_API outbox_err_t outbox_message_decode(outbox_message_t **out, const void *buf, size_t len,
@@ -297,7 +301,8 @@ OUTBOX_API outbox_err_t outbox_send_batch(outbox_t *ob, PGconn *conn, const outb
  * Creates or upgrades the outbox tables in schema outbox.schema, idempotently and safely when
  * several processes run it at once (a transaction-scoped advisory lock).  On an idle connection it
  * runs and commits its own transaction; inside the caller's transaction block it runs there and
- * leaves the commit to the caller.  OUTBOX_ERR_SCHEMA_TOO_NEW if the database has a newer schema.
+ * leaves the commit to the caller.  OUTBOX_ERR_SCHEMA_TOO_NEW if the database has a newer schema;
+ * OUTBOX_ERR_TRANSACTION_ABORTED if conn's transaction has already failed.
  */
 OUTBOX_API outbox_err_t outbox_migrate(outbox_t *ob, PGconn *conn);
 
@@ -390,6 +395,7 @@ OUTBOX_API outbox_err_t outbox_reply(outbox_t *ob, PGconn *conn, const outbox_me
  * a transaction) and sets *deleted (may be NULL).  A record must outlive every possible
  * redelivery of its message: choose max_age_s above the topic's retention.ms (plus the longest
  * consumer downtime you tolerate), or a redelivered old message would run its handler again.
+ * Ages beyond 5,000 years (e.g. INT64_MAX) delete nothing.
  */
 OUTBOX_API outbox_err_t outbox_processed_prune(outbox_t *ob, PGconn *conn, int64_t max_age_s,
                                                int64_t *deleted);
