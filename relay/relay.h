@@ -35,6 +35,7 @@ typedef struct {
     char **error;    /* for ROW_DEAD rows: why (owned) */
     slot_t *slots;   /* one per row, the opaque of its produced message */
     int64_t claimed_ms;
+    bool settling;   /* its DELETE is in flight on the settle session */
 } batch_t;
 
 /* Handed to each produced message as its opaque. */
@@ -66,10 +67,18 @@ struct relay_s {
     char conninfo_safe[64]; /* for logs: never the conninfo itself, which may hold a password */
     const char *conninfo;
     PGconn *pg;
+    /* A second session that deletes acknowledged rows while the first claims the next batch:
+     * deleting what the broker acknowledged is safe for any relay, leader or not. */
+    PGconn *pg_settle;
+    bool settle_busy;           /* a DELETE is in flight on pg_settle */
+    int64_t settle_retry_ms;    /* no reconnect of pg_settle before then */
     bool leader;
     rd_kafka_t *rk;
     bool fatal;             /* the producer raised a fatal error: re-create it */
     bool rewind;            /* a row failed transiently: drain, then claim from the oldest row */
+    bool debug;             /* log.level is 7: one line per delivered row too */
+    bool settled_clean;     /* a batch settled with every row acknowledged: failures are over */
+    bool offsets_expected;  /* acks != 0: every acknowledgement carries the record's offset */
     batch_t **inflight;
     int inflight_cnt, inflight_max;
     int batch_size;
