@@ -1,14 +1,26 @@
 /*
  * Drain rate: outbox-relay draining a backlog of N 200-byte messages into the broker, next to
- * K_raw, a plain librdkafka producer loop with the relay's producer settings to the same broker,
- * run alternately in the same process; medians of several runs, plus the relay's CPU per message.
- * Usage: bench_drain CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES=100000] [RUNS=3] [RELAY_KEY=VALUE...]
+ *  - K_raw, a plain librdkafka producer loop with the relay's producer settings to the same broker;
+ *  - the SQL ceiling, a PL/pgSQL procedure deleting the same backlog server-side in id batches of
+ *    relay.batch.size with a COMMIT per batch: the database's own limit for this work;
+ * run alternately in the same process against the same cluster; medians of several runs.
+ * Also the relay's cost (CPU per message, peak RSS) and its drain rate over time: its published
+ * counter read from its /metrics endpoint every 250 ms, written to OUTDIR/NAME.dat.
+ * With -s (scale), also the table and index sizes before the drain, right after it and after a
+ * plain VACUUM.
+ * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s] CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES=100000]
+ *                    [RUNS=3] [RELAY_KEY=VALUE...]
  */
+#include <arpa/inet.h>
+#include <getopt.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,7 +32,9 @@
 
 #define die(what, why) bench_die("bench_drain", what, why)
 
-
+#define MAX_RUNS 20
+#define TICK_S 0.25          /* the time series' sampling interval */
+#define FILL_CHUNK 1000000L  /* at most so many rows per INSERT ... SELECT of the fill */
 
 static void sql(PGconn *conn, const char *q) {
     PGresult *res = PQexec(conn, q);
@@ -28,6 +42,17 @@ static void sql(PGconn *conn, const char *q) {
         die(q, PQresultErrorMessage(res));
     PQclear(res);
 }
+
+static long long sql_ll(PGconn *conn, const char *q) {
+    PGresult *res = PQexec(conn, q);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        die(q, PQresultErrorMessage(res));
+    long long v = atoll(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return v;
+}
+
+/* ---- K_raw ------------------------------------------------------------------------------------ */
 
 static long delivered;
 
@@ -71,73 +96,361 @@ static double raw_rate(const char *bootstrap, const void *value, size_t len, lon
     return (double)n / t;
 }
 
-/* Drain: fill the outbox, start the relay, time until the table is empty. */
-static double drain_rate(PGconn *conn, const char *bootstrap, const char *relay, const void *env,
-                         size_t len, long n, char **extra, int n_extra, double *cpu_us_per_msg) {
-    char count[32];
-    snprintf(count, sizeof(count), "%ld", n);
-    const char *params[2] = {env, count};
-    int lengths[2] = {(int)len, 0}, formats[2] = {1, 0};
-    sql(conn, "TRUNCATE outbox.messages");
-    PGresult *res = PQexecParams(conn,
-                                 "INSERT INTO outbox.messages (message_id, destination, partition_key, "
-                                 "message_type, envelope) SELECT gen_random_uuid(), 'bench', "
-                                 "convert_to('k' || (g % 1000), 'UTF8'), 'bench.Event', $1 "
-                                 "FROM generate_series(1, $2::int) g",
-                                 2, NULL, params, lengths, formats, 0);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        die("fill", PQresultErrorMessage(res));
-    PQclear(res);
-    sql(conn, "VACUUM ANALYZE outbox.messages");
-    res = PQexec(conn, "SELECT count(*) FROM outbox.dead_letters");
-    long dead_before = atol(PQgetvalue(res, 0, 0));
-    PQclear(res);
+/* ---- the backlog -------------------------------------------------------------------------------- */
+
+/* Empties the outbox and fills it with n rows as outbox_send() writes them (the identity column
+ * gives the ids; a message_id each, keys spread over 1,000 values, the same valid envelope bytes
+ * as a binary parameter), server-side, a million rows per statement, FILL_CONNS statements at a
+ * time.  Then VACUUM ANALYZE and a CHECKPOINT, so that the drain and the SQL ceiling start from
+ * the same settled state.  Returns the seconds taken. */
+#define FILL_CONNS 2
+static double fill(PGconn *const *conns, const void *env, size_t len, long n) {
     double t0 = bench_now();
-    pid_t pid = bench_start_relay(relay, bootstrap, extra, n_extra);
-    for (;;) {
-        usleep(20000);
-        res = PQexec(conn, "SELECT NOT EXISTS (SELECT 1 FROM outbox.messages)");
-        int empty = PQresultStatus(res) == PGRES_TUPLES_OK && PQgetvalue(res, 0, 0)[0] == 't';
-        PQclear(res);
-        if (empty)
-            break;
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid)
-            die("relay", "exited before draining the backlog");
+    long chunk = (n + FILL_CONNS - 1) / FILL_CONNS;
+    if (chunk > FILL_CHUNK)
+        chunk = FILL_CHUNK;
+    sql(conns[0], "TRUNCATE outbox.messages");
+    for (long from = 1; from <= n;) {
+        int busy = 0;
+        for (; busy < FILL_CONNS && from <= n; busy++, from += chunk) {
+            long to = n - from >= chunk ? from + chunk - 1 : n;
+            char lo[24], hi[24];
+            snprintf(lo, sizeof(lo), "%ld", from);
+            snprintf(hi, sizeof(hi), "%ld", to);
+            const char *params[3] = {env, lo, hi};
+            int lengths[3] = {(int)len, 0, 0}, formats[3] = {1, 0, 0};
+            if (!PQsendQueryParams(conns[busy],
+                                   "INSERT INTO outbox.messages (message_id, destination, partition_key, "
+                                   "message_type, envelope) SELECT gen_random_uuid(), 'bench', "
+                                   "convert_to('k' || (g % 1000), 'UTF8'), 'bench.Event', $1 "
+                                   "FROM generate_series($2::bigint, $3::bigint) g",
+                                   3, NULL, params, lengths, formats, 0))
+                die("fill", PQerrorMessage(conns[busy]));
+        }
+        for (int c = 0; c < busy; c++) {
+            PGresult *res;
+            while ((res = PQgetResult(conns[c]))) {
+                if (PQresultStatus(res) != PGRES_COMMAND_OK)
+                    die("fill", PQresultErrorMessage(res));
+                PQclear(res);
+            }
+        }
     }
-    double t = bench_now() - t0;
-    res = PQexec(conn, "SELECT count(*) FROM outbox.dead_letters");
-    if (atol(PQgetvalue(res, 0, 0)) != dead_before)
-        die("relay", "dead-lettered messages of the benchmark: the figure would not be a drain rate");
+    sql(conns[0], "VACUUM ANALYZE outbox.messages");
+    sql(conns[0], "CHECKPOINT");
+    return bench_now() - t0;
+}
+
+static int table_empty(PGconn *conn) {
+    /* The primary key's index, not a sequential scan through every dead row. */
+    PGresult *res = PQexec(conn, "SELECT id FROM outbox.messages ORDER BY id LIMIT 1");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        die("checking the backlog", PQresultErrorMessage(res));
+    int empty = PQntuples(res) == 0;
     PQclear(res);
-    kill(pid, SIGTERM);
-    int st;
-    struct rusage ru;
-    wait4(pid, &st, 0, &ru);
-    double cpu = (double)ru.ru_utime.tv_sec * 1e6 + (double)ru.ru_utime.tv_usec +
-                 (double)ru.ru_stime.tv_sec * 1e6 + (double)ru.ru_stime.tv_usec;
-    *cpu_us_per_msg = cpu / (double)n;
+    return empty;
+}
+
+typedef struct {
+    long long heap, index, total;
+} sizes_t;
+
+static sizes_t rel_sizes(PGconn *conn) {
+    PGresult *res = PQexec(conn, "SELECT pg_relation_size('outbox.messages'), pg_indexes_size('outbox.messages'), "
+                                 "pg_total_relation_size('outbox.messages')");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        die("table sizes", PQresultErrorMessage(res));
+    sizes_t s = {atoll(PQgetvalue(res, 0, 0)), atoll(PQgetvalue(res, 0, 1)), atoll(PQgetvalue(res, 0, 2))};
+    PQclear(res);
+    return s;
+}
+
+/* ---- SQL ceiling -------------------------------------------------------------------------------- */
+
+static void ceiling_setup(PGconn *conn) {
+    sql(conn, "CREATE OR REPLACE PROCEDURE public.bench_delete_backlog(batch int) LANGUAGE plpgsql AS $$ "
+              "DECLARE ids bigint[]; "
+              "BEGIN "
+              "  LOOP "
+              "    SELECT array_agg(id) INTO ids FROM "
+              "      (SELECT id FROM outbox.messages ORDER BY id LIMIT batch) s; "
+              "    EXIT WHEN ids IS NULL; "
+              "    DELETE FROM outbox.messages WHERE id = ANY(ids); "
+              "    COMMIT; "
+              "  END LOOP; "
+              "END $$");
+}
+
+/* Deletes the backlog of n rows in batches; the session commits as the relay's does (without
+ * waiting for the WAL flush).  Returns messages per second. */
+static double ceiling_rate(PGconn *conn, int batch) {
+    char call[80];
+    snprintf(call, sizeof(call), "CALL public.bench_delete_backlog(%d)", batch);
+    long long n = sql_ll(conn, "SELECT count(*) FROM outbox.messages");
+    sql(conn, "SET synchronous_commit = off");
+    double t0 = bench_now();
+    sql(conn, call);
+    double t = bench_now() - t0;
+    sql(conn, "RESET synchronous_commit");
+    if (!table_empty(conn))
+        die("SQL ceiling", "rows are left after the procedure");
     return (double)n / t;
 }
 
+/* ---- the relay's drain -------------------------------------------------------------------------- */
+
+/* A free TCP port on 127.0.0.1 for the relay's metrics endpoint. */
+static int free_port(void) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof(a);
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) || getsockname(s, (struct sockaddr *)&a, &l))
+        die("metrics port", "cannot find a free port on 127.0.0.1");
+    close(s);
+    return ntohs(a.sin_port);
+}
+
+static long long metric(const char *body, const char *name) {
+    char pat[96];
+    snprintf(pat, sizeof(pat), "\n%s ", name);
+    const char *p = strstr(body, pat);
+    return p ? atoll(p + strlen(pat)) : -1;
+}
+
+/* Reads the relay's published and dead-lettered counters; -1 while the endpoint is not up. */
+static int scrape(int port, long long *published, long long *dead) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0)
+        return -1;
+    struct timeval tv = {1, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    static const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    char body[16384];
+    size_t got = 0;
+    if (connect(s, (struct sockaddr *)&a, sizeof(a)) || write(s, req, sizeof(req) - 1) != (ssize_t)sizeof(req) - 1) {
+        close(s);
+        return -1;
+    }
+    for (ssize_t k; got < sizeof(body) - 1 && (k = read(s, body + got, sizeof(body) - 1 - got)) > 0;)
+        got += (size_t)k;
+    close(s);
+    body[got] = '\0';
+    long long p = metric(body, "outbox_relay_published_total"), d = metric(body, "outbox_relay_dead_letters_total");
+    if (p < 0 || d < 0)
+        return -1;
+    *published = p;
+    *dead = d;
+    return 0;
+}
+
+typedef struct {
+    double t;      /* seconds since the relay was started */
+    long long p;   /* published so far */
+    int tick;      /* a point of the 250 ms series (the others are the fast reads near the end) */
+} sample_t;
+
+typedef struct {
+    double rate, cpu_us, first10, last10;
+    long rss_kb;
+    long long published;
+    sample_t *s;
+    int ns, cap;
+} drain_t;
+
+static void add_sample(drain_t *d, double t, long long p, int tick) {
+    if (d->ns == d->cap) {
+        d->cap = d->cap ? 2 * d->cap : 1024;
+        d->s = realloc(d->s, (size_t)d->cap * sizeof(*d->s));
+        if (!d->s)
+            die("samples", "out of memory");
+    }
+    d->s[d->ns++] = (sample_t){t, p, tick};
+}
+
+/* The rates of the first and the last tenth of the messages, from the counter's samples: from the
+ * first sample that saw a message to the first one 10 % further, and from the last sample 10 %
+ * before the final count to the first sample that saw the final count. */
+static void tenths(drain_t *d, long n) {
+    long long tenth = n / 10 > 0 ? n / 10 : 1, final = d->s[d->ns - 1].p;
+    int a = 0, e = d->ns - 1;
+    while (a < d->ns && d->s[a].p == 0)
+        a++;
+    while (e > 0 && d->s[e - 1].p == final)
+        e--;
+    int b = a, c = e;
+    while (b < d->ns && d->s[b].p - d->s[a].p < tenth)
+        b++;
+    while (c > 0 && final - d->s[c].p < tenth)
+        c--;
+    d->first10 = a < d->ns && b < d->ns && d->s[b].t > d->s[a].t
+                     ? (double)(d->s[b].p - d->s[a].p) / (d->s[b].t - d->s[a].t) : 0;
+    d->last10 = final - d->s[c].p >= tenth && d->s[e].t > d->s[c].t
+                    ? (double)(final - d->s[c].p) / (d->s[e].t - d->s[c].t) : 0;
+}
+
+/* Starts the relay on the filled outbox, follows its published counter and times it until the
+ * table is empty; then stops it and reads its CPU time and peak RSS. */
+static void drain(PGconn *conn, const char *bootstrap, const char *relay, char **extra, int n_extra, long n,
+                  drain_t *d) {
+    int port = free_port();
+    char listen[64];
+    snprintf(listen, sizeof(listen), "metrics.listen=127.0.0.1:%d", port);
+    char **ex = calloc((size_t)n_extra + 1, sizeof(char *));
+    memcpy(ex, extra, (size_t)n_extra * sizeof(char *));
+    ex[n_extra] = listen;
+    long long dead_before = sql_ll(conn, "SELECT count(*) FROM outbox.dead_letters");
+
+    double t0 = bench_now(), next_tick = TICK_S, last_check = 0, tick_t = 0, rate = 0;
+    long long p = 0, dl = 0, tick_p = 0;
+    pid_t pid = bench_start_relay(relay, bootstrap, ex, n_extra + 1);
+    add_sample(d, 0, 0, 1);
+    for (;;) {
+        usleep(10000);
+        double now = bench_now() - t0;
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            die("relay", "exited before draining the backlog");
+        /* Read the counter every tick, and every 10 ms once the end is less than half a second
+         * away, so that the last acknowledgement is timed to 10 ms. */
+        int tick = now >= next_tick;
+        int near = p + dl >= n || (rate > 0 && (double)(n - p - dl) / rate < 0.5);
+        if (tick || near) {
+            long long pp, dd;
+            if (scrape(port, &pp, &dd) == 0) {
+                p = pp;
+                dl = dd;
+            }
+            add_sample(d, now, p, tick);
+            if (tick) {
+                rate = (double)(p - tick_p) / (now - tick_t);
+                tick_p = p;
+                tick_t = now;
+                while (next_tick <= now)
+                    next_tick += TICK_S;
+            }
+        }
+        /* Done when the table is empty: looked at once every message is acknowledged or
+         * dead-lettered (and every 5 s in any case). */
+        if (p + dl >= n || now - last_check >= 5) {
+            last_check = now;
+            if (table_empty(conn))
+                break;
+        }
+    }
+    double t = bench_now() - t0;
+    long long pp, dd;
+    if (scrape(port, &pp, &dd) == 0)
+        p = pp;
+    add_sample(d, t, p, 1);
+    if (sql_ll(conn, "SELECT count(*) FROM outbox.dead_letters") != dead_before)
+        die("relay", "dead-lettered messages of the benchmark: the figure would not be a drain rate");
+    kill(pid, SIGTERM);
+    int st;
+    struct rusage ru;
+    if (wait4(pid, &st, 0, &ru) != pid)
+        die("relay", "cannot collect its exit status");
+    double cpu = (double)ru.ru_utime.tv_sec * 1e6 + (double)ru.ru_utime.tv_usec +
+                 (double)ru.ru_stime.tv_sec * 1e6 + (double)ru.ru_stime.tv_usec;
+    d->cpu_us = cpu / (double)n;
+    d->rss_kb = ru.ru_maxrss;
+    d->rate = (double)n / t;
+    d->published = p;
+    tenths(d, n);
+    free(ex);
+}
+
+/* Writes every run's 250 ms series as gnuplot data blocks: t, msg/s over the interval, published. */
+static void write_series(const char *path, const char *title, double ceiling, drain_t *runs, int n_runs) {
+    FILE *f = fopen(path, "w");
+    if (!f)
+        die(path, "cannot write the time series");
+    fprintf(f, "# title: %s\n# sql_ceiling: %.0f\n# t_s msgs_per_s published\n", title, ceiling);
+    for (int r = 0; r < n_runs; r++) {
+        drain_t *d = &runs[r];
+        int *idx = malloc((size_t)d->ns * sizeof(int)), k = 0;
+        for (int i = 0; i < d->ns; i++)
+            if (d->s[i].tick)
+                idx[k++] = i;
+        /* The final point closes a partial interval: let it span at least 0.1 s. */
+        if (k > 2 && d->s[idx[k - 1]].t - d->s[idx[k - 2]].t < 0.1) {
+            idx[k - 2] = idx[k - 1];
+            k--;
+        }
+        fprintf(f, "%s# run %d\n0 0 0\n", r ? "\n\n" : "", r + 1);
+        for (int j = 1; j < k; j++) {
+            sample_t *a = &d->s[idx[j - 1]], *b = &d->s[idx[j]];
+            fprintf(f, "%.3f %.0f %lld\n", b->t, (double)(b->p - a->p) / (b->t - a->t), b->p);
+        }
+        free(idx);
+    }
+    fclose(f);
+}
+
+static void print_sizes(const char *what, sizes_t s) {
+    printf("  %-34s %9.1f MB %9.1f MB %9.1f MB\n", what, (double)s.heap / 1048576, (double)s.index / 1048576,
+           (double)s.total / 1048576);
+}
+
+static double median_of(const double *v, int n) {
+    double c[MAX_RUNS];
+    memcpy(c, v, (size_t)n * sizeof(double));
+    return bench_median(c, n);
+}
+
+static void usage(void) {
+    fprintf(stderr, "usage: bench_drain [-o OUTDIR] [-n NAME] [-s] CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES] "
+                    "[RUNS] [RELAY_KEY=VALUE...]\n");
+    exit(2);
+}
 
 int main(int argc, char **argv) {
-    if (argc < 4) {
-        fprintf(stderr, "usage: bench_drain CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES] [RUNS]\n");
-        return 2;
+    const char *outdir = ".", *name = "drain";
+    int scale = 0, opt;
+    while ((opt = getopt(argc, argv, "+o:n:s")) != -1) {
+        if (opt == 'o')
+            outdir = optarg;
+        else if (opt == 'n')
+            name = optarg;
+        else if (opt == 's')
+            scale = 1;
+        else
+            usage();
     }
+    argc -= optind - 1;
+    argv += optind - 1;
+    if (argc < 4)
+        usage();
     long n = argc > 4 ? atol(argv[4]) : 100000;
     int runs = argc > 5 ? atoi(argv[5]) : 3;
-    if (n < 1 || runs < 1 || runs > 20)
+    if (n < 1 || runs < 1 || runs > MAX_RUNS)
         die("arguments", "MESSAGES >= 1, RUNS 1..20");
+    char **extra = argv + 6;
+    int n_extra = argc > 6 ? argc - 6 : 0;
     setenv("OUTBOX_PG_CONNINFO", argv[1], 1);
-    PGconn *conn = PQconnectdb(argv[1]);
+    PGconn *conn = PQconnectdb(argv[1]), *fillers[FILL_CONNS] = {conn};
+    for (int i = 1; i < FILL_CONNS; i++)
+        if (PQstatus(fillers[i] = PQconnectdb(argv[1])) != CONNECTION_OK)
+            die("connecting", PQerrorMessage(fillers[i]));
     char err[512];
     outbox_conf_t *conf = outbox_conf_new();
     outbox_conf_set(conf, "log.level", "4", err, sizeof(err));
+    /* The relay's own batch size (its default, or the one passed to it) for the SQL ceiling. */
+    outbox_conf_t *rconf = outbox_conf_new();
+    for (int i = 0; i < n_extra; i++) {
+        char kv[256], *eq;
+        snprintf(kv, sizeof(kv), "%s", extra[i]);
+        if ((eq = strchr(kv, '=')) && (*eq = '\0', !strcmp(kv, "relay.batch.size")))
+            outbox_conf_set(rconf, kv, eq + 1, err, sizeof(err));
+    }
+    int batch = (int)outbox_conf_int(rconf, "relay.batch.size");
+    outbox_conf_destroy(rconf);
     outbox_t *ob = outbox_new(conf, err, sizeof(err));
     if (PQstatus(conn) != CONNECTION_OK || outbox_migrate(ob, conn) != OUTBOX_OK)
         die("setup", PQerrorMessage(conn));
+    ceiling_setup(conn);
 
     /* One real envelope with a 200-byte payload, as outbox_send would write it. */
     outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, "bench", "bench.Event");
@@ -148,24 +461,82 @@ int main(int argc, char **argv) {
     size_t len;
     outbox_message_encode(m, &env, &len);
 
-    double raw[20], drain[20], cpu[20];
+    double raw[MAX_RUNS], dr[MAX_RUNS], ceiling[MAX_RUNS], cpu[MAX_RUNS], rss[MAX_RUNS], f10[MAX_RUNS],
+        l10[MAX_RUNS], fill_s = 0, vacuum_s = 0;
+    drain_t d[MAX_RUNS] = {{0}};
+    sizes_t before = {0}, after = {0}, vacuumed = {0};
     for (int r = 0; r < runs; r++) {
         raw[r] = raw_rate(argv[2], env, len, n);
-        drain[r] = drain_rate(conn, argv[2], argv[3], env, len, n, argv + 6, argc > 6 ? argc - 6 : 0, &cpu[r]);
-        fprintf(stderr, "run %d: K_raw %.0f msg/s, drain %.0f msg/s (%.2f of K_raw), relay CPU %.2f us/msg\n",
-                r + 1, raw[r], drain[r], drain[r] / raw[r], cpu[r]);
+        fill_s = fill(fillers, env, len, n);
+        if (scale)
+            before = rel_sizes(conn);
+        drain(conn, argv[2], argv[3], extra, n_extra, n, &d[r]);
+        if (scale) {
+            after = rel_sizes(conn);
+            double t0 = bench_now();
+            sql(conn, "VACUUM outbox.messages");
+            vacuum_s = bench_now() - t0;
+            vacuumed = rel_sizes(conn);
+        }
+        fill(fillers, env, len, n);
+        ceiling[r] = ceiling_rate(conn, batch);
+        dr[r] = d[r].rate;
+        cpu[r] = d[r].cpu_us;
+        rss[r] = (double)d[r].rss_kb;
+        f10[r] = d[r].first10;
+        l10[r] = d[r].last10;
+        fprintf(stderr, "run %d: fill %.1f s, K_raw %.0f msg/s, SQL ceiling %.0f msg/s, drain %.0f msg/s "
+                "(%.2f of K_raw, %.2f of the ceiling; first/last 10 %% %.0f/%.0f msg/s), relay CPU %.2f us/msg, "
+                "peak RSS %.1f MB\n", r + 1, fill_s, raw[r], ceiling[r], dr[r], dr[r] / raw[r], dr[r] / ceiling[r],
+                f10[r], l10[r], cpu[r], rss[r] / 1024);
     }
-    double kr = bench_median(raw, runs), dr = bench_median(drain, runs), cu = bench_median(cpu, runs);
-    printf("drain of a %ld-message backlog (%zu-byte envelopes), %d runs, medians:\n", n, len, runs);
-    printf("  K_raw (librdkafka producer, same settings)  %9.0f msg/s\n", kr);
-    printf("  outbox-relay drain (start to empty table)   %9.0f msg/s   ratio to K_raw %.2f\n", dr, dr / kr);
-    printf("  relay CPU (user+sys)                        %9.2f us/msg\n", cu);
-    printf("{\"bench\":\"drain\",\"messages\":%ld,\"runs\":%d,\"envelope_bytes\":%zu,\"k_raw\":%.0f,"
-           "\"drain\":%.0f,\"ratio\":%.3f,\"relay_cpu_us_per_msg\":%.2f}\n",
-           n, runs, len, kr, dr, dr / kr, cu);
+    double kr = median_of(raw, runs), dm = median_of(dr, runs), cm = median_of(ceiling, runs),
+           cu = median_of(cpu, runs), rs = median_of(rss, runs), fm = median_of(f10, runs),
+           lm = median_of(l10, runs);
+    char path[4096], title[160];
+    snprintf(path, sizeof(path), "%s/%s.dat", outdir, name);
+    snprintf(title, sizeof(title), "outbox-relay drain of a %ld-message backlog", n);
+    write_series(path, title, cm, d, runs);
+
+    printf("drain of a %ld-message backlog (%zu-byte envelopes, batches of %d), %d runs, medians:\n", n, len,
+           batch, runs);
+    printf("  K_raw (librdkafka producer, same settings)      %9.0f msg/s\n", kr);
+    printf("  SQL ceiling (server-side batched DELETE)        %9.0f msg/s\n", cm);
+    printf("  outbox-relay drain (start to empty table)       %9.0f msg/s   %.3f of K_raw   %.3f of the SQL "
+           "ceiling\n", dm, dm / kr, dm / cm);
+    printf("  drain rate, first / last 10 %% of the messages   %9.0f / %.0f msg/s   last/first %.2f\n", fm, lm,
+           fm > 0 ? lm / fm : 0);
+    printf("  relay CPU (user+sys)                            %9.2f us/msg\n", cu);
+    printf("  relay peak RSS                                  %9.1f MB\n", rs / 1024);
+    printf("  rate over time (every 250 ms, each run)         %s\n", path);
+    printf("{\"bench\":\"drain\",\"name\":\"%s\",\"messages\":%ld,\"runs\":%d,\"envelope_bytes\":%zu,"
+           "\"batch_size\":%d,\"k_raw\":%.0f,\"sql_ceiling\":%.0f,\"drain\":%.0f,\"ratio\":%.3f,"
+           "\"ratio_sql_ceiling\":%.3f,\"first10_rate\":%.0f,\"last10_rate\":%.0f,\"last10_vs_first10\":%.3f,"
+           "\"relay_cpu_us_per_msg\":%.2f,\"relay_peak_rss_kb\":%.0f,\"fill_s\":%.1f,\"series\":\"%s\"}\n",
+           name, n, runs, len, batch, kr, cm, dm, dm / kr, dm / cm, fm, lm, fm > 0 ? lm / fm : 0, cu, rs, fill_s,
+           path);
+    if (scale) {
+        printf("outbox.messages size around the drain of %ld messages (last run):\n", n);
+        printf("  %-34s %12s %12s %12s\n", "", "table", "indexes", "total");
+        print_sizes("before the drain", before);
+        print_sizes("right after the drain", after);
+        char what[64];
+        snprintf(what, sizeof(what), "after a plain VACUUM (%.1f s)", vacuum_s);
+        print_sizes(what, vacuumed);
+        printf("{\"bench\":\"drain_scale\",\"name\":\"%s\",\"messages\":%ld,\"table_bytes_before\":%lld,"
+               "\"index_bytes_before\":%lld,\"total_bytes_before\":%lld,\"table_bytes_after_drain\":%lld,"
+               "\"index_bytes_after_drain\":%lld,\"total_bytes_after_drain\":%lld,\"table_bytes_after_vacuum\":%lld,"
+               "\"index_bytes_after_vacuum\":%lld,\"total_bytes_after_vacuum\":%lld,\"vacuum_s\":%.1f,"
+               "\"first10_rate\":%.0f,\"last10_rate\":%.0f,\"last10_vs_first10\":%.3f}\n",
+               name, n, before.heap, before.index, before.total, after.heap, after.index, after.total,
+               vacuumed.heap, vacuumed.index, vacuumed.total, vacuum_s, fm, lm, fm > 0 ? lm / fm : 0);
+    }
+    for (int r = 0; r < runs; r++)
+        free(d[r].s);
     free(env);
     outbox_message_destroy(m);
     outbox_destroy(ob);
-    PQfinish(conn);
+    for (int i = 0; i < FILL_CONNS; i++)
+        PQfinish(fillers[i]);
     return 0;
 }

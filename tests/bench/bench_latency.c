@@ -3,8 +3,10 @@
  * through outbox-relay (its own process, default settings), at a steady rate; p50/p99/p999.
  * The first second of messages warms up (the producer's first metadata lookup of the topic
  * costs about half a second) and is not counted.
- * Usage: bench_latency CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS [RELAY_KEY=VALUE...]
+ * Every counted message's latency goes to OUTDIR/latency_RATE.dat, sorted, as a CDF (ms, fraction).
+ * Usage: bench_latency [-o OUTDIR] CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS [RELAY_KEY=VALUE...]
  */
+#include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -29,9 +31,11 @@ typedef struct {
     const char *bootstrap;
     char topic[64];     /* fresh per run, so nothing older is on it */
     long n;
-    double *committed; /* per sequence number: when COMMIT returned (0 = not yet) */
-    double *latency;   /* per sequence number: receipt - commit, seconds (-1 = not received) */
+    double *committed; /* per sequence number: when COMMIT returned (written by the main thread) */
+    double *received_at; /* per sequence number: first receipt (-1 = not received; consumer thread) */
     _Atomic long received;
+    long part_received[4];   /* per partition (consumer thread) */
+    int64_t part_offset[4];  /* last offset received per partition (consumer thread) */
     _Atomic int ready, stop;
 } shared_t;
 
@@ -54,6 +58,7 @@ static void *consume(void *arg) {
     rd_kafka_assign(rk, l);
     rd_kafka_topic_partition_list_destroy(l);
     atomic_store(&sh->ready, 1);
+    int errors = 0;
     while (!atomic_load(&sh->stop)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 50);
         if (!m)
@@ -63,12 +68,30 @@ static void *consume(void *arg) {
         if (!m->err && outbox_message_decode(&msg, m->payload, m->len, err, sizeof(err)) == OUTBOX_OK) {
             size_t len;
             const char *p = outbox_message_payload(msg, &len);
-            long seq = len ? strtol(p, NULL, 10) : -1;
-            if (seq >= 0 && seq < sh->n && sh->committed[seq] > 0 && sh->latency[seq] < 0) {
-                sh->latency[seq] = t - sh->committed[seq];
+            /* The payload is len bytes, not a C string. */
+            char digits[24], *end;
+            long seq = -1;
+            if (len > 0 && len < sizeof(digits)) {
+                memcpy(digits, p, len);
+                digits[len] = '\0';
+                seq = strtol(digits, &end, 10);
+                if (*end)
+                    seq = -1;
+            }
+            if (m->partition >= 0 && m->partition < 4) {
+                sh->part_received[m->partition]++;
+                sh->part_offset[m->partition] = m->offset;
+            }
+            /* The relay may publish a row before COMMIT's reply reaches the writer: only the
+             * receipt time is taken here, the latency is computed after the run. */
+            if (seq >= 0 && seq < sh->n && sh->received_at[seq] < 0) {
+                sh->received_at[seq] = t;
                 atomic_fetch_add(&sh->received, 1);
             }
             outbox_message_destroy(msg);
+        } else if (m->err && errors++ < 10) {
+            fprintf(stderr, "bench_latency: consumer: %s [%d]: %s\n", m->rkt ? rd_kafka_topic_name(m->rkt) : "-",
+                    (int)m->partition, rd_kafka_message_errstr(m));
         }
         rd_kafka_message_destroy(m);
     }
@@ -79,8 +102,19 @@ static void *consume(void *arg) {
 
 
 int main(int argc, char **argv) {
-    if (argc < 6) {
-        fprintf(stderr, "usage: bench_latency CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS [KEY=VALUE...]\n");
+    const char *outdir = ".";
+    int opt, bad = 0;
+    while ((opt = getopt(argc, argv, "+o:")) != -1) {
+        if (opt == 'o')
+            outdir = optarg;
+        else
+            bad = 1;
+    }
+    argc -= optind - 1;
+    argv += optind - 1;
+    if (bad || argc < 6) {
+        fprintf(stderr, "usage: bench_latency [-o OUTDIR] CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS "
+                        "[KEY=VALUE...]\n");
         return 2;
     }
     double rate = atof(argv[4]), secs = atof(argv[5]);
@@ -90,9 +124,9 @@ int main(int argc, char **argv) {
     shared_t sh = {.bootstrap = argv[2], .n = warmup + (long)(rate * secs)};
     snprintf(sh.topic, sizeof(sh.topic), "bench.latency.%d.%ld", (int)getpid(), (long)time(NULL));
     sh.committed = calloc((size_t)sh.n, sizeof(double));
-    sh.latency = malloc((size_t)sh.n * sizeof(double));
+    sh.received_at = malloc((size_t)sh.n * sizeof(double));
     for (long i = 0; i < sh.n; i++)
-        sh.latency[i] = -1;
+        sh.received_at[i] = -1;
     setenv("OUTBOX_PG_CONNINFO", argv[1], 1);
     PGconn *conn = PQconnectdb(argv[1]);
     char err[512];
@@ -134,27 +168,66 @@ int main(int argc, char **argv) {
         usleep(10000);
     atomic_store(&sh.stop, 1);
     pthread_join(th, NULL);
+    if (atomic_load(&sh.received) < sh.n) {
+        /* Still in the outbox: the relay did not send it; gone: the broker acknowledged it. */
+        PGresult *res = PQexec(conn, "SELECT (SELECT count(*) FROM outbox.messages), "
+                                     "(SELECT count(*) FROM outbox.dead_letters)");
+        if (PQresultStatus(res) == PGRES_TUPLES_OK)
+            fprintf(stderr, "bench_latency: after the deadline the outbox holds %s rows, dead_letters %s\n",
+                    PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
+        PQclear(res);
+    }
     kill(relay, SIGTERM);
     waitpid(relay, NULL, 0);
 
     long got = atomic_load(&sh.received);
     double *lat = malloc((size_t)(got ? got : 1) * sizeof(double));
-    long k = 0;
+    long k = 0, early = 0;
     for (long i = warmup; i < sh.n; i++)
-        if (sh.latency[i] >= 0)
-            lat[k++] = sh.latency[i] * 1000;
+        if (sh.received_at[i] >= 0) {
+            /* Received before COMMIT returned to the writer: no measurable latency. */
+            double l = sh.received_at[i] - sh.committed[i];
+            early += l < 0;
+            lat[k++] = l > 0 ? l * 1000 : 0;
+        }
     qsort(lat, (size_t)k, sizeof(double), bench_cmp_double);
 #define PCT(p) (k ? lat[(long)((double)(k - 1) * (p))] : 0)
     printf("latency commit -> consumer receipt at %.0f msg/s for %.0f s after %ld warm-up messages "
            "(%ld of %ld received):\n", rate, secs, warmup, got, sh.n);
     printf("  p50 %.2f ms   p99 %.2f ms   p999 %.2f ms   max %.2f ms\n", PCT(0.5), PCT(0.99), PCT(0.999),
            k ? lat[k - 1] : 0);
+    if (early)
+        printf("  %ld received before COMMIT returned to the writer (counted as 0 ms)\n", early);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/latency_%.0f.dat", outdir, rate);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        die(path, "cannot write the latencies");
+    fprintf(f, "# title: %.0f msg/s (p50 %.1f ms, p99 %.1f ms)\n# latency_ms fraction_at_or_below\n", rate,
+            PCT(0.5), PCT(0.99));
+    for (long i = 0; i < k; i++)
+        fprintf(f, "%.3f %.6f\n", lat[i], (double)(i + 1) / (double)k);
+    fclose(f);
+    printf("  every latency (CDF): %s\n", path);
     printf("{\"bench\":\"latency\",\"rate\":%.0f,\"seconds\":%.0f,\"sent\":%ld,\"received\":%ld,\"p50_ms\":%.3f,"
-           "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f}\n",
-           rate, secs, sh.n, got, PCT(0.5), PCT(0.99), PCT(0.999), k ? lat[k - 1] : 0);
+           "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"early\":%ld,\"cdf\":\"%s\"}\n",
+           rate, secs, sh.n, got, PCT(0.5), PCT(0.99), PCT(0.999), k ? lat[k - 1] : 0, early, path);
+    if (got != sh.n) {
+        int shown = 0;
+        fprintf(stderr, "bench_latency: not received:");
+        for (long i = 0; i < sh.n && shown < 20; i++)
+            if (sh.received_at[i] < 0) {
+                fprintf(stderr, " #%ld (committed %.3f s after the first)", i, sh.committed[i] - sh.committed[0]);
+                shown++;
+            }
+        fprintf(stderr, "%s\n", sh.n - got > shown ? " ..." : "");
+        for (int p = 0; p < 4; p++)
+            fprintf(stderr, "bench_latency: partition %d: %ld received, last offset %lld\n", p, sh.part_received[p],
+                    (long long)sh.part_offset[p]);
+    }
     free(lat);
     free(sh.committed);
-    free(sh.latency);
+    free(sh.received_at);
     outbox_destroy(ob);
     PQfinish(conn);
     return got == sh.n ? 0 : 1;
