@@ -69,7 +69,7 @@ BENCH_SRCS := $(wildcard tests/bench/*.c)
 BENCHES   := $(patsubst tests/bench/%.c,$(B)/bench/%,$(BENCH_SRCS))
 DEPCHECK  := $(B)/.depcheck
 
-.PHONY: all lib relay tests examples check bench demo deps install uninstall clean help
+.PHONY: all lib relay tests examples check check-faults check-valgrind bench demo deps install uninstall clean help
 .DEFAULT_GOAL := all
 
 all: lib $(RELAY) $(MOCK)
@@ -80,7 +80,10 @@ help:
 	@echo "make            build build/liboutbox.so, liboutbox.a, liboutbox.pc, outbox-relay"
 	@echo "make demo       run the end-to-end demo (throwaway PostgreSQL + local Kafka-protocol broker)"
 	@echo "make check      run every test suite (add SANITIZE=address,undefined for ASan/UBSan)"
+	@echo "make check-faults  run the fault-injection scenario (SEEDS=N seeds, or SEED=S to replay one)"
+	@echo "make check-valgrind  run the relay under valgrind memcheck for a 10,000-message drain"
 	@echo "make bench      run the benchmarks (QUICK=1 for a short run)"
+	@echo "make fuzz       fuzz the input parsers with clang's libFuzzer, FUZZ_SECONDS=60 per target (build/fuzz)"
 	@echo "make deps       install the Debian packages the build and tests need (as root)"
 	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR honoured)"
 	@echo "make clean      remove build/"
@@ -141,6 +144,13 @@ $(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(
 	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -o $@ $< $(TESTLIB_SRCS) $(STLIB) \
 	  $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
 
+# Suites with their own make targets (long or needing extra tools): not part of `make check`.
+EXTRA_TESTS := $(B)/faults/check_faults $(B)/valgrind/check_valgrind
+$(EXTRA_TESTS): $(B)/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -o $@ $< $(TESTLIB_SRCS) $(STLIB) \
+	  $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
+
 $(B)/bench/%: tests/bench/%.c tests/bench/bench.h $(STLIB)
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) -o $@ $< $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
@@ -164,16 +174,61 @@ $(TEST_CONSUMER): tests/support/test-consumer.c $(STLIB)
 
 tests: all $(TESTS) $(if $(wildcard tests/support/test-consumer.c),$(TEST_CONSUMER))
 
+# ---- fuzzing -----------------------------------------------------------------------------
+# tests/fuzz/fuzz_<target>.c are libFuzzer targets for the parsers of untrusted bytes.  `make check`
+# replays their corpus and regressions through fuzz_replay_<target> (any compiler, any SANITIZE);
+# `make fuzz` builds them with clang in build/fuzz, whose objects carry the fuzzer's coverage
+# instrumentation and so never mix with another build, then fuzzes each for FUZZ_SECONDS.
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_REPLAYS := $(patsubst %,$(B)/tests/fuzz_replay_%,$(FUZZ_TARGETS))
+FUZZERS      := $(patsubst %,$(B)/fuzz_%,$(FUZZ_TARGETS))
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+# The configuration target links the relay's file parser.
+FUZZ_EXTRA_conf := relay/conffile.c
+
+.PHONY: fuzz fuzz-build
+tests: $(FUZZ_REPLAYS)
+
+$(B)/tests/fuzz_replay_%: tests/fuzz/replay.c tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $(PROG_CFLAGS) -Irelay -o $@ tests/fuzz/replay.c tests/fuzz/fuzz_$*.c $(FUZZ_EXTRA_$*) $(STLIB) \
+	  $(LINK_FLAGS) $(PKG_LIBS)
+
+$(B)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(STLIB)
+	$(CC) $(PROG_CFLAGS) -Irelay -fsanitize=fuzzer -o $@ $< $(FUZZ_EXTRA_$*) $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
+
+$(B)/tests/fuzz_replay_conf $(B)/fuzz_conf: relay/conffile.c relay/relay.h
+
+# Internal: run by `make fuzz` with the variables below.
+fuzz-build: $(FUZZERS)
+
+fuzz:
+	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=$(FUZZ_CC) \
+	  SANITIZE=fuzzer-no-link,address,undefined fuzz-build
+	tests/fuzz/run.sh build/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 # ---- running -----------------------------------------------------------------------------
 check: deps
 	@$(MAKE) --no-print-directory tests
 	tests/support/run-tests.sh $(B) $(TESTS)
+	$(foreach t,$(FUZZ_TARGETS),$(B)/tests/fuzz_replay_$(t) $(wildcard tests/fuzz/corpus/$(t) tests/fuzz/regressions/$(t)) &&) true
+
+check-faults: deps
+	@$(MAKE) --no-print-directory all $(TEST_CONSUMER) $(B)/faults/check_faults
+	tests/faults/run.sh $(B) $(SEED)
+
+check-valgrind: deps
+	@tests/support/deps.sh install valgrind
+	@$(MAKE) --no-print-directory all $(B)/valgrind/check_valgrind
+	tests/support/run-tests.sh $(B) $(B)/valgrind/check_valgrind
 
 demo: deps
 	@$(MAKE) --no-print-directory all examples
 	examples/demo.sh $(B)
 
 bench: deps
+	@tests/support/deps.sh install bench
 	@$(MAKE) --no-print-directory all $(BENCHES)
 	OUTBOX_PG_DURABLE=1 tests/support/with-services.sh tests/bench/run.sh $(B) $(if $(QUICK),quick,full)
 

@@ -414,6 +414,7 @@ static void keep_record(tk_consumer_t *c, const rd_kafka_message_t *m) {
     memset(r, 0, sizeof(*r));
     r->partition = m->partition;
     r->offset = m->offset;
+    r->timestamp_ms = rd_kafka_message_timestamp(m, NULL);
     if (m->key) {
         r->key = memdup(m->key, m->key_len);
         r->key_len = m->key_len;
@@ -450,6 +451,39 @@ size_t tk_consumer_poll(tk_consumer_t *c, size_t want, int64_t deadline_ms) {
         rd_kafka_message_destroy(m);
     }
     return c->n;
+}
+
+int tk_consumer_read_to_end(tk_consumer_t *c, const char *topic, int64_t deadline_ms) {
+    int64_t *high = calloc((size_t)c->partitions, sizeof(*high)), *next = calloc((size_t)c->partitions, sizeof(*next));
+    ck_assert(high && next);
+    for (int p = 0; p < c->partitions; p++) {
+        int64_t lo;
+        while (rd_kafka_query_watermark_offsets(c->rk, topic, p, &lo, &high[p], 2000)) {
+            if (tk_now_ms() > deadline_ms) {
+                free(high), free(next);
+                return 0;
+            }
+        }
+    }
+    for (size_t i = 0; i < c->n; i++)
+        if (c->recs[i].offset + 1 > next[c->recs[i].partition])
+            next[c->recs[i].partition] = c->recs[i].offset + 1;
+    int done = 0;
+    while (!done && tk_now_ms() < deadline_ms) {
+        done = 1;
+        for (int p = 0; p < c->partitions; p++)
+            if (next[p] < high[p])
+                done = 0;
+        if (done)
+            break;
+        size_t before = c->n;
+        tk_consumer_poll(c, c->n + 1, tk_now_ms() + 200);
+        for (size_t i = before; i < c->n; i++)
+            if (c->recs[i].offset + 1 > next[c->recs[i].partition])
+                next[c->recs[i].partition] = c->recs[i].offset + 1;
+    }
+    free(high), free(next);
+    return done;
 }
 
 const tk_record_t *tk_consumer_records(const tk_consumer_t *c, size_t *n) {

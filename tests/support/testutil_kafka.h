@@ -89,6 +89,7 @@ typedef struct {
     size_t value_len;
     tk_header_t *headers;
     size_t n_headers;
+    int64_t timestamp_ms; /* the record's timestamp (the producer's create time), -1 if none */
 } tk_record_t;
 
 /* A consumer assigned to every partition of one topic from the beginning.  Not a group member:
@@ -100,6 +101,9 @@ tk_consumer_t *tk_consumer_new(const char *bootstrap, const char *topic);
 /* Reads records until at least want have been read in total or deadline_ms (tk_now_ms() clock)
  * passes; returns the total.  Records accumulate in read order (offset order per partition). */
 size_t tk_consumer_poll(tk_consumer_t *c, size_t want, int64_t deadline_ms);
+/* Reads until every partition's records up to its high watermark (asked for now) have been read
+ * or deadline_ms passes; returns 1 if the end was reached, 0 on timeout. */
+int tk_consumer_read_to_end(tk_consumer_t *c, const char *topic, int64_t deadline_ms);
 /* The records read so far (borrowed; valid until the next poll or free) and their number. */
 const tk_record_t *tk_consumer_records(const tk_consumer_t *c, size_t *n);
 int tk_consumer_partitions(const tk_consumer_t *c);

@@ -1,0 +1,1058 @@
+/* check_faults: one seeded fault-injection scenario (`make check-faults`).  Writers, a relay and a
+ * standby, a consumer, a 3-broker mock cluster and PostgreSQL are broken on purpose about 20 times;
+ * then a checker reads the whole topic and fails on any breach of the delivery contract (DESIGN.md). */
+/*
+ * Environment (set by tests/faults/run.sh through with-services.sh):
+ *   OUTBOX_TEST_PG, OUTBOX_TEST_PGCTL, OUTBOX_BUILD_DIR   the cluster, pg_ctl, the built programs
+ *   OUTBOX_FAULT_SEED     the seed (required: the runner draws and prints it)
+ *   OUTBOX_FAULT_MESSAGES committed messages to write (default 100000)
+ *   OUTBOX_FAULT_COUNT    faults to inject (default 20)
+ *   OUTBOX_FAULT_JSON     file to append the result to as one JSON line (optional)
+ *   OUTBOX_FAULT_TYPES    only these fault types, by number in fault_types[] (e.g. "2,5"; to chase
+ *                         one failure)
+ * The seed fixes the workload (keys, rollbacks) and the fault schedule (types, order, durations,
+ * targets); process timing still varies from run to run.
+ */
+#include <glob.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <libpq-fe.h>
+
+#include "outbox/outbox.h"
+#include "testutil.h"
+#include "testutil_kafka.h"
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+#define TOPIC "faults"
+#define KEYS 1000
+#define WRITERS 8
+#define BROKERS 3
+#define PARTITIONS 4
+#define BACKLOG 20000            /* written before the relays start: the fault-free drain rate */
+#define ROLLBACK_PERCENT 10
+#define STMT_TIMEOUT_MS 2000     /* the relays' relay.statement.timeout.ms */
+#define ACK_TIMEOUT_MS 3000      /* the relays' kafka.socket.timeout.ms: a response later than that is lost */
+#define RECOVERY_LIMIT_MS 120000 /* a fault not recovered from by then is a failure */
+
+/* ---- the seeded generator -------------------------------------------------------------------- */
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [lo, hi]. */
+static int rnd(uint64_t *s, int lo, int hi) {
+    return lo + (int)(splitmix(s) % (uint64_t)(hi - lo + 1));
+}
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- faults ---------------------------------------------------------------------------------- */
+
+typedef enum {
+    F_ALL_DOWN,
+    F_BROKER_DOWN_LEADER_MOVED,
+    F_RETRIABLE_ERRORS,
+    F_TRANSPORT,
+    F_LOST_ACK,
+    F_NON_RETRIABLE,
+    F_SLOW_BROKER,
+    F_RELAYS_KILLED,
+    F_LEADER_KILLED,
+    F_LEADER_TERMINATED,
+    F_PG_FAST_RESTART,
+    F_PG_IMMEDIATE_RESTART,
+    F_BACKEND_TERMINATED,
+    F_STATEMENT_TIMEOUT,
+    F_POISON,
+    F_CONSUMER_KILLED,
+    F__CNT
+} fault_type_t;
+
+static const struct {
+    const char *name;
+    int hold_min_ms, hold_max_ms; /* how long the fault lasts before it is cleared */
+} fault_types[F__CNT] = {
+    [F_ALL_DOWN] = {"all brokers down", 2000, 10000},
+    [F_BROKER_DOWN_LEADER_MOVED] = {"broker down, leaders moved", 2000, 6000},
+    [F_RETRIABLE_ERRORS] = {"retriable produce errors", 500, 1500},
+    [F_TRANSPORT] = {"transport failure", 200, 800},
+    [F_LOST_ACK] = {"lost ack", ACK_TIMEOUT_MS + 2000, ACK_TIMEOUT_MS + 2000},
+    [F_NON_RETRIABLE] = {"non-retriable error", 500, 1500},
+    [F_SLOW_BROKER] = {"slow broker", 2000, 5000},
+    [F_RELAYS_KILLED] = {"relays SIGKILLed", 500, 2000},
+    [F_LEADER_KILLED] = {"leader SIGKILLed", 1000, 3000},
+    [F_LEADER_TERMINATED] = {"leader SIGTERMed", 0, 1000},
+    [F_PG_FAST_RESTART] = {"PostgreSQL fast restart", 0, 0},
+    [F_PG_IMMEDIATE_RESTART] = {"PostgreSQL immediate restart", 0, 0},
+    [F_BACKEND_TERMINATED] = {"relay backends terminated", 0, 0},
+    [F_STATEMENT_TIMEOUT] = {"statement timeout", STMT_TIMEOUT_MS + 1000, STMT_TIMEOUT_MS + 3000},
+    [F_POISON] = {"poison messages", 0, 0},
+    [F_CONSUMER_KILLED] = {"consumer SIGKILLed", 500, 2000},
+};
+
+typedef struct {
+    fault_type_t type;
+    int hold_ms, gap_ms, arg; /* arg: a broker, an error choice or a count, drawn with the rest */
+    char detail[96];
+    int64_t start_wall, end_wall, recovered_wall; /* recovered_wall 0: not recovered */
+    long long recovery_ms;
+    long dups; /* duplicates whose record timestamp falls in [start, recovered + 1 s] */
+} fault_t;
+
+/* ---- scenario state -------------------------------------------------------------------------- */
+
+static uint64_t seed;
+static long target_messages;
+static int fault_count;
+static char schema[64];
+static const char *conninfo;
+static tk_broker_t *broker;
+static tk_proc_t *relays[2];
+static tk_proc_t *consumer;
+static PGconn *mon; /* the scenario's own connection, re-established after PostgreSQL restarts */
+static long unexpected_exits; /* relays or consumers that ended without being told to */
+static char *poison_ids; /* "id,id,..." of the injected poison rows */
+static long poison_count;
+
+/* Writers share these. */
+static atomic_long committed, issued;
+static atomic_int writers_stop;
+static double offered_rate; /* transactions per second for all writers together; 0 = unthrottled */
+static int64_t writers_t0;
+static long writers_target;
+
+typedef struct {
+    int idx;
+    uint64_t rng;
+    char (*rolled_back)[37];
+    size_t n_rb, cap_rb;
+    long errors;
+} writer_t;
+
+static const char *q(const char *fmt) {
+    static char bufs[4][1024];
+    static int i;
+    char *b = bufs[i++ % 4];
+    /* every '@' becomes the quoted schema */
+    size_t n = 0;
+    for (const char *f = fmt; *f && n < 1000; f++) {
+        if (*f == '@')
+            n += (size_t)snprintf(b + n, 1024 - n, "\"%s\"", schema);
+        else
+            b[n++] = *f;
+    }
+    b[n] = '\0';
+    return b;
+}
+
+static void reconnect(PGconn **c) {
+    int64_t deadline = tk_now_ms() + 120000;
+    while (PQstatus(*c) != CONNECTION_OK) {
+        ck_assert_msg(tk_now_ms() < deadline, "PostgreSQL did not come back within 120 s: %s",
+                      PQerrorMessage(*c));
+        tk_sleep_ms(100);
+        PQreset(*c);
+    }
+}
+
+/* Runs sql on the scenario's connection, re-connecting and retrying while PostgreSQL restarts;
+ * fails the test on any other error. */
+static PGresult *mon_exec(const char *sql, int n, const char *const *params) {
+    for (int attempt = 0;; attempt++) {
+        PGresult *r = PQexecParams(mon, sql, n, NULL, params, NULL, NULL, 0);
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+            return r;
+        if (PQstatus(mon) != CONNECTION_OK && attempt < 20) {
+            PQclear(r);
+            reconnect(&mon);
+            continue;
+        }
+        ck_abort_msg("%s: %s", sql, PQresultErrorMessage(r));
+    }
+}
+
+static long long mon_scalar(const char *sql, int n, const char *const *params) {
+    for (int attempt = 0;; attempt++) {
+        PGresult *r = mon_exec(sql, n, params);
+        if (PQntuples(r) == 1) {
+            long long v = PQgetisnull(r, 0, 0) ? 0 : atoll(PQgetvalue(r, 0, 0));
+            PQclear(r);
+            return v;
+        }
+        /* Seen once right after a restart: a result without rows.  Never read it as 0. */
+        ck_assert_msg(attempt < 50, "%s: %d rows (%s)", sql, PQntuples(r), PQresStatus(PQresultStatus(r)));
+        PQclear(r);
+        tk_sleep_ms(100);
+    }
+}
+
+/* ---- writers --------------------------------------------------------------------------------- */
+
+static int exec_ok(PGconn *c, const char *sql) {
+    PGresult *r = PQexec(c, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    return ok;
+}
+
+/* One transaction: lock the aggregate's row (this serialises writers of one key, so the outbox id
+ * order of a key is its commit order), write the domain row and the message, then commit or roll
+ * back.  The domain table `orders` is the truth about what committed, also when a COMMIT's answer
+ * is lost to a restart. */
+static void write_one(writer_t *w, PGconn *c, outbox_t *ob) {
+    int k = rnd(&w->rng, 1, KEYS);
+    int rollback = rnd(&w->rng, 1, 100) <= ROLLBACK_PERCENT;
+    char kbuf[16], seqbuf[16], payload[64], keybuf[16];
+    snprintf(kbuf, sizeof(kbuf), "%d", k);
+    snprintf(keybuf, sizeof(keybuf), "k%d", k);
+    if (!exec_ok(c, "BEGIN"))
+        goto failed;
+    const char *p1[] = {kbuf};
+    PGresult *r = PQexecParams(c, q("UPDATE @.agg SET seq = seq + 1 WHERE k = $1 RETURNING seq"), 1, NULL, p1,
+                               NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        PQclear(r);
+        goto failed;
+    }
+    snprintf(seqbuf, sizeof(seqbuf), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    snprintf(payload, sizeof(payload), "ok k=%d s=%s", k, seqbuf);
+    outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, TOPIC, "faults.OrderPlaced");
+    ck_assert_ptr_nonnull(m);
+    outbox_message_set_key(m, keybuf, strlen(keybuf));
+    outbox_message_set_payload(m, payload, strlen(payload));
+    char id[37];
+    snprintf(id, sizeof(id), "%s", outbox_message_id(m));
+    outbox_err_t err = outbox_send(ob, c, m);
+    outbox_message_destroy(m);
+    if (err)
+        goto failed;
+    const char *p2[] = {id, kbuf, seqbuf};
+    /* The row's outbox id too, so that a lost message can be traced in the relays' debug logs. */
+    r = PQexecParams(c,
+                     q("INSERT INTO @.orders (message_id, k, seq, outbox_id) VALUES ($1, $2, $3,"
+                       " currval(pg_get_serial_sequence('@.messages', 'id')))"),
+                     3, NULL, p2, NULL, NULL, 0);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok)
+        goto failed;
+    if (rollback) {
+        if (!exec_ok(c, "ROLLBACK"))
+            goto failed;
+        if (w->n_rb == w->cap_rb) {
+            w->cap_rb = w->cap_rb ? w->cap_rb * 2 : 1024;
+            w->rolled_back = realloc(w->rolled_back, w->cap_rb * sizeof(*w->rolled_back));
+        }
+        memcpy(w->rolled_back[w->n_rb++], id, 37);
+        return;
+    }
+    if (exec_ok(c, "COMMIT")) {
+        atomic_fetch_add(&committed, 1);
+        return;
+    }
+failed:
+    /* A restart, a terminated session or a lock wait cut short: the orders table tells later
+     * whether an interrupted COMMIT took effect. */
+    w->errors++;
+    if (PQstatus(c) != CONNECTION_OK)
+        return;
+    PQclear(PQexec(c, "ROLLBACK"));
+}
+
+static void *writer_main(void *arg) {
+    writer_t *w = arg;
+    PGconn *c = PQconnectdb(conninfo);
+    outbox_conf_t *conf = outbox_conf_new();
+    char errstr[256];
+    outbox_conf_set(conf, "outbox.schema", schema, errstr, sizeof(errstr));
+    outbox_t *ob = outbox_new(conf, errstr, sizeof(errstr));
+    while (!atomic_load(&writers_stop) && atomic_load(&committed) < writers_target) {
+        if (PQstatus(c) != CONNECTION_OK) {
+            tk_sleep_ms(100);
+            PQreset(c);
+            continue;
+        }
+        long slot = atomic_fetch_add(&issued, 1);
+        if (offered_rate > 0) {
+            int64_t due = writers_t0 + (int64_t)((double)slot * 1000.0 / offered_rate);
+            int64_t now = tk_now_ms();
+            if (due > now)
+                tk_sleep_ms((int)(due - now));
+        }
+        write_one(w, c, ob);
+    }
+    outbox_destroy(ob);
+    PQfinish(c);
+    return NULL;
+}
+
+static void run_writers(writer_t *ws, long target, double rate, pthread_t *threads) {
+    writers_target = atomic_load(&committed) + target;
+    offered_rate = rate;
+    atomic_store(&issued, 0);
+    atomic_store(&writers_stop, 0);
+    writers_t0 = tk_now_ms();
+    for (int i = 0; i < WRITERS; i++)
+        ck_assert_int_eq(pthread_create(&threads[i], NULL, writer_main, &ws[i]), 0);
+}
+
+static void join_writers(pthread_t *threads) {
+    for (int i = 0; i < WRITERS; i++)
+        pthread_join(threads[i], NULL);
+}
+
+/* ---- processes ------------------------------------------------------------------------------- */
+
+static const char *const relay_names[2] = {"relay-a", "relay-b"};
+
+static void start_relay(int i) {
+    char *relay = tk_build_path("outbox-relay");
+    char s_conn[1024], s_schema[128], s_boot[1100], s_app[64];
+    snprintf(s_conn, sizeof(s_conn), "pg.conninfo=%s", conninfo);
+    snprintf(s_schema, sizeof(s_schema), "outbox.schema=%s", schema);
+    snprintf(s_boot, sizeof(s_boot), "kafka.bootstrap.servers=%s", broker->bootstrap);
+    snprintf(s_app, sizeof(s_app), "relay.application.name=%s", relay_names[i]);
+    const char *argv[] = {relay, "-X", s_conn, "-X", s_schema, "-X", s_boot, "-X", s_app,
+                          "-X", "relay.statement.timeout.ms=" STR(STMT_TIMEOUT_MS),
+                          "-X", "kafka.socket.timeout.ms=" STR(ACK_TIMEOUT_MS),
+                          "-X", "relay.lock.retry.ms=200", "-X", "relay.reconnect.backoff.max.ms=1000",
+                          "-X", "relay.shutdown.timeout.ms=5000", "-X", "log.level=7", "run", NULL};
+    tk_proc_free(relays[i]);
+    relays[i] = tk_proc_start(relay_names[i], argv);
+    free(relay);
+}
+
+static void start_consumer(void) {
+    char *prog = tk_build_path("test-consumer");
+    const char *argv[] = {prog, "--bootstrap", broker->bootstrap, "--conninfo", conninfo, "--schema", schema,
+                          "--group", "faults", "--topic", TOPIC, "--effects", "effects", "--no-sleep",
+                          "--log-level", "4", NULL};
+    tk_proc_free(consumer);
+    consumer = tk_proc_start("consumer", argv);
+    free(prog);
+}
+
+/* A relay or the consumer that died on its own is a failure (a crash, a sanitizer report, an
+ * exit on an error it should have survived): count it, show why, and start it again. */
+static void check_procs(void) {
+    for (int i = 0; i < 3; i++) {
+        tk_proc_t *p = i < 2 ? relays[i] : consumer;
+        if (tk_proc_running(p))
+            continue;
+        unexpected_exits++;
+        printf("UNEXPECTED EXIT of %s (%s); the end of its stderr:\n%s\n", i < 2 ? relay_names[i] : "consumer",
+               tk_status_str(p->status), tk_file_tail(p->err_path, 3000));
+        if (i < 2)
+            start_relay(i);
+        else
+            start_consumer();
+    }
+}
+
+/* Which relay holds the leader lock (index), or -1 while none does. */
+static int leader(void) {
+    PGresult *r = mon_exec("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                           " WHERE l.locktype = 'advisory' AND l.granted"
+                           " AND a.application_name IN ('relay-a', 'relay-b')",
+                           0, NULL);
+    int who = -1;
+    if (PQntuples(r) == 1)
+        who = strcmp(PQgetvalue(r, 0, 0), "relay-a") == 0 ? 0 : 1;
+    PQclear(r);
+    return who;
+}
+
+static void pgctl(const char *how) {
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "%s restart -m %s >/dev/null 2>&1", getenv("OUTBOX_TEST_PGCTL"), how);
+    ck_assert_msg(system(cmd) == 0, "pg_ctl restart -m %s failed", how);
+    PQreset(mon);
+    reconnect(&mon);
+}
+
+static void broker_cmd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void broker_cmd(const char *fmt, ...) {
+    char cmd[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    tk_broker_cmd(broker, cmd);
+}
+
+/* Poison written with plain SQL, as a buggy or hostile writer could: one envelope over the broker's
+ * message size limit and one message for a topic name Kafka refuses. */
+static void inject_poison(fault_t *f) {
+    outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, TOPIC, "faults.Poison");
+    size_t big = 1500000;
+    char *payload = calloc(1, big);
+    outbox_message_set_payload(m, payload, big);
+    void *env[2];
+    size_t env_len[2];
+    ck_assert_int_eq(outbox_message_encode(m, &env[0], &env_len[0]), 0);
+    outbox_message_set_payload(m, "poison", 6);
+    ck_assert_int_eq(outbox_message_encode(m, &env[1], &env_len[1]), 0);
+    outbox_message_destroy(m);
+    free(payload);
+    const char *dest[2] = {TOPIC, "faults bad/topic!"};
+    for (int i = 0; i < 2; i++) {
+        const char *params[] = {dest[i], env[i]};
+        int lens[] = {0, (int)env_len[i]}, fmts[] = {0, 1};
+        PGresult *r = PQexecParams(mon,
+                                   q("INSERT INTO @.messages (message_id, destination, partition_key, message_type,"
+                                     " envelope) VALUES (gen_random_uuid(), $1, 'poison', 'faults.Poison', $2)"
+                                     " RETURNING id"),
+                                   2, NULL, params, lens, fmts, 0);
+        ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "poison insert: %s", PQresultErrorMessage(r));
+        size_t old = poison_ids ? strlen(poison_ids) : 0;
+        poison_ids = realloc(poison_ids, old + 32);
+        snprintf(poison_ids + old, 32, "%s%s", old ? "," : "", PQgetvalue(r, 0, 0));
+        poison_count++;
+        PQclear(r);
+        free(env[i]);
+    }
+    snprintf(f->detail, sizeof(f->detail), "oversize %zu-byte envelope, topic \"%s\"", env_len[0], dest[1]);
+}
+
+static const char *const retriable_errs[] = {"NOT_ENOUGH_REPLICAS", "REQUEST_TIMED_OUT",
+                                             "NOT_LEADER_FOR_PARTITION", "_TRANSPORT"};
+
+/* Applies a fault; returns after its hold time, with the fault cleared. */
+static void run_fault(fault_t *f) {
+    PGconn *locker = NULL;
+    f->start_wall = wall_ms();
+    switch (f->type) {
+    case F_ALL_DOWN:
+        broker_cmd("down all");
+        tk_sleep_ms(f->hold_ms);
+        broker_cmd("up all");
+        break;
+    case F_BROKER_DOWN_LEADER_MOVED: {
+        int b = 1 + f->arg % BROKERS;
+        broker_cmd("down %d", b);
+        for (int p = 0; p < PARTITIONS; p++)
+            broker_cmd("leader %s %d %d", TOPIC, p, 1 + (b + p % (BROKERS - 1)) % BROKERS);
+        snprintf(f->detail, sizeof(f->detail), "broker %d", b);
+        tk_sleep_ms(f->hold_ms);
+        broker_cmd("up %d", b);
+        break;
+    }
+    case F_RETRIABLE_ERRORS: {
+        const char *e = retriable_errs[f->arg % 4];
+        int n = 3 + f->arg % 17;
+        broker_cmd("produce-errors %d %s", n, e);
+        snprintf(f->detail, sizeof(f->detail), "%d x %s", n, e);
+        tk_sleep_ms(f->hold_ms);
+        broker_cmd("clear");
+        break;
+    }
+    case F_TRANSPORT: {
+        int b = 1 + f->arg % BROKERS;
+        broker_cmd("down %d", b);
+        snprintf(f->detail, sizeof(f->detail), "broker %d connections dropped", b);
+        tk_sleep_ms(f->hold_ms);
+        broker_cmd("up %d", b);
+        break;
+    }
+    case F_LOST_ACK:
+        /* Each broker answers its next Produce request after the relay's ack timeout: the records
+         * are appended, the relay never hears so and sends them again. */
+        for (int b = 1; b <= BROKERS; b++)
+            broker_cmd("broker-errors %d Produce NO_ERROR %d 1", b, ACK_TIMEOUT_MS + 1500);
+        tk_sleep_ms(f->hold_ms);
+        /* Evidence that the relay really gave up on a response (librdkafka logs REQTMOUT). */
+        snprintf(f->detail, sizeof(f->detail), "ack delayed %d ms > %d ms timeout; relay logged %d timeouts",
+                 ACK_TIMEOUT_MS + 1500, ACK_TIMEOUT_MS,
+                 tk_file_count(relays[0]->err_path, "REQTMOUT") + tk_file_count(relays[1]->err_path, "REQTMOUT"));
+        break;
+    case F_NON_RETRIABLE:
+        broker_cmd("produce-errors 1 TOPIC_AUTHORIZATION_FAILED");
+        snprintf(f->detail, sizeof(f->detail), "1 x TOPIC_AUTHORIZATION_FAILED");
+        tk_sleep_ms(f->hold_ms);
+        broker_cmd("clear");
+        break;
+    case F_SLOW_BROKER: {
+        int b = 1 + f->arg % BROKERS, ms = 100 + (f->arg % 5) * 100;
+        broker_cmd("rtt %d %d", b, ms);
+        snprintf(f->detail, sizeof(f->detail), "broker %d +%d ms", b, ms);
+        tk_sleep_ms(f->hold_ms);
+        broker_cmd("rtt %d 0", b);
+        break;
+    }
+    case F_RELAYS_KILLED:
+        for (int i = 0; i < 2; i++)
+            tk_proc_signal(relays[i], SIGKILL);
+        tk_sleep_ms(f->hold_ms);
+        start_relay(0);
+        start_relay(1);
+        break;
+    case F_LEADER_KILLED:
+    case F_LEADER_TERMINATED: {
+        int who = leader();
+        if (who < 0)
+            who = 0;
+        int sig = f->type == F_LEADER_KILLED ? SIGKILL : SIGTERM;
+        tk_proc_signal(relays[who], sig);
+        if (sig == SIGTERM) {
+            int exited = tk_proc_wait(relays[who], 15000);
+            snprintf(f->detail, sizeof(f->detail), "%s, %s", relay_names[who],
+                     exited ? tk_status_str(relays[who]->status) : "still running after 15 s");
+        } else {
+            snprintf(f->detail, sizeof(f->detail), "%s", relay_names[who]);
+        }
+        tk_sleep_ms(f->hold_ms);
+        start_relay(who);
+        break;
+    }
+    case F_PG_FAST_RESTART:
+        pgctl("fast");
+        break;
+    case F_PG_IMMEDIATE_RESTART:
+        pgctl("immediate");
+        break;
+    case F_BACKEND_TERMINATED: {
+        long long n = mon_scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                 " WHERE application_name IN ('relay-a', 'relay-b')",
+                                 0, NULL);
+        snprintf(f->detail, sizeof(f->detail), "%lld sessions", n);
+        break;
+    }
+    case F_STATEMENT_TIMEOUT:
+        /* The relays' statements wait on this lock until their statement_timeout cancels them. */
+        locker = PQconnectdb(conninfo);
+        ck_assert_int_eq(exec_ok(locker, "BEGIN"), 1);
+        ck_assert_int_eq(exec_ok(locker, q("LOCK TABLE @.messages IN ACCESS EXCLUSIVE MODE")), 1);
+        snprintf(f->detail, sizeof(f->detail), "outbox locked %d ms > %d ms timeout", f->hold_ms, STMT_TIMEOUT_MS);
+        tk_sleep_ms(f->hold_ms);
+        exec_ok(locker, "ROLLBACK");
+        PQfinish(locker);
+        break;
+    case F_POISON:
+        inject_poison(f);
+        break;
+    case F_CONSUMER_KILLED:
+        tk_proc_signal(consumer, SIGKILL);
+        tk_sleep_ms(f->hold_ms);
+        start_consumer();
+        break;
+    case F__CNT:
+        break;
+    }
+    f->end_wall = wall_ms();
+}
+
+/* Milliseconds until no row written before now is left in the outbox, or -1 after limit_ms. */
+static long long wait_recovered(int limit_ms) {
+    int64_t t0 = tk_now_ms();
+    char maxid[32];
+    snprintf(maxid, sizeof(maxid), "%lld", mon_scalar(q("SELECT max(id) FROM @.messages"), 0, NULL));
+    const char *p[] = {maxid};
+    while (mon_scalar(q("SELECT count(*) FROM (SELECT 1 FROM @.messages WHERE id <= $1 LIMIT 1) s"), 1, p)) {
+        if (tk_now_ms() - t0 > limit_ms)
+            return -1;
+        tk_sleep_ms(20);
+    }
+    return tk_now_ms() - t0;
+}
+
+/* ---- the check ------------------------------------------------------------------------------- */
+
+/* An open-addressing set of message ids, each with a small value. */
+typedef struct {
+    char (*keys)[37];
+    int *vals;
+    size_t cap, n;
+} idmap_t;
+
+static size_t idhash(const char *s) {
+    size_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static void idmap_init(idmap_t *m, size_t expected) {
+    m->cap = 16;
+    while (m->cap < expected * 2)
+        m->cap *= 2;
+    m->keys = calloc(m->cap, sizeof(*m->keys));
+    m->vals = calloc(m->cap, sizeof(*m->vals));
+    m->n = 0;
+    ck_assert(m->keys && m->vals);
+}
+
+/* The slot of id (an empty slot if absent). */
+static size_t idmap_slot(const idmap_t *m, const char *id) {
+    size_t i = idhash(id) & (m->cap - 1);
+    while (m->keys[i][0] && strcmp(m->keys[i], id) != 0)
+        i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static int *idmap_get(const idmap_t *m, const char *id) {
+    size_t i = idmap_slot(m, id);
+    return m->keys[i][0] ? &m->vals[i] : NULL;
+}
+
+static int *idmap_put(idmap_t *m, const char *id, int val) {
+    ck_assert_uint_lt(m->n * 2, m->cap);
+    size_t i = idmap_slot(m, id);
+    if (!m->keys[i][0]) {
+        snprintf(m->keys[i], 37, "%s", id);
+        m->vals[i] = val;
+        m->n++;
+    }
+    return &m->vals[i];
+}
+
+static void idmap_free(idmap_t *m) {
+    free(m->keys);
+    free(m->vals);
+}
+
+/* For a lost message: every acknowledgement the relays logged for its outbox row (they log one line
+ * per delivered row at log.level 7), and what the topic holds at that partition and offset.  An
+ * acknowledged offset holding another message, or no record, puts the loss on the broker's side. */
+static void trace_lost(long long outbox_id, const tk_record_t *recs, size_t n_recs) {
+    char pattern[1024], needle[64];
+    snprintf(pattern, sizeof(pattern), "%s/*relay-*.err", getenv("OUTBOX_TEST_DIR"));
+    snprintf(needle, sizeof(needle), "msg=delivered id=%lld ", outbox_id);
+    glob_t g;
+    if (glob(pattern, 0, NULL, &g) != 0)
+        return;
+    int acks = 0;
+    for (size_t f = 0; f < g.gl_pathc; f++) {
+        char *text = tk_read_file(g.gl_pathv[f]);
+        for (char *at = strstr(text, needle); at; at = strstr(at + 1, needle)) {
+            int part = -1;
+            long long off = -1;
+            sscanf(at + strlen(needle), "partition=%d offset=%lld", &part, &off);
+            const char *there = "no record at that offset";
+            for (size_t i = 0; i < n_recs; i++)
+                if (recs[i].partition == part && recs[i].offset == off) {
+                    const char *id = tk_record_header(&recs[i], "id");
+                    there = id ? id : "a record without an id header";
+                    break;
+                }
+            printf("  acknowledged to %s: partition %d offset %lld; the topic holds there: %s\n",
+                   strrchr(g.gl_pathv[f], '.') ? g.gl_pathv[f] : "", part, off, there);
+            acks++;
+        }
+        free(text);
+    }
+    if (!acks)
+        printf("  no relay logged an acknowledgement for it\n");
+    globfree(&g);
+}
+
+/* How often needle occurs in all the relays' logs of this run (restarted relays included). */
+static int relay_log_count(const char *needle) {
+    char pattern[1024];
+    snprintf(pattern, sizeof(pattern), "%s/*relay-*.err", getenv("OUTBOX_TEST_DIR"));
+    glob_t g;
+    int n = 0;
+    if (glob(pattern, 0, NULL, &g) != 0)
+        return 0;
+    for (size_t f = 0; f < g.gl_pathc; f++)
+        n += tk_file_count(g.gl_pathv[f], needle);
+    globfree(&g);
+    return n;
+}
+
+static int cmp_ll(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+static long long pct(long long *v, size_t n, double p) {
+    if (!n)
+        return -1;
+    qsort(v, n, sizeof(*v), cmp_ll);
+    size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+    return v[i];
+}
+
+START_TEST(test_fault_scenario) {
+    conninfo = getenv("OUTBOX_TEST_PG");
+    const char *s = getenv("OUTBOX_FAULT_SEED");
+    ck_assert_msg(conninfo && s, "run through tests/faults/run.sh (OUTBOX_TEST_PG and OUTBOX_FAULT_SEED)");
+    seed = strtoull(s, NULL, 10);
+    target_messages = getenv("OUTBOX_FAULT_MESSAGES") ? atol(getenv("OUTBOX_FAULT_MESSAGES")) : 100000;
+    fault_count = getenv("OUTBOX_FAULT_COUNT") ? atoi(getenv("OUTBOX_FAULT_COUNT")) : 20;
+    long backlog = target_messages / 5 < BACKLOG ? target_messages / 5 : BACKLOG;
+    uint64_t rng = seed;
+    snprintf(schema, sizeof(schema), "faults_%llu", (unsigned long long)seed);
+    printf("seed %llu: %ld messages over %d keys from %d writers, %d faults, %d brokers x %d partitions\n",
+           (unsigned long long)seed, target_messages, KEYS, WRITERS, fault_count, BROKERS, PARTITIONS);
+
+    /* The schedule first, so that it depends on the seed alone: every fault type once, then random
+     * ones, in a seeded order. */
+    fault_type_t types[F__CNT];
+    int ntypes = 0;
+    for (const char *t = getenv("OUTBOX_FAULT_TYPES"); t && *t && ntypes < F__CNT; t += strcspn(t, ","), t += !!*t) {
+        int v = atoi(t);
+        ck_assert_msg(v >= 0 && v < F__CNT, "OUTBOX_FAULT_TYPES: %d is not a fault type 0..%d", v, F__CNT - 1);
+        types[ntypes++] = (fault_type_t)v;
+    }
+    for (; !getenv("OUTBOX_FAULT_TYPES") && ntypes < F__CNT; ntypes++)
+        types[ntypes] = (fault_type_t)ntypes;
+    fault_t *faults = calloc((size_t)fault_count, sizeof(*faults));
+    for (int i = 0; i < fault_count; i++) {
+        faults[i].type = i < ntypes ? types[i] : types[rnd(&rng, 0, ntypes - 1)];
+        faults[i].hold_ms = rnd(&rng, fault_types[faults[i].type].hold_min_ms, fault_types[faults[i].type].hold_max_ms);
+        faults[i].gap_ms = rnd(&rng, 300, 1500);
+        faults[i].arg = rnd(&rng, 0, 1 << 20);
+    }
+    for (int i = fault_count - 1; i > 0; i--) {
+        int j = rnd(&rng, 0, i);
+        fault_t t = faults[i];
+        faults[i] = faults[j];
+        faults[j] = t;
+    }
+    int64_t planned_ms = 0;
+    for (int i = 0; i < fault_count; i++)
+        planned_ms += faults[i].hold_ms + faults[i].gap_ms + 1500; /* ~1.5 s to recover and restart */
+
+    /* Schema, domain tables, broker. */
+    mon = PQconnectdb(conninfo);
+    ck_assert_int_eq(PQstatus(mon), CONNECTION_OK);
+    PQclear(mon_exec(q("DROP SCHEMA IF EXISTS @ CASCADE"), 0, NULL));
+    {
+        outbox_conf_t *conf = outbox_conf_new();
+        char errstr[256];
+        outbox_conf_set(conf, "outbox.schema", schema, errstr, sizeof(errstr));
+        outbox_t *ob = outbox_new(conf, errstr, sizeof(errstr));
+        ck_assert_int_eq(outbox_migrate(ob, mon), 0);
+        outbox_destroy(ob);
+    }
+    PQclear(mon_exec(q("CREATE TABLE @.agg (k int PRIMARY KEY, seq int NOT NULL DEFAULT 0)"), 0, NULL));
+    PQclear(mon_exec(q("INSERT INTO @.agg (k) SELECT generate_series(1, " STR(KEYS) ")"), 0, NULL));
+    PQclear(mon_exec(q("CREATE TABLE @.orders (message_id uuid PRIMARY KEY, k int NOT NULL, seq int NOT NULL,"
+                       " outbox_id bigint NOT NULL)"), 0, NULL));
+    PQclear(mon_exec(q("CREATE TABLE @.effects (message_id uuid NOT NULL, payload text)"), 0, NULL));
+    const char *bargs[] = {"--brokers", STR(BROKERS), "--topic", TOPIC ":" STR(PARTITIONS), NULL};
+    broker = tk_broker_start(bargs);
+
+    writer_t ws[WRITERS];
+    pthread_t threads[WRITERS];
+    memset(ws, 0, sizeof(ws));
+    for (int i = 0; i < WRITERS; i++) {
+        ws[i].idx = i;
+        ws[i].rng = splitmix(&rng);
+    }
+
+    /* Phase 1, no faults: a backlog written before the relays start, drained by them. */
+    run_writers(ws, backlog, 0, threads);
+    join_writers(threads);
+    int64_t t0 = tk_now_ms();
+    start_relay(0);
+    start_relay(1);
+    start_consumer();
+    long long clean_ms = wait_recovered(RECOVERY_LIMIT_MS);
+    ck_assert_msg(clean_ms >= 0, "the fault-free backlog did not drain within %d s", RECOVERY_LIMIT_MS / 1000);
+    double clean_rate = (double)atomic_load(&committed) * 1000.0 / (double)(tk_now_ms() - t0);
+    printf("fault-free: %ld-message backlog drained in %lld ms (%.0f msg/s, relay start-up included)\n",
+           atomic_load(&committed), (long long)(tk_now_ms() - t0), clean_rate);
+
+    /* Phase 2: the rest of the messages at a steady rate while the faults run one after another. */
+    long rest = target_messages - atomic_load(&committed);
+    double rate = (double)rest * 1.0 / (1.0 - ROLLBACK_PERCENT / 100.0) * 1000.0 / (double)planned_ms;
+    int64_t t1 = tk_now_ms();
+    long committed_before = atomic_load(&committed);
+    run_writers(ws, rest, rate, threads);
+    for (int i = 0; i < fault_count; i++) {
+        fault_t *f = &faults[i];
+        tk_sleep_ms(f->gap_ms);
+        check_procs();
+        run_fault(f);
+        f->recovery_ms = wait_recovered(RECOVERY_LIMIT_MS);
+        f->recovered_wall = f->recovery_ms >= 0 ? wall_ms() : 0;
+        printf("fault %2d at %6.1f s: %-28s held %5d ms, recovered in %6lld ms  %s\n", i + 1,
+               (double)(tk_now_ms() - t1) / 1000.0, fault_types[f->type].name, f->hold_ms, f->recovery_ms,
+               f->detail);
+        fflush(stdout);
+    }
+    join_writers(threads);
+    check_procs();
+    long long final_ms = wait_recovered(300000);
+    ck_assert_msg(final_ms >= 0, "the outbox did not drain within 300 s after the last fault");
+    check_procs();
+    double faulted_rate =
+        (double)(atomic_load(&committed) - committed_before) * 1000.0 / (double)(tk_now_ms() - t1);
+
+    /* The truth: what committed. */
+    PGresult *orders = mon_exec(q("SELECT message_id, k, seq FROM @.orders"), 0, NULL);
+    long n_orders = PQntuples(orders);
+    idmap_t truth;
+    idmap_init(&truth, (size_t)n_orders + 1);
+    int *seq_of = calloc((size_t)n_orders + 1, sizeof(int)), *key_of = calloc((size_t)n_orders + 1, sizeof(int));
+    for (long i = 0; i < n_orders; i++) {
+        idmap_put(&truth, PQgetvalue(orders, (int)i, 0), (int)i);
+        key_of[i] = atoi(PQgetvalue(orders, (int)i, 1));
+        seq_of[i] = atoi(PQgetvalue(orders, (int)i, 2));
+    }
+    PQclear(orders);
+
+    /* The consumer has applied every committed message's effect. */
+    int64_t deadline = tk_now_ms() + 300000;
+    while (mon_scalar(q("SELECT count(DISTINCT message_id) FROM @.effects"), 0, NULL) < n_orders &&
+           tk_now_ms() < deadline)
+        tk_sleep_ms(1000); /* the count costs the server a scan: don't ask often */
+    long long effects_distinct = mon_scalar(q("SELECT count(DISTINCT message_id) FROM @.effects"), 0, NULL);
+    long long effects_twice = mon_scalar(
+        q("SELECT count(*) FROM (SELECT message_id FROM @.effects GROUP BY message_id HAVING count(*) > 1) d"), 0,
+        NULL);
+    long long effects_foreign =
+        mon_scalar(q("SELECT count(*) FROM @.effects e WHERE NOT EXISTS (SELECT 1 FROM @.orders o"
+                     " WHERE o.message_id = e.message_id)"),
+                   0, NULL);
+    long long rows_left = mon_scalar(q("SELECT count(*) FROM @.messages"), 0, NULL);
+    long long parked = mon_scalar(q("SELECT count(*) FROM @.dead_letters"), 0, NULL);
+    long long parked_poison = 0;
+    if (poison_ids) {
+        char *sql;
+        ck_assert(asprintf(&sql, "SELECT count(*) FROM %s WHERE id IN (%s)", q("@.dead_letters"), poison_ids) > 0);
+        parked_poison = mon_scalar(sql, 0, NULL);
+        free(sql);
+    }
+    PGresult *dl = mon_exec(q("SELECT id, destination, left(error, 120) FROM @.dead_letters ORDER BY id"), 0, NULL);
+    for (int i = 0; i < PQntuples(dl); i++)
+        printf("dead letter %s (%s): %s\n", PQgetvalue(dl, i, 0), PQgetvalue(dl, i, 1), PQgetvalue(dl, i, 2));
+    PQclear(dl);
+
+    /* The whole topic, read back. */
+    for (int i = 0; i < 2; i++)
+        tk_proc_signal(relays[i], SIGTERM);
+    tk_proc_signal(consumer, SIGTERM);
+    tk_consumer_t *reader = tk_consumer_new(broker->bootstrap, TOPIC);
+    tk_consumer_poll(reader, (size_t)n_orders, tk_now_ms() + 120000);
+    ck_assert_msg(tk_consumer_read_to_end(reader, TOPIC, tk_now_ms() + 60000), "could not read the topic to its end");
+    size_t n_recs;
+    const tk_record_t *recs = tk_consumer_records(reader, &n_recs);
+
+    long lost = 0, foreign = 0, dups = 0, order_violations = 0, undecodable = 0, poison_published = 0;
+    idmap_t seen;
+    idmap_init(&seen, n_recs + 1);
+    int *last_seq = calloc(KEYS + 1, sizeof(int));
+    long dup_by_type[F__CNT + 1] = {0}, worst_by_type[F__CNT + 1] = {0};
+    for (size_t i = 0; i < n_recs; i++) {
+        const char *id = tk_record_header(&recs[i], "id");
+        if (!id) {
+            undecodable++;
+            continue;
+        }
+        int *first = idmap_get(&seen, id);
+        if (first) {
+            dups++;
+            int hit = -1;
+            for (int f = 0; f < fault_count; f++) {
+                int64_t end = faults[f].recovered_wall ? faults[f].recovered_wall : faults[f].end_wall;
+                if (recs[i].timestamp_ms >= faults[f].start_wall && recs[i].timestamp_ms <= end + 1000) {
+                    hit = f;
+                    break;
+                }
+            }
+            if (hit >= 0)
+                faults[hit].dups++;
+            dup_by_type[hit >= 0 ? faults[hit].type : F__CNT]++;
+            continue;
+        }
+        idmap_put(&seen, id, 1);
+        int *row = idmap_get(&truth, id);
+        if (!row) {
+            if (recs[i].key_len == 6 && memcmp(recs[i].key, "poison", 6) == 0)
+                poison_published++;
+            else
+                foreign++;
+            continue;
+        }
+        int k = key_of[*row], sq = seq_of[*row];
+        /* The payload must be what was written for this id, and a key's first appearances must come
+         * in commit order (seq increasing). */
+        outbox_message_t *m = NULL;
+        char errstr[128], expect[64];
+        snprintf(expect, sizeof(expect), "ok k=%d s=%d", k, sq);
+        size_t plen;
+        if (outbox_message_decode(&m, recs[i].value, recs[i].value_len, errstr, sizeof(errstr)) ||
+            (plen = 0, outbox_message_payload(m, &plen), plen != strlen(expect)) ||
+            memcmp(outbox_message_payload(m, &plen), expect, plen) != 0)
+            undecodable++;
+        outbox_message_destroy(m);
+        if (sq <= last_seq[k]) {
+            if (order_violations < 5)
+                printf("order violation: key k%d seq %d after seq %d (partition %d offset %lld)\n", k, sq,
+                       last_seq[k], recs[i].partition, (long long)recs[i].offset);
+            order_violations++;
+        }
+        if (sq > last_seq[k])
+            last_seq[k] = sq;
+    }
+    for (size_t i = 0; i < truth.cap; i++)
+        if (truth.keys[i][0] && !idmap_get(&seen, truth.keys[i])) {
+            if (lost < 5) {
+                const char *p[] = {truth.keys[i]};
+                long long oid = mon_scalar(q("SELECT outbox_id FROM @.orders WHERE message_id = $1"), 1, p);
+                printf("lost: %s outbox id %lld\n", truth.keys[i], oid);
+                trace_lost(oid, recs, n_recs);
+            }
+            lost++;
+        }
+    long rolled_back = 0, rolled_back_present = 0, rolled_back_committed = 0;
+    for (int w = 0; w < WRITERS; w++) {
+        for (size_t i = 0; i < ws[w].n_rb; i++) {
+            rolled_back++;
+            if (idmap_get(&seen, ws[w].rolled_back[i]))
+                rolled_back_present++;
+            if (idmap_get(&truth, ws[w].rolled_back[i]))
+                rolled_back_committed++;
+        }
+        free(ws[w].rolled_back);
+    }
+    for (int f = 0; f < fault_count; f++)
+        if (faults[f].dups > worst_by_type[faults[f].type])
+            worst_by_type[faults[f].type] = faults[f].dups;
+
+    long writer_errors = 0;
+    for (int w = 0; w < WRITERS; w++)
+        writer_errors += ws[w].errors;
+
+    /* The table. */
+    long violations = 0;
+#define ROW(label, value, bad)                                                                               \
+    do {                                                                                                     \
+        printf("  %-46s %10lld%s\n", label, (long long)(value), (bad) ? "   <-- VIOLATION" : "");         \
+        violations += (bad) ? 1 : 0;                                                                         \
+    } while (0)
+    printf("\nseed %llu results\n", (unsigned long long)seed);
+    ROW("committed messages", n_orders, 0);
+    ROW("committed messages lost", lost, lost != 0);
+    ROW("rolled-back messages (deliberate)", rolled_back, 0);
+    ROW("rolled-back messages present on the topic", rolled_back_present + foreign, rolled_back_present + foreign != 0);
+    ROW("rolled-back messages found committed", rolled_back_committed, rolled_back_committed != 0);
+    ROW("outbox rows left", rows_left, rows_left != 0);
+    ROW("per-key order violations (first appearances)", order_violations, order_violations != 0);
+    ROW("records not matching what was written", undecodable, undecodable != 0);
+    ROW("poison injected", poison_count, 0);
+    ROW("poison parked in dead_letters", parked_poison, parked_poison != poison_count);
+    ROW("other rows parked in dead_letters", parked - parked_poison, parked != parked_poison);
+    ROW("poison published", poison_published, poison_published != 0);
+    ROW("consumer effects applied", effects_distinct, effects_distinct != n_orders);
+    ROW("consumer effects applied twice", effects_twice, effects_twice != 0);
+    ROW("consumer effects of uncommitted messages", effects_foreign, effects_foreign != 0);
+    ROW("records on the topic", (long long)n_recs, 0);
+    ROW("duplicates on the topic", dups, 0);
+    ROW("writer transactions interrupted by faults", writer_errors, 0);
+    ROW("acks without an offset, re-sent by the relay", relay_log_count("acknowledged without an offset"), 0);
+    int unrecovered = 0;
+    for (int f = 0; f < fault_count; f++)
+        unrecovered += faults[f].recovery_ms < 0;
+    ROW("faults not recovered from within 120 s", unrecovered, unrecovered != 0);
+    ROW("relay or consumer exits nobody asked for", unexpected_exits, unexpected_exits != 0);
+    printf("  %-46s %10.0f msg/s\n", "drain without faults (backlog)", clean_rate);
+    printf("  %-46s %10.0f msg/s (offered %.0f tx/s)\n", "delivered during the faulted phase", faulted_rate, rate);
+    printf("\n  %-30s %5s %10s %10s %10s %10s\n", "fault type", "count", "dups", "worst", "rec p50", "rec p99");
+    long long rec[64];
+    FILE *json = getenv("OUTBOX_FAULT_JSON") ? fopen(getenv("OUTBOX_FAULT_JSON"), "a") : NULL;
+    if (json)
+        fprintf(json,
+                "{\"seed\":%llu,\"committed\":%ld,\"lost\":%ld,\"rolled_back\":%ld,\"rolled_back_present\":%ld,"
+                "\"rows_left\":%lld,\"order_violations\":%ld,\"poison_injected\":%ld,\"poison_parked\":%lld,"
+                "\"other_parked\":%lld,\"effects_twice\":%lld,\"effects_applied\":%lld,\"records\":%zu,"
+                "\"duplicates\":%ld,\"clean_msgs_per_s\":%.0f,\"faulted_msgs_per_s\":%.0f,\"violations\":%ld,"
+                "\"faults\":[",
+                (unsigned long long)seed, n_orders, lost, rolled_back, rolled_back_present + foreign, rows_left,
+                order_violations, poison_count, parked_poison, parked - parked_poison, effects_twice,
+                effects_distinct, n_recs, dups, clean_rate, faulted_rate, violations);
+    int first_json = 1;
+    for (int t = 0; t <= F__CNT; t++) {
+        size_t n = 0;
+        for (int f = 0; f < fault_count; f++)
+            if ((int)faults[f].type == t && faults[f].recovery_ms >= 0 && n < 64)
+                rec[n++] = faults[f].recovery_ms;
+        int count = 0;
+        for (int f = 0; f < fault_count; f++)
+            count += (int)faults[f].type == t;
+        if (t == F__CNT) {
+            printf("  %-30s %5s %10ld\n", "(outside any fault window)", "", dup_by_type[t]);
+            continue;
+        }
+        if (!count)
+            continue;
+        long long p50 = pct(rec, n, 0.5), p99 = pct(rec, n, 0.99);
+        printf("  %-30s %5d %10ld %10ld %8lld ms %8lld ms\n", fault_types[t].name, count, dup_by_type[t],
+               worst_by_type[t], p50, p99);
+        if (json)
+            fprintf(json, "%s{\"type\":\"%s\",\"count\":%d,\"dups\":%ld,\"worst_dups\":%ld,\"recovery_p50_ms\":%lld,"
+                          "\"recovery_p99_ms\":%lld}",
+                    first_json ? "" : ",", fault_types[t].name, count, dup_by_type[t], worst_by_type[t], p50, p99);
+        first_json = 0;
+    }
+    if (json) {
+        fprintf(json, "],\"unattributed_dups\":%ld}\n", dup_by_type[F__CNT]);
+        fclose(json);
+    }
+    printf("  replay: make check-faults SEED=%llu\n", (unsigned long long)seed);
+    fflush(stdout);
+
+    for (int i = 0; i < 2; i++)
+        tk_proc_free(relays[i]);
+    tk_proc_free(consumer);
+    tk_consumer_free(reader);
+    tk_broker_stop(broker);
+    idmap_free(&truth);
+    idmap_free(&seen);
+    free(seq_of);
+    free(key_of);
+    free(last_seq);
+    free(faults);
+    free(poison_ids);
+    if (violations == 0) {
+        PQclear(mon_exec(q("DROP SCHEMA @ CASCADE"), 0, NULL));
+    } else {
+        /* The throwaway cluster's directory goes away with it: keep every process's log. */
+        char cmd[1024];
+        snprintf(cmd, sizeof(cmd), "d=%s/faults/seed-%llu; mkdir -p $d && find %s -maxdepth 1 -type f -exec cp {} $d/ \\;"
+                 " && echo \"logs kept in $d\"", getenv("OUTBOX_BUILD_DIR") ? getenv("OUTBOX_BUILD_DIR") : "build",
+                 (unsigned long long)seed, getenv("OUTBOX_TEST_DIR"));
+        if (system(cmd) != 0)
+            printf("could not keep the logs\n");
+    }
+    PQfinish(mon);
+    ck_assert_msg(violations == 0, "seed %llu: %ld violations of the delivery contract (table above)",
+                  (unsigned long long)seed, violations);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("faults");
+    TCase *tc = tcase_create("scenario");
+    tcase_set_timeout(tc, 3600);
+    tcase_add_test(tc, test_fault_scenario);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
