@@ -148,11 +148,12 @@ typedef struct {
     long errors;
 } writer_t;
 
+/* SQL text with every '@' replaced by the quoted schema.  Rotating buffers of this thread's own:
+ * the writers call it concurrently (shared buffers once garbled a writer's statement). */
 static const char *q(const char *fmt) {
-    static char bufs[4][1024];
-    static int i;
+    static _Thread_local char bufs[4][1024];
+    static _Thread_local int i;
     char *b = bufs[i++ % 4];
-    /* every '@' becomes the quoted schema */
     size_t n = 0;
     for (const char *f = fmt; *f && n < 1000; f++) {
         if (*f == '@')
