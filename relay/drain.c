@@ -482,22 +482,17 @@ static size_t array_elem(char *w, const char *s) {
 }
 
 /* Deletes the acknowledged rows of b and moves its dead rows to dead_letters, in one statement
- * (so one transaction).  Rows to re-send are left alone.  Returns 0, or -1 to try again later. */
+ * (so one transaction), on the main session.  Rows to re-send are left alone.  Returns 0 (the
+ * caller then frees b with batch_done), or -1 to try again later. */
 static int settle(relay_t *r, batch_t *b) {
     size_t acked = 0, dead = 0, errlen = 0;
     for (int i = 0; i < b->n; i++) {
         if (b->state[i] == ROW_ACKED)
             acked++;
-        else if (b->state[i] == ROW_RETRY)
-            r->settled_clean = false;
         else if (b->state[i] == ROW_DEAD) {
             dead++;
             errlen += 2 * strlen(b->error[i]) + 4;
         }
-    }
-    if (!acked && !dead) {
-        metrics_observe_batch(&r->metrics, (double)(outbox_mono_ms() - b->claimed_ms) / 1000.0);
-        return 0;
     }
     char *ack_txt = malloc(acked * 21 + 3), *dead_txt = malloc(dead * 21 + 3),
          *err_txt = malloc(errlen + 3);
@@ -545,10 +540,7 @@ static int settle(relay_t *r, batch_t *b) {
             }
         }
         r->dead_lettered += (int64_t)dead;
-        if (acked == (size_t)b->n)
-            r->settled_clean = true;
         atomic_fetch_add(&r->metrics.dead_lettered, (int64_t)dead);
-        metrics_observe_batch(&r->metrics, (double)(outbox_mono_ms() - b->claimed_ms) / 1000.0);
     }
     PQclear(res);
     free(ack_txt);
@@ -557,8 +549,14 @@ static int settle(relay_t *r, batch_t *b) {
     return rc;
 }
 
+/* A settled batch leaves the in-flight list and is freed. */
 static void batch_done(relay_t *r, batch_t *b) {
     metrics_observe_batch(&r->metrics, (double)(outbox_mono_ms() - b->claimed_ms) / 1000.0);
+    bool all_acked = true;
+    for (int i = 0; i < b->n; i++)
+        all_acked = all_acked && b->state[i] == ROW_ACKED;
+    if (all_acked)
+        r->settled_clean = true;
     for (int k = 0; k < r->inflight_cnt; k++)
         if (r->inflight[k] == b) {
             memmove(&r->inflight[k], &r->inflight[k + 1], (size_t)(r->inflight_cnt - k - 1) * sizeof(b));
@@ -654,11 +652,6 @@ static void settle_collect(relay_t *r, bool wait) {
             k++;
             continue;
         }
-        bool all_acked = true;
-        for (int i = 0; i < b->n; i++)
-            all_acked = all_acked && b->state[i] == ROW_ACKED;
-        if (all_acked)
-            r->settled_clean = true;
         batch_done(r, b);
     }
 }
@@ -691,10 +684,7 @@ static void settle_done(relay_t *r) {
             /* Dead rows, or a busy or missing settle session: the main session settles it now. */
             if (dead || !r->settle_busy) {
                 if (!conn_lost(r) && settle(r, b) == 0) {
-                    batch_free(b);
-                    memmove(&r->inflight[k], &r->inflight[k + 1],
-                            (size_t)(r->inflight_cnt - k - 1) * sizeof(b));
-                    r->inflight_cnt--;
+                    batch_done(r, b);
                     continue;
                 }
             }
