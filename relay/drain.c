@@ -5,9 +5,11 @@
  * Why it is safe:
  *  - Rows are deleted only after the broker acknowledged them (acks=all): a crash anywhere
  *    re-sends, never loses.
- *  - Every claim scans from the lowest id present, skipping only ids still in flight (it probes
- *    each id range between them), so a transaction that commits a lower id late (a "gap") is
- *    picked up by the next claim.
+ *  - Every claim scans from the lowest id that may still become visible (the floor), skipping
+ *    only ids still in flight (it probes each id range between them), so a transaction that
+ *    commits a lower id late (a "gap") is picked up by the next claim.  The floor rises only past
+ *    ids whose transactions have all ended (floor_step), and falls back to the start whenever a
+ *    row below it may be left in the table (a re-send, a new session or producer).
  *  - Claims run on the very session that holds the advisory lock: if that session dies, the
  *    next claim fails, so a relay that lost leadership cannot publish anything new.
  */
@@ -89,9 +91,22 @@ static void sleep_ms(relay_t *r, int ms) {
 /* Prepares the loop's statements on a new session: parsed and planned once, not at every poll
  * (an idle relay polls hundreds of times a second). */
 static bool prepare_statements(relay_t *r) {
-    static const char *const names[] = {"outbox_claim", "outbox_settle", "outbox_settle_dead"};
-    const char *sql[] = {r->sql_claim, r->sql_delete, r->sql_dead};
-    for (int i = 0; i < 3; i++) {
+    static const char *const names[] = {"outbox_claim", "outbox_settle", "outbox_settle_dead",
+                                        "outbox_floor_list", "outbox_floor_check"};
+    /* The transactions running now, but for this session and autovacuum (which never writes
+     * the outbox, and whose long transactions would hold the floor back). */
+    static const char list[] =
+        "SELECT coalesce(array_agg(l.virtualxid), '{}') FROM pg_locks l"
+        " WHERE l.locktype = 'virtualxid' AND l.granted AND l.mode = 'ExclusiveLock'"
+        " AND l.pid IS DISTINCT FROM pg_backend_pid() AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a"
+        "  WHERE a.pid = l.pid AND a.backend_type = 'autovacuum worker')";
+    /* Whether they have all ended.  A transaction that was prepared for two-phase commit gives
+     * up its virtual id but may still commit: any prepared transaction holds the floor back. */
+    static const char check[] =
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'virtualxid' AND granted"
+        "  AND virtualxid = ANY($1::text[])) AND NOT EXISTS (SELECT 1 FROM pg_prepared_xacts)";
+    const char *sql[] = {r->sql_claim, r->sql_delete, r->sql_dead, list, check};
+    for (int i = 0; i < 5; i++) {
         PGresult *res = PQprepare(r->pg, names[i], sql[i], 0, NULL);
         bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
         if (!ok) {
@@ -104,6 +119,72 @@ static bool prepare_statements(relay_t *r) {
             return false;
     }
     return true;
+}
+
+/* ---- the claim floor ------------------------------------------------------------------------ */
+
+/* Claims start from the lowest id again: a row below the floor may be left in the table. */
+static void floor_reset(relay_t *r) {
+    r->floor = INT64_MIN;
+    r->floor_cand = 0;
+    free(r->floor_vxids);
+    r->floor_vxids = NULL;
+    r->floor_settled = false;
+}
+
+/* Runs one of the floor statements; false (and the reason logged) on failure. */
+static bool floor_query(relay_t *r, const char *stmt, const char *param, const char *what,
+                        PGresult **out) {
+    const char *p[1] = {param};
+    PGresult *res = PQexecPrepared(r->pg, stmt, param ? 1 : 0, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        statement_failed(r, res, what);
+        PQclear(res);
+        return false;
+    }
+    *out = res;
+    return true;
+}
+
+/* Raises the floor, in two steps around each claim (b: the batch just claimed, NULL when none):
+ *  1. after a claim whose last id is L, list the transactions running now (floor_vxids).  Ids
+ *     come from the identity sequence in increasing order, so every id <= L was handed out
+ *     before L was seen, by a transaction that has ended or is in that list;
+ *  2. once they have all ended, no id <= L can become visible any more, and the next claim sees
+ *     every committed one.  If that claim returns fewer rows than asked, or reaches L, every id
+ *     from the floor to L is published, in flight or never to be: the floor becomes L + 1.
+ * An in-flight row below the floor that is not deleted (re-sent, or its producer or session
+ * gone) resets the floor.  A long transaction elsewhere only holds the floor where it is.
+ * Called with before = true just before a claim and false just after it. */
+static void floor_step(relay_t *r, bool before, const batch_t *b, int got) {
+    int64_t now = outbox_mono_ms();
+    PGresult *res;
+    if (before) {
+        if (!r->floor_vxids || r->floor_settled || now < r->floor_next_ms)
+            return;
+        r->floor_next_ms = now + 20;
+        if (!floor_query(r, "outbox_floor_check", r->floor_vxids, "checking the claim floor", &res))
+            return;
+        r->floor_settled = PQgetvalue(res, 0, 0)[0] == 't';
+        PQclear(res);
+        return;
+    }
+    if (r->floor_settled && got >= 0 && (got < r->batch_size || (b && b->ids[got - 1] >= r->floor_cand))) {
+        r->floor = r->floor_cand + 1;
+        outbox_log(r->conf, 7, FAC, "msg=\"claim floor\" floor=%lld", (long long)r->floor);
+        free(r->floor_vxids);
+        r->floor_vxids = NULL;
+        r->floor_settled = false;
+    }
+    if (r->floor_vxids || !b || now < r->floor_next_ms)
+        return;
+    if (!floor_query(r, "outbox_floor_list", NULL, "listing transactions for the claim floor", &res))
+        return;
+    r->floor_vxids = strdup(PQgetvalue(res, 0, 0));
+    r->floor_cand = b->ids[got - 1];
+    r->floor_settled = false;
+    r->floor_next_ms = now + 20;
+    PQclear(res);
 }
 
 /* Connects (with backoff) and takes the leadership lock; returns true when leader. */
@@ -139,6 +220,7 @@ static bool ensure_leader(relay_t *r, int64_t *backoff_ms) {
         return false;
     }
     r->leader = PQgetvalue(res, 0, 0)[0] == 't';
+    floor_reset(r);
     atomic_store(&r->metrics.is_leader, r->leader);
     PQclear(res);
     if (r->leader) {
@@ -393,8 +475,10 @@ static int gap_arrays(relay_t *r, char **lo_txt, char **hi_txt) {
     char *wl = lo, *wh = hi;
     *wl++ = '{';
     *wh++ = '{';
-    int64_t next = INT64_MIN;
+    int64_t next = r->floor;
     for (size_t i = 0; i < n; i++) {
+        if (ids[i] < next)
+            continue; /* in flight below the floor */
         if (ids[i] > next) {
             wl += sprintf(wl, "%s%lld", wl[-1] == '{' ? "" : ",", (long long)next);
             wh += sprintf(wh, "%s%lld", wh[-1] == '{' ? "" : ",", (long long)(ids[i] - 1));
@@ -552,11 +636,15 @@ static int settle(relay_t *r, batch_t *b) {
 /* A settled batch leaves the in-flight list and is freed. */
 static void batch_done(relay_t *r, batch_t *b) {
     metrics_observe_batch(&r->metrics, (double)(outbox_mono_ms() - b->claimed_ms) / 1000.0);
-    bool all_acked = true;
-    for (int i = 0; i < b->n; i++)
+    bool all_acked = true, all_gone = true;
+    for (int i = 0; i < b->n; i++) {
         all_acked = all_acked && b->state[i] == ROW_ACKED;
+        all_gone = all_gone && (b->state[i] == ROW_ACKED || b->state[i] == ROW_DEAD);
+    }
     if (all_acked)
         r->settled_clean = true;
+    if (!all_gone)
+        floor_reset(r); /* a row of it stays in the table, maybe below the floor */
     for (int k = 0; k < r->inflight_cnt; k++)
         if (r->inflight[k] == b) {
             memmove(&r->inflight[k], &r->inflight[k + 1], (size_t)(r->inflight_cnt - k - 1) * sizeof(b));
@@ -761,6 +849,7 @@ static void producer_close(relay_t *r, int wait_ms) {
     settle_all(r);
     rd_kafka_destroy(r->rk);
     r->rk = NULL;
+    floor_reset(r); /* the batches freed below may hold rows that were not deleted */
     for (int k = 0; k < r->inflight_cnt; k++)
         batch_free(r->inflight[k]);
     r->inflight_cnt = 0;
@@ -846,6 +935,7 @@ int relay_run(relay_t *r) {
     r->inflight_max = (int)outbox_conf_int(r->conf, "relay.inflight.batches");
     r->debug = outbox_conf_int(r->conf, "log.level") >= 7;
     r->inflight = calloc((size_t)r->inflight_max, sizeof(*r->inflight));
+    r->floor = INT64_MIN;
     build_sql(r);
     if (!(r->rk = producer_new(r, err, sizeof(err)))) {
         fprintf(stderr, "outbox-relay: cannot create the Kafka producer: %s\n", err);
@@ -905,7 +995,10 @@ int relay_run(relay_t *r) {
             rd_kafka_poll(r->rk, 1);
             continue;
         }
+        floor_step(r, true, NULL, 0);
         int got = claim(r);
+        if (got >= 0 && !conn_lost(r))
+            floor_step(r, false, got > 0 ? r->inflight[r->inflight_cnt - 1] : NULL, got);
         if (got < 0) {
             sleep_ms(r, (int)backoff_ms);
             continue;
@@ -944,5 +1037,6 @@ int relay_run(relay_t *r) {
     PQfinish(r->pg_settle);
     PQfinish(r->pg);
     free(r->inflight);
+    floor_reset(r);
     return 0;
 }

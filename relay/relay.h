@@ -92,6 +92,13 @@ struct relay_s {
     struct MHD_Daemon *mhd;
     int64_t next_sample_ms;     /* when to sample backlog and broker reachability again */
     int64_t last_delivery_ms;   /* last successful delivery report */
+    /* Claims start at floor: every id below it is published, in flight or will never be visible
+     * (see floor_step in drain.c), so they need not walk the deleted rows' dead index entries. */
+    int64_t floor;
+    int64_t floor_cand;         /* the id floor may rise past once floor_vxids have all ended */
+    char *floor_vxids;          /* transactions running when floor_cand was seen; NULL: none */
+    bool floor_settled;         /* floor_vxids have all ended */
+    int64_t floor_next_ms;      /* no floor queries before then */
 };
 
 /* Connects with the relay's session settings; NULL and a logged error on failure. */

@@ -2,6 +2,7 @@
  * outbox-relay as its own process against the throwaway PostgreSQL and the mock Kafka broker over
  * TCP: delivery, gaps, per-key order, leadership, shutdown, broker and database faults, poison rows.
  */
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -378,6 +379,55 @@ START_TEST(test_late_commit_of_lower_id_is_published) {
     tk_consumer_free(c);
     outbox_message_destroy(a);
     outbox_message_destroy(b);
+    outbox_destroy(ob2);
+    PQfinish(conn2);
+}
+END_TEST
+
+/* Claims start from a floor below which every id is settled.  The floor must never rise past an
+ * id whose transaction is still open, however many later rows go out, and must rise once it has
+ * ended (else every claim walks the deleted rows' index entries again). */
+static long long max_floor(const char *log) {
+    long long max = LLONG_MIN;
+    for (const char *p = log; (p = strstr(p, "msg=\"claim floor\" floor=")); p++)
+        if (atoll(p + strlen("msg=\"claim floor\" floor=")) > max)
+            max = atoll(p + strlen("msg=\"claim floor\" floor="));
+    return max;
+}
+
+START_TEST(test_claim_floor_waits_for_open_transactions) {
+    tf_start_broker("--topic", "t2.floor:2", NULL);
+    PGconn *conn2 = tu_connect();
+    outbox_t *ob2 = tu_outbox(conn2, tf_schema);
+    tk_proc_t *relay = tf_start_relay("log.level=7", NULL);
+
+    outbox_message_t *a = seq_msg("t2.floor", 0, 0);
+    tu_exec(conn2, "BEGIN");
+    ck_assert_int_eq(outbox_send(ob2, conn2, a), OUTBOX_OK);
+    long long id_a = tu_scalar(conn2, tf_q("SELECT max(id) FROM @.messages"));
+    /* Many later rows, in many transactions, while A stays open. */
+    for (int i = 0; i < 20; i++)
+        write_seq("t2.floor", 1, 1 + i * 50, 1 + (i + 1) * 50, NULL);
+    TF_CHECK(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"), 0, 15000) == 0,
+             "the rows after A were not published");
+    tk_sleep_ms(500);
+    char *log = tk_read_file(relay->err_path);
+    long long before = max_floor(log);
+    free(log);
+    TF_CHECK(before <= id_a, "the claim floor rose to %lld, past id %lld of an open transaction", before, id_a);
+
+    tu_exec(conn2, "COMMIT");
+    TF_CHECK(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"), 0, 15000) == 0,
+             "A was not published after its commit");
+    long long after = LLONG_MIN;
+    for (int64_t end = tk_now_ms() + 10000; tk_now_ms() < end && after <= id_a; tk_sleep_ms(100)) {
+        log = tk_read_file(relay->err_path);
+        after = max_floor(log);
+        free(log);
+    }
+    TF_CHECK(after > id_a, "the claim floor stayed at %lld after the transaction of id %lld ended", after, id_a);
+
+    outbox_message_destroy(a);
     outbox_destroy(ob2);
     PQfinish(conn2);
 }
@@ -863,6 +913,7 @@ static Suite *relay_suite(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_delivers_committed_messages_with_key_value_and_headers);
     tcase_add_test(tc, test_late_commit_of_lower_id_is_published);
+    tcase_add_test(tc, test_claim_floor_waits_for_open_transactions);
     tcase_add_test(tc, test_per_key_order_with_concurrent_writers);
     tcase_add_test(tc, test_poison_rows_go_to_dead_letters_and_others_flow);
     suite_add_tcase(s, tc);
