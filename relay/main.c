@@ -3,7 +3,6 @@
  * admin.c.  Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration.
  */
 #include <errno.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,12 +86,6 @@ static int configure(outbox_conf_t *conf, const char *file, int argc, char **arg
 }
 
 int main(int argc, char **argv) {
-    /* librdkafka runs a thread per broker and the relay two more; glibc gives each thread that
-     * allocates its own 64 MiB heap arena, which a drain's churn of claim results and message
-     * headers then fragments.  Two arenas keep the peak RSS flat whatever the backlog; the
-     * environment variable MALLOC_ARENA_MAX still overrides. */
-    if (!getenv("MALLOC_ARENA_MAX"))
-        mallopt(M_ARENA_MAX, 2);
     const char *file = NULL, *verb = "run";
     const char *vargs[16];
     int nvargs = 0;
