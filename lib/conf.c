@@ -28,6 +28,8 @@ static const outbox_conf_prop_t props[] = {
     {"relay.inflight.batches", CONF_INT, "4", 1, 64,
      "batches produced and awaiting acknowledgement at once"},
     {"relay.poll.min.ms", CONF_INT, "1", 0, 60000, "first wait after an empty poll"},
+    {"relay.poll.active.ms", CONF_INT, "5", 1, 600000,
+     "longest wait between polls while messages arrived within the last second"},
     {"relay.poll.max.ms", CONF_INT, "20", 1, 600000,
      "longest wait between polls of an idle outbox (doubles up to it)"},
     {"relay.shutdown.timeout.ms", CONF_INT, "10000", 0, 3600000,

@@ -21,6 +21,7 @@
 #include "relay.h"
 
 #define FAC "RELAY"
+#define TRICKLE_GAP_MS 20 /* rows after so long without any are a trickle: sent at once */
 
 void relay_lock_name(const relay_t *r, char *out, size_t size) {
     outbox_snprintf(out, size, "liboutbox.relay:%s", r->schema);
@@ -944,6 +945,9 @@ int relay_run(relay_t *r) {
     }
     const int64_t poll_min = outbox_conf_int(r->conf, "relay.poll.min.ms");
     const int64_t poll_max = outbox_conf_int(r->conf, "relay.poll.max.ms");
+    int64_t poll_active = outbox_conf_int(r->conf, "relay.poll.active.ms");
+    poll_active = poll_active < poll_max ? poll_active : poll_max;
+    int64_t last_rows_ms = 0; /* when a claim last returned rows */
     int64_t idle_ms = poll_min, backoff_ms = outbox_conf_int(r->conf, "relay.reconnect.backoff.ms");
     int64_t rewind_backoff = backoff_ms, last_report = outbox_mono_ms(), reported = 0;
     pthread_mutex_init(&r->metrics.lock, NULL);
@@ -1009,14 +1013,31 @@ int relay_run(relay_t *r) {
             rewind_backoff = outbox_conf_int(r->conf, "relay.reconnect.backoff.ms");
             r->settled_clean = false;
         }
+        int64_t quiet_ms = outbox_mono_ms() - last_rows_ms; /* since rows last came */
+        if (got > 0)
+            last_rows_ms = outbox_mono_ms();
         if (got == r->batch_size) {
             idle_ms = poll_min;
         } else if (got > 0) {
             idle_ms = poll_min;
-            sleep_ms(r, (int)idle_ms);
+            const batch_t *last = r->inflight[r->inflight_cnt - 1];
+            if (quiet_ms >= TRICKLE_GAP_MS && last->pending && outstanding(r) == last->pending) {
+                /* A trickle: the first rows after a pause, and all that is in flight.  Waiting
+                 * out linger.ms for more messages that are not coming would only add latency.
+                 * While rd_kafka_flush() runs the producer sends at once; it returns on the
+                 * acknowledgements (served here), or after the timeout if the broker is slow.
+                 * A steady stream keeps the linger: it batches, and many tiny produce requests
+                 * would queue at the broker. */
+                rd_kafka_flush(r->rk, 100);
+            } else {
+                sleep_ms(r, (int)idle_ms);
+            }
         } else {
+            /* A trickle keeps the waits short (its next message is likely soon); a quiet
+             * second lets them grow to poll.max, where an idle relay costs least. */
             sleep_ms(r, (int)idle_ms);
-            idle_ms = idle_ms * 2 > poll_max ? poll_max : (idle_ms ? idle_ms * 2 : 1);
+            int64_t cap = outbox_mono_ms() - last_rows_ms < 1000 ? poll_active : poll_max;
+            idle_ms = idle_ms * 2 > cap ? cap : (idle_ms ? idle_ms * 2 : 1);
         }
         if (outbox_mono_ms() - last_report >= 10000 && r->published != reported) {
             outbox_log(r->conf, 6, FAC, "msg=progress published=%lld dead_lettered=%lld inflight=%d",
