@@ -169,12 +169,16 @@ static sizes_t rel_sizes(PGconn *conn) {
 
 static void ceiling_setup(PGconn *conn) {
     sql(conn, "CREATE OR REPLACE PROCEDURE public.bench_delete_backlog(batch int) LANGUAGE plpgsql AS $$ "
-              "DECLARE ids bigint[]; "
+              "DECLARE ids bigint[]; last bigint := -9223372036854775808; "
               "BEGIN "
               "  LOOP "
-              "    SELECT array_agg(id) INTO ids FROM "
-              "      (SELECT id FROM outbox.messages ORDER BY id LIMIT batch) s; "
+              /* From the last id deleted, as the relay's claims start from their floor: from
+               * the lowest id each time, every batch would step over the index entries of all
+               * the rows deleted before it. */
+              "    SELECT array_agg(id ORDER BY id) INTO ids FROM "
+              "      (SELECT id FROM outbox.messages WHERE id > last ORDER BY id LIMIT batch) s; "
               "    EXIT WHEN ids IS NULL; "
+              "    last := ids[array_upper(ids, 1)]; "
               "    DELETE FROM outbox.messages WHERE id = ANY(ids); "
               "    COMMIT; "
               "  END LOOP; "
