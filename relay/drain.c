@@ -170,7 +170,8 @@ static void floor_step(relay_t *r, bool before, const batch_t *b, int got) {
         PQclear(res);
         return;
     }
-    if (r->floor_settled && got >= 0 && (got < r->batch_size || (b && b->ids[got - 1] >= r->floor_cand))) {
+    bool reached = got < r->batch_size || (b && b->ids[got - 1] >= r->floor_cand);
+    if (r->floor_settled && got >= 0 && reached) {
         r->floor = r->floor_cand + 1;
         outbox_log(r->conf, 7, FAC, "msg=\"claim floor\" floor=%lld", (long long)r->floor);
         free(r->floor_vxids);
