@@ -8,7 +8,7 @@
  *  - Every claim scans from the lowest id that may still become visible (the floor), skipping
  *    only ids still in flight (it probes each id range between them), so a transaction that
  *    commits a lower id late (a "gap") is picked up by the next claim.  The floor rises only past
- *    ids whose transactions have all ended (floor_step), and falls back to the start whenever a
+ *    ids whose transactions have all ended (floor_advance), and falls back to the start whenever a
  *    row below it may be left in the table (a re-send, a new session or producer).
  *  - Claims run on the very session that holds the advisory lock: if that session dies, the
  *    next claim fails, so a relay that lost leadership cannot publish anything new.
@@ -147,7 +147,7 @@ static bool floor_query(relay_t *r, const char *stmt, const char *param, const c
     return true;
 }
 
-/* Raises the floor, in two steps around each claim (b: the batch just claimed, NULL when none):
+/* The floor rises in two steps around the claims:
  *  1. after a claim whose last id is L, list the transactions running now (floor_vxids).  Ids
  *     come from the identity sequence in increasing order, so every id <= L was handed out
  *     before L was seen, by a transaction that has ended or is in that list;
@@ -155,23 +155,28 @@ static bool floor_query(relay_t *r, const char *stmt, const char *param, const c
  *     every committed one.  If that claim returns fewer rows than asked, or reaches L, every id
  *     from the floor to L is published, in flight or never to be: the floor becomes L + 1.
  * An in-flight row below the floor that is not deleted (re-sent, or its producer or session
- * gone) resets the floor.  A long transaction elsewhere only holds the floor where it is.
- * Called with before = true just before a claim and false just after it. */
-static void floor_step(relay_t *r, bool before, const batch_t *b, int got) {
+ * gone) resets the floor.  A long transaction elsewhere only holds the floor where it is. */
+
+/* Before a claim: whether the listed transactions have all ended (step 2). */
+static void floor_check(relay_t *r) {
     int64_t now = outbox_mono_ms();
     PGresult *res;
-    if (before) {
-        if (!r->floor_vxids || r->floor_settled || now < r->floor_next_ms)
-            return;
-        r->floor_next_ms = now + 20;
-        if (!floor_query(r, "outbox_floor_check", r->floor_vxids, "checking the claim floor", &res))
-            return;
-        r->floor_settled = PQgetvalue(res, 0, 0)[0] == 't';
-        PQclear(res);
+    if (!r->floor_vxids || r->floor_settled || now < r->floor_next_ms)
         return;
-    }
+    r->floor_next_ms = now + 20;
+    if (!floor_query(r, "outbox_floor_check", r->floor_vxids, "checking the claim floor", &res))
+        return;
+    r->floor_settled = PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+}
+
+/* After a claim of got rows (b: their batch, NULL when none): raises the floor if step 2 holds,
+ * and starts step 1 again from this claim's last id. */
+static void floor_advance(relay_t *r, const batch_t *b, int got) {
+    int64_t now = outbox_mono_ms();
+    PGresult *res;
     bool reached = got < r->batch_size || (b && b->ids[got - 1] >= r->floor_cand);
-    if (r->floor_settled && got >= 0 && reached) {
+    if (r->floor_settled && reached) {
         r->floor = r->floor_cand + 1;
         outbox_log(r->conf, 7, FAC, "msg=\"claim floor\" floor=%lld", (long long)r->floor);
         free(r->floor_vxids);
@@ -184,7 +189,6 @@ static void floor_step(relay_t *r, bool before, const batch_t *b, int got) {
         return;
     r->floor_vxids = strdup(PQgetvalue(res, 0, 0));
     r->floor_cand = b->ids[got - 1];
-    r->floor_settled = false;
     r->floor_next_ms = now + 20;
     PQclear(res);
 }
@@ -937,7 +941,7 @@ int relay_run(relay_t *r) {
     r->inflight_max = (int)outbox_conf_int(r->conf, "relay.inflight.batches");
     r->debug = outbox_conf_int(r->conf, "log.level") >= 7;
     r->inflight = calloc((size_t)r->inflight_max, sizeof(*r->inflight));
-    r->floor = INT64_MIN;
+    floor_reset(r);
     build_sql(r);
     if (!(r->rk = producer_new(r, err, sizeof(err)))) {
         fprintf(stderr, "outbox-relay: cannot create the Kafka producer: %s\n", err);
@@ -1000,10 +1004,10 @@ int relay_run(relay_t *r) {
             rd_kafka_poll(r->rk, 1);
             continue;
         }
-        floor_step(r, true, NULL, 0);
+        floor_check(r);
         int got = claim(r);
         if (got >= 0 && !conn_lost(r))
-            floor_step(r, false, got > 0 ? r->inflight[r->inflight_cnt - 1] : NULL, got);
+            floor_advance(r, got > 0 ? r->inflight[r->inflight_cnt - 1] : NULL, got);
         if (got < 0) {
             sleep_ms(r, (int)backoff_ms);
             continue;

@@ -93,7 +93,7 @@ struct relay_s {
     int64_t next_sample_ms;     /* when to sample backlog and broker reachability again */
     int64_t last_delivery_ms;   /* last successful delivery report */
     /* Claims start at floor: every id below it is published, in flight or will never be visible
-     * (see floor_step in drain.c), so they need not walk the deleted rows' dead index entries. */
+     * (see floor_advance in drain.c), so they need not walk the deleted rows' dead index entries. */
     int64_t floor;
     int64_t floor_cand;         /* the id floor may rise past once floor_vxids have all ended */
     char *floor_vxids;          /* transactions running when floor_cand was seen; NULL: none */
