@@ -473,11 +473,12 @@ static int ranges_alloc(size_t n, char **lo, char **hi) {
     return -1;
 }
 
-/* The id ranges a claim may take rows from, i.e. every id not in flight, as two bigint[] texts
- * ("{lo,...}", "{hi,...}").  In-flight ids come in runs, so there are few ranges, and each costs
- * the claim one index probe: far cheaper than filtering every in-flight row out of an index scan
- * with a large id <> ALL() list. */
-static int gap_arrays(relay_t *r, char **lo_txt, char **hi_txt) {
+/* The ids a claim may take rows from, i.e. every id not in flight: the ranges between the floor
+ * and the highest id in flight, as two bigint[] texts ("{lo,...}", "{hi,...}"), and every id from
+ * *top up.  In-flight ids come in runs, so there are few ranges, and each costs the claim one
+ * index probe: far cheaper than filtering every in-flight row out of an index scan with a large
+ * id <> ALL() list. */
+static int gap_arrays(relay_t *r, char **lo_txt, char **hi_txt, int64_t *top) {
     size_t n = 0;
     for (int k = 0; k < r->inflight_cnt; k++)
         n += (size_t)r->inflight[k]->n;
@@ -505,8 +506,7 @@ static int gap_arrays(relay_t *r, char **lo_txt, char **hi_txt) {
         }
         next = ids[i] + 1;
     }
-    arr_add(&wl, next);
-    arr_add(&wh, INT64_MAX);
+    *top = next;
     strcpy(wl, "}");
     strcpy(wh, "}");
     free(ids);
@@ -544,12 +544,14 @@ static int id_runs(const int64_t *ids, size_t n, char **lo_txt, char **hi_txt) {
 
 /* Claims up to batch_size rows and produces them.  Returns the number claimed, -1 on error. */
 static int claim(relay_t *r) {
-    char limit[16], *lo, *hi;
+    char limit[16], from[24], *lo, *hi;
+    int64_t top;
     snprintf(limit, sizeof(limit), "%d", r->batch_size);
-    if (gap_arrays(r, &lo, &hi))
+    if (gap_arrays(r, &lo, &hi, &top))
         return -1;
-    const char *params[3] = {lo, hi, limit};
-    PGresult *res = PQexecPrepared(r->pg, "outbox_claim", 3, params, NULL, NULL, 1);
+    snprintf(from, sizeof(from), "%lld", (long long)top);
+    const char *params[4] = {lo, hi, limit, from};
+    PGresult *res = PQexecPrepared(r->pg, "outbox_claim", 4, params, NULL, NULL, 1);
     free(lo);
     free(hi);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -971,12 +973,19 @@ static void sample(relay_t *r) {
 
 static void build_sql(relay_t *r) {
     const char *s = r->schema_q;
+    /* The rows between the ranges' bounds, then those from $4 up, merged in id order (a Merge
+     * Append): only the ranges' rows are sorted, and there are few, while a sort of the whole
+     * batch would copy every row and spill to disk once a batch outgrows work_mem. */
     snprintf(r->sql_claim, sizeof(r->sql_claim),
-             "SELECT m.id, m.destination, m.partition_key, m.envelope, m.message_id, m.message_type"
-             " FROM unnest($1::bigint[], $2::bigint[]) AS g(lo, hi) CROSS JOIN LATERAL"
-             " (SELECT id, destination, partition_key, envelope, message_id, message_type FROM %s.messages"
-             "  WHERE id BETWEEN g.lo AND g.hi ORDER BY id LIMIT $3::int) m"
-             " ORDER BY m.id LIMIT $3::int", s);
+             "SELECT * FROM ("
+             " (SELECT m.id, m.destination, m.partition_key, m.envelope, m.message_id, m.message_type"
+             "  FROM unnest($1::bigint[], $2::bigint[]) AS g(lo, hi) CROSS JOIN LATERAL"
+             "  (SELECT %2$s FROM %1$s.messages WHERE id BETWEEN g.lo AND g.hi ORDER BY id LIMIT $3::int) m"
+             "  ORDER BY m.id LIMIT $3::int)"
+             " UNION ALL"
+             " (SELECT %2$s FROM %1$s.messages WHERE id >= $4::bigint ORDER BY id LIMIT $3::int)"
+             ") c ORDER BY id LIMIT $3::int", s,
+             "id, destination, partition_key, envelope, message_id, message_type");
     snprintf(r->sql_delete, sizeof(r->sql_delete),
              "DELETE FROM %s.messages m USING unnest($1::bigint[], $2::bigint[]) AS g(lo, hi)"
              " WHERE m.id BETWEEN g.lo AND g.hi", s);
