@@ -1084,6 +1084,7 @@ int relay_run(relay_t *r) {
             sleep_ms(r, (int)backoff_ms);
             continue;
         }
+        relay_reindex_poll(r, got == 0 && r->inflight_cnt == 0);
         if (r->settled_clean) {
             /* Deliveries work again: the next failure starts from the shortest backoff (a
              * trickle never fills a batch, so a full claim is no sign of health). */
@@ -1132,6 +1133,7 @@ int relay_run(relay_t *r) {
     outbox_log(r->conf, 6, FAC, "msg=\"stopped\" published=%lld dead_lettered=%lld",
                (long long)r->published, (long long)r->dead_lettered);
     metrics_stop(r);
+    relay_reindex_stop(r);
     PQfinish(r->pg_settle);
     PQfinish(r->pg);
     free(r->inflight);

@@ -99,6 +99,12 @@ struct relay_s {
     char *floor_vxids;          /* transactions running when floor_cand was seen; NULL: none */
     bool floor_settled;         /* floor_vxids have all ended */
     int64_t floor_next_ms;      /* no floor queries before then */
+    /* reindex.c: the session rebuilding the outbox's index (NULL: none), its size before, when
+     * to look at it again, and whether rebuilding is given up (not the owner, a failed one). */
+    PGconn *pg_reindex;
+    long long reindex_before;
+    int64_t reindex_next_ms;
+    bool reindex_off;
 };
 
 /* Connects with the relay's session settings; NULL and a logged error on failure. */
@@ -107,6 +113,12 @@ PGconn *relay_connect(relay_t *r);
 void relay_lock_name(const relay_t *r, char *out, size_t size);
 
 int relay_run(relay_t *r);
+
+/* reindex.c: once the leader has drained the table (drained), rebuilds the outbox's primary-key
+ * index if it outgrew relay.reindex.min.bytes, on a session of its own; called every loop, it
+ * also collects the rebuild's result.  _stop leaves a running rebuild to the server. */
+void relay_reindex_poll(relay_t *r, bool drained);
+void relay_reindex_stop(relay_t *r);
 
 /* metrics.c: serve metrics.listen (no-op when empty); 0, or -1 with the reason in err. */
 int metrics_start(relay_t *r, char *err, size_t err_size);

@@ -778,7 +778,8 @@ START_TEST(test_least_privilege_roles) {
     poison_t bad;
     insert_poison(&bad, "ops6.priv", 0);
     tf_start_broker("--topic", "ops6.priv:2", NULL);
-    tk_proc_t *relay = start_relay(ci_r, NULL);
+    /* Any index is "too large" here: the relay, not the table's owner, may not rebuild it. */
+    tk_proc_t *relay = start_relay(ci_r, "relay.reindex.min.bytes=1", "relay.reindex.check.ms=10", NULL);
     wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
     wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 5000);
     char sql[256];
@@ -799,6 +800,20 @@ START_TEST(test_least_privilege_roles) {
     char *log = tk_read_file(relay->err_path);
     TF_CHECK(!strstr(log, "permission denied"), "the relay hit a permission it was not granted:\n%s",
              tk_file_tail(relay->err_path, 3000));
+    /* Refused the index rebuild once, said what to do, and did not try again. */
+    for (int64_t end = tk_now_ms() + 5000; !strstr(log, "not trying again") && tk_now_ms() < end; tk_sleep_ms(50)) {
+        free(log);
+        log = tk_read_file(relay->err_path);
+    }
+    const char *refusal = strstr(log, "msg=\"rebuilding the outbox index failed; not trying again");
+    TF_CHECK(refusal && strstr(refusal, "must be owner"), "no refusal of the index rebuild logged:\n%s",
+             tk_file_tail(relay->err_path, 3000));
+    tk_sleep_ms(300);
+    free(log);
+    log = tk_read_file(relay->err_path);
+    refusal = strstr(log, "msg=\"rebuilding the outbox index");
+    TF_CHECK(refusal && !strstr(strstr(refusal, "not trying again"), "msg=\"rebuilding the outbox index"),
+             "the relay tried to rebuild the index more than once:\n%s", tk_file_tail(relay->err_path, 3000));
     free(log);
     tk_idset_clear(&sent);
     tk_consumer_free(c);

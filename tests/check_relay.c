@@ -433,6 +433,43 @@ START_TEST(test_claim_floor_waits_for_open_transactions) {
 }
 END_TEST
 
+/* A large backlog leaves the primary-key index at its largest size, which VACUUM never gives
+ * back.  Once the table is drained, the relay rebuilds an index larger than
+ * relay.reindex.min.bytes (REINDEX CONCURRENTLY) back to the size of an empty one. */
+static const char pk_size_sql[] =
+    "SELECT pg_relation_size(indexrelid) FROM pg_index WHERE indrelid = '@.messages'::regclass"
+    " AND indisprimary";
+
+START_TEST(test_drained_relay_shrinks_a_bloated_index) {
+    tf_start_broker("--topic", "t2.reindex:2", NULL);
+    write_seq("t2.reindex", 10, 0, 10000, NULL); /* 100,000 rows */
+    long long before = tu_scalar(tf_conn, tf_q(pk_size_sql));
+    TF_CHECK(before > 1048576, "the index of 100,000 rows is only %lld bytes", before);
+    tk_proc_t *relay = tf_start_relay("relay.reindex.min.bytes=1048576", "relay.reindex.check.ms=100", NULL);
+    wait_drained(60000);
+    long long after = tk_wait_scalar(tf_conn, tf_q("SELECT CASE WHEN (" "SELECT pg_relation_size(indexrelid)"
+                                                   " FROM pg_index WHERE indrelid = '@.messages'::regclass"
+                                                   " AND indisprimary) < 65536 THEN 0 ELSE 1 END"), 0, 20000);
+    TF_CHECK(after == 0, "the index is still %lld bytes (%lld before the drain), 20 s after it",
+             tu_scalar(tf_conn, tf_q(pk_size_sql)), before);
+    /* The new index replaces the old before the statement ends: its end is logged a little later. */
+    char *log = NULL;
+    for (int64_t end = tk_now_ms() + 10000; tk_now_ms() < end; tk_sleep_ms(100)) {
+        free(log);
+        log = tk_read_file(relay->err_path);
+        if (strstr(log, "msg=\"rebuilt the outbox index\""))
+            break;
+    }
+    TF_CHECK(strstr(log, "msg=\"rebuilt the outbox index\"") != NULL, "the relay did not log the rebuild:\n%s", log);
+    free(log);
+    /* The rebuilt index is the table's valid primary key, and the relay goes on. */
+    TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM pg_index WHERE indrelid = '@.messages'::regclass"
+                                     " AND indisprimary AND indisvalid")) == 1, "no valid primary key after the rebuild");
+    write_seq("t2.reindex", 10, 10000, 10010, NULL);
+    wait_drained(15000);
+}
+END_TEST
+
 /* ---- 3. per-key order under concurrent writers ------------------------------------------------ */
 
 enum { T3_KEYS = 100, T3_PER_KEY = 100, T3_THREADS = 8 };
@@ -914,6 +951,7 @@ static Suite *relay_suite(void) {
     tcase_add_test(tc, test_delivers_committed_messages_with_key_value_and_headers);
     tcase_add_test(tc, test_late_commit_of_lower_id_is_published);
     tcase_add_test(tc, test_claim_floor_waits_for_open_transactions);
+    tcase_add_test(tc, test_drained_relay_shrinks_a_bloated_index);
     tcase_add_test(tc, test_per_key_order_with_concurrent_writers);
     tcase_add_test(tc, test_poison_rows_go_to_dead_letters_and_others_flow);
     suite_add_tcase(s, tc);
