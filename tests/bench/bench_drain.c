@@ -6,8 +6,8 @@
  * run alternately in the same process against the same cluster; medians of several runs.
  * Also the relay's cost (CPU per message, peak RSS) and its drain rate over time: its published
  * counter read from its /metrics endpoint every 250 ms, written to OUTDIR/NAME.dat.
- * With -s (scale), also the table and index sizes before the drain, right after it and after a
- * plain VACUUM.
+ * With -s (scale), also the table and index sizes before the drain, right after it, once the
+ * relay has rebuilt its index (relay.reindex.min.bytes), and after a plain VACUUM.
  * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s] CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES=100000]
  *                    [RUNS=3] [RELAY_KEY=VALUE...]
  */
@@ -313,10 +313,27 @@ static long peak_rss_kb(pid_t pid) {
     return kb;
 }
 
+/* After a drain, waits (up to 120 s) until the relay has rebuilt an index larger than min
+ * bytes (relay.reindex.min.bytes): the seconds it took, 0 if none was due, -1 if it did not
+ * happen. */
+static double wait_reindex(PGconn *conn, long long min) {
+    double t0 = bench_now();
+    for (int first = 1;; first = 0) {
+        if (sql_ll(conn, "SELECT count(*) FROM pg_stat_progress_create_index") == 0 &&
+            rel_sizes(conn).index <= min)
+            return first ? 0 : bench_now() - t0;
+        if (bench_now() - t0 > 120)
+            return -1;
+        usleep(100000);
+    }
+}
+
 /* Starts the relay on the filled outbox, follows its published counter and times it until the
- * table is empty; then stops it and reads its CPU time and peak RSS. */
+ * table is empty; then stops it and reads its CPU time and peak RSS.  With at_empty, also
+ * the sizes once the table is empty, and the time the relay took to rebuild its index after
+ * (reindex_min: relay.reindex.min.bytes; 0 = no rebuild). */
 static void drain(PGconn *conn, const char *bootstrap, const char *relay, char **extra, int n_extra, long n,
-                  drain_t *d) {
+                  drain_t *d, sizes_t *at_empty, long long reindex_min, double *reindex_s) {
     int port = free_port();
     char listen[64];
     snprintf(listen, sizeof(listen), "metrics.listen=127.0.0.1:%d", port);
@@ -369,6 +386,10 @@ static void drain(PGconn *conn, const char *bootstrap, const char *relay, char *
     add_sample(d, t, p, 1);
     if (sql_ll(conn, "SELECT count(*) FROM outbox.dead_letters") != dead_before)
         die("relay", "dead-lettered messages of the benchmark: the figure would not be a drain rate");
+    if (at_empty) {
+        *at_empty = rel_sizes(conn);
+        *reindex_s = reindex_min > 0 ? wait_reindex(conn, reindex_min) : 0;
+    }
     d->rss_kb = peak_rss_kb(pid); /* VmHWM never falls: its peak over the whole drain */
     kill(pid, SIGTERM);
     int st;
@@ -464,10 +485,12 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_extra; i++) {
         char kv[256], *eq;
         snprintf(kv, sizeof(kv), "%s", extra[i]);
-        if ((eq = strchr(kv, '=')) && (*eq = '\0', !strcmp(kv, "relay.batch.size")))
+        if ((eq = strchr(kv, '=')) && (*eq = '\0', !strcmp(kv, "relay.batch.size") ||
+                                       !strcmp(kv, "relay.reindex.min.bytes")))
             outbox_conf_set(rconf, kv, eq + 1, err, sizeof(err));
     }
     int batch = (int)outbox_conf_int(rconf, "relay.batch.size");
+    long long reindex_min = outbox_conf_int(rconf, "relay.reindex.min.bytes");
     outbox_conf_destroy(rconf);
     outbox_t *ob = outbox_new(conf, err, sizeof(err));
     if (PQstatus(conn) != CONNECTION_OK || outbox_migrate(ob, conn) != OUTBOX_OK)
@@ -486,15 +509,16 @@ int main(int argc, char **argv) {
     double raw[MAX_RUNS], dr[MAX_RUNS], ceiling[MAX_RUNS], cpu[MAX_RUNS], rss[MAX_RUNS], f10[MAX_RUNS],
         l10[MAX_RUNS], fill_s = 0, vacuum_s = 0;
     drain_t d[MAX_RUNS] = {{0}};
-    sizes_t before = {0}, after = {0}, vacuumed = {0};
+    sizes_t before = {0}, after = {0}, rebuilt = {0}, vacuumed = {0};
+    double reindex_s = 0;
     for (int r = 0; r < runs; r++) {
         raw[r] = raw_rate(argv[2], env, len, n);
         fill_s = fill(fillers, env, len, n);
         if (scale)
             before = rel_sizes(conn);
-        drain(conn, argv[2], argv[3], extra, n_extra, n, &d[r]);
+        drain(conn, argv[2], argv[3], extra, n_extra, n, &d[r], scale ? &after : NULL, reindex_min, &reindex_s);
         if (scale) {
-            after = rel_sizes(conn);
+            rebuilt = rel_sizes(conn);
             double t0 = bench_now();
             sql(conn, "VACUUM outbox.messages");
             vacuum_s = bench_now() - t0;
@@ -543,15 +567,21 @@ int main(int argc, char **argv) {
         print_sizes("before the drain", before);
         print_sizes("right after the drain", after);
         char what[64];
+        if (reindex_s > 0)
+            snprintf(what, sizeof(what), "after the relay's REINDEX (%.1f s)", reindex_s);
+        else
+            snprintf(what, sizeof(what), "relay stopped (%s)", reindex_s < 0 ? "no REINDEX in 120 s" : "no REINDEX due");
+        print_sizes(what, rebuilt);
         snprintf(what, sizeof(what), "after a plain VACUUM (%.1f s)", vacuum_s);
         print_sizes(what, vacuumed);
         printf("{\"bench\":\"drain_scale\",\"name\":\"%s\",\"messages\":%ld,\"table_bytes_before\":%lld,"
                "\"index_bytes_before\":%lld,\"total_bytes_before\":%lld,\"table_bytes_after_drain\":%lld,"
-               "\"index_bytes_after_drain\":%lld,\"total_bytes_after_drain\":%lld,\"table_bytes_after_vacuum\":%lld,"
+               "\"index_bytes_after_drain\":%lld,\"total_bytes_after_drain\":%lld,\"reindex_s\":%.1f,"
+               "\"index_bytes_after_reindex\":%lld,\"table_bytes_after_vacuum\":%lld,"
                "\"index_bytes_after_vacuum\":%lld,\"total_bytes_after_vacuum\":%lld,\"vacuum_s\":%.1f,"
                "\"first10_rate\":%.0f,\"last10_rate\":%.0f,\"last10_vs_first10\":%.3f}\n",
                name, n, before.heap, before.index, before.total, after.heap, after.index, after.total,
-               vacuumed.heap, vacuumed.index, vacuumed.total, vacuum_s, fm, lm, fm > 0 ? lm / fm : 0);
+               reindex_s, rebuilt.index, vacuumed.heap, vacuumed.index, vacuumed.total, vacuum_s, fm, lm, fm > 0 ? lm / fm : 0);
     }
     for (int r = 0; r < runs; r++)
         free(d[r].s);
