@@ -384,6 +384,50 @@ START_TEST(test_late_commit_of_lower_id_is_published) {
 }
 END_TEST
 
+/* The same gap inside one claim: P and B commit together around A's lower id, and A commits while
+ * their acknowledgements are still on the way.  Deleting P and B must not delete A, now visible
+ * between them, unpublished. */
+START_TEST(test_late_commit_inside_a_claimed_batch_is_published) {
+    tf_start_broker("--topic", "t2.gap2:2", NULL);
+    PGconn *conn2 = tu_connect();
+    outbox_t *ob2 = tu_outbox(conn2, tf_schema);
+    /* One batch in flight: no claim runs between A's commit and the deletion of P and B. */
+    tf_start_relay("relay.inflight.batches=1", NULL);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "t2.gap2");
+    tk_broker_cmd(tf_broker, "rtt all 1500"); /* slow acknowledgements */
+
+    outbox_message_t *p = seq_msg("t2.gap2", 2, 0), *a = seq_msg("t2.gap2", 0, 0), *b = seq_msg("t2.gap2", 1, 0);
+    tu_exec(conn2, "BEGIN");
+    ck_assert_int_eq(outbox_send(ob2, conn2, p), OUTBOX_OK);
+    tu_exec(tf_conn, "BEGIN");
+    ck_assert_int_eq(outbox_send(tf_ob, tf_conn, a), OUTBOX_OK);
+    ck_assert_int_eq(outbox_send(ob2, conn2, b), OUTBOX_OK);
+    tu_exec(conn2, "COMMIT");
+    tk_sleep_ms(300); /* P and B are claimed together, and wait for their acknowledgements */
+    long long left = tu_scalar(conn2, tf_q("SELECT count(*) FROM @.messages"));
+    TF_CHECK(left == 2, "%lld rows in the outbox while P and B await their acknowledgements", left);
+    tu_exec(tf_conn, "COMMIT");
+    tk_broker_cmd(tf_broker, "rtt all 0");
+
+    TF_CHECK(tk_consumer_poll(c, 3, tk_now_ms() + 20000) == 3, "A, committed between P and B while they "
+             "were in flight, was never published");
+    wait_drained(10000);
+    size_t n;
+    const tk_record_t *recs = tk_consumer_records(c, &n);
+    int seen_a = 0;
+    for (size_t i = 0; i < n; i++)
+        seen_a += !strcmp(tk_record_header(&recs[i], "id"), outbox_message_id(a));
+    TF_CHECK(seen_a >= 1, "A was never published (%zu records)", n);
+
+    tk_consumer_free(c);
+    outbox_message_destroy(p);
+    outbox_message_destroy(a);
+    outbox_message_destroy(b);
+    outbox_destroy(ob2);
+    PQfinish(conn2);
+}
+END_TEST
+
 /* Claims start from a floor below which every id is settled.  The floor must never rise past an
  * id whose transaction is still open, however many later rows go out, and must rise once it has
  * ended (else every claim walks the deleted rows' index entries again). */
@@ -950,6 +994,7 @@ static Suite *relay_suite(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_delivers_committed_messages_with_key_value_and_headers);
     tcase_add_test(tc, test_late_commit_of_lower_id_is_published);
+    tcase_add_test(tc, test_late_commit_inside_a_claimed_batch_is_published);
     tcase_add_test(tc, test_claim_floor_waits_for_open_transactions);
     tcase_add_test(tc, test_drained_relay_shrinks_a_bloated_index);
     tcase_add_test(tc, test_per_key_order_with_concurrent_writers);
