@@ -19,14 +19,15 @@
  * indexes a failed REINDEX CONCURRENTLY left on the table.  False when it cannot be read. */
 static bool index_state(relay_t *r, PGconn *pg, char *name, size_t name_size, long long *bytes,
                         char *invalid, size_t invalid_size) {
-    char sql[512];
-    snprintf(sql, sizeof(sql),
-             "SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid),"
-             " (SELECT string_agg(v.indexrelid::regclass::text, ', ') FROM pg_index v"
-             "  WHERE v.indrelid = i.indrelid AND NOT v.indisvalid)"
-             " FROM pg_index i WHERE i.indrelid = '%s.messages'::regclass AND i.indisprimary",
-             r->schema_q);
-    PGresult *res = PQexec(pg, sql);
+    char table[300];
+    snprintf(table, sizeof(table), "%s.messages", r->schema_q);
+    const char *p[1] = {table};
+    PGresult *res = PQexecParams(pg,
+                                 "SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid),"
+                                 " (SELECT string_agg(v.indexrelid::regclass::text, ', ') FROM pg_index v"
+                                 "  WHERE v.indrelid = i.indrelid AND NOT v.indisvalid)"
+                                 " FROM pg_index i WHERE i.indrelid = $1::regclass AND i.indisprimary",
+                                 1, NULL, p, NULL, NULL, 0);
     bool ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
     if (ok) {
         snprintf(name, name_size, "%s", PQgetvalue(res, 0, 0));
@@ -56,7 +57,7 @@ static void reindex_finish(relay_t *r) {
     }
     if (!*why && PQstatus(pg) != CONNECTION_OK)
         outbox_logfmt_value(PQerrorMessage(pg), why, sizeof(why));
-    char name[256], invalid[512];
+    char name[512], invalid[512];
     long long after = -1;
     if (!*why && index_state(r, pg, name, sizeof(name), &after, invalid, sizeof(invalid))) {
         outbox_log(r->conf, 5, FAC, "msg=\"rebuilt the outbox index\" index=%s bytes_before=%lld "
@@ -86,7 +87,7 @@ void relay_reindex_poll(relay_t *r, bool drained) {
     if (!drained || r->reindex_off || min == 0 || now < r->reindex_next_ms || !r->pg)
         return;
     r->reindex_next_ms = now + outbox_conf_int(r->conf, "relay.reindex.check.ms");
-    char name[256], invalid[512];
+    char name[512], invalid[512];
     long long bytes;
     if (!index_state(r, r->pg, name, sizeof(name), &bytes, invalid, sizeof(invalid)) || bytes <= min)
         return;
@@ -105,7 +106,7 @@ void relay_reindex_poll(relay_t *r, bool drained) {
     /* No timeout: a REINDEX CONCURRENTLY cancelled half-way leaves an invalid index behind. */
     PGresult *res = PQexec(pg, "SET statement_timeout = 0");
     PQclear(res);
-    char sql[300];
+    char sql[600];
     snprintf(sql, sizeof(sql), "REINDEX INDEX CONCURRENTLY %s", name);
     if (!PQsendQuery(pg, sql)) {
         char msg[512];
