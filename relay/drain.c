@@ -473,26 +473,38 @@ static int ranges_alloc(size_t n, char **lo, char **hi) {
     return -1;
 }
 
+/* The ids of the nb batches bs (only the acknowledged ones if acked_only), ascending, and their
+ * count in *n; NULL when out of memory.  A batch's ids ascend, and so do the batches' in claim
+ * order, unless a late commit was claimed below ids already in flight. */
+static int64_t *sorted_ids(batch_t *const *bs, int nb, bool acked_only, size_t *n) {
+    size_t cap = 0, m = 0;
+    for (int k = 0; k < nb; k++)
+        cap += (size_t)bs[k]->n;
+    int64_t *ids = malloc((cap ? cap : 1) * sizeof(*ids));
+    if (!ids)
+        return NULL;
+    for (int k = 0; k < nb; k++)
+        for (int i = 0; i < bs[k]->n; i++)
+            if (!acked_only || bs[k]->state[i] == ROW_ACKED)
+                ids[m++] = bs[k]->ids[i];
+    qsort(ids, m, sizeof(*ids), cmp_id);
+    *n = m;
+    return ids;
+}
+
 /* The ids a claim may take rows from, i.e. every id not in flight: the ranges between the floor
  * and the highest id in flight, as two bigint[] texts ("{lo,...}", "{hi,...}"), and every id from
  * *top up.  In-flight ids come in runs, so there are few ranges, and each costs the claim one
  * index probe: far cheaper than filtering every in-flight row out of an index scan with a large
  * id <> ALL() list. */
 static int gap_arrays(relay_t *r, char **lo_txt, char **hi_txt, int64_t *top) {
-    size_t n = 0;
-    for (int k = 0; k < r->inflight_cnt; k++)
-        n += (size_t)r->inflight[k]->n;
-    int64_t *ids = malloc((n ? n : 1) * sizeof(*ids));
+    size_t n;
+    int64_t *ids = sorted_ids(r->inflight, r->inflight_cnt, false, &n);
     char *lo, *hi;
     if (!ids || ranges_alloc(n + 1, &lo, &hi)) {
         free(ids);
         return -1;
     }
-    size_t m = 0;
-    for (int k = 0; k < r->inflight_cnt; k++)
-        for (int i = 0; i < r->inflight[k]->n; i++)
-            ids[m++] = r->inflight[k]->ids[i];
-    qsort(ids, n, sizeof(*ids), cmp_id);
     char *wl = lo, *wh = hi;
     *wl++ = '{';
     *wh++ = '{';
@@ -618,21 +630,11 @@ static size_t array_elem(char *w, const char *s) {
 
 /* The acknowledged ids of the nb batches bs, as runs (id_runs); -1 when out of memory. */
 static int acked_runs(batch_t *const *bs, int nb, char **lo, char **hi) {
-    size_t n = 0;
-    for (int k = 0; k < nb; k++)
-        n += (size_t)bs[k]->n;
-    int64_t *ids = malloc((n ? n : 1) * sizeof(*ids));
+    size_t n;
+    int64_t *ids = sorted_ids(bs, nb, true, &n);
     if (!ids)
         return -1;
-    size_t m = 0;
-    for (int k = 0; k < nb; k++)
-        for (int i = 0; i < bs[k]->n; i++)
-            if (bs[k]->state[i] == ROW_ACKED)
-                ids[m++] = bs[k]->ids[i];
-    /* A batch's ids ascend, and so do the batches' in claim order, unless a late commit was
-     * claimed below ids already in flight. */
-    qsort(ids, m, sizeof(*ids), cmp_id);
-    int rc = id_runs(ids, m, lo, hi);
+    int rc = id_runs(ids, n, lo, hi);
     free(ids);
     return rc;
 }
@@ -978,8 +980,7 @@ static void build_sql(relay_t *r) {
      * batch would copy every row and spill to disk once a batch outgrows work_mem. */
     snprintf(r->sql_claim, sizeof(r->sql_claim),
              "SELECT * FROM ("
-             " (SELECT m.id, m.destination, m.partition_key, m.envelope, m.message_id, m.message_type"
-             "  FROM unnest($1::bigint[], $2::bigint[]) AS g(lo, hi) CROSS JOIN LATERAL"
+             " (SELECT m.* FROM unnest($1::bigint[], $2::bigint[]) AS g(lo, hi) CROSS JOIN LATERAL"
              "  (SELECT %2$s FROM %1$s.messages WHERE id BETWEEN g.lo AND g.hi ORDER BY id LIMIT $3::int) m"
              "  ORDER BY m.id LIMIT $3::int)"
              " UNION ALL"

@@ -82,9 +82,12 @@ void relay_reindex_poll(relay_t *r, bool drained) {
         reindex_finish(r);
         return;
     }
-    long long min = outbox_conf_int(r->conf, "relay.reindex.min.bytes");
+    /* Called at every turn of the loop: the cheap tests first. */
     int64_t now = outbox_mono_ms();
-    if (!drained || r->reindex_off || min == 0 || now < r->reindex_next_ms || !r->pg)
+    if (!drained || r->reindex_off || !r->pg || now < r->reindex_next_ms)
+        return;
+    long long min = outbox_conf_int(r->conf, "relay.reindex.min.bytes");
+    if (min == 0)
         return;
     r->reindex_next_ms = now + outbox_conf_int(r->conf, "relay.reindex.check.ms");
     char name[512], invalid[512];
