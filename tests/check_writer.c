@@ -366,6 +366,188 @@ START_TEST(test_encode_decode_roundtrip_and_garbage) {
 }
 END_TEST
 
+/* Rows of this test's outbox as seen from another session: only what has been committed. */
+static long long committed_rows(const char *table) {
+    PGconn *other = tu_connect();
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".%s", schema, table);
+    long long n = tu_scalar(other, sql);
+    PQfinish(other);
+    return n;
+}
+
+static void create_orders_table(void) {
+    snprintf(sql, sizeof(sql), "CREATE TABLE \"%s\".orders (id text UNIQUE DEFERRABLE INITIALLY "
+             "DEFERRED)", schema);
+    tu_exec(conn, sql);
+}
+
+static void insert_order(const char *id) {
+    snprintf(sql, sizeof(sql), "INSERT INTO \"%s\".orders VALUES ('%s')", schema, id);
+    tu_exec(conn, sql);
+}
+
+START_TEST(test_send_commit_commits_work_and_messages_together) {
+    create_orders_table();
+    outbox_message_t *ms[3] = {order_event("a"), order_event("b"), order_event("c")};
+    tu_exec(conn, "BEGIN");
+    insert_order("o-1");
+    ck_assert_msg(outbox_send_commit(ob, conn, (const outbox_message_t *const *)ms, 3) == OUTBOX_OK,
+                  "%s", outbox_errmsg(ob));
+    ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_IDLE);
+    ck_assert_int_eq(PQpipelineStatus(conn), PQ_PIPELINE_OFF);
+    ck_assert_int_eq(committed_rows("orders"), 1);
+    ck_assert_int_eq(committed_rows("messages"), 3);
+    snprintf(sql, sizeof(sql), "SELECT message_id::text FROM \"%s\".messages ORDER BY id", schema);
+    PGresult *res = PQexec(conn, sql);
+    ck_assert_int_eq(PQntuples(res), 3);
+    for (int i = 0; i < 3; i++)
+        ck_assert_str_eq(PQgetvalue(res, i, 0), outbox_message_id(ms[i]));
+    PQclear(res);
+    /* No messages: it just commits. */
+    tu_exec(conn, "BEGIN");
+    insert_order("o-2");
+    ck_assert_msg(outbox_send_commit(ob, conn, NULL, 0) == OUTBOX_OK, "%s", outbox_errmsg(ob));
+    ck_assert_int_eq(committed_rows("orders"), 2);
+    ck_assert_int_eq(committed_rows("messages"), 3);
+    for (int i = 0; i < 3; i++)
+        outbox_message_destroy(ms[i]);
+}
+END_TEST
+
+START_TEST(test_send_commit_larger_than_one_statement) {
+    enum { N = 12001 };
+    outbox_message_t **ms = calloc(N, sizeof(*ms));
+    for (int i = 0; i < N; i++)
+        ms[i] = order_event("k");
+    tu_exec(conn, "BEGIN");
+    ck_assert_msg(outbox_send_commit(ob, conn, (const outbox_message_t *const *)ms, N) == OUTBOX_OK,
+                  "%s", outbox_errmsg(ob));
+    ck_assert_int_eq(committed_rows("messages"), N);
+    snprintf(sql, sizeof(sql), "SELECT message_id::text FROM \"%s\".messages ORDER BY id", schema);
+    PGresult *res = PQexec(conn, sql);
+    ck_assert_int_eq(PQntuples(res), N);
+    for (int i = 0; i < N; i += 997)
+        ck_assert_str_eq(PQgetvalue(res, i, 0), outbox_message_id(ms[i]));
+    ck_assert_str_eq(PQgetvalue(res, N - 1, 0), outbox_message_id(ms[N - 1]));
+    PQclear(res);
+    for (int i = 0; i < N; i++)
+        outbox_message_destroy(ms[i]);
+    free(ms);
+}
+END_TEST
+
+START_TEST(test_send_commit_bad_message_sends_nothing) {
+    char big[2000];
+    memset(big, 'x', sizeof(big));
+    char err[256];
+    outbox_conf_t *conf = outbox_conf_new();
+    outbox_conf_set(conf, "outbox.schema", schema, err, sizeof(err));
+    outbox_conf_set(conf, "writer.max.message.bytes", "1000", err, sizeof(err));
+    outbox_t *small = outbox_new(conf, err, sizeof(err));
+    outbox_message_t *ms[2] = {order_event("a"), order_event("b")};
+    outbox_message_set_payload(ms[1], big, sizeof(big));
+    create_orders_table();
+    tu_exec(conn, "BEGIN");
+    insert_order("o-1");
+    ck_assert_int_eq(outbox_send_commit(small, conn, (const outbox_message_t *const *)ms, 2),
+                     OUTBOX_ERR_MSG_TOO_LARGE);
+    /* Refused before anything was sent: the caller's transaction is open and uncommitted. */
+    ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_INTRANS);
+    ck_assert_int_eq(committed_rows("orders"), 0);
+    tu_exec(conn, "ROLLBACK");
+    ck_assert_int_eq(count_rows(), 0);
+    for (int i = 0; i < 2; i++)
+        outbox_message_destroy(ms[i]);
+    outbox_destroy(small);
+}
+END_TEST
+
+START_TEST(test_send_commit_failed_insert_commits_nothing) {
+    char err[256];
+    outbox_conf_t *conf = outbox_conf_new();
+    outbox_conf_set(conf, "outbox.schema", "never_migrated", err, sizeof(err));
+    outbox_t *ob2 = outbox_new(conf, err, sizeof(err));
+    outbox_message_t *m = order_event("o-1");
+    const outbox_message_t *one[1] = {m};
+    create_orders_table();
+    tu_exec(conn, "BEGIN");
+    insert_order("o-1");
+    ck_assert_int_eq(outbox_send_commit(ob2, conn, one, 1), OUTBOX_ERR_SCHEMA);
+    ck_assert_ptr_nonnull(strstr(outbox_errmsg(ob2), "outbox_migrate"));
+    ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_INERROR);
+    ck_assert_int_eq(PQpipelineStatus(conn), PQ_PIPELINE_OFF);
+    ck_assert_int_eq(committed_rows("orders"), 0);
+    tu_exec(conn, "ROLLBACK");
+    ck_assert_int_eq(tu_scalar(conn, "SELECT 7"), 7); /* the connection is usable again */
+    outbox_message_destroy(m);
+    outbox_destroy(ob2);
+}
+END_TEST
+
+START_TEST(test_send_commit_failed_commit_commits_nothing) {
+    create_orders_table();
+    outbox_message_t *m = order_event("o-1");
+    const outbox_message_t *one[1] = {m};
+    tu_exec(conn, "BEGIN");
+    insert_order("o-1");
+    insert_order("o-1"); /* the deferred unique constraint fails at COMMIT */
+    ck_assert_int_eq(outbox_send_commit(ob, conn, one, 1), OUTBOX_ERR_PG);
+    ck_assert_ptr_nonnull(strstr(outbox_errmsg(ob), "COMMIT failed"));
+    ck_assert_ptr_nonnull(strstr(outbox_errmsg(ob), "23505"));
+    ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_IDLE);
+    ck_assert_int_eq(committed_rows("orders"), 0);
+    ck_assert_int_eq(committed_rows("messages"), 0);
+    ck_assert_int_eq(tu_scalar(conn, "SELECT 7"), 7);
+    outbox_message_destroy(m);
+}
+END_TEST
+
+START_TEST(test_send_commit_needs_an_open_transaction) {
+    char err[256];
+    outbox_conf_t *conf = outbox_conf_new();
+    outbox_conf_set(conf, "outbox.schema", schema, err, sizeof(err));
+    outbox_conf_set(conf, "writer.allow.autocommit", "true", err, sizeof(err));
+    outbox_t *auto_ob = outbox_new(conf, err, sizeof(err));
+    outbox_message_t *m = order_event("o-1");
+    const outbox_message_t *one[1] = {m};
+    ck_assert_int_eq(outbox_send_commit(auto_ob, conn, one, 1), OUTBOX_ERR_NOT_IN_TRANSACTION);
+    ck_assert_ptr_nonnull(strstr(outbox_errmsg(auto_ob), "no transaction to commit"));
+    tu_exec(conn, "BEGIN");
+    PQclear(PQexec(conn, "SELECT 1/0"));
+    ck_assert_int_eq(outbox_send_commit(ob, conn, one, 1), OUTBOX_ERR_TRANSACTION_ABORTED);
+    tu_exec(conn, "ROLLBACK");
+    ck_assert_int_eq(outbox_send_commit(NULL, conn, one, 1), OUTBOX_ERR_INVALID_ARG);
+    ck_assert_int_eq(outbox_send_commit(ob, conn, NULL, 1), OUTBOX_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(outbox_errmsg(ob), "ms is NULL"));
+    ck_assert_int_eq(outbox_send_commit(ob, NULL, one, 1), OUTBOX_ERR_INVALID_ARG);
+    ck_assert_int_eq(count_rows(), 0);
+    outbox_message_destroy(m);
+    outbox_destroy(auto_ob);
+}
+END_TEST
+
+START_TEST(test_send_commit_lost_connection_says_outcome_unknown) {
+    create_orders_table();
+    outbox_message_t *m = order_event("o-1");
+    const outbox_message_t *one[1] = {m};
+    tu_exec(conn, "BEGIN");
+    insert_order("o-1");
+    PGconn *admin = tu_connect();
+    snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%d)", PQbackendPID(conn));
+    ck_assert_int_eq(tu_scalar(admin, "SELECT 1"), 1);
+    PQclear(PQexec(admin, sql));
+    ck_assert_int_eq(outbox_send_commit(ob, conn, one, 1), OUTBOX_ERR_CONNECTION);
+    ck_assert_msg(strstr(outbox_errmsg(ob), "unknown") || strstr(outbox_errmsg(ob), "sending"),
+                  "%s", outbox_errmsg(ob));
+    PQfinish(admin);
+    ck_assert_int_eq(committed_rows("orders"), 0);
+    ck_assert_int_eq(committed_rows("messages"), 0);
+    PQreset(conn);
+    ck_assert_int_eq(PQstatus(conn), CONNECTION_OK);
+    outbox_message_destroy(m);
+}
+END_TEST
+
 static Suite *writer_suite(void) {
     Suite *s = suite_create("writer");
     TCase *tc = tcase_create("send");
@@ -384,6 +566,13 @@ static Suite *writer_suite(void) {
     tcase_add_test(tc, test_oversize_refused_with_both_sizes);
     tcase_add_test(tc, test_unmigrated_schema_reports_schema_error);
     tcase_add_test(tc, test_encode_decode_roundtrip_and_garbage);
+    tcase_add_test(tc, test_send_commit_commits_work_and_messages_together);
+    tcase_add_test(tc, test_send_commit_larger_than_one_statement);
+    tcase_add_test(tc, test_send_commit_bad_message_sends_nothing);
+    tcase_add_test(tc, test_send_commit_failed_insert_commits_nothing);
+    tcase_add_test(tc, test_send_commit_failed_commit_commits_nothing);
+    tcase_add_test(tc, test_send_commit_needs_an_open_transaction);
+    tcase_add_test(tc, test_send_commit_lost_connection_says_outcome_unknown);
     suite_add_tcase(s, tc);
     return s;
 }
