@@ -418,6 +418,52 @@ static outbox_err_t pg_failed(outbox_consumer_t *c, const rd_kafka_message_t *m)
     return c->pg && PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION;
 }
 
+/* BEGIN and the dedup record's INSERT, sent as one pipeline: one round trip.  Returns the INSERT's
+ * result (its row count says whether the record is new), or NULL with the error recorded. */
+static PGresult *begin_and_record(outbox_consumer_t *c, const char *id) {
+    const char *d[2] = {c->group, id};
+    int queued = 0;
+    if (PQenterPipelineMode(c->pg)) {
+        queued = PQsendQueryParams(c->pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+        queued += queued && PQsendQueryParams(c->pg, c->sql_dedup, 2, NULL, d, NULL, NULL, 0);
+    }
+    bool synced = PQpipelineStatus(c->pg) == PQ_PIPELINE_ON && PQpipelineSync(c->pg);
+    bool sent = queued == 2 && synced;
+    PGresult *ins = NULL, *res;
+    bool ok = sent;
+    for (int q = 0; synced && q < queued && PQstatus(c->pg) == CONNECTION_OK; q++) {
+        while ((res = PQgetResult(c->pg))) {
+            if (ok && PQresultStatus(res) != PGRES_COMMAND_OK) {
+                cerr(c, PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION,
+                     q ? "recording message %s as processed failed: %s" : "BEGIN for message %s "
+                     "failed: %s", id, PQresultErrorMessage(res));
+                ok = false;
+            }
+            if (ok && q == 1 && !ins)
+                ins = res;
+            else
+                PQclear(res);
+        }
+    }
+    if (synced && PQstatus(c->pg) == CONNECTION_OK)
+        PQclear(PQgetResult(c->pg)); /* the Sync's */
+    if (!PQexitPipelineMode(c->pg) && PQstatus(c->pg) == CONNECTION_OK) {
+        PQfinish(c->pg); /* results that cannot be read: start afresh on a new connection */
+        c->pg = NULL;
+    }
+    if (!sent)
+        cerr(c, OUTBOX_ERR_CONNECTION, "sending BEGIN for message %s failed: %s", id,
+             c->pg ? PQerrorMessage(c->pg) : "the connection was dropped");
+    if (!ok || !ins) {
+        if (ok) /* the connection went before the INSERT's result came */
+            cerr(c, OUTBOX_ERR_CONNECTION, "recording message %s as processed failed: %s", id,
+                 c->pg ? PQerrorMessage(c->pg) : "the connection was dropped");
+        PQclear(ins);
+        return NULL;
+    }
+    return ins;
+}
+
 static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, outbox_handler_cb handler,
                             void *opaque) {
     if (!pg_ensure(c)) {
@@ -435,16 +481,8 @@ static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, o
         return OUTBOX_OK;
     }
     outbox_message_t *msg = v.msg;
-    if (!exec_ok(c, "BEGIN")) {
-        outbox_message_destroy(msg);
-        return pg_failed(c, m);
-    }
-    const char *d[2] = {c->group, msg->id};
-    PGresult *res = PQexecParams(c->pg, c->sql_dedup, 2, NULL, d, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        cerr(c, OUTBOX_ERR_PG, "recording message %s as processed failed: %s", msg->id,
-             PQresultErrorMessage(res));
-        PQclear(res);
+    PGresult *res = begin_and_record(c, msg->id);
+    if (!res) {
         outbox_message_destroy(msg);
         return pg_failed(c, m);
     }
