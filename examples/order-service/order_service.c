@@ -163,13 +163,9 @@ int main(int argc, char **argv) {
         outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, "orders", "orders.OrderCreated");
         outbox_message_set_key(m, cust, strlen(cust));
         outbox_message_set_payload(m, buf, len);
-        if (roll_back) {
-            if (outbox_send(ob, conn, m) != OUTBOX_OK)
-                die("outbox_send", outbox_errmsg(ob));
-            PQclear(exec_ok(conn, "ROLLBACK", 0, NULL));
-        } else if (outbox_send_commit(ob, conn, (const outbox_message_t *const *)&m, 1) != OUTBOX_OK) {
-            die("outbox_send_commit", outbox_errmsg(ob)); /* the message and the COMMIT: one round trip */
-        }
+        if (outbox_send(ob, conn, m) != OUTBOX_OK)
+            die("outbox_send", outbox_errmsg(ob));
+        PQclear(exec_ok(conn, roll_back ? "ROLLBACK" : "COMMIT", 0, NULL));
         fprintf(roll_back ? rolled : committed, "%s\n", outbox_message_id(m));
         if (roll_back)
             n_rollback++;
