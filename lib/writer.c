@@ -116,87 +116,47 @@ static char *insert_sql(const char *schema_q, size_t n) {
     return sql;
 }
 
-/* One INSERT of n rows: its text and parameters, built once, sent by PQexecParams or in a pipeline. */
-typedef struct {
-    char *sql;
-    const char **values;
-    int *lengths;
-    int *formats;
-    int np;
-} insert_t;
-
-static void insert_free(insert_t *st) {
-    free(st->values);
-    free(st->lengths);
-    free(st->formats);
-    free(st->sql);
-}
-
-static outbox_err_t insert_build(outbox_t *ob, const outbox_message_t *const *ms, const row_t *rows,
-                                 size_t n, const char *fn, insert_t *st) {
+static outbox_err_t insert_chunk(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
+                                 const row_t *rows, size_t n) {
     size_t np = n * COLS_PER_ROW;
-    st->np = (int)np;
-    st->values = malloc(np * sizeof(*st->values));
-    st->lengths = malloc(np * sizeof(*st->lengths));
-    st->formats = malloc(np * sizeof(*st->formats));
-    st->sql = insert_sql(ob->schema_q, n);
-    if (!st->values || !st->lengths || !st->formats || !st->sql) {
-        insert_free(st);
-        return outbox_seterr(ob, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
+    const char **values = malloc(np * sizeof(*values));
+    int *lengths = malloc(np * sizeof(*lengths));
+    int *formats = malloc(np * sizeof(*formats));
+    char *sql = insert_sql(ob->schema_q, n);
+    outbox_err_t err = OUTBOX_OK;
+    if (!values || !lengths || !formats || !sql) {
+        err = outbox_seterr(ob, OUTBOX_ERR_NOMEM, "outbox_send: out of memory");
+        goto done;
     }
     for (size_t i = 0; i < n; i++) {
         const outbox_message_t *m = ms[i];
         size_t p = i * COLS_PER_ROW;
-        st->values[p] = (const char *)rows[i].uuid;
-        st->values[p + 1] = m->destination;
-        st->values[p + 2] = m->key_len ? (const char *)m->key : NULL; /* NULL = no key */
-        st->values[p + 3] = m->type;
-        st->values[p + 4] = rows[i].env;
-        st->values[p + 5] = (const char *)&rows[i].created;
+        values[p] = (const char *)rows[i].uuid;
+        values[p + 1] = m->destination;
+        values[p + 2] = m->key_len ? (const char *)m->key : NULL; /* NULL = no key */
+        values[p + 3] = m->type;
+        values[p + 4] = rows[i].env;
+        values[p + 5] = (const char *)&rows[i].created;
         static const int fmt[COLS_PER_ROW] = {1, 0, 1, 0, 1, 1};
         for (size_t k = 0; k < COLS_PER_ROW; k++) {
-            st->lengths[p + k] = 0;
-            st->formats[p + k] = fmt[k];
+            lengths[p + k] = 0;
+            formats[p + k] = fmt[k];
         }
-        st->lengths[p] = 16;
-        st->lengths[p + 2] = (int)m->key_len;
-        st->lengths[p + 4] = (int)rows[i].env_len;
-        st->lengths[p + 5] = 8;
+        lengths[p] = 16;
+        lengths[p + 2] = (int)m->key_len;
+        lengths[p + 4] = (int)rows[i].env_len;
+        lengths[p + 5] = 8;
     }
-    return OUTBOX_OK;
-}
-
-static outbox_err_t insert_chunk(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
-                                 const row_t *rows, size_t n, const char *fn) {
-    insert_t st;
-    outbox_err_t err = insert_build(ob, ms, rows, n, fn, &st);
-    if (err)
-        return err;
-    PGresult *res = PQexecParams(conn, st.sql, st.np, NULL, st.values, st.lengths, st.formats, 0);
+    PGresult *res = PQexecParams(conn, sql, (int)np, NULL, values, lengths, formats, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         err = outbox_seterr_pg(ob, conn, res, "insert into the outbox");
     PQclear(res);
-    insert_free(&st);
+done:
+    free(values);
+    free(lengths);
+    free(formats);
+    free(sql);
     return err;
-}
-
-/* Encodes and checks every message first, so that a bad one refuses the batch before any write. */
-static outbox_err_t encode_all(outbox_t *ob, const outbox_message_t *const *ms, size_t n,
-                               const char *fn, row_t **out) {
-    row_t *rows = calloc(n ? n : 1, sizeof(*rows));
-    *out = rows;
-    if (!rows)
-        return outbox_seterr(ob, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
-    outbox_err_t err = OUTBOX_OK;
-    for (size_t i = 0; !err && i < n; i++)
-        err = encode_row(ob, ms[i], i, fn, &rows[i]);
-    return err;
-}
-
-static void rows_free(row_t *rows, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        free(rows[i].env);
-    free(rows);
 }
 
 static outbox_err_t send_many(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
@@ -204,112 +164,22 @@ static outbox_err_t send_many(outbox_t *ob, PGconn *conn, const outbox_message_t
     outbox_err_t err = check_conn(ob, conn, fn);
     if (err)
         return err;
-    row_t *rows;
-    err = encode_all(ob, ms, n, fn, &rows);
+    row_t *rows = calloc(n, sizeof(*rows));
+    if (!rows)
+        return outbox_seterr(ob, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
+    /* Encode and check everything first: a bad message refuses the batch before any write. */
+    for (size_t i = 0; !err && i < n; i++)
+        err = encode_row(ob, ms[i], i, fn, &rows[i]);
     for (size_t off = 0; !err && off < n; off += ROWS_PER_INSERT) {
         size_t k = n - off < ROWS_PER_INSERT ? n - off : ROWS_PER_INSERT;
-        err = insert_chunk(ob, conn, ms + off, rows + off, k, fn);
+        err = insert_chunk(ob, conn, ms + off, rows + off, k);
     }
-    if (rows)
-        rows_free(rows, n);
+    for (size_t i = 0; i < n; i++)
+        free(rows[i].env);
+    free(rows);
     if (!err)
         ob->errstr[0] = '\0';
     return err;
-}
-
-/* Reads one pipelined query's results; records the first failure in ob.  Returns the last
- * status seen (PGRES_FATAL_ERROR if none came: the connection is gone). */
-static ExecStatusType pipeline_result(outbox_t *ob, PGconn *conn, const char *what, bool *failed,
-                                      bool *committed) {
-    ExecStatusType last = PGRES_FATAL_ERROR;
-    PGresult *res;
-    while ((res = PQgetResult(conn))) {
-        last = PQresultStatus(res);
-        if (last == PGRES_FATAL_ERROR && !*failed) {
-            outbox_seterr_pg(ob, conn, res, what);
-            *failed = true;
-        } else if (last == PGRES_COMMAND_OK && committed) {
-            /* COMMIT of a transaction that had failed answers ROLLBACK: not a commit. */
-            *committed = !strcmp(PQcmdStatus(res), "COMMIT");
-        }
-        PQclear(res);
-    }
-    return last;
-}
-
-/* The INSERTs and the COMMIT, sent as one pipeline ending in one Sync: one round trip. */
-static outbox_err_t pipeline_commit(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
-                                    const row_t *rows, size_t n, const char *fn) {
-    size_t nst = (n + ROWS_PER_INSERT - 1) / ROWS_PER_INSERT;
-    insert_t *st = calloc(nst ? nst : 1, sizeof(*st));
-    if (!st)
-        return outbox_seterr(ob, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
-    /* Build every statement before sending any, so that running out of memory sends nothing. */
-    outbox_err_t err = OUTBOX_OK;
-    size_t built = 0;
-    for (size_t off = 0; !err && off < n; off += ROWS_PER_INSERT, built++) {
-        size_t k = n - off < ROWS_PER_INSERT ? n - off : ROWS_PER_INSERT;
-        err = insert_build(ob, ms + off, rows + off, k, fn, &st[built]);
-    }
-    if (err) {
-        for (size_t i = 0; i + 1 < built; i++) /* the failed one freed itself */
-            insert_free(&st[i]);
-        free(st);
-        return err;
-    }
-    if (!PQenterPipelineMode(conn)) {
-        for (size_t i = 0; i < nst; i++)
-            insert_free(&st[i]);
-        free(st);
-        return outbox_seterr(ob, OUTBOX_ERR_STATE, "%s: the connection cannot enter pipeline "
-                             "mode: %s", fn, PQerrorMessage(conn));
-    }
-    size_t queued = 0;
-    bool sent = true;
-    for (size_t i = 0; i < nst; i++) {
-        if (sent && PQsendQueryParams(conn, st[i].sql, st[i].np, NULL, st[i].values,
-                                      st[i].lengths, st[i].formats, 0))
-            queued++;
-        else
-            sent = false;
-        insert_free(&st[i]);
-    }
-    free(st);
-    bool commit_sent = sent && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
-    bool synced = PQpipelineSync(conn);
-    bool failed = false, committed = false;
-    if (!sent || !commit_sent) {
-        outbox_seterr(ob, OUTBOX_ERR_CONNECTION, "%s: sending to the server failed: %s", fn,
-                      PQerrorMessage(conn));
-        failed = true;
-    }
-    for (size_t i = 0; synced && i < queued && PQstatus(conn) == CONNECTION_OK; i++)
-        pipeline_result(ob, conn, "insert into the outbox", &failed, NULL);
-    if (synced && commit_sent && PQstatus(conn) == CONNECTION_OK)
-        pipeline_result(ob, conn, "COMMIT", &failed, &committed);
-    if (synced && PQstatus(conn) == CONNECTION_OK) {
-        PGresult *res = PQgetResult(conn); /* the Sync's */
-        PQclear(res);
-    }
-    PQexitPipelineMode(conn);
-    if (committed) {
-        ob->errstr[0] = '\0';
-        return OUTBOX_OK;
-    }
-    if (commit_sent && PQstatus(conn) != CONNECTION_OK) {
-        char cause[256]; /* the error recorded while reading, or libpq's */
-        outbox_snprintf(cause, sizeof(cause), "%s", failed ? ob->errstr : PQerrorMessage(conn));
-        cause[strcspn(cause, "\n")] = '\0';
-        return outbox_seterr(ob, OUTBOX_ERR_CONNECTION,
-                             "%s: the connection was lost after COMMIT was sent, so whether the "
-                             "transaction committed is unknown (%s); reconnect and check for "
-                             "your own changes before retrying", fn, cause);
-    }
-    if (!failed) /* COMMIT answered ROLLBACK: the transaction had failed without telling us */
-        return outbox_seterr(ob, OUTBOX_ERR_TRANSACTION_ABORTED,
-                             "%s: the server rolled the transaction back instead of committing "
-                             "it; nothing was committed", fn);
-    return ob->err;
 }
 
 outbox_err_t outbox_send(outbox_t *ob, PGconn *conn, const outbox_message_t *m) {
@@ -335,32 +205,4 @@ outbox_err_t outbox_send_batch(outbox_t *ob, PGconn *conn, const outbox_message_
                              "outbox_send_batch: n is %zu, more messages than memory can hold "
                              "(a negative count?); nothing was written", n);
     return send_many(ob, conn, ms, n, "outbox_send_batch");
-}
-
-outbox_err_t outbox_send_commit(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
-                                size_t n) {
-    static const char fn[] = "outbox_send_commit";
-    if (!ob)
-        return OUTBOX_ERR_INVALID_ARG;
-    if (!ms && n)
-        return outbox_seterr(ob, OUTBOX_ERR_INVALID_ARG, "%s: ms is NULL but n is %zu", fn, n);
-    if (n > PTRDIFF_MAX / sizeof(row_t))
-        return outbox_seterr(ob, OUTBOX_ERR_INVALID_ARG,
-                             "%s: n is %zu, more messages than memory can hold (a negative "
-                             "count?); nothing was written", fn, n);
-    outbox_err_t err = check_conn(ob, conn, fn);
-    if (err && err != OUTBOX_ERR_NOT_IN_TRANSACTION)
-        return err;
-    if (PQtransactionStatus(conn) != PQTRANS_INTRANS) /* whatever writer.allow.autocommit says */
-        return outbox_seterr(ob, OUTBOX_ERR_NOT_IN_TRANSACTION,
-                             "%s: the connection is not inside a transaction block, so there is "
-                             "no transaction to commit; run BEGIN first, or use outbox_send() "
-                             "with writer.allow.autocommit=true; nothing was written", fn);
-    row_t *rows;
-    err = encode_all(ob, ms, n, fn, &rows);
-    if (!err)
-        err = pipeline_commit(ob, conn, ms, rows, n, fn);
-    if (rows)
-        rows_free(rows, n);
-    return err;
 }

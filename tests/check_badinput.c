@@ -567,36 +567,6 @@ static const row_t rows[] = {
     {"outbox_send_batch", "SQL-looking schema and message fields", .conn = CN_TX, .msg = MS_HOSTILE,
      .schema = SQL_IDENT, .expect = OUTBOX_OK, .re = "^ok \\| rows=1 dest=\\[orders\\] types=\\['; select 1; --\\]"},
 
-    {"outbox_send_commit", "ob NULL", .conn = CN_TX, .msg = MS_EVENT, .flags = F_NULL_H,
-     .expect = OUTBOX_ERR_INVALID_ARG, .re = "^outbox handle is NULL"},
-    {"outbox_send_commit", "conn NULL", .conn = CN_NULL, .msg = MS_EVENT, .expect = OUTBOX_ERR_INVALID_ARG,
-     .re = "^outbox_send_commit: conn is NULL; pass the PGconn .* \\| tx=none rows=0 "},
-    {"outbox_send_commit", "ms NULL, n 3", .conn = CN_TX, .msg = MS_NULL, .n = 3, .flags = F_LEN,
-     .expect = OUTBOX_ERR_INVALID_ARG, .re = "^outbox_send_commit: ms is NULL but n is 3 \\| tx=INTRANS rows=0 "},
-    {"outbox_send_commit", "ms NULL, n 0: commits the transaction", .conn = CN_TX, .msg = MS_NULL, .n = 0,
-     .flags = F_LEN, .expect = OUTBOX_OK, .re = "^ok \\| tx=IDLE rows=0 "},
-    {"outbox_send_commit", "no transaction", .conn = CN_IDLE, .msg = MS_EVENT, .expect = OUTBOX_ERR_NOT_IN_TRANSACTION,
-     .re = "no transaction to commit; run BEGIN first.*nothing was written \\| tx=IDLE rows=0 "},
-    {"outbox_send_commit", "a failed transaction", .conn = CN_FAILED, .msg = MS_EVENT,
-     .expect = OUTBOX_ERR_TRANSACTION_ABORTED, .re = "already failed; ROLLBACK .*\\| tx=INERROR rows=0 "},
-    {"outbox_send_commit", "a connection busy with a query", .conn = CN_BUSY, .msg = MS_EVENT, .expect = OUTBOX_ERR_STATE,
-     .re = "busy with another query.* \\| tx=ACTIVE rows=0 "},
-    {"outbox_send_commit", "a bad connection", .conn = CN_BAD, .msg = MS_EVENT, .expect = OUTBOX_ERR_CONNECTION,
-     .re = "^outbox_send_commit: the connection is bad"},
-    {"outbox_send_commit", "a terminated backend: the outcome is unknown", .conn = CN_KILLED, .msg = MS_EVENT,
-     .expect = OUTBOX_ERR_CONNECTION,
-     .re = "^outbox_send_commit: the connection was lost after COMMIT was sent, so whether the transaction "
-           "committed is unknown .*(terminat|closed).* \\| tx=UNKNOWN rows=0 "},
-    {"outbox_send_commit", "schema not migrated: the INSERT fails, nothing commits", .conn = CN_TX, .msg = MS_EVENT,
-     .flags = F_NOMIGRATE, .expect = OUTBOX_ERR_SCHEMA, .re = "not migrated: call outbox_migrate\\(\\) .* \\| tx=INERROR "},
-    {"outbox_send_commit", "one message too large refuses all, before sending", .conn = CN_TX,
-     .msg = MS_BATCH_WITH_BIG, .expect = OUTBOX_ERR_MSG_TOO_LARGE,
-     .re = "encodes to 1000001 bytes.* \\| tx=INTRANS rows=0 "},
-    {"outbox_send_commit", "n (size_t)-1", .conn = CN_TX, .msg = MS_BATCH_WITH_NULL, .n = -1, .flags = F_LEN,
-     .expect = OUTBOX_ERR_INVALID_ARG, .re = "^outbox_send_commit: n is 18446744073709551615.* \\| tx=INTRANS rows=0 "},
-    {"outbox_send_commit", "SQL-looking schema and message fields", .conn = CN_TX, .msg = MS_HOSTILE,
-     .schema = SQL_IDENT, .expect = OUTBOX_OK,
-     .re = "^ok \\| tx=IDLE rows=1 dest=\\[orders\\] types=\\['; select 1; --\\]"},
     /* ---- schema ---- */
     {"outbox_migrate", "ob NULL", .conn = CN_IDLE, .flags = F_NULL_H, .expect = OUTBOX_ERR_INVALID_ARG,
      .re = "^outbox handle is NULL \\| tables=0 "},
@@ -1737,8 +1707,8 @@ static int h_send(val_t a, val_t b, char *msg, size_t msz) {
     return r;
 }
 
-/* outbox_send_batch(), or outbox_send_commit() with the transaction's state after the call. */
-static int send_many_row(int commit, char *msg, size_t msz) {
+static int h_send_batch(val_t a, val_t b, char *msg, size_t msz) {
+    (void)a, (void)b;
     outbox_t *own = row_ob(), *ob = cur->flags & F_NULL_H ? NULL : own;
     PGconn *c = make_conn(cur->conn);
     outbox_message_t *ms[2] = {NULL, NULL};
@@ -1751,33 +1721,16 @@ static int send_many_row(int commit, char *msg, size_t msz) {
     }
     if (cur->flags & F_LEN)
         n = (size_t)cur->n;
-    const outbox_message_t *const *arg = cur->msg == MS_NULL ? NULL : (const outbox_message_t *const *)ms;
-    int r = commit ? outbox_send_commit(ob, c, arg, n) : outbox_send_batch(ob, c, arg, n);
+    int r = outbox_send_batch(ob, c, cur->msg == MS_NULL ? NULL : (const outbox_message_t *const *)ms, n);
     char err[600];
     snprintf(err, sizeof(err), "%s", r ? outbox_errmsg(ob) : "ok");
-    const char *tx = commit ? tx_name(c) : NULL;
-    if (commit && c && PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_INTRANS)
-        tu_exec(c, "ROLLBACK"); /* a refused commit leaves the transaction open: the caller ends it */
     finish_tx(c);
-    if (commit)
-        snprintf(msg, msz, "%s | tx=%s %s", err, tx, describe_rows());
-    else
-        snprintf(msg, msz, "%s | %s", err, describe_rows());
+    snprintf(msg, msz, "%s | %s", err, describe_rows());
     outbox_message_destroy(ms[0]);
     outbox_message_destroy(ms[1]);
     free_conn(c);
     outbox_destroy(own);
     return r;
-}
-
-static int h_send_batch(val_t a, val_t b, char *msg, size_t msz) {
-    (void)a, (void)b;
-    return send_many_row(0, msg, msz);
-}
-
-static int h_send_commit(val_t a, val_t b, char *msg, size_t msz) {
-    (void)a, (void)b;
-    return send_many_row(1, msg, msz);
 }
 
 static int h_migrate(val_t a, val_t b, char *msg, size_t msz) {
@@ -2077,7 +2030,6 @@ static const struct {
     {"outbox_message_decode", h_message_decode},
     {"outbox_send", h_send},
     {"outbox_send_batch", h_send_batch},
-    {"outbox_send_commit", h_send_commit},
     {"outbox_migrate", h_migrate},
     {"outbox_schema_version", h_schema_version},
     {"outbox_consumer_new", h_consumer_new},

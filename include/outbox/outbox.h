@@ -291,20 +291,6 @@ OUTBOX_API outbox_err_t outbox_send(outbox_t *ob, PGconn *conn, const outbox_mes
 OUTBOX_API outbox_err_t outbox_send_batch(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
                                           size_t n);
 
-/**
- * Adds n messages as outbox_send_batch() does and commits conn's transaction, in one round trip
- * (the INSERTs and the COMMIT go as one libpq pipeline): ending a transaction this way costs one
- * round trip fewer than outbox_send() followed by COMMIT.  conn must be inside a transaction block,
- * whatever writer.allow.autocommit says; n == 0 just commits.  On OUTBOX_OK the caller's work and
- * the messages are committed, and conn is idle.  Otherwise nothing was committed, and conn's
- * transaction is either still open (a bad message, found before anything is sent), aborted (a
- * failed INSERT: ROLLBACK it) or already rolled back by the server (a failed COMMIT: a deferred
- * constraint, a serialization failure) — with one exception: OUTBOX_ERR_CONNECTION saying the
- * connection was lost after COMMIT was sent, when the outcome is unknown, as with any COMMIT.
- */
-OUTBOX_API outbox_err_t outbox_send_commit(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
-                                           size_t n);
-
 /* ------------------------------------------------------------------------------------------ */
 /* Schema                                                                                      */
 

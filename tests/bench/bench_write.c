@@ -1,9 +1,7 @@
 /*
  * Write overhead: transactions per second of a bare domain transaction (BEGIN; INSERT order;
- * COMMIT) against the same plus outbox_send(), plus outbox_send_batch() of 10, and ended by
- * outbox_send_commit() of one message instead of COMMIT (the INSERT and the COMMIT in one round
- * trip), from N connections, measured in the same process, modes interleaved, the median of
- * several runs.
+ * COMMIT) against the same plus outbox_send(), and plus outbox_send_batch() of 10, from N
+ * connections, measured in the same process, modes interleaved, the median of several runs.
  * Usage: bench_write CONNINFO [CONNECTIONS=8] [SECONDS=3] [RUNS=5]
  */
 #include <pthread.h>
@@ -15,9 +13,8 @@
 #include "bench.h"
 #include "outbox/outbox.h"
 
-enum { MODE_BARE, MODE_SEND, MODE_BATCH10, MODE_SEND_COMMIT, MODES };
-static const char *mode_names[MODES] = {"bare", "outbox_send", "outbox_send_batch(10)",
-                                        "outbox_send_commit"};
+enum { MODE_BARE, MODE_SEND, MODE_BATCH10, MODES };
+static const char *mode_names[MODES] = {"bare", "outbox_send", "outbox_send_batch(10)"};
 
 typedef struct {
     const char *conninfo;
@@ -54,18 +51,16 @@ static void *work(void *arg) {
             w->failed = 1;
             break;
         }
-        int n = w->mode == MODE_BATCH10 ? 10 : w->mode == MODE_BARE ? 0 : 1;
+        int n = w->mode == MODE_BATCH10 ? 10 : w->mode == MODE_SEND ? 1 : 0;
         outbox_message_t *ms[10];
         for (int i = 0; i < n; i++) {
             ms[i] = outbox_message_new(OUTBOX_EVENT, "orders", "orders.OrderCreated");
             outbox_message_set_key(ms[i], "customer-1", 10);
             outbox_message_set_payload(ms[i], payload, sizeof(payload));
         }
-        const outbox_message_t *const *cms = (const outbox_message_t *const *)ms;
-        outbox_err_t e = w->mode == MODE_SEND           ? outbox_send(ob, conn, ms[0])
-                         : w->mode == MODE_BATCH10      ? outbox_send_batch(ob, conn, cms, (size_t)n)
-                         : w->mode == MODE_SEND_COMMIT ? outbox_send_commit(ob, conn, cms, 1)
-                                                        : OUTBOX_OK;
+        outbox_err_t e = n == 1 ? outbox_send(ob, conn, ms[0])
+                         : n ? outbox_send_batch(ob, conn, (const outbox_message_t *const *)ms, (size_t)n)
+                             : OUTBOX_OK;
         for (int i = 0; i < n; i++)
             outbox_message_destroy(ms[i]);
         if (e != OUTBOX_OK) {
@@ -73,7 +68,7 @@ static void *work(void *arg) {
             w->failed = 1;
             break;
         }
-        if (w->mode != MODE_SEND_COMMIT && !ok(PQexec(conn, "COMMIT"))) {
+        if (!ok(PQexec(conn, "COMMIT"))) {
             w->failed = 1;
             break;
         }
@@ -138,10 +133,8 @@ int main(int argc, char **argv) {
     for (int mode = 0; mode < MODES; mode++)
         printf("  %-24s %8.0f tps  ratio to bare %.3f\n", mode_names[mode], med[mode], med[mode] / med[MODE_BARE]);
     printf("{\"bench\":\"write\",\"connections\":%d,\"runs\":%d,\"seconds\":%.1f,\"bare_tps\":%.0f,"
-           "\"send_tps\":%.0f,\"batch10_tps\":%.0f,\"send_commit_tps\":%.0f,\"send_ratio\":%.3f,"
-           "\"batch10_ratio\":%.3f,\"send_commit_ratio\":%.3f}\n",
-           conns, runs, secs, med[0], med[1], med[2], med[3], med[1] / med[0], med[2] / med[0],
-           med[3] / med[0]);
+           "\"send_tps\":%.0f,\"batch10_tps\":%.0f,\"send_ratio\":%.3f,\"batch10_ratio\":%.3f}\n",
+           conns, runs, secs, med[0], med[1], med[2], med[1] / med[0], med[2] / med[0]);
     outbox_destroy(ob);
     PQfinish(setup);
     return 0;
