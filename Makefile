@@ -125,7 +125,7 @@ $(PCFILE): $(HDR) Makefile | $(DEPCHECK)
 	  "Name: liboutbox" \
 	  "Description: Transactional messaging (outbox) on PostgreSQL and Kafka" \
 	  "Version: $(VERSION)" \
-	  "Requires: libpq" \
+	  "Requires: libpq >= 14" \
 	  "Requires.private: libprotobuf-c rdkafka" \
 	  "Cflags: -I\$${includedir}" \
 	  "Libs: -L\$${libdir} -loutbox" > $@

@@ -12,6 +12,11 @@
 
 #include "outbox_int.h"
 
+/* The dedup record goes out in libpq's pipeline mode, new in libpq 14. */
+#ifndef LIBPQ_HAS_PIPELINING
+#error "liboutbox needs libpq 14 or newer (pipeline mode): install a newer libpq-dev"
+#endif
+
 #define FAC "CONSUMER"
 #define MAX_PER_POLL 1000
 
@@ -452,8 +457,9 @@ static PGresult *begin_and_record(outbox_consumer_t *c, const char *id) {
         c->pg = NULL;
     }
     if (!sent)
-        cerr(c, OUTBOX_ERR_CONNECTION, "sending BEGIN for message %s failed: %s", id,
-             c->pg ? PQerrorMessage(c->pg) : "the connection was dropped");
+        cerr(c, OUTBOX_ERR_CONNECTION, "sending %s for message %s failed: %s",
+             queued == 0 ? "BEGIN" : queued == 1 ? "the dedup record's INSERT" : "the pipeline's Sync",
+             id, c->pg ? PQerrorMessage(c->pg) : "the connection was dropped");
     if (!ok || !ins) {
         if (ok) /* the connection went before the INSERT's result came */
             cerr(c, OUTBOX_ERR_CONNECTION, "recording message %s as processed failed: %s", id,

@@ -285,6 +285,65 @@ START_TEST(test_same_envelope_twice_has_one_effect) {
 }
 END_TEST
 
+/* ---- a2. the consumer's own session dies between two messages ------------------------------- */
+
+static int handler_pid; /* the backend the last handler call ran on */
+
+static outbox_handler_result_t pid_handler(const outbox_message_t *msg, PGconn *c, void *opaque) {
+    handler_pid = PQbackendPID(c);
+    return inproc_handler(msg, c, opaque);
+}
+
+START_TEST(test_lost_session_between_messages_reconnects_and_processes_once) {
+    start_broker("--topic", "tl.events:1", NULL);
+    sent_t s1, s2;
+    produce_cmd(&s1, "tl.events", "acct-1", "one");
+    flush_produced();
+    inproc_t ctx = {tf_schema, 0};
+    outbox_consumer_t *c = inproc_consumer("tl", "tl.events");
+    outbox_consumer_stats_t st = {0};
+    int64_t deadline = tk_now_ms() + 30000;
+    while (st.processed < 1 && tk_now_ms() < deadline) {
+        ck_assert_msg(outbox_consumer_poll(c, pid_handler, &ctx, 200) == OUTBOX_OK, "poll: %s",
+                      outbox_consumer_errmsg(c));
+        outbox_consumer_stats(c, &st);
+    }
+    ck_assert_int_eq(st.processed, 1);
+    int pid = handler_pid;
+    ck_assert_int_gt(pid, 0);
+    /* The consumer's session goes away behind libpq's back, as in a failover or an idle timeout. */
+    char sql[160];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE pid = %d", pid);
+    char kill[96];
+    snprintf(kill, sizeof(kill), "SELECT pg_terminate_backend(%d)::int", pid);
+    ck_assert_int_eq(tu_scalar(tf_conn, kill), 1);
+    ck_assert_int_eq(tk_wait_scalar(tf_conn, sql, 0, 10000), 0);
+    produce_cmd(&s2, "tl.events", "acct-1", "two");
+    flush_produced();
+    int conn_errors = 0;
+    deadline = tk_now_ms() + 30000;
+    while (st.processed < 2 && tk_now_ms() < deadline) {
+        outbox_err_t err = outbox_consumer_poll(c, pid_handler, &ctx, 200);
+        if (err == OUTBOX_ERR_CONNECTION)
+            conn_errors++;
+        else
+            ck_assert_msg(err == OUTBOX_OK, "poll: %s", outbox_consumer_errmsg(c));
+        outbox_consumer_stats(c, &st);
+    }
+    ck_assert_msg(st.processed == 2, "the message after the lost session was not processed within 30 s "
+                  "(processed=%lld)", (long long)st.processed);
+    ck_assert_msg(conn_errors >= 1, "no poll reported the lost session");
+    ck_assert_int_ne(handler_pid, pid); /* a new session */
+    ck_assert_int_eq(ctx.calls, 2);
+    ck_assert_int_eq(effects_of(tf_schema, s1.id), 1);
+    ck_assert_int_eq(effects_of(tf_schema, s2.id), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed WHERE consumer = 'tl'")), 2);
+    outbox_consumer_destroy(c);
+    free(s1.env);
+    free(s2.env);
+}
+END_TEST
+
 /* ---- b. killed between the PostgreSQL commit and the offset commit ----------------------------- */
 
 START_TEST(test_kill_after_pg_commit_redelivers_without_rerunning_handler) {
@@ -716,6 +775,7 @@ static Suite *consumer_suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_same_envelope_twice_has_one_effect);
+    tcase_add_test(tc, test_lost_session_between_messages_reconnects_and_processes_once);
     tcase_add_test(tc, test_kill_after_pg_commit_redelivers_without_rerunning_handler);
     tcase_add_test(tc, test_kill_before_pg_commit_reruns_handler_once);
     tcase_add_test(tc, test_rebalance_between_two_members_keeps_effects_exactly_once);
