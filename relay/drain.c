@@ -60,6 +60,9 @@ static bool conn_lost(relay_t *r) {
 
 static void drop_session(relay_t *r, const char *why) {
     atomic_store(&r->metrics.pg_ok, 0);
+    r->claim_sent = false; /* its result goes with the session */
+    PQclear(r->claim_res);
+    r->claim_res = NULL;
     atomic_store(&r->metrics.is_leader, 0);
     if (r->pg) {
         outbox_log(r->conf, 3, FAC, "msg=\"lost the PostgreSQL session\" leader=%s error=\"%s\"",
@@ -127,6 +130,7 @@ static bool prepare_statements(relay_t *r) {
 /* Claims start from the lowest id again: a row below the floor may be left in the table. */
 static void floor_reset(relay_t *r) {
     r->floor = INT64_MIN;
+    r->floor_gen++;
     r->floor_cand = 0;
     free(r->floor_vxids);
     r->floor_vxids = NULL;
@@ -171,12 +175,13 @@ static void floor_check(relay_t *r) {
 }
 
 /* After a claim of got rows (b: their batch, NULL when none): raises the floor if step 2 holds,
- * and starts step 1 again from this claim's last id. */
-static void floor_advance(relay_t *r, const batch_t *b, int got) {
+ * and starts step 1 again from this claim's last id.  settled: whether step 2 held before the
+ * claim was sent (a claim sent ahead may have run before floor_check saw it hold). */
+static void floor_advance(relay_t *r, const batch_t *b, int got, bool settled) {
     int64_t now = outbox_mono_ms();
     PGresult *res;
     bool reached = got < r->batch_size || (b && b->ids[got - 1] >= r->floor_cand);
-    if (r->floor_settled && reached) {
+    if (settled && r->floor_settled && reached) {
         r->floor = r->floor_cand + 1;
         outbox_log(r->conf, 7, FAC, "msg=\"claim floor\" floor=%lld", (long long)r->floor);
         free(r->floor_vxids);
@@ -554,22 +559,81 @@ static int id_runs(const int64_t *ids, size_t n, char **lo_txt, char **hi_txt) {
     return 0;
 }
 
-/* Claims up to batch_size rows and produces them.  Returns the number claimed, -1 on error. */
-static int claim(relay_t *r) {
-    char limit[16], from[24], *lo, *hi;
+/* The claim's parameters: the ranges between in-flight ids (gap_arrays, freed by the caller),
+ * the batch size and the id from which every row may be taken.  -1 when out of memory. */
+static int claim_params(relay_t *r, char limit[16], char from[24], char **lo, char **hi) {
     int64_t top;
-    snprintf(limit, sizeof(limit), "%d", r->batch_size);
-    if (gap_arrays(r, &lo, &hi, &top))
+    if (gap_arrays(r, lo, hi, &top))
         return -1;
-    snprintf(from, sizeof(from), "%lld", (long long)top);
+    snprintf(limit, 16, "%d", r->batch_size);
+    snprintf(from, 24, "%lld", (long long)top);
+    return 0;
+}
+
+/* Sends the next claim without waiting for its rows: PostgreSQL looks them up while the relay
+ * produces the batch just claimed, and they skip every id in flight now, that batch's too. */
+static void claim_send(relay_t *r) {
+    char limit[16], from[24], *lo, *hi;
+    if (claim_params(r, limit, from, &lo, &hi))
+        return;
     const char *params[4] = {lo, hi, limit, from};
-    PGresult *res = PQexecPrepared(r->pg, "outbox_claim", 4, params, NULL, NULL, 1);
+    if (PQsendQueryPrepared(r->pg, "outbox_claim", 4, params, NULL, NULL, 1)) {
+        r->claim_sent = true;
+        r->claim_gen = r->floor_gen;
+        r->claim_floor_ok = r->floor_settled;
+    } else {
+        statement_failed(r, NULL, "sending a claim");
+    }
     free(lo);
     free(hi);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        statement_failed(r, res, "claiming a batch");
+}
+
+/* Reads the result of the claim sent ahead, if any, into claim_res: the session is free again. */
+static void claim_collect(relay_t *r) {
+    if (!r->claim_sent)
+        return;
+    r->claim_sent = false;
+    PGresult *res, *first = NULL;
+    while ((res = PQgetResult(r->pg))) {
+        if (!first)
+            first = res;
+        else
+            PQclear(res);
+    }
+    if (PQresultStatus(first) != PGRES_TUPLES_OK) {
+        statement_failed(r, first, "claiming a batch");
+        PQclear(first);
+        return;
+    }
+    r->claim_res = first;
+}
+
+/* Claims up to batch_size rows: takes the claim sent ahead unless the floor was reset since it
+ * was sent (a row below its ids may be left in the table), else runs one now.  The batch joins
+ * the in-flight list unproduced (produce_batch).  Returns the number claimed, -1 on error;
+ * *settled tells floor_advance whether the floor may rise on this claim. */
+static int claim(relay_t *r, bool *settled) {
+    PGresult *res = r->claim_res;
+    r->claim_res = NULL;
+    *settled = r->claim_floor_ok;
+    if (res && r->claim_gen != r->floor_gen) {
         PQclear(res);
-        return -1;
+        res = NULL;
+    }
+    if (!res) {
+        char limit[16], from[24], *lo, *hi;
+        if (claim_params(r, limit, from, &lo, &hi))
+            return -1;
+        const char *params[4] = {lo, hi, limit, from};
+        res = PQexecPrepared(r->pg, "outbox_claim", 4, params, NULL, NULL, 1);
+        free(lo);
+        free(hi);
+        *settled = r->floor_settled;
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            statement_failed(r, res, "claiming a batch");
+            PQclear(res);
+            return -1;
+        }
     }
     int n = PQntuples(res);
     if (n == 0) {
@@ -600,17 +664,25 @@ static int claim(relay_t *r) {
         memcpy(&be, PQgetvalue(res, i, 0), 8);
         b->ids[i] = (int64_t)be64toh(be);
     }
-    r->inflight[r->inflight_cnt++] = b;
     b->slots = slots;
-    for (int i = 0; i < n && !r->fatal; i++)
-        if (!produce_row(r, b, &slots[i], i))
-            break;
-    for (int i = 0; i < n; i++)
-        if (r->fatal && b->state[i] == ROW_PENDING && !slots[i].batch)
-            b->state[i] = ROW_RETRY;
-    outbox_log(r->conf, 7, FAC, "msg=\"claimed batch\" rows=%d first_id=%lld last_id=%lld", n,
-               (long long)b->ids[0], (long long)b->ids[n - 1]);
+    r->inflight[r->inflight_cnt++] = b;
     return n;
+}
+
+/* Produces the rows of b, the batch just claimed.  Meanwhile the rows of the claim sent ahead
+ * are read as they come: left in the session's small socket buffer, they would stall it. */
+static void produce_batch(relay_t *r, batch_t *b) {
+    for (int i = 0; i < b->n && !r->fatal; i++) {
+        if (!produce_row(r, b, &b->slots[i], i))
+            break;
+        if (r->claim_sent && i % 256 == 255)
+            PQconsumeInput(r->pg); /* a failure shows when the result is read */
+    }
+    for (int i = 0; i < b->n; i++)
+        if (r->fatal && b->state[i] == ROW_PENDING && !b->slots[i].batch)
+            b->state[i] = ROW_RETRY;
+    outbox_log(r->conf, 7, FAC, "msg=\"claimed batch\" rows=%d first_id=%lld last_id=%lld", b->n,
+               (long long)b->ids[0], (long long)b->ids[b->n - 1]);
 }
 
 /* ---- settling ------------------------------------------------------------------------------- */
@@ -1040,6 +1112,7 @@ int relay_run(relay_t *r) {
 
     while (!*r->stop) {
         rd_kafka_poll(r->rk, 0);
+        claim_collect(r); /* frees the session for the statements below */
         sample(r);
         if (r->fatal) {
             /* librdkafka 2.0.2 can raise a spurious fatal idempotence error after timeouts:
@@ -1050,6 +1123,7 @@ int relay_run(relay_t *r) {
             r->rewind = false;
             if (!(r->rk = producer_new(r, err, sizeof(err)))) {
                 outbox_log(r->conf, 2, FAC, "msg=\"cannot re-create the producer\" error=\"%s\"", err);
+                PQclear(r->claim_res);
                 free(r->inflight);
                 return 1;
             }
@@ -1070,6 +1144,8 @@ int relay_run(relay_t *r) {
                 continue;
             }
             r->rewind = false;
+            PQclear(r->claim_res); /* sent before the failure: claim from the oldest row now */
+            r->claim_res = NULL;
             sleep_ms(r, (int)rewind_backoff);
             rewind_backoff = rewind_backoff * 2 > 5000 ? 5000 : rewind_backoff * 2;
         }
@@ -1078,14 +1154,24 @@ int relay_run(relay_t *r) {
             continue;
         }
         floor_check(r);
-        int got = claim(r);
+        bool settled;
+        int got = claim(r, &settled);
+        batch_t *b = got > 0 ? r->inflight[r->inflight_cnt - 1] : NULL;
         if (got >= 0 && !conn_lost(r))
-            floor_advance(r, got > 0 ? r->inflight[r->inflight_cnt - 1] : NULL, got);
+            floor_advance(r, b, got, settled);
         if (got < 0) {
             sleep_ms(r, (int)backoff_ms);
             continue;
         }
         relay_reindex_poll(r, got == 0 && r->inflight_cnt == 0);
+        if (got == r->batch_size && r->inflight_cnt < r->inflight_max && !conn_lost(r) &&
+            !r->rewind && !r->fatal) {
+            /* A full batch: more rows are likely waiting. */
+            floor_check(r);
+            claim_send(r);
+        }
+        if (b)
+            produce_batch(r, b);
         if (r->settled_clean) {
             /* Deliveries work again: the next failure starts from the shortest backoff (a
              * trickle never fills a batch, so a full claim is no sign of health). */
@@ -1128,6 +1214,9 @@ int relay_run(relay_t *r) {
 
     /* Shutdown: no more claims; wait for outstanding acknowledgements, delete what was acked. */
     outbox_log(r->conf, 6, FAC, "msg=\"shutting down\" outstanding=%d", outstanding(r));
+    claim_collect(r);
+    PQclear(r->claim_res);
+    r->claim_res = NULL;
     if (*r->interrupts >= 2)
         _exit(130);
     producer_close(r, (int)outbox_conf_int(r->conf, "relay.shutdown.timeout.ms"));

@@ -99,6 +99,13 @@ struct relay_s {
     char *floor_vxids;          /* transactions running when floor_cand was seen; NULL: none */
     bool floor_settled;         /* floor_vxids have all ended */
     int64_t floor_next_ms;      /* no floor queries before then */
+    uint64_t floor_gen;         /* counts floor resets: a claim sent before one is stale */
+    /* A claim sent ahead (claim_send in drain.c): PostgreSQL looks up the next batch while the
+     * relay produces the current one. */
+    bool claim_sent;            /* its result is still to be read from pg */
+    PGresult *claim_res;        /* its result, read but not yet made a batch */
+    uint64_t claim_gen;         /* floor_gen when it was sent */
+    bool claim_floor_ok;        /* floor_settled when it was sent: whether it may raise the floor */
     /* reindex.c: the session rebuilding the outbox's index (NULL: none), its size before, when
      * to look at it again, and whether rebuilding is given up (not the owner, a failed one). */
     PGconn *pg_reindex;
