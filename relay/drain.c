@@ -1214,11 +1214,11 @@ int relay_run(relay_t *r) {
 
     /* Shutdown: no more claims; wait for outstanding acknowledgements, delete what was acked. */
     outbox_log(r->conf, 6, FAC, "msg=\"shutting down\" outstanding=%d", outstanding(r));
+    if (*r->interrupts >= 2)
+        _exit(130);
     claim_collect(r);
     PQclear(r->claim_res);
     r->claim_res = NULL;
-    if (*r->interrupts >= 2)
-        _exit(130);
     producer_close(r, (int)outbox_conf_int(r->conf, "relay.shutdown.timeout.ms"));
     outbox_log(r->conf, 6, FAC, "msg=\"stopped\" published=%lld dead_lettered=%lld",
                (long long)r->published, (long long)r->dead_lettered);
