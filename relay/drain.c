@@ -1144,8 +1144,6 @@ int relay_run(relay_t *r) {
                 continue;
             }
             r->rewind = false;
-            PQclear(r->claim_res); /* sent before the failure: claim from the oldest row now */
-            r->claim_res = NULL;
             sleep_ms(r, (int)rewind_backoff);
             rewind_backoff = rewind_backoff * 2 > 5000 ? 5000 : rewind_backoff * 2;
         }
