@@ -99,6 +99,7 @@ outbox_conf_t *outbox_conf_new(void) {
             return NULL;
         }
     }
+    conf->log_level = (int)outbox_conf_int(conf, "log.level");
     return conf;
 }
 
@@ -131,6 +132,7 @@ outbox_conf_t *outbox_conf_dup(const outbox_conf_t *src) {
     }
     conf->log_cb = src->log_cb;
     conf->opaque = src->opaque;
+    conf->log_level = src->log_level;
     return conf;
 fail:
     outbox_conf_destroy(conf);
@@ -298,6 +300,8 @@ outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const ch
     }
     free(conf->values[i]);
     conf->values[i] = v;
+    if (!strcmp(props[i].name, "log.level"))
+        conf->log_level = (int)strtol(v, NULL, 10); /* read on every log call: kept parsed */
     return OUTBOX_CONF_OK;
 }
 

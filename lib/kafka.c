@@ -43,3 +43,16 @@ fail:
     rd_kafka_conf_destroy(kc);
     return NULL;
 }
+
+int outbox_kafka_conf_logs(rd_kafka_conf_t *kc, void (*log_cb)(const rd_kafka_t *, int, const char *,
+                                                                const char *),
+                           char *errstr, size_t errstr_size) {
+    rd_kafka_conf_set_log_cb(kc, log_cb);
+    return rd_kafka_conf_set(kc, "log.queue", "true", errstr, errstr_size) == RD_KAFKA_CONF_OK ? 0 : -1;
+}
+
+void outbox_kafka_log(const outbox_conf_t *conf, int level, const char *fac, const char *buf) {
+    char msg[1024], f[64];
+    outbox_log(conf, level, "KAFKA", "msg=\"%s\" kafka_fac=\"%s\"",
+               outbox_logfmt_value(buf, msg, sizeof(msg)), outbox_logfmt_value(fac, f, sizeof(f)));
+}

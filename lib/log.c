@@ -30,7 +30,7 @@ void outbox_log_default(int level, const char *fac, const char *msg, void *opaqu
 }
 
 void outbox_log(const outbox_conf_t *conf, int level, const char *fac, const char *fmt, ...) {
-    if (conf && level > outbox_conf_int(conf, "log.level"))
+    if (conf && level > conf->log_level)
         return;
     char buf[2048];
     va_list ap;

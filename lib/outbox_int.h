@@ -5,6 +5,7 @@
 #ifndef OUTBOX_INT_H
 #define OUTBOX_INT_H
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -48,6 +49,7 @@ struct outbox_conf_s {
     size_t kafka_cnt, kafka_cap;
     outbox_log_cb *log_cb;
     void *opaque;
+    int log_level; /* log.level, parsed */
 };
 
 /* The table of known keys, terminated by a row with name == NULL. */
@@ -87,6 +89,8 @@ int64_t outbox_mono_ms(void);
 #define OUTBOX_UUID_STR_LEN 36
 /* Writes a new UUIDv7 (monotonic across the process) as text into out (37 bytes). */
 void outbox_uuid7(char out[OUTBOX_UUID_STR_LEN + 1]);
+/* Writes the 16 bytes of a UUID as canonical lowercase text into out (37 bytes). */
+void outbox_uuid_text(const uint8_t u[16], char out[OUTBOX_UUID_STR_LEN + 1]);
 /* 1 if s is a canonical 8-4-4-4-12 hex UUID. */
 int outbox_uuid_valid(const char *s);
 
@@ -127,6 +131,8 @@ int outbox_envelope_scan(const uint8_t *buf, size_t len, int *kind, outbox_envsc
 /* ---- what the consumer makes of a received record (consumer.c) ---- */
 
 struct rd_kafka_headers_s;
+struct rd_kafka_s;
+struct rd_kafka_conf_s;
 
 /* The verdict on one record, reached without PostgreSQL or Kafka (tests/fuzz/fuzz_consumer.c). */
 typedef struct {
@@ -152,6 +158,49 @@ const char *const *outbox_kafka_producer_defaults(void);
  * NULL with the reason in errstr.  Caller owns. */
 struct rd_kafka_conf_s *outbox_kafka_conf(const outbox_conf_t *conf, const char *const *defaults,
                                           char *errstr, size_t errstr_size);
+
+/* Sets log_cb on kc and keeps librdkafka from calling it on its own threads (log.queue): after
+ * rd_kafka_new, rd_kafka_set_log_queue(rk, NULL) hands the lines to whichever thread polls rk, the
+ * one that makes the library's calls.  0, or -1 with the reason in errstr. */
+int outbox_kafka_conf_logs(struct rd_kafka_conf_s *kc,
+                           void (*log_cb)(const struct rd_kafka_s *, int, const char *, const char *),
+                           char *errstr, size_t errstr_size);
+/* Logs one line of librdkafka's (buf, from facility fac) through conf, escaped for logfmt. */
+void outbox_kafka_log(const outbox_conf_t *conf, int level, const char *fac, const char *buf);
+
+/* ---- PostgreSQL calls with a deadline (pgio.c) ---- */
+
+/* How long a session's calls may wait for the server.  timeout_ms <= 0: no deadline.  Once *stop
+ * (may be NULL) is set, a wait ends after at most grace_ms more. */
+typedef struct {
+    int64_t timeout_ms;
+    const volatile sig_atomic_t *stop;
+    int64_t grace_ms;
+} outbox_pg_limits_t;
+
+/* Connects to conninfo (a keyword string or URI) within the limits, with connect_timeout, TCP
+ * keepalives and tcp_user_timeout defaults that conninfo may override, and makes the connection
+ * non-blocking.  NULL with the reason in err on failure.  Caller owns; PQfinish it. */
+PGconn *outbox_pg_connect(const char *conninfo, const char *app_name, const outbox_pg_limits_t *lim,
+                          char *err, size_t err_size);
+/* Flushes what was sent and waits until a result can be read without blocking: 0, or -1 with the
+ * reason in err when the connection failed or the deadline passed.  After -1 the session is in
+ * an unknown state: finish it. */
+int outbox_pg_wait(PGconn *pg, const outbox_pg_limits_t *lim, char *err, size_t err_size);
+/* Reads every result of the query sent last and returns its outcome: the first result, or the
+ * first failed one.  NULL (reason in err) when no answer came: finish the session.  Caller owns. */
+PGresult *outbox_pg_result(PGconn *pg, const outbox_pg_limits_t *lim, char *err, size_t err_size);
+/* Send-and-wait forms of PQexecParams, PQexec, PQexecPrepared and PQprepare, same outcome rules. */
+PGresult *outbox_pg_exec(PGconn *pg, const outbox_pg_limits_t *lim, const char *sql, int nparams,
+                         const char *const *params, const int *lengths, const int *formats,
+                         int result_format, char *err, size_t err_size);
+PGresult *outbox_pg_exec_simple(PGconn *pg, const outbox_pg_limits_t *lim, const char *sql, char *err,
+                                size_t err_size);
+PGresult *outbox_pg_exec_prepared(PGconn *pg, const outbox_pg_limits_t *lim, const char *stmt,
+                                  int nparams, const char *const *params, const int *lengths,
+                                  const int *formats, int result_format, char *err, size_t err_size);
+PGresult *outbox_pg_prepare(PGconn *pg, const outbox_pg_limits_t *lim, const char *stmt,
+                            const char *sql, char *err, size_t err_size);
 
 /* ---- handles (outbox.c) ---- */
 

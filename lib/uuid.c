@@ -49,8 +49,19 @@ static void random_bytes(uint8_t *b, size_t n) {
     }
 }
 
-void outbox_uuid7(char out[OUTBOX_UUID_STR_LEN + 1]) {
+void outbox_uuid_text(const uint8_t u[16], char out[OUTBOX_UUID_STR_LEN + 1]) {
     static const char hex[] = "0123456789abcdef";
+    char *w = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *w++ = '-';
+        *w++ = hex[u[i] >> 4];
+        *w++ = hex[u[i] & 15];
+    }
+    *w = '\0';
+}
+
+void outbox_uuid7(char out[OUTBOX_UUID_STR_LEN + 1]) {
     uint8_t u[16];
     uint64_t t = next_ts();
     uint64_t ms = t >> 12;
@@ -61,14 +72,7 @@ void outbox_uuid7(char out[OUTBOX_UUID_STR_LEN + 1]) {
     u[7] = (uint8_t)(sub & 0xff);
     random_bytes(u + 8, 8);
     u[8] = (uint8_t)(0x80 | (u[8] & 0x3f));
-    char *w = out;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            *w++ = '-';
-        *w++ = hex[u[i] >> 4];
-        *w++ = hex[u[i] & 15];
-    }
-    *w = '\0';
+    outbox_uuid_text(u, out);
 }
 
 int outbox_uuid_valid(const char *s) {
