@@ -19,6 +19,9 @@ static const outbox_conf_prop_t props[] = {
      "schema of the outbox tables (always quoted in SQL)"},
     {"pg.conninfo", CONF_STR, "", 0, 0,
      "libpq connection string (relay, consumer); env OUTBOX_PG_CONNINFO if empty"},
+    {"pg.timeout.ms", CONF_INT, "10000", 100, 3600000,
+     "longest wait for PostgreSQL to connect or answer (beyond a statement timeout) before the "
+     "relay or consumer gives the session up"},
     {"log.level", CONF_INT, "6", 0, 7, "syslog level of the lowest message logged (7 = debug)"},
     {"writer.allow.autocommit", CONF_BOOL, "false", 0, 1,
      "let outbox_send() write outside a transaction block"},
@@ -40,8 +43,9 @@ static const outbox_conf_prop_t props[] = {
      "longest wait between reconnection attempts"},
     {"relay.lock.retry.ms", CONF_INT, "500", 10, 60000,
      "how often a standby tries to take the leadership lock"},
-    {"relay.statement.timeout.ms", CONF_INT, "30000", 0, 3600000,
-     "statement_timeout of the relay's sessions (0 = none)"},
+    {"relay.statement.timeout.ms", CONF_INT, "10000", 0, 3600000,
+     "statement_timeout of the relay's sessions (0 = none); the relay waits this plus "
+     "pg.timeout.ms for an answer"},
     {"relay.reindex.min.bytes", CONF_INT, "67108864", 0, 1099511627776LL,
      "once the outbox is drained, REINDEX CONCURRENTLY its primary key if larger (0 = never)"},
     {"relay.reindex.check.ms", CONF_INT, "60000", 10, 86400000,
