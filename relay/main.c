@@ -11,12 +11,12 @@
 #include "relay.h"
 
 static volatile sig_atomic_t stop_requested;
-static volatile sig_atomic_t interrupt_count;
+static atomic_int interrupt_count; /* lock-free: a handler may update it */
 
 static void on_signal(int sig) {
     stop_requested = 1;
     if (sig == SIGINT)
-        interrupt_count++;
+        atomic_fetch_add(&interrupt_count, 1);
 }
 
 static void usage(FILE *fp) {

@@ -13,7 +13,7 @@
 
 #include "relay.h"
 
-#define FAC "RELAY"
+#define FAC RELAY_FAC
 
 /* The primary-key index of the outbox table: its name (as SQL) and size, and the invalid
  * indexes a failed REINDEX CONCURRENTLY left on the table.  False when it cannot be read. */
@@ -22,12 +22,13 @@ static bool index_state(relay_t *r, PGconn *pg, char *name, size_t name_size, lo
     char table[300];
     snprintf(table, sizeof(table), "%s.messages", r->schema_q);
     const char *p[1] = {table};
-    PGresult *res = PQexecParams(pg,
+    char err[512];
+    PGresult *res = outbox_pg_exec(pg, &r->session.stmt_lim,
                                  "SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid),"
                                  " (SELECT string_agg(v.indexrelid::regclass::text, ', ') FROM pg_index v"
                                  "  WHERE v.indrelid = i.indrelid AND NOT v.indisvalid)"
                                  " FROM pg_index i WHERE i.indrelid = $1::regclass AND i.indisprimary",
-                                 1, NULL, p, NULL, NULL, 0);
+                                 1, p, NULL, NULL, 0, err, sizeof(err));
     bool ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
     if (ok) {
         snprintf(name, name_size, "%s", PQgetvalue(res, 0, 0));
@@ -36,7 +37,7 @@ static bool index_state(relay_t *r, PGconn *pg, char *name, size_t name_size, lo
     } else {
         char msg[512];
         outbox_log(r->conf, 4, FAC, "msg=\"cannot read the outbox index's size\" error=\"%s\"",
-                   outbox_logfmt_value(PQresultErrorMessage(res), msg, sizeof(msg)));
+                   outbox_logfmt_value(res ? PQresultErrorMessage(res) : err, msg, sizeof(msg)));
     }
     PQclear(res);
     return ok;
@@ -44,24 +45,22 @@ static bool index_state(relay_t *r, PGconn *pg, char *name, size_t name_size, lo
 
 /* The rebuild has ended: says how, and closes its session. */
 static void reindex_finish(relay_t *r) {
-    PGconn *pg = r->pg_reindex;
-    PGresult *res;
-    char why[512] = "", state[8] = "";
-    while ((res = PQgetResult(pg))) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK && !*why) {
-            outbox_logfmt_value(PQresultErrorMessage(res), why, sizeof(why));
-            snprintf(state, sizeof(state), "%s", PQresultErrorField(res, PG_DIAG_SQLSTATE) ?
-                     PQresultErrorField(res, PG_DIAG_SQLSTATE) : "");
-        }
-        PQclear(res);
+    PGconn *pg = r->reindex.pg;
+    char why[512] = "", state[8] = "", err[512];
+    PGresult *res = outbox_pg_result(pg, &r->session.stmt_lim, err, sizeof(err));
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        outbox_logfmt_value(res ? PQresultErrorMessage(res) : err, why, sizeof(why));
+        const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        snprintf(state, sizeof(state), "%s", st ? st : "");
     }
+    PQclear(res);
     if (!*why && PQstatus(pg) != CONNECTION_OK)
         outbox_logfmt_value(PQerrorMessage(pg), why, sizeof(why));
     char name[512], invalid[512];
     long long after = -1;
     if (!*why && index_state(r, pg, name, sizeof(name), &after, invalid, sizeof(invalid))) {
         outbox_log(r->conf, 5, FAC, "msg=\"rebuilt the outbox index\" index=%s bytes_before=%lld "
-                   "bytes_after=%lld", name, r->reindex_before, after);
+                   "bytes_after=%lld", name, r->reindex.before, after);
     } else if (*why) {
         /* Not the owner: the next attempt would fail alike.  Say what to do, once. */
         bool denied = strcmp(state, "42501") == 0;
@@ -69,30 +68,30 @@ static void reindex_finish(relay_t *r) {
                    denied ? "; not trying again: run the relay as the table's owner, or set "
                             "relay.reindex.min.bytes=0 and REINDEX it yourself" : "", why);
         if (denied)
-            r->reindex_off = true;
+            r->reindex.off = true;
     }
     PQfinish(pg);
-    r->pg_reindex = NULL;
+    r->reindex.pg = NULL;
 }
 
-void relay_reindex_poll(relay_t *r, bool drained) {
-    if (r->pg_reindex) {
-        if (PQconsumeInput(r->pg_reindex) && PQisBusy(r->pg_reindex))
+void relay_reindex_poll(relay_t *r, PGconn *leader, bool drained) {
+    if (r->reindex.pg) {
+        if (PQconsumeInput(r->reindex.pg) && PQisBusy(r->reindex.pg))
             return;
         reindex_finish(r);
         return;
     }
     /* Called at every turn of the loop: the cheap tests first. */
     int64_t now = outbox_mono_ms();
-    if (!drained || r->reindex_off || !r->pg || now < r->reindex_next_ms)
+    if (!drained || r->reindex.off || !leader || now < r->reindex.next_ms)
         return;
-    long long min = outbox_conf_int(r->conf, "relay.reindex.min.bytes");
+    long long min = r->set.reindex_min_bytes;
     if (min == 0)
         return;
-    r->reindex_next_ms = now + outbox_conf_int(r->conf, "relay.reindex.check.ms");
+    r->reindex.next_ms = now + r->set.reindex_check_ms;
     char name[512], invalid[512];
     long long bytes;
-    if (!index_state(r, r->pg, name, sizeof(name), &bytes, invalid, sizeof(invalid)) || bytes <= min)
+    if (!index_state(r, leader, name, sizeof(name), &bytes, invalid, sizeof(invalid)) || bytes <= min)
         return;
     if (*invalid) {
         /* A rebuild that failed half-way left an invalid copy, which every write still updates;
@@ -100,15 +99,15 @@ void relay_reindex_poll(relay_t *r, bool drained) {
         outbox_log(r->conf, 4, FAC, "msg=\"not rebuilding the outbox index: a failed rebuild left "
                    "invalid indexes; drop them with DROP INDEX CONCURRENTLY\" index=%s bytes=%lld "
                    "invalid=\"%s\"", name, bytes, invalid);
-        r->reindex_off = true;
+        r->reindex.off = true;
         return;
     }
     PGconn *pg = relay_connect(r);
     if (!pg)
         return;
     /* No timeout: a REINDEX CONCURRENTLY cancelled half-way leaves an invalid index behind. */
-    PGresult *res = PQexec(pg, "SET statement_timeout = 0");
-    PQclear(res);
+    char err[512];
+    PQclear(outbox_pg_exec_simple(pg, &r->session.stmt_lim, "SET statement_timeout = 0", err, sizeof(err)));
     char sql[600];
     snprintf(sql, sizeof(sql), "REINDEX INDEX CONCURRENTLY %s", name);
     if (!PQsendQuery(pg, sql)) {
@@ -118,22 +117,22 @@ void relay_reindex_poll(relay_t *r, bool drained) {
         PQfinish(pg);
         return;
     }
-    r->pg_reindex = pg;
-    r->reindex_before = bytes;
+    r->reindex.pg = pg;
+    r->reindex.before = bytes;
     outbox_log(r->conf, 5, FAC, "msg=\"rebuilding the outbox index: the table is drained and the "
                "index larger than relay.reindex.min.bytes\" index=%s bytes=%lld min_bytes=%lld",
                name, bytes, min);
 }
 
 void relay_reindex_stop(relay_t *r) {
-    if (!r->pg_reindex)
+    if (!r->reindex.pg)
         return;
-    if (PQconsumeInput(r->pg_reindex) && PQisBusy(r->pg_reindex)) {
+    if (PQconsumeInput(r->reindex.pg) && PQisBusy(r->reindex.pg)) {
         /* Cancelling it would leave an invalid index: the server finishes it on its own. */
         outbox_log(r->conf, 6, FAC, "msg=\"leaving the outbox index's rebuild to finish on the "
                    "server\"");
-        PQfinish(r->pg_reindex);
-        r->pg_reindex = NULL;
+        PQfinish(r->reindex.pg);
+        r->reindex.pg = NULL;
         return;
     }
     reindex_finish(r);

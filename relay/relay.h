@@ -1,6 +1,13 @@
 /*
- * outbox-relay internals shared by its files: the relay state, the drain loop's entry points and
- * the admin verbs.
+ * relay.h: outbox-relay's state and the entry points its files share.  The drain is a pipeline
+ * of stages, one file each:
+ *
+ *   source (claim.c: the outbox table)  ->  produce.c (librdkafka)  ->  settle (settle.c: delete)
+ *
+ * drain.c only moves batches between them through relay_source_t, so a second source (the WAL
+ * stream) plugs in without touching produce or settle.  pgsession.c holds the PostgreSQL session
+ * and its leadership lock, floor.c the claim floor, idranges.c the id arithmetic, batch.c a
+ * batch's life.  Everything runs on the main thread unless a comment says otherwise.
  */
 #ifndef OUTBOX_RELAY_H
 #define OUTBOX_RELAY_H
@@ -17,32 +24,108 @@
 
 #include "outbox_int.h"
 
-/* Row states inside a claimed batch. */
+#define RELAY_FAC "RELAY"
+
+/* ---- settings: read once at start (settings_read in drain.c) ------------------------------ */
+
+typedef struct {
+    const char *app_name;
+    int batch_size, inflight_max;
+    int64_t poll_min_ms, poll_max_ms, poll_active_ms;
+    int64_t backoff_ms, backoff_max_ms;   /* relay.reconnect.backoff[.max].ms */
+    int64_t lock_retry_ms, statement_timeout_ms, shutdown_timeout_ms;
+    int64_t pg_timeout_ms;                /* pg.timeout.ms */
+    long long reindex_min_bytes;
+    int64_t reindex_check_ms;
+    bool debug;                           /* log.level 7: one line per delivered row too */
+} relay_settings_t;
+
+/* ---- batches (batch.c) ---------------------------------------------------------------------- */
+
+/* Row states inside a batch. */
 enum { ROW_PENDING = 0, ROW_ACKED, ROW_DEAD, ROW_RETRY };
 
 typedef struct relay_s relay_t;
-typedef struct slot_s slot_t;
+typedef struct batch_s batch_t;
 
-/* One claimed batch: the PGresult owns every payload the producer points into, so it is freed
- * only when the last delivery report of the batch has arrived. */
+/* One message as the source hands it to the producer: borrowed, valid while its batch lives. */
 typedef struct {
-    relay_t *relay;
-    PGresult *res;
-    int n;
-    int pending;     /* rows produced whose delivery report has not arrived */
-    int64_t *ids;
-    uint8_t *state;
-    char **error;    /* for ROW_DEAD rows: why (owned) */
-    slot_t *slots;   /* one per row, the opaque of its produced message */
-    int64_t claimed_ms;
-    bool settling;   /* its DELETE is in flight on the settle session */
-} batch_t;
+    const char *dest;                     /* topic, NUL-terminated */
+    const void *key;                      /* NULL: no partition key */
+    size_t key_len;
+    const void *value;                    /* the encoded Envelope */
+    size_t value_len;
+    const uint8_t *uuid;                  /* the message id, 16 bytes */
+    const char *type;
+    size_t type_len;
+} relay_row_t;
 
 /* Handed to each produced message as its opaque. */
-struct slot_s {
+typedef struct {
     batch_t *batch;
     int row;
+} slot_t;
+
+/* One batch of messages in source order.  The source's storage (owner) holds every byte the
+ * producer points into, so it is freed only when the last delivery report has arrived. */
+struct batch_s {
+    int n;
+    int pending;          /* rows produced whose delivery report has not arrived */
+    int64_t *ids;         /* the source's position of each row (table: the outbox id), ascending */
+    relay_row_t *rows;
+    uint8_t *state;
+    char **error;         /* for ROW_DEAD rows: why (owned; NULL if out of memory) */
+    slot_t *slots;
+    void *owner;          /* the source's storage, freed with owner_free */
+    void (*owner_free)(void *owner);
+    int64_t claimed_ms;
+    bool settling;        /* its settle statement is in flight */
 };
+
+/* A batch of n rows, every array allocated, joined to the in-flight list; NULL when out of
+ * memory or the list is full.  The source fills ids and rows. */
+batch_t *batch_new(relay_t *r, int n, void *owner, void (*owner_free)(void *owner));
+/* A settled (or abandoned) batch leaves the in-flight list and is freed. */
+void batch_retire(relay_t *r, batch_t *b);
+/* Frees every batch in flight (the producer no longer points into them). */
+void batch_retire_all(relay_t *r);
+/* Delivery reports still outstanding, over every batch in flight. */
+int batch_outstanding(const relay_t *r);
+/* The ids of the nb batches bs (only the acknowledged ones if acked_only), ascending, and their
+ * count in *n; NULL when out of memory.  Caller frees. */
+int64_t *batch_sorted_ids(batch_t *const *bs, int nb, bool acked_only, size_t *n);
+
+/* ---- the source seam ----------------------------------------------------------------------- */
+
+/* A source of ordered messages that later learns which of them were acknowledged.  Each
+ * function runs on the main thread; r->src_state is the source's own. */
+typedef struct {
+    const char *name;
+    /* Builds its statements; nothing is connected yet. */
+    void (*open)(relay_t *r);
+    /* Connects, takes the leadership and reads input that arrived meanwhile; false while it
+     * cannot deliver (it waited its backoff then). */
+    bool (*ready)(relay_t *r);
+    /* Appends the next batch to the in-flight list: 1 with *out set, 0 when nothing waits,
+     * -1 on failure (logged). */
+    int (*next)(relay_t *r, batch_t **out);
+    /* Called every few hundred rows while a batch is produced: read input meanwhile. */
+    void (*pump)(relay_t *r);
+    /* Records what was acknowledged (table: delete the rows; WAL: confirm a position) for every
+     * batch whose reports have all arrived, and retires them.  wait: until nothing acknowledged
+     * is left unrecorded, or it fails. */
+    void (*settle)(relay_t *r, bool wait);
+    /* The producer is gone with rows unacknowledged: deliver again from the oldest. */
+    void (*rewind)(relay_t *r);
+    /* Every second or so: figures for metrics and housekeeping. */
+    void (*sample)(relay_t *r);
+    /* Releases every session and buffer. */
+    void (*close)(relay_t *r);
+} relay_source_t;
+
+extern const relay_source_t relay_table_source; /* claim.c */
+
+/* ---- state by concern ----------------------------------------------------------------------- */
 
 #define METRICS_BUCKETS 11
 #define METRICS_ERR_CODES 32
@@ -60,72 +143,158 @@ typedef struct {
     int err_cnt;
 } relay_metrics_t;
 
+/* pgsession.c: the session that holds the leadership lock and claims. */
+typedef struct {
+    PGconn *pg;
+    bool leader;
+    int standby_waits;       /* lock attempts lost, for occasional logging */
+    int connections;         /* successful connects; all but the first are reconnects */
+    int64_t backoff_ms;      /* the next reconnect's wait */
+    outbox_pg_limits_t connect_lim, stmt_lim;
+} relay_session_t;
+
+/* floor.c: claims start at floor (see floor.c for why that is safe). */
+typedef struct {
+    int64_t floor;
+    int64_t cand;            /* the id floor may rise past once vxids have all ended */
+    char *vxids;             /* transactions running when cand was seen; NULL: none */
+    bool settled;            /* vxids have all ended */
+    int64_t next_ms;         /* no floor queries before then */
+    uint64_t gen;            /* counts floor resets: a claim sent before one is stale */
+} relay_floor_t;
+
+/* claim.c: the claim sent ahead, so PostgreSQL looks up the next batch while the relay
+ * produces the current one. */
+typedef struct {
+    bool sent;               /* its result is still to be read */
+    PGresult *res;           /* its result, read but not yet made a batch */
+    uint64_t gen;            /* floor.gen when it was sent */
+    bool floor_ok;           /* floor.settled when it was sent: whether it may raise the floor */
+    int64_t next_sample_ms;  /* when to sample the backlog again */
+    char sql[1024], sql_sample[512], sql_count[256];
+} relay_claim_t;
+
+/* settle.c: a second session deletes acknowledged rows while the first claims. */
+typedef struct {
+    PGconn *pg;
+    bool busy;               /* a DELETE is in flight */
+    int64_t sent_ms;         /* when it was sent: past its deadline the session is given up */
+    int64_t retry_ms;        /* no reconnect before then */
+    bool clean;              /* a batch settled with every row acknowledged: failures are over */
+    char sql_delete[384], sql_dead[1280];
+} relay_settle_t;
+
+/* reindex.c: the session rebuilding the outbox's index (NULL: none). */
+typedef struct {
+    PGconn *pg;
+    long long before;
+    int64_t next_ms;
+    bool off;                /* given up: not the owner, or a failed rebuild left debris */
+} relay_reindex_t;
+
+/* produce.c: the producer and the broker probe. */
+typedef struct {
+    rd_kafka_t *rk;
+    bool fatal;              /* a fatal error: re-create the producer */
+    bool offsets_expected;   /* acks != 0: every acknowledgement carries the record's offset */
+    int64_t last_delivery_ms;
+    int64_t next_probe_ms;
+    pthread_t probe;         /* asks the broker for metadata off the main thread */
+    bool probing;
+    atomic_int probe_done, probe_ok;
+} relay_producer_t;
+
 struct relay_s {
     outbox_conf_t *conf;
+    relay_settings_t set;
     const char *schema;
     char *schema_q;
-    char conninfo_safe[64]; /* for logs: never the conninfo itself, which may hold a password */
     const char *conninfo;
-    PGconn *pg;
-    /* A second session that deletes acknowledged rows while the first claims the next batch:
-     * deleting what the broker acknowledged is safe for any relay, leader or not. */
-    PGconn *pg_settle;
-    bool settle_busy;           /* a DELETE is in flight on pg_settle */
-    int64_t settle_retry_ms;    /* no reconnect of pg_settle before then */
-    bool leader;
-    rd_kafka_t *rk;
-    bool fatal;             /* the producer raised a fatal error: re-create it */
-    bool rewind;            /* a row failed transiently: drain, then claim from the oldest row */
-    bool debug;             /* log.level is 7: one line per delivered row too */
-    bool settled_clean;     /* a batch settled with every row acknowledged: failures are over */
-    bool offsets_expected;  /* acks != 0: every acknowledgement carries the record's offset */
+    volatile sig_atomic_t *stop;  /* > 0: SIGTERM/SIGINT received */
+    atomic_int *interrupts;       /* SIGINT count: 2 = exit at once */
+    const relay_source_t *src;
+    relay_session_t session;
+    relay_floor_t floor;
+    relay_claim_t claim;
+    relay_settle_t settle;
+    relay_reindex_t reindex;
+    relay_producer_t prod;
     batch_t **inflight;
-    int inflight_cnt, inflight_max;
-    int batch_size;
+    int inflight_cnt;
+    bool rewind;                  /* a row failed transiently: drain, then deliver from the oldest */
     int64_t published, dead_lettered;
-    int standby_waits;          /* lock attempts lost, for occasional logging */
-    int connections;            /* successful connects; all but the first are reconnects */
-    volatile sig_atomic_t *stop; /* > 0: SIGTERM/SIGINT received */
-    volatile sig_atomic_t *interrupts; /* SIGINT count: 2 = exit at once */
-    char sql_claim[1024], sql_delete[384], sql_dead[1280];
     relay_metrics_t metrics;
     struct MHD_Daemon *mhd;
-    int64_t next_sample_ms;     /* when to sample backlog and broker reachability again */
-    int64_t last_delivery_ms;   /* last successful delivery report */
-    /* Claims start at floor: every id below it is published, in flight or will never be visible
-     * (see floor_advance in drain.c), so they need not walk the deleted rows' dead index entries. */
-    int64_t floor;
-    int64_t floor_cand;         /* the id floor may rise past once floor_vxids have all ended */
-    char *floor_vxids;          /* transactions running when floor_cand was seen; NULL: none */
-    bool floor_settled;         /* floor_vxids have all ended */
-    int64_t floor_next_ms;      /* no floor queries before then */
-    uint64_t floor_gen;         /* counts floor resets: a claim sent before one is stale */
-    /* A claim sent ahead (claim_send in drain.c): PostgreSQL looks up the next batch while the
-     * relay produces the current one. */
-    bool claim_sent;            /* its result is still to be read from pg */
-    PGresult *claim_res;        /* its result, read but not yet made a batch */
-    uint64_t claim_gen;         /* floor_gen when it was sent */
-    bool claim_floor_ok;        /* floor_settled when it was sent: whether it may raise the floor */
-    /* reindex.c: the session rebuilding the outbox's index (NULL: none), its size before, when
-     * to look at it again, and whether rebuilding is given up (not the owner, a failed one). */
-    PGconn *pg_reindex;
-    long long reindex_before;
-    int64_t reindex_next_ms;
-    bool reindex_off;
 };
 
-/* Connects with the relay's session settings; NULL and a logged error on failure. */
+/* ---- pgsession.c ------------------------------------------------------------------------------ */
+
+/* Sets the session's limits and backoff from r->set. */
+void session_init(relay_t *r);
+/* Connects with the relay's session settings within pg.timeout.ms; NULL and a logged error on
+ * failure.  Works before settings_read too (admin verbs). */
 PGconn *relay_connect(relay_t *r);
 /* The advisory lock key of this schema's leadership, as SQL text for hashtextextended(). */
 void relay_lock_name(const relay_t *r, char *out, size_t size);
+/* Whether the leader session is gone. */
+bool session_lost(const relay_t *r);
+/* Connects (with backoff), prepares the statements and takes the leadership lock; true when
+ * leader.  prepare: the source's statements, NULL-terminated name/SQL pairs. */
+bool session_ensure_leader(relay_t *r, const char *const *prepare);
+/* Closes the session, saying why; the claim sent ahead goes with it. */
+void session_drop(relay_t *r, const char *why);
+/* Runs a prepared statement on the session within its deadline.  The result if its status is
+ * expect; else NULL, the failure logged as "<what> failed" and the session dropped when it is
+ * lost or silent. */
+PGresult *session_exec(relay_t *r, const char *stmt, int nparams, const char *const *params,
+                       int result_format, ExecStatusType expect, const char *what);
+/* Reads the result of a query sent on the session (same rules as session_exec). */
+PGresult *session_result(relay_t *r, ExecStatusType expect, const char *what);
+/* Sleeps ms, serving delivery reports meanwhile, and returns early on a stop request. */
+void relay_sleep(relay_t *r, int64_t ms);
+/* The next wait of a capped doubling backoff. */
+int64_t backoff_next(int64_t cur, int64_t max);
+
+/* ---- floor.c ---------------------------------------------------------------------------------- */
+
+/* The floor's statements, as name/SQL pairs for session_ensure_leader. */
+extern const char *const floor_statements[];
+void floor_reset(relay_t *r);
+void floor_check(relay_t *r);
+void floor_advance(relay_t *r, const batch_t *b, int got, bool settled);
+void floor_free(relay_t *r);
+
+/* ---- produce.c -------------------------------------------------------------------------------- */
+
+/* A new producer in r->prod.rk; -1 with the reason in err. */
+int producer_start(relay_t *r, char *err, size_t err_size);
+/* Produces the rows of b, the batch just taken from the source, in order. */
+void produce_batch(relay_t *r, batch_t *b);
+/* Serves delivery reports and logs for up to ms. */
+void producer_poll(relay_t *r, int ms);
+/* Waits (while stop allows) for outstanding reports up to wait_ms, settles what was acked,
+ * purges the rest and destroys the producer; every batch is freed. */
+void producer_close(relay_t *r, int64_t wait_ms);
+/* Whether the broker answers: from delivery reports, else a metadata probe off the loop. */
+void producer_probe(relay_t *r);
+
+/* ---- settle.c --------------------------------------------------------------------------------- */
+
+void settle_build_sql(relay_t *r);
+void settle_table(relay_t *r, bool wait);
+void settle_close(relay_t *r);
+
+/* ---- reindex.c -------------------------------------------------------------------------------- */
+
+/* Once the leader has drained the table (drained), rebuilds the outbox's primary-key index if it
+ * outgrew relay.reindex.min.bytes, on a session of its own; called every loop, it also collects
+ * the rebuild's result.  _stop leaves a running rebuild to the server. */
+void relay_reindex_poll(relay_t *r, PGconn *leader, bool drained);
+void relay_reindex_stop(relay_t *r);
+
+/* ---- drain.c, metrics.c, admin.c, conffile.c ---------------------------------------------- */
 
 int relay_run(relay_t *r);
-
-/* reindex.c: once the leader has drained the table (drained), rebuilds the outbox's primary-key
- * index if it outgrew relay.reindex.min.bytes, on a session of its own; called every loop, it
- * also collects the rebuild's result.  _stop leaves a running rebuild to the server. */
-void relay_reindex_poll(relay_t *r, bool drained);
-void relay_reindex_stop(relay_t *r);
 
 /* metrics.c: serve metrics.listen (no-op when empty); 0, or -1 with the reason in err. */
 int metrics_start(relay_t *r, char *err, size_t err_size);
@@ -143,6 +312,5 @@ int relay_conf_apply(outbox_conf_t *conf, char *kv, const char *where, FILE *err
 /* Applies every line of fp ('#' starts a comment; blank lines are skipped) up to the first bad one;
  * path names the file in messages.  0, or -1 after reporting on errfp (NULL: silent). */
 int relay_conf_read(outbox_conf_t *conf, FILE *fp, const char *path, FILE *errfp);
-
 
 #endif
