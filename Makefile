@@ -118,9 +118,10 @@ $(STLIB): $(LIB_OBJS)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-$(PCFILE): $(HDR) Makefile | $(DEPCHECK)
-	@mkdir -p $(@D)
-	@printf '%s\n' "prefix=$(PREFIX)" "libdir=$(patsubst $(PREFIX)%,\$${prefix}%,$(LIBDIR))" \
+# liboutbox.pc's lines for the PREFIX, LIBDIR and INCDIR of the make that expands them (deferred,
+# so `make install PREFIX=...` writes its own; DESTDIR is where files are staged, never where they
+# are used, so it has no place here).  build/liboutbox.pc describes the default install location.
+PC_LINES = "prefix=$(PREFIX)" "libdir=$(patsubst $(PREFIX)%,\$${prefix}%,$(LIBDIR))" \
 	  "includedir=$(patsubst $(PREFIX)%,\$${prefix}%,$(INCDIR))" "" \
 	  "Name: liboutbox" \
 	  "Description: Transactional messaging (outbox) on PostgreSQL and Kafka" \
@@ -128,7 +129,11 @@ $(PCFILE): $(HDR) Makefile | $(DEPCHECK)
 	  "Requires: libpq >= 14" \
 	  "Requires.private: libprotobuf-c rdkafka" \
 	  "Cflags: -I\$${includedir}" \
-	  "Libs: -L\$${libdir} -loutbox" > $@
+	  "Libs: -L\$${libdir} -loutbox"
+
+$(PCFILE): $(HDR) Makefile | $(DEPCHECK)
+	@mkdir -p $(@D)
+	@printf '%s\n' $(PC_LINES) > $@
 
 # ---- programs ----------------------------------------------------------------------------
 # Programs link the static library: the relay uses internal helpers that the .so does not export.
@@ -240,7 +245,8 @@ install: lib $(RELAY)
 	ln -sf liboutbox.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liboutbox.so
 	install -m 644 $(STLIB) $(DESTDIR)$(LIBDIR)/
-	install -m 644 $(PCFILE) $(DESTDIR)$(LIBDIR)/pkgconfig/
+	printf '%s\n' $(PC_LINES) > $(DESTDIR)$(LIBDIR)/pkgconfig/liboutbox.pc
+	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/liboutbox.pc
 	install -m 755 $(RELAY) $(DESTDIR)$(BINDIR)/
 	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DATADIR) $(DESTDIR)$(UNITDIR)
 	install -m 644 relay/outbox-relay.1 $(DESTDIR)$(MANDIR)/man1/
