@@ -120,7 +120,7 @@ $(STLIB): $(LIB_OBJS)
 
 # liboutbox.pc's lines for the PREFIX, LIBDIR and INCDIR of the make that expands them (deferred,
 # so `make install PREFIX=...` writes its own; DESTDIR is where files are staged, never where they
-# are used, so it has no place here).  build/liboutbox.pc describes the default install location.
+# are used, so it has no place here).  build/liboutbox.pc is written for the PREFIX of the build.
 PC_LINES = "prefix=$(PREFIX)" "libdir=$(patsubst $(PREFIX)%,\$${prefix}%,$(LIBDIR))" \
 	  "includedir=$(patsubst $(PREFIX)%,\$${prefix}%,$(INCDIR))" "" \
 	  "Name: liboutbox" \
@@ -148,6 +148,11 @@ $(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -o $@ $< $(TESTLIB_SRCS) $(STLIB) \
 	  $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
+
+# check_install runs `make install` on this very build and links a program to the installed library,
+# which when sanitized needs the same compiler and sanitizer runtime: tell it which those are.
+$(B)/tests/check_install: PROG_CFLAGS += -DCHECK_INSTALL_BUILD='"$(B)"' -DCHECK_INSTALL_CC='"$(CC)"' \
+  -DCHECK_INSTALL_SANITIZE='"$(SANITIZE)"' -DCHECK_INSTALL_SAN_FLAGS='"$(SAN_FLAGS)"'
 
 # Suites with their own make targets (long or needing extra tools): not part of `make check`.
 EXTRA_TESTS := $(B)/faults/check_faults $(B)/valgrind/check_valgrind
