@@ -118,9 +118,10 @@ $(STLIB): $(LIB_OBJS)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-$(PCFILE): $(HDR) Makefile | $(DEPCHECK)
-	@mkdir -p $(@D)
-	@printf '%s\n' "prefix=$(PREFIX)" "libdir=$(patsubst $(PREFIX)%,\$${prefix}%,$(LIBDIR))" \
+# liboutbox.pc's lines for the PREFIX, LIBDIR and INCDIR of the make that expands them (deferred,
+# so `make install PREFIX=...` writes its own; DESTDIR is where files are staged, never where they
+# are used, so it has no place here).  build/liboutbox.pc is written for the PREFIX of the build.
+PC_LINES = "prefix=$(PREFIX)" "libdir=$(patsubst $(PREFIX)%,\$${prefix}%,$(LIBDIR))" \
 	  "includedir=$(patsubst $(PREFIX)%,\$${prefix}%,$(INCDIR))" "" \
 	  "Name: liboutbox" \
 	  "Description: Transactional messaging (outbox) on PostgreSQL and Kafka" \
@@ -128,7 +129,11 @@ $(PCFILE): $(HDR) Makefile | $(DEPCHECK)
 	  "Requires: libpq >= 14" \
 	  "Requires.private: libprotobuf-c rdkafka" \
 	  "Cflags: -I\$${includedir}" \
-	  "Libs: -L\$${libdir} -loutbox" > $@
+	  "Libs: -L\$${libdir} -loutbox"
+
+$(PCFILE): $(HDR) Makefile | $(DEPCHECK)
+	@mkdir -p $(@D)
+	@printf '%s\n' $(PC_LINES) > $@
 
 # ---- programs ----------------------------------------------------------------------------
 # Programs link the static library: the relay uses internal helpers that the .so does not export.
@@ -143,6 +148,11 @@ $(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -o $@ $< $(TESTLIB_SRCS) $(STLIB) \
 	  $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
+
+# check_install runs `make install` on this very build and links a program to the installed library,
+# which when sanitized needs the same compiler and sanitizer runtime: tell it which those are.
+$(B)/tests/check_install: PROG_CFLAGS += -DCHECK_INSTALL_BUILD='"$(B)"' -DCHECK_INSTALL_CC='"$(CC)"' \
+  -DCHECK_INSTALL_SANITIZE='"$(SANITIZE)"' -DCHECK_INSTALL_SAN_FLAGS='"$(SAN_FLAGS)"'
 
 # Suites with their own make targets (long or needing extra tools): not part of `make check`.
 EXTRA_TESTS := $(B)/faults/check_faults $(B)/valgrind/check_valgrind
@@ -240,7 +250,8 @@ install: lib $(RELAY)
 	ln -sf liboutbox.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liboutbox.so
 	install -m 644 $(STLIB) $(DESTDIR)$(LIBDIR)/
-	install -m 644 $(PCFILE) $(DESTDIR)$(LIBDIR)/pkgconfig/
+	printf '%s\n' $(PC_LINES) > $(DESTDIR)$(LIBDIR)/pkgconfig/liboutbox.pc
+	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/liboutbox.pc
 	install -m 755 $(RELAY) $(DESTDIR)$(BINDIR)/
 	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DATADIR) $(DESTDIR)$(UNITDIR)
 	install -m 644 relay/outbox-relay.1 $(DESTDIR)$(MANDIR)/man1/
