@@ -69,7 +69,7 @@ BENCH_SRCS := $(wildcard tests/bench/*.c)
 BENCHES   := $(patsubst tests/bench/%.c,$(B)/bench/%,$(BENCH_SRCS))
 DEPCHECK  := $(B)/.depcheck
 
-.PHONY: all lib relay tests examples check check-faults check-valgrind bench demo deps install uninstall clean help
+.PHONY: all lib relay tests examples check check-faults check-valgrind bench bench-ab demo deps install uninstall clean help
 .DEFAULT_GOAL := all
 
 all: lib $(RELAY) $(MOCK)
@@ -241,6 +241,12 @@ bench: deps
 	@tests/support/deps.sh install bench
 	@$(MAKE) --no-print-directory all $(BENCHES)
 	OUTBOX_PG_DURABLE=1 tests/support/with-services.sh tests/bench/run.sh $(B) $(if $(QUICK),quick,full)
+
+# Old against new: make bench-ab OLD=/path/to/old/outbox-relay [ROUNDS=3]
+bench-ab: deps
+	@test -x "$(OLD)" || { echo "make bench-ab: set OLD to the relay binary to compare with" >&2; exit 2; }
+	@$(MAKE) --no-print-directory all $(BENCHES)
+	OUTBOX_PG_DURABLE=1 tests/support/with-services.sh tests/bench/ab.sh $(B) $(OLD) $(RELAY) $(or $(ROUNDS),3)
 
 # ---- install -----------------------------------------------------------------------------
 install: lib $(RELAY)

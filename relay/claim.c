@@ -162,7 +162,12 @@ static bool table_ready(relay_t *r) {
     const char *stmts[16];
     claim_collect(r); /* frees the session for the statements below */
     statements(r, stmts);
-    return session_ensure_leader(r, stmts);
+    bool was_leader = r->session.leader && !session_lost(r);
+    if (!session_ensure_leader(r, stmts))
+        return false;
+    if (!was_leader)
+        floor_reset(r); /* a new session: what the last one knew of the table is gone */
+    return true;
 }
 
 static int table_next(relay_t *r, batch_t **out) {

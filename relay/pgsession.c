@@ -189,7 +189,6 @@ bool session_ensure_leader(relay_t *r, const char *const *prepare) {
     }
     s->leader = PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
-    floor_reset(r);
     atomic_store(&r->metrics.is_leader, s->leader);
     if (s->leader) {
         outbox_log(r->conf, 5, FAC, "msg=\"became the leader\" schema=%s pid=%d", r->schema_q,
