@@ -141,8 +141,12 @@ $(MOCK): tests/support/mock-kafka.c | $(DEPCHECK)
 
 $(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(STLIB)
 	@mkdir -p $(@D)
-	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -o $@ $< $(TESTLIB_SRCS) $(STLIB) \
-	  $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
+	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -Irelay -o $@ $< $(TEST_EXTRA_$*) $(TESTLIB_SRCS) \
+	  $(STLIB) $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
+
+# The id arithmetic suite links the relay's pure idranges.c.
+TEST_EXTRA_check_idranges := relay/idranges.c
+$(B)/tests/check_idranges: relay/idranges.c relay/idranges.h
 
 # Suites with their own make targets (long or needing extra tools): not part of `make check`.
 EXTRA_TESTS := $(B)/faults/check_faults $(B)/valgrind/check_valgrind
