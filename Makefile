@@ -146,8 +146,12 @@ $(MOCK): tests/support/mock-kafka.c | $(DEPCHECK)
 
 $(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(STLIB)
 	@mkdir -p $(@D)
-	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -o $@ $< $(TESTLIB_SRCS) $(STLIB) \
-	  $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
+	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -Irelay -o $@ $< $(TEST_EXTRA_$*) $(TESTLIB_SRCS) \
+	  $(STLIB) $(LINK_FLAGS) $(PKG_LIBS) $(CHECK_LIBS)
+
+# The id arithmetic suite links the relay's pure idranges.c.
+TEST_EXTRA_check_idranges := relay/idranges.c
+$(B)/tests/check_idranges: relay/idranges.c relay/idranges.h
 
 # check_install runs `make install` on this very build and links a program to the installed library,
 # which when sanitized needs the same compiler and sanitizer runtime: tell it which those are.

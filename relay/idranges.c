@@ -32,6 +32,8 @@ static int cmp_id(const void *a, const void *b) {
 }
 
 void idr_sort(int64_t *ids, size_t n) {
+    if (n < 2)
+        return; /* an empty set may come as NULL, which qsort must not be given */
     qsort(ids, n, sizeof(*ids), cmp_id);
 }
 

@@ -25,13 +25,13 @@ void idr_text_add(idr_text_t *t, int64_t v);
 /* Closes the literal: "}" and the terminating NUL. */
 void idr_text_end(idr_text_t *t);
 
-/* Sorts ids[0..n) ascending. */
+/* Sorts ids[0..n) ascending; ids may be NULL when n is 0. */
 void idr_sort(int64_t *ids, size_t n);
 
 /* The ranges a claim may read given the sorted ids in flight: every id from floor up that is
  * not in ids, as closed ranges [lo[k], hi[k]] below the last in-flight id (two bigint[] texts),
- * and *top, from which every id is free.  Ids below floor are ignored.  Caller frees both texts;
- * -1 when out of memory. */
+ * and *top, from which every id is free.  Ids below floor are ignored.  Every id must be below
+ * INT64_MAX, as *top is one past the last.  Caller frees both texts; -1 when out of memory. */
 int idr_gaps(const int64_t *sorted, size_t n, int64_t floor, char **lo, char **hi, int64_t *top);
 
 /* The sorted ids[0..n) (duplicates allowed) as runs of consecutive ids: two bigint[] texts of
