@@ -3,6 +3,7 @@
  * admin.c.  Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,13 +11,16 @@
 
 #include "relay.h"
 
+/* A handler may only assign to a volatile sig_atomic_t or use lock-free atomics (C11 7.14.1.1p5):
+ * counting reads the old value, so the count is an atomic_int, which must then be lock-free. */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "the SIGINT count needs a lock-free atomic_int");
 static volatile sig_atomic_t stop_requested;
-static volatile sig_atomic_t interrupt_count;
+static atomic_int interrupt_count;
 
 static void on_signal(int sig) {
     stop_requested = 1;
     if (sig == SIGINT)
-        interrupt_count++;
+        atomic_fetch_add(&interrupt_count, 1);
 }
 
 static void usage(FILE *fp) {

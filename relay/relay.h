@@ -86,7 +86,7 @@ struct relay_s {
     int standby_waits;          /* lock attempts lost, for occasional logging */
     int connections;            /* successful connects; all but the first are reconnects */
     volatile sig_atomic_t *stop; /* > 0: SIGTERM/SIGINT received */
-    volatile sig_atomic_t *interrupts; /* SIGINT count: 2 = exit at once */
+    atomic_int *interrupts;      /* SIGINT count: 2 = exit at once */
     char sql_claim[1024], sql_delete[384], sql_dead[1280];
     relay_metrics_t metrics;
     struct MHD_Daemon *mhd;
