@@ -147,12 +147,21 @@ int main(int argc, char **argv) {
     r.stop = &stop_requested;
     r.interrupts = &interrupt_count;
 
+    /* A broken pipe (stdout to `head`, a peer gone) is an error return, never a death. */
     struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+    /* Only run has a loop that watches the flag and shuts down in order.  The other verbs keep the
+     * default disposition so SIGTERM/SIGINT end them at once (a handler would leave them blocked in
+     * libpq): none leaves anything half-done, as each change is one transaction (migrate: BEGIN ..
+     * COMMIT; dead-letters retry/drop: one statement), status and list only read, and grants only
+     * prints a script wrapped in BEGIN/COMMIT. */
+    if (!strcmp(verb, "run")) {
+        sa.sa_handler = on_signal;
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+    }
 
     if (!strcmp(verb, "migrate"))
         rc = relay_migrate(&r);
