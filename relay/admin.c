@@ -251,12 +251,11 @@ static void print_literal(const char *s) {
     putchar('\'');
 }
 
-static void print_role(const char *role, const char *what) {
-    char *q = outbox_quote_ident(role);
+/* role: the name; q: the same quoted as an identifier. */
+static void print_role(const char *role, const char *q, const char *what) {
     printf("-- %s\nDO $outbox$ BEGIN\n  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = ", what);
     print_literal(role);
     printf(") THEN\n    CREATE ROLE %s LOGIN;\n  END IF;\nEND $outbox$;\n", q);
-    free(q);
 }
 
 /* The least-privilege roles: a writer may only insert into the outbox; the relay may read and
@@ -295,20 +294,32 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
         fprintf(stderr, "outbox-relay: grants: name at least one of --writer ROLE, --relay ROLE, --consumer ROLE\n");
         return 2;
     }
+    /* Quoted before anything is printed, so that a failure prints no script rather than half of one. */
+    char *quoted[ROLE_KINDS] = {NULL};
+    int rc = 0;
+    for (int k = 0; k < ROLE_KINDS; k++) {
+        if (names[k] && !(quoted[k] = outbox_quote_ident(names[k]))) {
+            fprintf(stderr, "outbox-relay: grants: out of memory\n");
+            rc = 1;
+            goto done;
+        }
+    }
     const char *s = r->schema_q;
     printf("-- Least-privilege roles for the outbox in schema %s (liboutbox %s).\n"
            "-- Apply as the owner of the schema, e.g.: outbox-relay grants ... | psql\nBEGIN;\n",
            s, outbox_version_str());
     for (int k = 0; k < ROLE_KINDS; k++) {
-        if (!names[k])
+        const char *q = quoted[k];
+        if (!q)
             continue;
-        char *q = outbox_quote_ident(names[k]);
-        print_role(names[k], role_specs[k].comment);
+        print_role(names[k], q, role_specs[k].comment);
         printf("GRANT USAGE ON SCHEMA %s TO %s;\n", s, q);
         for (int g = 0; g < 4 && role_specs[k].grants[g][0]; g++)
             printf("GRANT %s ON %s.%s TO %s;\n", role_specs[k].grants[g][0], s, role_specs[k].grants[g][1], q);
-        free(q);
     }
     printf("COMMIT;\n");
-    return 0;
+done:
+    for (int k = 0; k < ROLE_KINDS; k++)
+        free(quoted[k]);
+    return rc;
 }

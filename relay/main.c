@@ -131,7 +131,12 @@ int main(int argc, char **argv) {
     outbox_conf_t *conf = outbox_conf_new();
     relay_t r = {0};
     int rc = 2;
-    if (!conf || configure(conf, file, argc, argv))
+    if (!conf) {
+        fprintf(stderr, "outbox-relay: out of memory\n");
+        rc = 1;
+        goto done;
+    }
+    if (configure(conf, file, argc, argv))
         goto done;
     r.conf = conf;
     r.conninfo = outbox_conf_str(conf, "pg.conninfo");
@@ -143,7 +148,12 @@ int main(int argc, char **argv) {
         goto done;
     }
     r.schema = outbox_conf_str(conf, "outbox.schema");
-    r.schema_q = outbox_quote_ident(r.schema);
+    /* Every verb builds SQL (or, for grants, prints it) with the quoted schema. */
+    if (!(r.schema_q = outbox_quote_ident(r.schema))) {
+        fprintf(stderr, "outbox-relay: out of memory\n");
+        rc = 1;
+        goto done;
+    }
     r.stop = &stop_requested;
     r.interrupts = &interrupt_count;
 
