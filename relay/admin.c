@@ -8,16 +8,36 @@
 
 #include "relay.h"
 
-int relay_migrate(relay_t *r) {
-    PGconn *pg = relay_connect(r);
-    if (!pg)
-        return 1;
-    char err[512];
+/* A library handle on a copy of the relay's configuration (its schema, its log callback), for
+ * the schema calls; NULL after saying why on stderr, after "outbox-relay: <what>: ". */
+static outbox_t *admin_handle(const relay_t *r, const char *what) {
+    /* outbox_new(NULL) would mean the default schema, not the configured one: never pass it. */
     outbox_conf_t *conf = outbox_conf_dup(r->conf);
+    if (!conf) {
+        fprintf(stderr, "outbox-relay: %s: out of memory copying the configuration\n", what);
+        return NULL;
+    }
+    char err[512];
     outbox_t *ob = outbox_new(conf, err, sizeof(err));
+    if (!ob) {
+        fprintf(stderr, "outbox-relay: %s: %s\n", what, err);
+        outbox_conf_destroy(conf); /* outbox_new takes it only on success */
+    }
+    return ob;
+}
+
+int relay_migrate(relay_t *r) {
+    outbox_t *ob = admin_handle(r, "migrate failed");
+    if (!ob)
+        return 1;
+    PGconn *pg = relay_connect(r);
+    if (!pg) {
+        outbox_destroy(ob);
+        return 1;
+    }
     int rc = 0;
-    if (!ob || outbox_migrate(ob, pg) != OUTBOX_OK) {
-        fprintf(stderr, "outbox-relay: migrate failed: %s\n", ob ? outbox_errmsg(ob) : err);
+    if (outbox_migrate(ob, pg) != OUTBOX_OK) {
+        fprintf(stderr, "outbox-relay: migrate failed: %s\n", outbox_errmsg(ob));
         rc = 1;
     } else {
         printf("schema %s is at version %d\n", r->schema_q, OUTBOX_SCHEMA_VERSION);
@@ -62,17 +82,19 @@ int relay_status(relay_t *r, int argc, const char **argv) {
             return 2;
         }
     }
-    PGconn *pg = relay_connect(r);
-    if (!pg)
+    outbox_t *ob = admin_handle(r, "status");
+    if (!ob)
         return 1;
+    PGconn *pg = relay_connect(r);
+    if (!pg) {
+        outbox_destroy(ob);
+        return 1;
+    }
     char sql[1024], lock[160];
     int rc = 1, version = 0;
     PGresult *a = NULL, *b = NULL, *c = NULL;
-    char err[256];
-    outbox_conf_t *conf = outbox_conf_dup(r->conf);
-    outbox_t *ob = outbox_new(conf, err, sizeof(err));
-    if (!ob || outbox_schema_version(ob, pg, &version) != OUTBOX_OK) {
-        fprintf(stderr, "outbox-relay: status: %s\n", ob ? outbox_errmsg(ob) : err);
+    if (outbox_schema_version(ob, pg, &version) != OUTBOX_OK) {
+        fprintf(stderr, "outbox-relay: status: %s\n", outbox_errmsg(ob));
         goto done;
     }
     if (version == 0) {
