@@ -8,16 +8,36 @@
 
 #include "relay.h"
 
-int relay_migrate(relay_t *r) {
-    PGconn *pg = relay_connect(r);
-    if (!pg)
-        return 1;
-    char err[512];
+/* A library handle on a copy of the relay's configuration (its schema, its log callback), for
+ * the schema calls; NULL after saying why on stderr, after "outbox-relay: <what>: ". */
+static outbox_t *admin_handle(const relay_t *r, const char *what) {
+    /* outbox_new(NULL) would mean the default schema, not the configured one: never pass it. */
     outbox_conf_t *conf = outbox_conf_dup(r->conf);
+    if (!conf) {
+        fprintf(stderr, "outbox-relay: %s: out of memory copying the configuration\n", what);
+        return NULL;
+    }
+    char err[512];
     outbox_t *ob = outbox_new(conf, err, sizeof(err));
+    if (!ob) {
+        fprintf(stderr, "outbox-relay: %s: %s\n", what, err);
+        outbox_conf_destroy(conf); /* outbox_new takes it only on success */
+    }
+    return ob;
+}
+
+int relay_migrate(relay_t *r) {
+    outbox_t *ob = admin_handle(r, "migrate failed");
+    if (!ob)
+        return 1;
+    PGconn *pg = relay_connect(r);
+    if (!pg) {
+        outbox_destroy(ob);
+        return 1;
+    }
     int rc = 0;
-    if (!ob || outbox_migrate(ob, pg) != OUTBOX_OK) {
-        fprintf(stderr, "outbox-relay: migrate failed: %s\n", ob ? outbox_errmsg(ob) : err);
+    if (outbox_migrate(ob, pg) != OUTBOX_OK) {
+        fprintf(stderr, "outbox-relay: migrate failed: %s\n", outbox_errmsg(ob));
         rc = 1;
     } else {
         printf("schema %s is at version %d\n", r->schema_q, OUTBOX_SCHEMA_VERSION);
@@ -62,17 +82,19 @@ int relay_status(relay_t *r, int argc, const char **argv) {
             return 2;
         }
     }
-    PGconn *pg = relay_connect(r);
-    if (!pg)
+    outbox_t *ob = admin_handle(r, "status");
+    if (!ob)
         return 1;
+    PGconn *pg = relay_connect(r);
+    if (!pg) {
+        outbox_destroy(ob);
+        return 1;
+    }
     char sql[1024], lock[160];
     int rc = 1, version = 0;
     PGresult *a = NULL, *b = NULL, *c = NULL;
-    char err[256];
-    outbox_conf_t *conf = outbox_conf_dup(r->conf);
-    outbox_t *ob = outbox_new(conf, err, sizeof(err));
-    if (!ob || outbox_schema_version(ob, pg, &version) != OUTBOX_OK) {
-        fprintf(stderr, "outbox-relay: status: %s\n", ob ? outbox_errmsg(ob) : err);
+    if (outbox_schema_version(ob, pg, &version) != OUTBOX_OK) {
+        fprintf(stderr, "outbox-relay: status: %s\n", outbox_errmsg(ob));
         goto done;
     }
     if (version == 0) {
@@ -251,12 +273,11 @@ static void print_literal(const char *s) {
     putchar('\'');
 }
 
-static void print_role(const char *role, const char *what) {
-    char *q = outbox_quote_ident(role);
+/* role: the name; q: the same quoted as an identifier. */
+static void print_role(const char *role, const char *q, const char *what) {
     printf("-- %s\nDO $outbox$ BEGIN\n  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = ", what);
     print_literal(role);
     printf(") THEN\n    CREATE ROLE %s LOGIN;\n  END IF;\nEND $outbox$;\n", q);
-    free(q);
 }
 
 /* The least-privilege roles: a writer may only insert into the outbox; the relay may read and
@@ -295,20 +316,32 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
         fprintf(stderr, "outbox-relay: grants: name at least one of --writer ROLE, --relay ROLE, --consumer ROLE\n");
         return 2;
     }
+    /* Quoted before anything is printed, so that a failure prints no script rather than half of one. */
+    char *quoted[ROLE_KINDS] = {NULL};
+    int rc = 0;
+    for (int k = 0; k < ROLE_KINDS; k++) {
+        if (names[k] && !(quoted[k] = outbox_quote_ident(names[k]))) {
+            fprintf(stderr, "outbox-relay: grants: out of memory\n");
+            rc = 1;
+            goto done;
+        }
+    }
     const char *s = r->schema_q;
     printf("-- Least-privilege roles for the outbox in schema %s (liboutbox %s).\n"
            "-- Apply as the owner of the schema, e.g.: outbox-relay grants ... | psql\nBEGIN;\n",
            s, outbox_version_str());
     for (int k = 0; k < ROLE_KINDS; k++) {
-        if (!names[k])
+        const char *q = quoted[k];
+        if (!q)
             continue;
-        char *q = outbox_quote_ident(names[k]);
-        print_role(names[k], role_specs[k].comment);
+        print_role(names[k], q, role_specs[k].comment);
         printf("GRANT USAGE ON SCHEMA %s TO %s;\n", s, q);
         for (int g = 0; g < 4 && role_specs[k].grants[g][0]; g++)
             printf("GRANT %s ON %s.%s TO %s;\n", role_specs[k].grants[g][0], s, role_specs[k].grants[g][1], q);
-        free(q);
     }
     printf("COMMIT;\n");
-    return 0;
+done:
+    for (int k = 0; k < ROLE_KINDS; k++)
+        free(quoted[k]);
+    return rc;
 }

@@ -3,6 +3,7 @@
  * admin.c.  Exit codes: 0 done, 1 runtime failure, 2 bad usage or configuration.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +11,11 @@
 
 #include "relay.h"
 
+/* A handler may only assign to a volatile sig_atomic_t or use lock-free atomics (C11 7.14.1.1p5):
+ * counting reads the old value, so the count is an atomic_int, which must then be lock-free. */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "the SIGINT count needs a lock-free atomic_int");
 static volatile sig_atomic_t stop_requested;
-static atomic_int interrupt_count; /* lock-free: a handler may update it */
+static atomic_int interrupt_count;
 
 static void on_signal(int sig) {
     stop_requested = 1;
@@ -127,7 +131,12 @@ int main(int argc, char **argv) {
     outbox_conf_t *conf = outbox_conf_new();
     relay_t r = {0};
     int rc = 2;
-    if (!conf || configure(conf, file, argc, argv))
+    if (!conf) {
+        fprintf(stderr, "outbox-relay: out of memory\n");
+        rc = 1;
+        goto done;
+    }
+    if (configure(conf, file, argc, argv))
         goto done;
     r.conf = conf;
     r.conninfo = outbox_conf_str(conf, "pg.conninfo");
@@ -139,16 +148,30 @@ int main(int argc, char **argv) {
         goto done;
     }
     r.schema = outbox_conf_str(conf, "outbox.schema");
-    r.schema_q = outbox_quote_ident(r.schema);
+    /* Every verb builds SQL (or, for grants, prints it) with the quoted schema. */
+    if (!(r.schema_q = outbox_quote_ident(r.schema))) {
+        fprintf(stderr, "outbox-relay: out of memory\n");
+        rc = 1;
+        goto done;
+    }
     r.stop = &stop_requested;
     r.interrupts = &interrupt_count;
 
+    /* A broken pipe (stdout to `head`, a peer gone) is an error return, never a death. */
     struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+    /* Only run has a loop that watches the flag and shuts down in order.  The other verbs keep the
+     * default disposition so SIGTERM/SIGINT end them at once (a handler would leave them blocked in
+     * libpq): none leaves anything half-done, as each change is one transaction (migrate: BEGIN ..
+     * COMMIT; dead-letters retry/drop: one statement), status and list only read, and grants only
+     * prints a script wrapped in BEGIN/COMMIT. */
+    if (!strcmp(verb, "run")) {
+        sa.sa_handler = on_signal;
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+    }
 
     if (!strcmp(verb, "migrate"))
         rc = relay_migrate(&r);

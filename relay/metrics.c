@@ -4,6 +4,7 @@
  * the HTTP thread only reads them, so a scrape never touches PostgreSQL or the producer.
  */
 #include <arpa/inet.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,6 +40,7 @@ void metrics_delivery_error(relay_metrics_t *m, int err) {
 typedef struct {
     char *buf;
     size_t len, cap;
+    bool failed; /* a put did not fit and could not grow the buffer: the text is incomplete */
 } sbuf_t;
 
 static void put(sbuf_t *b, const char *fmt, ...) OUTBOX_PRINTF(2, 3);
@@ -48,16 +50,20 @@ static void put(sbuf_t *b, const char *fmt, ...) {
         va_start(ap, fmt);
         int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
         va_end(ap);
-        if (n < 0)
+        if (n < 0) {
+            b->failed = true;
             return;
+        }
         if ((size_t)n < b->cap - b->len) {
             b->len += (size_t)n;
             return;
         }
         size_t cap = (b->cap + (size_t)n) * 2;
         char *nb = realloc(b->buf, cap);
-        if (!nb)
+        if (!nb) {
+            b->failed = true;
             return;
+        }
         b->buf = nb;
         b->cap = cap;
     }
@@ -100,10 +106,36 @@ static void render(relay_t *r, sbuf_t *b) {
     pthread_mutex_unlock(&m->lock);
 }
 
+/* Sent instead of a body that could not be built: static, so it needs no memory of its own. */
+static const char oom_text[] = "out of memory\n";
+
+/* Queues a response.  body: malloc'd, taken over; NULL (out of memory) answers 500 with oom_text.
+ * MHD_NO, which makes MHD close the connection, only if not even that response can be made. */
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type, char *body,
                              size_t len) {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp = NULL;
+    if (body && !(resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)))
+        free(body); /* MHD frees it only once the response exists */
+    if (!resp) {
+        status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        type = "text/plain";
+        resp = MHD_create_response_from_buffer(sizeof(oom_text) - 1, (void *)oom_text, MHD_RESPMEM_PERSISTENT);
+        if (!resp)
+            return MHD_NO;
+    }
     MHD_add_response_header(resp, "Content-Type", type);
+    enum MHD_Result ret = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* A fixed text: static, nothing to allocate or free. */
+static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status, const char *text) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), (void *)text,
+                                                                MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", "text/plain");
     enum MHD_Result ret = MHD_queue_response(conn, status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -117,27 +149,30 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)ctx;
     relay_t *r = cls;
     if (strcmp(method, "GET") && strcmp(method, "HEAD"))
-        return reply(conn, 405, "text/plain", outbox_strdup("method not allowed\n"), 19);
+        return reply_text(conn, 405, "method not allowed\n");
     if (!strcmp(url, "/metrics")) {
-        sbuf_t b = {malloc(4096), 0, 4096};
-        if (!b.buf)
-            return MHD_NO;
-        render(r, &b);
+        sbuf_t b = {malloc(4096), 0, 4096, false};
+        if (b.buf)
+            render(r, &b);
+        if (b.buf && b.failed) { /* a truncated scrape would read as real, missing figures */
+            free(b.buf);
+            b.buf = NULL;
+        }
         return reply(conn, 200, "text/plain; version=0.0.4", b.buf, b.len);
     }
     if (!strcmp(url, "/healthz"))
-        return reply(conn, 200, "text/plain", outbox_strdup("ok\n"), 3);
+        return reply_text(conn, 200, "ok\n");
     if (!strcmp(url, "/readyz")) {
         int pg = atomic_load(&r->metrics.pg_ok), kafka = atomic_load(&r->metrics.kafka_ok);
         int leader = atomic_load(&r->metrics.is_leader);
         char *body = malloc(128);
-        if (!body)
-            return MHD_NO;
-        int n = snprintf(body, 128, "%s postgresql=%s kafka=%s role=%s\n", pg && kafka ? "ready" : "not ready",
+        int n = 0;
+        if (body)
+            n = snprintf(body, 128, "%s postgresql=%s kafka=%s role=%s\n", pg && kafka ? "ready" : "not ready",
                          pg ? "up" : "down", kafka ? "up" : "down", leader ? "leader" : "standby");
         return reply(conn, pg && kafka ? 200 : 503, "text/plain", body, (size_t)n);
     }
-    return reply(conn, 404, "text/plain", outbox_strdup("not found: try /metrics, /healthz, /readyz\n"), 43);
+    return reply_text(conn, 404, "not found: try /metrics, /healthz, /readyz\n");
 }
 
 int metrics_start(relay_t *r, char *err, size_t err_size) {

@@ -305,7 +305,9 @@ START_TEST(test_metrics_after_a_drain) {
     TF_CHECK(st == 200 && body && !strncmp(body, "ok", 2), "/healthz: %d '%s'", st, body ? body : "");
     free(body);
     st = http_get(port, "/no/such/path", &body);
-    TF_CHECK(st == 404, "/no/such/path: %d '%s'", st, body ? body : "");
+    /* The answer names the paths there are, whole (its length is no longer counted by hand). */
+    TF_CHECK(st == 404 && body && !strcmp(body, "not found: try /metrics, /healthz, /readyz\n"),
+             "/no/such/path: %d '%s'", st, body ? body : "");
     free(body);
     free(listen);
     free(bad.env);
@@ -540,6 +542,74 @@ START_TEST(test_dead_letters_list_retry_drop) {
     free(sch);
     for (int i = 0; i < 3; i++)
         free(bad[i].env);
+}
+END_TEST
+
+/* ---- 4b. signals end the one-shot verbs ------------------------------------------------------- */
+
+/* A TCP listener on 127.0.0.1 (ephemeral port) that never answers: the kernel completes the
+ * handshake, so a client connecting to it waits for PostgreSQL's reply until its own timeout. */
+static int silent_listener(int *port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ck_assert_msg(fd >= 0, "socket: %s", strerror(errno));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    ck_assert_msg(bind(fd, (struct sockaddr *)&sa, len) == 0, "bind: %s", strerror(errno));
+    ck_assert_msg(listen(fd, 8) == 0, "listen: %s", strerror(errno));
+    ck_assert_msg(getsockname(fd, (struct sockaddr *)&sa, &len) == 0, "getsockname: %s", strerror(errno));
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+/* Starts `outbox-relay verb...` against a server that never answers, waits until it is blocked on
+ * that connection, sends sig and requires it to end promptly and not report success: only `run`
+ * has a loop that shuts down in order, every other verb must die as a plain program does. */
+static void check_blocked_verb_ends_on(const char *const *verb, int sig) {
+    int port, lfd = silent_listener(&port);
+    char *ci;
+    ck_assert(asprintf(&ci, "pg.conninfo=host=127.0.0.1 port=%d dbname=never user=never sslmode=disable "
+                            "gssencmode=disable connect_timeout=60", port) > 0);
+    char *prog = tk_build_path("outbox-relay");
+    const char *argv[16] = {prog, "-X", ci};
+    size_t n = 3;
+    for (; *verb; verb++)
+        argv[n++] = *verb;
+    argv[n] = NULL;
+    /* The child inherits an ignored signal across exec (e.g. SIGINT for a background job of a
+     * non-interactive shell): give it the default, as a terminal would. */
+    struct sigaction dfl = {.sa_handler = SIG_DFL}, saved;
+    sigemptyset(&dfl.sa_mask);
+    ck_assert_int_eq(sigaction(sig, &dfl, &saved), 0);
+    tk_proc_t *p = tk_proc_start(argv[3], argv);
+    ck_assert_int_eq(sigaction(sig, &saved, NULL), 0);
+
+    struct pollfd pfd = {.fd = lfd, .events = POLLIN};
+    TF_CHECK(poll(&pfd, 1, 10000) == 1, "outbox-relay %s did not connect within 10 s: %s; stderr:\n%s",
+             argv[3], tk_proc_running(p) ? "still running" : tk_status_str(p->status),
+             tk_file_tail(p->err_path, 2000));
+    int cfd = accept(lfd, NULL, NULL); /* held open, never answered */
+    ck_assert_msg(cfd >= 0, "accept: %s", strerror(errno));
+    tk_sleep_ms(500);
+    TF_CHECK(tk_proc_running(p), "outbox-relay %s ended before the signal: %s; stderr:\n%s", argv[3],
+             tk_status_str(p->status), tk_file_tail(p->err_path, 2000));
+    tk_proc_signal(p, sig);
+    TF_CHECK(tk_proc_wait(p, 3000), "outbox-relay %s, blocked connecting, was still running 3 s after %s",
+             argv[3], strsignal(sig));
+    TF_CHECK(tf_exit_code(p) != 0, "outbox-relay %s reported success after %s", argv[3], strsignal(sig));
+    tk_proc_free(p);
+    close(cfd);
+    close(lfd);
+    free(prog);
+    free(ci);
+}
+
+START_TEST(test_signal_ends_blocked_admin_verbs) {
+    static const char *const verbs[][4] = {
+        {"status", NULL}, {"migrate", NULL}, {"dead-letters", "list", NULL}, {"dead-letters", "drop", "7", NULL}};
+    static const int sigs[] = {SIGTERM, SIGINT};
+    for (size_t v = 0; v < sizeof(verbs) / sizeof(verbs[0]); v++)
+        for (size_t s = 0; s < 2; s++)
+            check_blocked_verb_ends_on(verbs[v], sigs[s]);
 }
 END_TEST
 
@@ -906,6 +976,12 @@ static Suite *ops_suite(void) {
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_status_reports_backlog_dead_letters_and_leader);
     tcase_add_test(tc, test_dead_letters_list_retry_drop);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("signals");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 90);
+    tcase_add_test(tc, test_signal_ends_blocked_admin_verbs);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("install");
