@@ -46,6 +46,9 @@ static const outbox_conf_prop_t props[] = {
     {"relay.statement.timeout.ms", CONF_INT, "10000", 0, 3600000,
      "statement_timeout of the relay's sessions (0 = none); the relay waits this plus "
      "pg.timeout.ms for an answer"},
+    {"relay.floor.warn.ms", CONF_INT, "60000", 100, 86400000,
+     "warn, naming it, about an open transaction that wrote to the outbox and held the claim floor "
+     "this long (and again as often)"},
     {"relay.reindex.min.bytes", CONF_INT, "67108864", 0, 1099511627776LL,
      "once the outbox is drained, REINDEX CONCURRENTLY its primary key if larger (0 = never)"},
     {"relay.reindex.check.ms", CONF_INT, "60000", 10, 86400000,

@@ -19,6 +19,9 @@
 #define SAMPLE_EVERY_MS 2000
 /* Below this id range the backlog is counted exactly; above, the range stands for it. */
 #define SAMPLE_EXACT_BELOW 10000
+/* A claim probes at most about this many id ranges (one index probe each); past it, ranges
+ * separated only by settled ids are merged, and the claim steps over those deleted rows. */
+#define CLAIM_RANGES_MAX 256
 /* Columns of a claimed row, in this order. */
 #define CLAIM_COLUMNS "id, destination, partition_key, envelope, message_id, message_type"
 enum { COL_ID, COL_DEST, COL_KEY, COL_ENVELOPE, COL_MESSAGE_ID, COL_TYPE };
@@ -66,7 +69,7 @@ static int claim_params(relay_t *r, char limit[16], char from[24], char **lo, ch
     int64_t top, *ids = batch_sorted_ids(r->inflight, r->inflight_cnt, false, &n);
     if (!ids)
         return -1;
-    int rc = idr_gaps(ids, n, r->floor.floor, lo, hi, &top);
+    int rc = idr_gaps(ids, n, &r->floor.done, r->floor.floor, CLAIM_RANGES_MAX, lo, hi, &top);
     free(ids);
     if (rc)
         return -1;
@@ -237,6 +240,7 @@ static void table_close(relay_t *r) {
     PQfinish(r->session.pg);
     r->session.pg = NULL;
     floor_free(r);
+    idr_set_free(&r->floor.done);
 }
 
 static void table_open(relay_t *r) {

@@ -43,6 +43,7 @@ static void settings_read(relay_t *r) {
     s->statement_timeout_ms = outbox_conf_int(c, "relay.statement.timeout.ms");
     s->shutdown_timeout_ms = outbox_conf_int(c, "relay.shutdown.timeout.ms");
     s->pg_timeout_ms = outbox_conf_int(c, "pg.timeout.ms");
+    s->floor_warn_ms = outbox_conf_int(c, "relay.floor.warn.ms");
     s->reindex_min_bytes = outbox_conf_int(c, "relay.reindex.min.bytes");
     s->reindex_check_ms = outbox_conf_int(c, "relay.reindex.check.ms");
     s->debug = outbox_conf_int(c, "log.level") >= 7;

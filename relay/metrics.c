@@ -88,6 +88,10 @@ static void render(relay_t *r, sbuf_t *b) {
     put(b, "# HELP outbox_relay_pg_reconnects_total Connections to PostgreSQL made after the first.\n"
            "# TYPE outbox_relay_pg_reconnects_total counter\noutbox_relay_pg_reconnects_total %lld\n",
         (long long)atomic_load(&m->pg_reconnects));
+    put(b, "# HELP outbox_relay_floor_held_seconds How long open transactions that wrote to the outbox "
+           "have held the claim floor (0: it rises freely).\n"
+           "# TYPE outbox_relay_floor_held_seconds gauge\noutbox_relay_floor_held_seconds %.3f\n",
+        (double)atomic_load(&m->floor_held_ms) / 1000.0);
     put(b, "# HELP outbox_relay_batch_duration_seconds From claiming a batch to deleting its acknowledged rows.\n"
            "# TYPE outbox_relay_batch_duration_seconds histogram\n");
     for (int i = 0; i < METRICS_BUCKETS; i++)

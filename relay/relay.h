@@ -22,6 +22,7 @@
 #include <librdkafka/rdkafka.h>
 #include <libpq-fe.h>
 
+#include "idranges.h"
 #include "outbox_int.h"
 
 #define RELAY_FAC "RELAY"
@@ -35,6 +36,7 @@ typedef struct {
     int64_t backoff_ms, backoff_max_ms;   /* relay.reconnect.backoff[.max].ms */
     int64_t lock_retry_ms, statement_timeout_ms, shutdown_timeout_ms;
     int64_t pg_timeout_ms;                /* pg.timeout.ms */
+    int64_t floor_warn_ms;                /* relay.floor.warn.ms */
     long long reindex_min_bytes;
     int64_t reindex_check_ms;
     bool debug;                           /* log.level 7: one line per delivered row too */
@@ -133,6 +135,7 @@ extern const relay_source_t relay_table_source; /* claim.c */
 /* Figures the drain loop writes and the metrics thread reads. */
 typedef struct {
     _Atomic int64_t published, dead_lettered, pg_reconnects, backlog, oldest_age_ms;
+    _Atomic int64_t floor_held_ms;   /* how long outbox writers have held the claim floor */
     _Atomic int64_t batch_buckets[METRICS_BUCKETS], batch_count, batch_sum_us;
     _Atomic int is_leader, pg_ok, kafka_ok;
     pthread_mutex_t lock; /* guards errs */
@@ -157,10 +160,14 @@ typedef struct {
 typedef struct {
     int64_t floor;
     int64_t cand;            /* the id floor may rise past once vxids have all ended */
-    char *vxids;             /* transactions running when cand was seen; NULL: none */
+    char *vxids;             /* outbox writers running when cand was seen; NULL: none */
     bool settled;            /* vxids have all ended */
     int64_t next_ms;         /* no floor queries before then */
+    int64_t listed_ms;       /* when vxids were listed */
+    int64_t next_warn_ms;    /* no warning about who holds the floor before then */
     uint64_t gen;            /* counts floor resets: a claim sent before one is stale */
+    idr_set_t done;          /* ids from the floor up already settled: claims skip them */
+    char table[160];         /* the outbox table, as SQL text for regclass */
 } relay_floor_t;
 
 /* claim.c: the claim sent ahead, so PostgreSQL looks up the next batch while the relay
@@ -262,6 +269,8 @@ extern const char *const floor_statements[];
 void floor_reset(relay_t *r);
 void floor_check(relay_t *r);
 void floor_advance(relay_t *r, const batch_t *b, int got, bool settled);
+/* b settled with every row gone from the table: claims need not look at its ids again. */
+void floor_settled_batch(relay_t *r, const batch_t *b);
 void floor_free(relay_t *r);
 
 /* ---- produce.c -------------------------------------------------------------------------------- */

@@ -136,6 +136,8 @@ static void settled(relay_t *r, batch_t *b) {
         r->settle.clean = true;
     if (!all_gone)
         floor_reset(r); /* a row of it stays in the table, maybe below the floor */
+    else
+        floor_settled_batch(r, b);
     batch_retire(r, b);
 }
 

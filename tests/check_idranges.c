@@ -343,7 +343,7 @@ START_TEST(test_empty_may_be_null) {
     char *lo, *hi;
     int64_t top;
     idr_sort(NULL, 0); /* under UBSan: qsort is never given NULL */
-    ck_assert_int_eq(idr_gaps(NULL, 0, 7, &lo, &hi, &top), 0);
+    ck_assert_int_eq(idr_gaps(NULL, 0, NULL, 7, SIZE_MAX, &lo, &hi, &top), 0);
     ck_assert_str_eq(lo, "{}");
     ck_assert_str_eq(hi, "{}");
     ck_assert_int_eq(top, 7);
@@ -419,7 +419,7 @@ START_TEST(test_gaps_match_model) {
 
         char *lo_txt = NULL, *hi_txt = NULL;
         int64_t top = 0;
-        REQUIRE(idr_gaps(ids, n, floor, &lo_txt, &hi_txt, &top) == 0, "out of memory");
+        REQUIRE(idr_gaps(ids, n, NULL, floor, SIZE_MAX, &lo_txt, &hi_txt, &top) == 0, "out of memory");
         long kl = parse_array(lo_txt, lo, MAX_IDS + 2), kh = parse_array(hi_txt, hi, MAX_IDS + 2);
         REQUIRE(kl >= 0 && kh >= 0, "unparsable lo=%s hi=%s", lo_txt, hi_txt);
         REQUIRE(kl == kh, "%ld lows but %ld highs: lo=%s hi=%s", kl, kh, lo_txt, hi_txt);
@@ -484,23 +484,23 @@ START_TEST(test_gaps_examples) {
     const int64_t ids[] = {3, 4, 4, 7, 9};
     char *lo, *hi;
     int64_t top;
-    ck_assert_int_eq(idr_gaps(ids, 5, 1, &lo, &hi, &top), 0);
+    ck_assert_int_eq(idr_gaps(ids, 5, NULL, 1, SIZE_MAX, &lo, &hi, &top), 0);
     ck_assert_str_eq(lo, "{1,5,8}");
     ck_assert_str_eq(hi, "{2,6,8}");
     ck_assert_int_eq(top, 10);
     free(lo), free(hi);
     /* Ids below the floor are ignored; a floor on an id in flight starts after it. */
-    ck_assert_int_eq(idr_gaps(ids, 5, 4, &lo, &hi, &top), 0);
+    ck_assert_int_eq(idr_gaps(ids, 5, NULL, 4, SIZE_MAX, &lo, &hi, &top), 0);
     ck_assert_str_eq(lo, "{5,8}");
     ck_assert_str_eq(hi, "{6,8}");
     ck_assert_int_eq(top, 10);
     free(lo), free(hi);
-    ck_assert_int_eq(idr_gaps(ids, 5, 10, &lo, &hi, &top), 0);
+    ck_assert_int_eq(idr_gaps(ids, 5, NULL, 10, SIZE_MAX, &lo, &hi, &top), 0);
     ck_assert_str_eq(lo, "{}");
     ck_assert_str_eq(hi, "{}");
     ck_assert_int_eq(top, 10);
     free(lo), free(hi);
-    ck_assert_int_eq(idr_gaps(ids, 0, -5, &lo, &hi, &top), 0);
+    ck_assert_int_eq(idr_gaps(ids, 0, NULL, -5, SIZE_MAX, &lo, &hi, &top), 0);
     ck_assert_str_eq(lo, "{}");
     ck_assert_int_eq(top, -5);
     free(lo), free(hi);

@@ -477,6 +477,68 @@ START_TEST(test_claim_floor_waits_for_open_transactions) {
 }
 END_TEST
 
+/* Only a transaction that wrote to the outbox can hold an id below the claims: an unrelated one,
+ * however long, must not hold the claim floor (claims would step over every deleted row again),
+ * while a writer that stays open must, and is named in a warning, and its row is still published
+ * once it commits, below ids published long before. */
+START_TEST(test_claim_floor_waits_only_for_outbox_writers) {
+    tf_start_broker("--topic", "t2.only:2", NULL);
+    PGconn *idle = tu_connect(), *writer = tu_connect();
+    outbox_t *obw = tu_outbox(writer, tf_schema);
+    tu_exec(idle, "SET application_name = 'unrelated-report'");
+    tu_exec(idle, "BEGIN");
+    tu_scalar(idle, "SELECT txid_current()"); /* holds an xid, as a long report or pg_dump would */
+    tk_proc_t *relay = tf_start_relay("log.level=7", "relay.floor.warn.ms=500", NULL);
+
+    write_seq("t2.only", 1, 1, 201, NULL);
+    TF_CHECK(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"), 0, 15000) == 0,
+             "the first rows were not published");
+    long long top = tu_scalar(idle, tf_q("SELECT last_value FROM @.messages_id_seq"));
+    long long floor = LLONG_MIN;
+    for (int64_t end = tk_now_ms() + 10000; tk_now_ms() < end && floor <= top; tk_sleep_ms(100)) {
+        write_seq("t2.only", 2, 1, 2, NULL); /* claims keep coming, as under load */
+        char *log = tk_read_file(relay->err_path);
+        floor = max_floor(log);
+        free(log);
+    }
+    TF_CHECK(floor > top, "an unrelated open transaction held the claim floor at %lld (ids up to %lld "
+             "are published)", floor, top);
+
+    /* Now an outbox writer stays open with a low id. */
+    tu_exec(writer, "SET application_name = 'slow-writer'");
+    tu_exec(writer, "BEGIN");
+    outbox_message_t *a = seq_msg("t2.only", 3, 0);
+    ck_assert_int_eq(outbox_send(obw, writer, a), OUTBOX_OK);
+    long long id_a = tu_scalar(writer, tf_q("SELECT max(id) FROM @.messages"));
+    for (int i = 0; i < 10; i++)
+        write_seq("t2.only", 4, 1 + i * 50, 1 + (i + 1) * 50, NULL);
+    TF_CHECK(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"), 0, 15000) == 0,
+             "the rows after the open writer's were not published");
+    char *log = NULL, want[64];
+    snprintf(want, sizeof(want), "pid=%d application_name=\"slow-writer\"", PQbackendPID(writer));
+    for (int64_t end = tk_now_ms() + 10000; tk_now_ms() < end; tk_sleep_ms(100)) {
+        free(log);
+        log = tk_read_file(relay->err_path);
+        if (strstr(log, want))
+            break;
+    }
+    TF_CHECK(strstr(log, want) != NULL, "no warning naming the open writer (%s)", want);
+    TF_CHECK(strstr(log, "unrelated-report") == NULL, "the warning named the unrelated transaction");
+    TF_CHECK(max_floor(log) <= id_a, "the claim floor rose to %lld, past id %lld of an open writer",
+             max_floor(log), id_a);
+    free(log);
+
+    tu_exec(writer, "COMMIT");
+    TF_CHECK(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"), 0, 15000) == 0,
+             "the open writer's row was not published after its commit");
+    tu_exec(idle, "ROLLBACK");
+    outbox_message_destroy(a);
+    outbox_destroy(obw);
+    PQfinish(idle);
+    PQfinish(writer);
+}
+END_TEST
+
 /* A full batch sends the next claim before its rows are produced, so that claim sees the table as
  * it was then.  A transaction holding a low id that commits in between must still be published:
  * the floor may rise only on a claim sent after those transactions were seen to end.  Each round
@@ -1030,6 +1092,7 @@ static Suite *relay_suite(void) {
     tcase_add_test(tc, test_late_commit_of_lower_id_is_published);
     tcase_add_test(tc, test_late_commit_inside_a_claimed_batch_is_published);
     tcase_add_test(tc, test_claim_floor_waits_for_open_transactions);
+    tcase_add_test(tc, test_claim_floor_waits_only_for_outbox_writers);
     tcase_add_test(tc, test_late_commit_while_the_next_claim_is_sent_ahead);
     tcase_add_test(tc, test_drained_relay_shrinks_a_bloated_index);
     tcase_add_test(tc, test_per_key_order_with_concurrent_writers);
