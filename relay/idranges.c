@@ -59,8 +59,9 @@ int idr_set_add(idr_set_t *s, int64_t lo, int64_t hi) {
     size_t i = 0, j;
     while (i < s->n && s->r[i].hi < lo && s->r[i].hi + 1 < lo)
         i++;
-    /* The ranges i..j-1 overlap or touch [lo, hi]: they become one. */
-    for (j = i; j < s->n && s->r[j].lo <= hi && (s->r[j].lo - 1 <= hi); j++) {
+    /* The ranges i..j-1 overlap or touch [lo, hi]: they become one.  (lo - 1 is only taken when
+     * lo > hi, so it cannot overflow.) */
+    for (j = i; j < s->n && (s->r[j].lo <= hi || s->r[j].lo - 1 <= hi); j++) {
         if (s->r[j].lo < lo)
             lo = s->r[j].lo;
         if (s->r[j].hi > hi)
@@ -90,7 +91,8 @@ void idr_set_drop_below(idr_set_t *s, int64_t floor) {
     size_t k = 0;
     while (k < s->n && s->r[k].hi < floor)
         k++;
-    memmove(s->r, &s->r[k], (s->n - k) * sizeof(*s->r));
+    if (k) /* an empty set's r may be NULL, which memmove must not be given */
+        memmove(s->r, &s->r[k], (s->n - k) * sizeof(*s->r));
     s->n -= k;
     if (s->n && s->r[0].lo < floor)
         s->r[0].lo = floor;
@@ -119,11 +121,11 @@ void idr_set_free(idr_set_t *s) {
 typedef struct {
     int64_t lo, hi;
     int pinned;
-    int64_t sep;  /* the excluded span's length after this range */
+    uint64_t sep; /* the excluded span's length after this range: may exceed INT64_MAX */
 } gap_t;
 
 static int cmp_sep(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
 }
 
@@ -136,7 +138,7 @@ static size_t merge_closest(gap_t *g, size_t n, size_t max) {
     if (n <= max || !seps)
         return n;
     size_t merges = n - max < seps ? n - max : seps;
-    int64_t *len = malloc(seps * sizeof(*len));
+    uint64_t *len = malloc(seps * sizeof(*len));
     if (!len)
         return n; /* no merge: the claim only steps over more dead rows */
     size_t m = 0;
@@ -144,7 +146,7 @@ static size_t merge_closest(gap_t *g, size_t n, size_t max) {
         if (!g[k].pinned)
             len[m++] = g[k].sep;
     qsort(len, seps, sizeof(*len), cmp_sep);
-    int64_t limit = len[merges - 1]; /* merge separators shorter than limit, and enough equal */
+    uint64_t limit = len[merges - 1]; /* merge separators shorter than limit, and enough equal */
     size_t at_limit = 0;
     for (size_t k = 0; k < merges; k++)
         at_limit += len[k] == limit;
@@ -198,7 +200,7 @@ int idr_gaps(const int64_t *sorted, size_t n, const idr_set_t *done, int64_t flo
     }
     *top = next;
     for (size_t k = 0; k + 1 < ng; k++)
-        g[k].sep = g[k + 1].lo - g[k].hi - 1;
+        g[k].sep = (uint64_t)g[k + 1].lo - (uint64_t)g[k].hi - 1;
     ng = merge_closest(g, ng, max_ranges);
     idr_text_t lo, hi;
     if (pair_init(&lo, &hi, ng)) {
