@@ -92,7 +92,7 @@ int relay_status(relay_t *r, int argc, const char **argv) {
     }
     char sql[1024], lock[160];
     int rc = 1, version = 0;
-    PGresult *a = NULL, *b = NULL, *c = NULL;
+    PGresult *a = NULL, *b = NULL, *c = NULL, *w = NULL;
     if (outbox_schema_version(ob, pg, &version) != OUTBOX_OK) {
         fprintf(stderr, "outbox-relay: status: %s\n", outbox_errmsg(ob));
         goto done;
@@ -119,6 +119,26 @@ int relay_status(relay_t *r, int argc, const char **argv) {
                     " AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
                     1, p)))
         goto done;
+    /* Transactions that wrote to the outbox and have been open for a second or more: they hold
+     * the relay's claim floor (relay/floor.c) until they end.  Prepared ones have no session. */
+    char table[160];
+    snprintf(table, sizeof(table), "%s.messages", r->schema_q);
+    const char *tp[1] = {table};
+    if (!(w = query(pg,
+                    "SELECT coalesce(a.pid::text, 'prepared'), coalesce(a.application_name, ''),"
+                    " coalesce(a.state, 'prepared'), coalesce(extract(epoch FROM now() - coalesce(a.xact_start,"
+                    "  x.prepared))::bigint, 0)"
+                    " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " LEFT JOIN pg_prepared_xacts x ON l.pid IS NULL AND x.transaction::text ="
+                    "  split_part(l.virtualtransaction, '/', 2)"
+                    " WHERE l.locktype = 'relation' AND l.mode = 'RowExclusiveLock' AND l.granted"
+                    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    " AND l.relation IN ($1::text::regclass, pg_get_serial_sequence($1::text, 'id')::regclass)"
+                    " AND l.pid IS DISTINCT FROM pg_backend_pid()"
+                    " AND coalesce(a.xact_start, x.prepared) < now() - interval '1 second'"
+                    " GROUP BY 1, 2, 3, 4 ORDER BY 4 DESC LIMIT 20",
+                    1, tp)))
+        goto done;
     if (json) {
         printf("{\"schema\":");
         json_str(r->schema);
@@ -133,7 +153,17 @@ int relay_status(relay_t *r, int argc, const char **argv) {
         } else {
             printf("null");
         }
-        printf("}\n");
+        printf(",\"open_writers\":[");
+        for (int i = 0; i < PQntuples(w); i++) {
+            printf("%s{\"pid\":", i ? "," : "");
+            json_str(PQgetvalue(w, i, 0));
+            printf(",\"application_name\":");
+            json_str(PQgetvalue(w, i, 1));
+            printf(",\"state\":");
+            json_str(PQgetvalue(w, i, 2));
+            printf(",\"xact_age_seconds\":%s}", PQgetvalue(w, i, 3));
+        }
+        printf("]}\n");
     } else {
         printf("schema:          %s (version %d)\n", r->schema_q, version);
         printf("backlog:         %s\n", PQgetvalue(a, 0, 0));
@@ -144,12 +174,17 @@ int relay_status(relay_t *r, int argc, const char **argv) {
                    PQgetvalue(c, 0, 2));
         else
             printf("leader:          none\n");
+        /* An open writer holds the claim floor: claims then step over more deleted rows. */
+        for (int i = 0; i < PQntuples(w); i++)
+            printf("open_writer:     pid=%s application_name=%s state=\"%s\" xact_age_s=%s\n",
+                   PQgetvalue(w, i, 0), PQgetvalue(w, i, 1), PQgetvalue(w, i, 2), PQgetvalue(w, i, 3));
     }
     rc = 0;
 done:
     PQclear(a);
     PQclear(b);
     PQclear(c);
+    PQclear(w);
     outbox_destroy(ob);
     PQfinish(pg);
     return rc;

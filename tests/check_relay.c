@@ -527,6 +527,21 @@ START_TEST(test_claim_floor_waits_only_for_outbox_writers) {
     TF_CHECK(max_floor(log) <= id_a, "the claim floor rose to %lld, past id %lld of an open writer",
              max_floor(log), id_a);
     free(log);
+    /* status names it too (once it has been open a second), and not the unrelated transaction. */
+    tk_sleep_ms(1100);
+    char *pgkv, *schkv;
+    ck_assert(asprintf(&pgkv, "pg.conninfo=%s", getenv("OUTBOX_TEST_PG")) > 0);
+    ck_assert(asprintf(&schkv, "outbox.schema=%s", tf_schema) > 0);
+    tk_proc_t *st = tf_relay_cli("-X", pgkv, "-X", schkv, "-X", "kafka.bootstrap.servers=127.0.0.1:9",
+                                 "status", NULL);
+    char *out = tk_read_file(st->out_path);
+    snprintf(want, sizeof(want), "open_writer:     pid=%d application_name=slow-writer", PQbackendPID(writer));
+    TF_CHECK(tf_exit_code(st) == 0 && strstr(out, want) && !strstr(out, "unrelated-report"),
+             "status does not name the open writer alone (%s):\n%s", want, out);
+    free(out);
+    tk_proc_free(st);
+    free(pgkv);
+    free(schkv);
 
     tu_exec(writer, "COMMIT");
     TF_CHECK(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"), 0, 15000) == 0,
