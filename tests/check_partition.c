@@ -4,13 +4,14 @@
  */
 /*
  * What the relay is expected to do (and these tests assume):
- *  - every wait on PostgreSQL has a deadline: relay.pg.timeout.ms (connect and every statement),
- *    plus libpq's connect_timeout from pg.conninfo; once it passes, the session is dropped,
+ *  - every wait on PostgreSQL has a deadline: pg.timeout.ms for a connect (and libpq's
+ *    connect_timeout from pg.conninfo), relay.statement.timeout.ms plus pg.timeout.ms for a
+ *    statement; once it passes, the session is dropped,
  *    /readyz answers 503 (not "postgresql=up") until a new session works, and the relay reconnects
  *    once PostgreSQL answers again, losing nothing and keeping per-key order;
  *  - SIGTERM during such a wait ends `run` (exit 0) within relay.shutdown.timeout.ms plus a few
  *    seconds, and ends `status` at once.
- * A relay that does not know relay.pg.timeout.ms yet (it lists its keys in --help) runs with its
+ * A relay that does not know pg.timeout.ms yet (it lists its keys in --help) runs with its
  * default: these tests then wait long enough for a default of up to 10 s.
  */
 #include <signal.h>
@@ -25,7 +26,8 @@
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
-#define PG_TIMEOUT_MS 2000       /* relay.pg.timeout.ms given to the relay */
+#define PG_TIMEOUT_MS 2000       /* pg.timeout.ms given to the relay */
+#define STMT_TIMEOUT_MS 2000     /* relay.statement.timeout.ms given to the relay: a statement waits both */
 #define DETECT_WINDOW_MS 15000   /* how long into a partition /readyz may still say 200 */
 #define SHUTDOWN_TIMEOUT_MS 2000 /* relay.shutdown.timeout.ms given to the relay */
 #define SHUTDOWN_SLACK_MS 5000   /* "plus a few seconds" */
@@ -51,18 +53,18 @@ static void teardown(void) {
         TF_CHECK(cond, __VA_ARGS__);                                                                      \
     } while (0)
 
-/* "relay.pg.timeout.ms=<ms>", or NULL (which ends a settings list early) when the relay does not
+/* "pg.timeout.ms=<ms>", or NULL (which ends a settings list early) when the relay does not
  * know the key yet.  Static buffer. */
 static int pg_timeout_known = -1;
 
 static const char *pg_timeout_setting(int ms) {
     static char buf[64];
-    pg_timeout_known = tn_relay_has_key("relay.pg.timeout.ms");
+    pg_timeout_known = tn_relay_has_key("pg.timeout.ms");
     if (!pg_timeout_known) {
-        fprintf(stderr, "note: outbox-relay does not know relay.pg.timeout.ms: testing with its defaults\n");
+        fprintf(stderr, "note: outbox-relay does not know pg.timeout.ms: testing with its defaults\n");
         return NULL;
     }
-    snprintf(buf, sizeof(buf), "relay.pg.timeout.ms=%d", ms);
+    snprintf(buf, sizeof(buf), "pg.timeout.ms=%d", ms);
     return buf;
 }
 
@@ -180,7 +182,8 @@ START_TEST(test_partition_readiness_and_nothing_lost) {
     int port = tn_free_port();
     char *listen = listen_setting(port);
     tk_proc_t *relay = tf_start_relay_with(&(tf_relay_opts_t){.conninfo = ci}, listen,
-                                           "relay.reconnect.backoff.max.ms=500", pg_timeout_setting(PG_TIMEOUT_MS),
+                                           "relay.reconnect.backoff.max.ms=500",
+                                           "relay.statement.timeout.ms=" STR(STMT_TIMEOUT_MS), pg_timeout_setting(PG_TIMEOUT_MS),
                                            NULL);
     write_seq(topic, KEYS, 0, BEFORE);
     wait_drained(30000);
@@ -197,9 +200,9 @@ START_TEST(test_partition_readiness_and_nothing_lost) {
 
     st = wait_ready_status(port, -1, DETECT_WINDOW_MS, &body);
     PCHECK(st == 503 && !strstr(body, "postgresql=up"),
-           "/readyz %d ms into a partition of PostgreSQL (relay.pg.timeout.ms=%d%s): %d '%s'; expected 503 "
+           "/readyz %d ms into a partition of PostgreSQL (pg.timeout.ms=%d%s, relay.statement.timeout.ms=%d): %d '%s'; expected 503 "
            "without postgresql=up: the relay does not notice that PostgreSQL stopped answering",
-           (int)(tk_now_ms() - frozen_at), PG_TIMEOUT_MS, pg_timeout_known ? "" : ", unknown to this relay", st, body);
+           (int)(tk_now_ms() - frozen_at), PG_TIMEOUT_MS, pg_timeout_known ? "" : ", unknown to this relay", STMT_TIMEOUT_MS, st, body);
     free(body);
     /* ... and stays so while the partition lasts: no session can work through it. */
     int64_t until = tk_now_ms() + 3000;
@@ -235,6 +238,7 @@ START_TEST(test_sigterm_during_partition_exits_0_in_time) {
     char *ci = via_proxy("connect_timeout=2");
     tk_proc_t *relay = tf_start_relay_with(&(tf_relay_opts_t){.conninfo = ci},
                                            "relay.shutdown.timeout.ms=" STR(SHUTDOWN_TIMEOUT_MS),
+                                           "relay.statement.timeout.ms=" STR(STMT_TIMEOUT_MS),
                                            pg_timeout_setting(PG_TIMEOUT_MS), NULL);
     write_seq(topic, KEYS, 0, BEFORE);
     wait_drained(30000);
@@ -247,7 +251,7 @@ START_TEST(test_sigterm_during_partition_exits_0_in_time) {
     tk_proc_signal(relay, SIGTERM);
     int exited = tk_proc_wait(relay, SHUTDOWN_TIMEOUT_MS + SHUTDOWN_SLACK_MS);
     PCHECK(exited, "the relay did not exit within %d ms of SIGTERM during a partition "
-                   "(relay.shutdown.timeout.ms=%d, relay.pg.timeout.ms=%d%s): it waits on PostgreSQL without a deadline",
+                   "(relay.shutdown.timeout.ms=%d, pg.timeout.ms=%d%s): it waits on PostgreSQL without a deadline",
            SHUTDOWN_TIMEOUT_MS + SHUTDOWN_SLACK_MS, SHUTDOWN_TIMEOUT_MS, PG_TIMEOUT_MS,
            pg_timeout_known ? "" : " unknown to this relay");
     PCHECK(WIFEXITED(relay->status) && WEXITSTATUS(relay->status) == 0,

@@ -45,9 +45,9 @@
 #define STMT_TIMEOUT_MS 2000     /* the relays' relay.statement.timeout.ms */
 #define ACK_TIMEOUT_MS 3000      /* the relays' kafka.socket.timeout.ms: a response later than that is lost */
 #define RECOVERY_LIMIT_MS 120000 /* a fault not recovered from by then is a failure */
-/* The relays' relay.pg.timeout.ms (once they know the key): above STMT_TIMEOUT_MS, so that the
- * server's statement timeout, not the relay's own deadline, ends a statement that waits on a lock. */
-#define PG_TIMEOUT_MS (STMT_TIMEOUT_MS + 1000)
+/* The relays' pg.timeout.ms (once they know the key): the longest wait for a connect, and for an
+ * answer beyond STMT_TIMEOUT_MS, so the server's statement timeout still ends a lock wait first. */
+#define PG_TIMEOUT_MS 2000
 /* libpq's connect_timeout (s) in the relays' pg.conninfo: a connect through a silent network ends. */
 #define CONNECT_TIMEOUT_S 3
 
@@ -114,9 +114,10 @@ static const struct {
     [F_STATEMENT_TIMEOUT] = {"statement timeout", STMT_TIMEOUT_MS + 1000, STMT_TIMEOUT_MS + 3000},
     [F_POISON] = {"poison messages", 0, 0},
     [F_CONSUMER_KILLED] = {"consumer SIGKILLed", 500, 2000},
-    /* Longer than PG_TIMEOUT_MS plus a connect timeout, so the relays give up on their sessions and
-     * retry while the partition lasts. */
-    [F_PG_PARTITION] = {"PostgreSQL partition", PG_TIMEOUT_MS + 1000, PG_TIMEOUT_MS + 7000},
+    /* Longer than a statement's deadline (STMT_TIMEOUT_MS + PG_TIMEOUT_MS), so the relays give up
+     * on their sessions and retry while the partition lasts. */
+    [F_PG_PARTITION] = {"PostgreSQL partition", STMT_TIMEOUT_MS + PG_TIMEOUT_MS + 1000,
+                        STMT_TIMEOUT_MS + PG_TIMEOUT_MS + 5000},
 };
 
 typedef struct {
@@ -143,7 +144,7 @@ static PGconn *mon; /* the scenario's own connection, re-established after Postg
  * can silence their sessions while writers, consumer and checker carry on. */
 static tn_proxy_t *pgproxy;
 static char relay_conninfo[1200];
-static const char *pg_timeout_arg; /* "relay.pg.timeout.ms=..." or NULL while the relay lacks the key */
+static const char *pg_timeout_arg; /* "pg.timeout.ms=..." or NULL while the relay lacks the key */
 static long unexpected_exits; /* relays or consumers that ended without being told to */
 static char *poison_ids; /* "id,id,..." of the injected poison rows */
 static long poison_count;
@@ -589,7 +590,7 @@ static void run_fault(fault_t *f) {
         tk_sleep_ms(f->hold_ms);
         tn_proxy_thaw(pgproxy);
         snprintf(f->detail, sizeof(f->detail), "%d relay connections silenced%s", conns,
-                 pg_timeout_arg ? "" : " (relay without relay.pg.timeout.ms)");
+                 pg_timeout_arg ? "" : " (relay without pg.timeout.ms)");
         break;
     }
     case F__CNT:
@@ -774,10 +775,10 @@ START_TEST(test_fault_scenario) {
     pgproxy = tn_proxy_start("pg-proxy");
     snprintf(relay_conninfo, sizeof(relay_conninfo), "%s connect_timeout=%d", pgproxy->conninfo, CONNECT_TIMEOUT_S);
     static char pg_timeout_buf[64];
-    snprintf(pg_timeout_buf, sizeof(pg_timeout_buf), "relay.pg.timeout.ms=%d", PG_TIMEOUT_MS);
-    pg_timeout_arg = tn_relay_has_key("relay.pg.timeout.ms") ? pg_timeout_buf : NULL;
+    snprintf(pg_timeout_buf, sizeof(pg_timeout_buf), "pg.timeout.ms=%d", PG_TIMEOUT_MS);
+    pg_timeout_arg = tn_relay_has_key("pg.timeout.ms") ? pg_timeout_buf : NULL;
     if (!pg_timeout_arg)
-        printf("note: outbox-relay does not know relay.pg.timeout.ms: relays run with their defaults\n");
+        printf("note: outbox-relay does not know pg.timeout.ms: relays run with their defaults\n");
     mon = PQconnectdb(conninfo);
     ck_assert_int_eq(PQstatus(mon), CONNECTION_OK);
     PQclear(mon_exec(q("DROP SCHEMA IF EXISTS @ CASCADE"), 0, NULL));
