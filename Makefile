@@ -61,6 +61,7 @@ PCFILE    := $(B)/liboutbox.pc
 RELAY_SRCS := $(wildcard relay/*.c)
 RELAY     := $(B)/outbox-relay
 MOCK      := $(B)/mock-kafka
+FREEZE_PROXY := $(B)/freeze-proxy
 TEST_CONSUMER := $(B)/test-consumer
 TEST_SRCS := $(wildcard tests/check_*.c)
 TESTS     := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
@@ -144,6 +145,11 @@ $(MOCK): tests/support/mock-kafka.c | $(DEPCHECK)
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) -o $@ $< $(LINK_FLAGS) $(PKG_LIBS)
 
+# A TCP forwarder that can go silent on a signal (network partition, hung pooler): plain C.
+$(FREEZE_PROXY): tests/support/freeze-proxy.c
+	@mkdir -p $(@D)
+	$(CC) $(PROG_CFLAGS) -o $@ $< $(LINK_FLAGS)
+
 $(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(STLIB)
 	@mkdir -p $(@D)
 	$(CC) $(PROG_CFLAGS) $(CHECK_CFLAGS) -Itests/support -Irelay -o $@ $< $(TEST_EXTRA_$*) $(TESTLIB_SRCS) \
@@ -186,7 +192,7 @@ examples: $(EXAMPLES)
 $(TEST_CONSUMER): tests/support/test-consumer.c $(STLIB)
 	$(CC) $(PROG_CFLAGS) -o $@ $< $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
 
-tests: all $(TESTS) $(if $(wildcard tests/support/test-consumer.c),$(TEST_CONSUMER))
+tests: all $(FREEZE_PROXY) $(TESTS) $(if $(wildcard tests/support/test-consumer.c),$(TEST_CONSUMER))
 
 # ---- fuzzing -----------------------------------------------------------------------------
 # tests/fuzz/fuzz_<target>.c are libFuzzer targets for the parsers of untrusted bytes.  `make check`
@@ -229,7 +235,7 @@ check: deps
 	$(foreach t,$(FUZZ_TARGETS),$(B)/tests/fuzz_replay_$(t) $(wildcard tests/fuzz/corpus/$(t) tests/fuzz/regressions/$(t)) &&) true
 
 check-faults: deps
-	@$(MAKE) --no-print-directory all $(TEST_CONSUMER) $(B)/faults/check_faults
+	@$(MAKE) --no-print-directory all $(TEST_CONSUMER) $(FREEZE_PROXY) $(B)/faults/check_faults
 	tests/faults/run.sh $(B) $(SEED)
 
 check-valgrind: deps

@@ -30,6 +30,7 @@
 #include "outbox/outbox.h"
 #include "testutil.h"
 #include "testutil_kafka.h"
+#include "testutil_net.h"
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
@@ -44,6 +45,11 @@
 #define STMT_TIMEOUT_MS 2000     /* the relays' relay.statement.timeout.ms */
 #define ACK_TIMEOUT_MS 3000      /* the relays' kafka.socket.timeout.ms: a response later than that is lost */
 #define RECOVERY_LIMIT_MS 120000 /* a fault not recovered from by then is a failure */
+/* The relays' pg.timeout.ms (once they know the key): the longest wait for a connect, and for an
+ * answer beyond STMT_TIMEOUT_MS, so the server's statement timeout still ends a lock wait first. */
+#define PG_TIMEOUT_MS 2000
+/* libpq's connect_timeout (s) in the relays' pg.conninfo: a connect through a silent network ends. */
+#define CONNECT_TIMEOUT_S 3
 
 /* ---- the seeded generator -------------------------------------------------------------------- */
 
@@ -84,6 +90,7 @@ typedef enum {
     F_STATEMENT_TIMEOUT,
     F_POISON,
     F_CONSUMER_KILLED,
+    F_PG_PARTITION,
     F__CNT
 } fault_type_t;
 
@@ -107,6 +114,10 @@ static const struct {
     [F_STATEMENT_TIMEOUT] = {"statement timeout", STMT_TIMEOUT_MS + 1000, STMT_TIMEOUT_MS + 3000},
     [F_POISON] = {"poison messages", 0, 0},
     [F_CONSUMER_KILLED] = {"consumer SIGKILLed", 500, 2000},
+    /* Longer than a statement's deadline (STMT_TIMEOUT_MS + PG_TIMEOUT_MS), so the relays give up
+     * on their sessions and retry while the partition lasts. */
+    [F_PG_PARTITION] = {"PostgreSQL partition", STMT_TIMEOUT_MS + PG_TIMEOUT_MS + 1000,
+                        STMT_TIMEOUT_MS + PG_TIMEOUT_MS + 5000},
 };
 
 typedef struct {
@@ -129,6 +140,11 @@ static tk_broker_t *broker;
 static tk_proc_t *relays[2];
 static tk_proc_t *consumer;
 static PGconn *mon; /* the scenario's own connection, re-established after PostgreSQL restarts */
+/* The relays (only they) reach PostgreSQL through this proxy for the whole run, so that a partition
+ * can silence their sessions while writers, consumer and checker carry on. */
+static tn_proxy_t *pgproxy;
+static char relay_conninfo[1200];
+static const char *pg_timeout_arg; /* "pg.timeout.ms=..." or NULL while the relay lacks the key */
 static long unexpected_exits; /* relays or consumers that ended without being told to */
 static char *poison_ids; /* "id,id,..." of the injected poison rows */
 static long poison_count;
@@ -329,16 +345,25 @@ static const char *const relay_names[2] = {"relay-a", "relay-b"};
 
 static void start_relay(int i) {
     char *relay = tk_build_path("outbox-relay");
-    char s_conn[1024], s_schema[128], s_boot[1100], s_app[64];
-    snprintf(s_conn, sizeof(s_conn), "pg.conninfo=%s", conninfo);
+    char s_conn[1300], s_schema[128], s_boot[1100], s_app[64];
+    snprintf(s_conn, sizeof(s_conn), "pg.conninfo=%s", relay_conninfo);
     snprintf(s_schema, sizeof(s_schema), "outbox.schema=%s", schema);
     snprintf(s_boot, sizeof(s_boot), "kafka.bootstrap.servers=%s", broker->bootstrap);
     snprintf(s_app, sizeof(s_app), "relay.application.name=%s", relay_names[i]);
-    const char *argv[] = {relay, "-X", s_conn, "-X", s_schema, "-X", s_boot, "-X", s_app,
-                          "-X", "relay.statement.timeout.ms=" STR(STMT_TIMEOUT_MS),
-                          "-X", "kafka.socket.timeout.ms=" STR(ACK_TIMEOUT_MS),
-                          "-X", "relay.lock.retry.ms=200", "-X", "relay.reconnect.backoff.max.ms=1000",
-                          "-X", "relay.shutdown.timeout.ms=5000", "-X", "log.level=7", "run", NULL};
+    const char *argv[32] = {relay, "-X", s_conn, "-X", s_schema, "-X", s_boot, "-X", s_app,
+                            "-X", "relay.statement.timeout.ms=" STR(STMT_TIMEOUT_MS),
+                            "-X", "kafka.socket.timeout.ms=" STR(ACK_TIMEOUT_MS),
+                            "-X", "relay.lock.retry.ms=200", "-X", "relay.reconnect.backoff.max.ms=1000",
+                            "-X", "relay.shutdown.timeout.ms=5000", "-X", "log.level=7"};
+    size_t n = 0;
+    while (argv[n])
+        n++;
+    if (pg_timeout_arg) {
+        argv[n++] = "-X";
+        argv[n++] = pg_timeout_arg;
+    }
+    argv[n++] = "run";
+    argv[n] = NULL;
     tk_proc_free(relays[i]);
     relays[i] = tk_proc_start(relay_names[i], argv);
     free(relay);
@@ -357,6 +382,7 @@ static void start_consumer(void) {
 /* A relay or the consumer that died on its own is a failure (a crash, a sanitizer report, an
  * exit on an error it should have survived): count it, show why, and start it again. */
 static void check_procs(void) {
+    tn_proxy_check(pgproxy);
     for (int i = 0; i < 3; i++) {
         tk_proc_t *p = i < 2 ? relays[i] : consumer;
         if (tk_proc_running(p))
@@ -557,6 +583,16 @@ static void run_fault(fault_t *f) {
         tk_sleep_ms(f->hold_ms);
         start_consumer();
         break;
+    case F_PG_PARTITION: {
+        /* Silent both ways, nothing closed (a hung pooler): the relays must notice on their own and
+         * work again once it heals; the leader's session, and so its lock, lives on meanwhile. */
+        int conns = tn_proxy_freeze(pgproxy);
+        tk_sleep_ms(f->hold_ms);
+        tn_proxy_thaw(pgproxy);
+        snprintf(f->detail, sizeof(f->detail), "%d relay connections silenced%s", conns,
+                 pg_timeout_arg ? "" : " (relay without pg.timeout.ms)");
+        break;
+    }
     case F__CNT:
         break;
     }
@@ -735,7 +771,14 @@ START_TEST(test_fault_scenario) {
     for (int i = 0; i < fault_count; i++)
         planned_ms += faults[i].hold_ms + faults[i].gap_ms + 1500; /* ~1.5 s to recover and restart */
 
-    /* Schema, domain tables, broker. */
+    /* Schema, domain tables, broker, the relays' way to PostgreSQL. */
+    pgproxy = tn_proxy_start("pg-proxy");
+    snprintf(relay_conninfo, sizeof(relay_conninfo), "%s connect_timeout=%d", pgproxy->conninfo, CONNECT_TIMEOUT_S);
+    static char pg_timeout_buf[64];
+    snprintf(pg_timeout_buf, sizeof(pg_timeout_buf), "pg.timeout.ms=%d", PG_TIMEOUT_MS);
+    pg_timeout_arg = tn_relay_has_key("pg.timeout.ms") ? pg_timeout_buf : NULL;
+    if (!pg_timeout_arg)
+        printf("note: outbox-relay does not know pg.timeout.ms: relays run with their defaults\n");
     mon = PQconnectdb(conninfo);
     ck_assert_int_eq(PQstatus(mon), CONNECTION_OK);
     PQclear(mon_exec(q("DROP SCHEMA IF EXISTS @ CASCADE"), 0, NULL));
@@ -1021,6 +1064,7 @@ START_TEST(test_fault_scenario) {
     tk_proc_free(consumer);
     tk_consumer_free(reader);
     tk_broker_stop(broker);
+    tn_proxy_free(pgproxy);
     idmap_free(&truth);
     idmap_free(&seen);
     free(seq_of);
