@@ -99,9 +99,11 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     outbox_log(c->conf, 6, FAC, "msg=\"partitions revoked\" count=%d", parts->cnt);
 }
 
+/* @locality the thread in outbox_consumer_poll (or in destroy's close): log.queue keeps librdkafka
+ * from calling it on its own threads, where neither rd_kafka_opaque() nor the user's log_cb may run. */
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    outbox_consumer_t *c = rd_kafka_opaque(rk);
-    outbox_log(c->conf, level, "KAFKA", "msg=\"%s\" kafka_fac=%s", buf, fac);
+    const outbox_consumer_t *c = rd_kafka_opaque(rk);
+    outbox_kafka_log(c->conf, level, fac, buf);
 }
 
 static bool pg_ensure(outbox_consumer_t *c) {
@@ -148,6 +150,7 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
         outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: out of memory");
         return NULL;
     }
+    c->conf = conf; /* borrowed for logging until we succeed, owned from then on */
     c->group = outbox_strdup(group);
     c->conninfo = outbox_strdup(ci);
     c->schema_q = outbox_quote_ident(outbox_conf_str(conf, "outbox.schema"));
@@ -181,17 +184,30 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
     }
     rd_kafka_conf_set_opaque(kc, c);
     rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
-    rd_kafka_conf_set_log_cb(kc, kafka_log_cb);
+    if (outbox_kafka_conf_logs(kc, kafka_log_cb, why, sizeof(why))) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: %s", why);
+        rd_kafka_conf_destroy(kc);
+        goto fail;
+    }
     c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, why, sizeof(why));
     if (!c->rk) {
         outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: %s", why);
         rd_kafka_conf_destroy(kc);
         goto fail;
     }
+    /* Log lines wait in librdkafka's log queue until it is set; the main queue, forwarded to the
+     * consumer queue below, hands them to rd_kafka_consumer_poll's caller. */
+    rd_kafka_resp_err_t lerr = rd_kafka_set_log_queue(c->rk, NULL);
+    if (lerr) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: rd_kafka_set_log_queue: %s",
+                        rd_kafka_err2str(lerr));
+        goto fail;
+    }
     rd_kafka_poll_set_consumer(c->rk);
-    c->conf = conf; /* owned from here on */
-    return c;
+    return c; /* conf is owned from here on */
 fail:
+    if (c->rk)
+        rd_kafka_destroy(c->rk);
     PQfinish(c->pg);
     free(c->group);
     free(c->conninfo);

@@ -2,13 +2,18 @@
  * The consumer against the throwaway PostgreSQL and the mock Kafka broker over TCP: duplicates,
  * crashes around the PostgreSQL commit, retry/reject, command and reply, bad input, rebalances, pruning.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "outbox/v1/envelope.pb-c.h"
 #include "testutil_fixture.h"
@@ -341,6 +346,89 @@ START_TEST(test_lost_session_between_messages_reconnects_and_processes_once) {
     outbox_consumer_destroy(c);
     free(s1.env);
     free(s2.env);
+}
+END_TEST
+
+/* ---- a3. librdkafka's log lines reach the log callback on the polling thread ----------------- */
+
+/* A TCP port on 127.0.0.1 nothing listens on (bound, then closed); -1 on failure. */
+static int closed_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int port = -1;
+    if (fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof(a)) && !getsockname(fd, (struct sockaddr *)&a, &len))
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_t poller;  /* the thread that calls outbox_consumer_poll and destroy */
+    char port[16];     /* ":<port>" of the closed bootstrap broker */
+    int kafka_lines;   /* KAFKA lines seen */
+    int port_lines;    /* ... of which name the bootstrap broker */
+    int foreign_lines; /* ... of which arrived on another thread */
+    char foreign[300]; /* the first of those */
+} logcap_t;
+
+static void capture_log(int level, const char *fac, const char *msg, void *opaque) {
+    (void)level;
+    logcap_t *lc = opaque;
+    if (strcmp(fac, "KAFKA"))
+        return;
+    pthread_mutex_lock(&lc->mu);
+    lc->kafka_lines++;
+    lc->port_lines += strstr(msg, lc->port) != NULL;
+    if (!pthread_equal(pthread_self(), lc->poller) && !lc->foreign_lines++)
+        snprintf(lc->foreign, sizeof(lc->foreign), "%s", msg);
+    pthread_mutex_unlock(&lc->mu);
+}
+
+static int logcap_count(logcap_t *lc, const int *field) {
+    pthread_mutex_lock(&lc->mu);
+    int n = *field;
+    pthread_mutex_unlock(&lc->mu);
+    return n;
+}
+
+START_TEST(test_kafka_logs_arrive_on_the_polling_thread) {
+    logcap_t lc = {.mu = PTHREAD_MUTEX_INITIALIZER, .poller = pthread_self()};
+    int port = closed_port();
+    ck_assert_int_gt(port, 0);
+    char bootstrap[64];
+    snprintf(bootstrap, sizeof(bootstrap), "127.0.0.1:%d", port);
+    snprintf(lc.port, sizeof(lc.port), ":%d", port);
+    char err[512];
+    outbox_conf_t *conf = outbox_conf_new();
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "pg.conninfo", getenv("OUTBOX_TEST_PG"), err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "consumer.group.id", "tlog", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "kafka.bootstrap.servers", bootstrap, err, sizeof(err)), OUTBOX_CONF_OK);
+    /* librdkafka's broker threads log every connection attempt, and the refusals. */
+    ck_assert_int_eq(outbox_conf_set(conf, "kafka.debug", "broker", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "log.level", "7", err, sizeof(err)), OUTBOX_CONF_OK);
+    outbox_conf_set_log_cb(conf, capture_log);
+    outbox_conf_set_opaque(conf, &lc);
+    outbox_consumer_t *c = outbox_consumer_new(conf, err, sizeof(err));
+    ck_assert_msg(c != NULL, "outbox_consumer_new: %s", err);
+    const char *topics[] = {"tlog.events"};
+    ck_assert_msg(outbox_consumer_subscribe(c, topics, 1) == OUTBOX_OK, "subscribe: %s", outbox_consumer_errmsg(c));
+    ck_assert_int_eq(logcap_count(&lc, &lc.foreign_lines), 0);
+    int64_t deadline = tk_now_ms() + 15000;
+    while (logcap_count(&lc, &lc.port_lines) < 3 && tk_now_ms() < deadline)
+        ck_assert_msg(outbox_consumer_poll(c, inproc_handler, NULL, 100) == OUTBOX_OK, "poll: %s",
+                      outbox_consumer_errmsg(c));
+    /* librdkafka's threads keep retrying meanwhile; whatever they log must wait for a poll. */
+    tk_sleep_ms(500);
+    ck_assert_int_eq(outbox_consumer_poll(c, inproc_handler, NULL, 100), OUTBOX_OK);
+    outbox_consumer_destroy(c); /* the close serves the queue on this thread too */
+    ck_assert_msg(lc.port_lines >= 3, "%d of %d KAFKA log lines named the bootstrap broker %s within 15 s",
+                  lc.port_lines, lc.kafka_lines, bootstrap);
+    ck_assert_msg(lc.foreign_lines == 0, "%d of %d KAFKA log lines arrived on a thread other than the one "
+                  "calling outbox_consumer_poll, the first: %s", lc.foreign_lines, lc.kafka_lines, lc.foreign);
 }
 END_TEST
 
@@ -788,6 +876,12 @@ static Suite *consumer_suite(void) {
     tcase_add_test(tc, test_command_reply_round_trip_through_two_outboxes);
     tcase_add_test(tc, test_bad_input_is_dead_lettered_and_consumer_continues);
     tcase_add_test(tc, test_retry_backoff_survives_rebalance_to_same_member);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("bounds");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_kafka_logs_arrive_on_the_polling_thread);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("prune");
