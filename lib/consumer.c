@@ -301,8 +301,10 @@ static void redeliver(outbox_consumer_t *c, const rd_kafka_message_t *m, int pau
     rd_kafka_topic_partition_list_add(l, topic, m->partition)->offset = m->offset;
     rd_kafka_error_t *e = rd_kafka_seek_partitions(c->rk, l, 5000);
     if (e) {
+        char why[256];
         outbox_log(c->conf, 3, FAC, "msg=\"seek failed\" topic=%s partition=%d offset=%lld error=\"%s\"",
-                   topic, (int)m->partition, (long long)m->offset, rd_kafka_error_string(e));
+                   topic, (int)m->partition, (long long)m->offset,
+                   outbox_logfmt_value(rd_kafka_error_string(e), why, sizeof(why)));
         rd_kafka_error_destroy(e);
     }
     if (pause_ms > 0 && rd_kafka_pause_partitions(c->rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -456,9 +458,10 @@ static bool record_rejected(outbox_consumer_t *c, const rd_kafka_message_t *m, c
     if (!exec_ok(c, "COMMIT"))
         return false;
     c->stats.rejected++;
+    char rsn[512];
     outbox_log(c->conf, 4, FAC, "msg=\"rejected a message\" topic=%s partition=%d offset=%lld id=%s "
                "reason=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
-               msg_id ? msg_id : "-", reason);
+               msg_id ? msg_id : "-", outbox_logfmt_value(reason, rsn, sizeof(rsn)));
     return true;
 }
 
@@ -467,9 +470,10 @@ static outbox_err_t pg_failed(outbox_consumer_t *c, const rd_kafka_message_t *m)
     if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
         rollback(c);
     redeliver(c, m, c->retry_backoff_ms);
+    char why[sizeof(c->errstr)];
     outbox_log(c->conf, 3, FAC, "msg=\"processing failed, will redeliver\" topic=%s partition=%d "
                "offset=%lld error=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition,
-               (long long)m->offset, c->errstr);
+               (long long)m->offset, outbox_logfmt_value(c->errstr, why, sizeof(why)));
     return c->pg && PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION;
 }
 
@@ -626,9 +630,11 @@ outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handle
     rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, timeout_ms < 0 ? 0 : timeout_ms);
     while (m) {
         if (m->err) {
+            char why[512];
             if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 outbox_log(c->conf, 4, FAC, "msg=\"consumer error\" error=%s reason=\"%s\"",
-                           rd_kafka_err2name(m->err), rd_kafka_message_errstr(m));
+                           rd_kafka_err2name(m->err),
+                           outbox_logfmt_value(rd_kafka_message_errstr(m), why, sizeof(why)));
         } else {
             err = process(c, m, handler, opaque);
             done++;
