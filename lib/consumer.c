@@ -31,7 +31,8 @@ struct outbox_consumer_s {
     char *group;
     char *conninfo;
     char *schema_q;
-    PGconn *pg;
+    PGconn *pg;              /* NULL after a session was dropped: pg_ensure connects again */
+    outbox_pg_limits_t lim; /* pg.timeout.ms: the deadline of the library's own statements */
     rd_kafka_t *rk;
     outbox_consumer_stats_t stats;
     paused_t *paused;
@@ -99,20 +100,34 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     outbox_log(c->conf, 6, FAC, "msg=\"partitions revoked\" count=%d", parts->cnt);
 }
 
+/* @locality the thread in outbox_consumer_poll (or in destroy's close): log.queue keeps librdkafka
+ * from calling it on its own threads, where neither rd_kafka_opaque() nor the user's log_cb may run. */
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    outbox_consumer_t *c = rd_kafka_opaque(rk);
-    outbox_log(c->conf, level, "KAFKA", "msg=\"%s\" kafka_fac=%s", buf, fac);
+    const outbox_consumer_t *c = rd_kafka_opaque(rk);
+    outbox_kafka_log(c->conf, level, fac, buf);
 }
 
+/* Ends the session.  Used when a statement of ours got no answer within pg.timeout.ms or the
+ * connection failed: the session's state is then unknown, and the server rolls back whatever
+ * transaction it had open when it notices.  The message in hand is redelivered (its offset is
+ * stored only after a COMMIT that answered), and the dedup record decides on redelivery whether
+ * a COMMIT that went unanswered took effect. */
+static void pg_drop(outbox_consumer_t *c) {
+    PQfinish(c->pg);
+    c->pg = NULL;
+}
+
+/* Connects with outbox_pg_connect's bounds (connect_timeout, keepalives, tcp_user_timeout, which
+ * the user's conninfo may override) within pg.timeout.ms.  The session stays non-blocking, so that
+ * the deadline covers sending our statements as well as waiting for their answers; the handler
+ * alone gets it in blocking mode (see call_handler). */
 static bool pg_ensure(outbox_consumer_t *c) {
     if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
         return true;
-    PQfinish(c->pg);
-    c->pg = PQconnectdb(c->conninfo);
-    if (PQstatus(c->pg) != CONNECTION_OK) {
-        cerr(c, OUTBOX_ERR_CONNECTION, "cannot connect to PostgreSQL: %s", PQerrorMessage(c->pg));
-        PQfinish(c->pg);
-        c->pg = NULL;
+    pg_drop(c);
+    char why[OUTBOX_ERRSTR_SIZE - 64];
+    if (!(c->pg = outbox_pg_connect(c->conninfo, NULL, &c->lim, why, sizeof(why)))) {
+        cerr(c, OUTBOX_ERR_CONNECTION, "cannot connect to PostgreSQL: %s", why);
         return false;
     }
     return true;
@@ -148,11 +163,15 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
         outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: out of memory");
         return NULL;
     }
+    c->conf = conf; /* borrowed for logging until we succeed, owned from then on */
     c->group = outbox_strdup(group);
     c->conninfo = outbox_strdup(ci);
     c->schema_q = outbox_quote_ident(outbox_conf_str(conf, "outbox.schema"));
     c->major_max = (int)outbox_conf_int(conf, "consumer.schema.major.max");
     c->retry_backoff_ms = (int)outbox_conf_int(conf, "consumer.retry.backoff.ms");
+    /* The consumer sets no statement_timeout: pg.timeout.ms bounds its own statements (BEGIN, the
+     * dedup and dead-letter INSERTs, COMMIT, ROLLBACK), never the handler's. */
+    c->lim.timeout_ms = outbox_conf_int(conf, "pg.timeout.ms");
     if (!c->group || !c->conninfo || !c->schema_q) {
         outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: out of memory");
         goto fail;
@@ -163,10 +182,8 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
     snprintf(c->sql_reject, sizeof(c->sql_reject),
              "INSERT INTO %s.consumer_dead_letters (consumer, message_id, reason, raw, topic, "
              "kafka_partition, kafka_offset) VALUES ($1, $2, $3, $4, $5, $6, $7)", c->schema_q);
-    c->pg = PQconnectdb(c->conninfo);
-    if (PQstatus(c->pg) != CONNECTION_OK) {
-        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: cannot connect to PostgreSQL: %s",
-                        PQerrorMessage(c->pg));
+    if (!pg_ensure(c)) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: %s", c->errstr);
         goto fail;
     }
     rd_kafka_conf_t *kc = outbox_kafka_conf(conf, consumer_defaults, errstr, errstr_size);
@@ -181,17 +198,30 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
     }
     rd_kafka_conf_set_opaque(kc, c);
     rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
-    rd_kafka_conf_set_log_cb(kc, kafka_log_cb);
+    if (outbox_kafka_conf_logs(kc, kafka_log_cb, why, sizeof(why))) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: %s", why);
+        rd_kafka_conf_destroy(kc);
+        goto fail;
+    }
     c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, why, sizeof(why));
     if (!c->rk) {
         outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: %s", why);
         rd_kafka_conf_destroy(kc);
         goto fail;
     }
+    /* Log lines wait in librdkafka's log queue until it is set; the main queue, forwarded to the
+     * consumer queue below, hands them to rd_kafka_consumer_poll's caller. */
+    rd_kafka_resp_err_t lerr = rd_kafka_set_log_queue(c->rk, NULL);
+    if (lerr) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: rd_kafka_set_log_queue: %s",
+                        rd_kafka_err2str(lerr));
+        goto fail;
+    }
     rd_kafka_poll_set_consumer(c->rk);
-    c->conf = conf; /* owned from here on */
-    return c;
+    return c; /* conf is owned from here on */
 fail:
+    if (c->rk)
+        rd_kafka_destroy(c->rk);
     PQfinish(c->pg);
     free(c->group);
     free(c->conninfo);
@@ -271,8 +301,10 @@ static void redeliver(outbox_consumer_t *c, const rd_kafka_message_t *m, int pau
     rd_kafka_topic_partition_list_add(l, topic, m->partition)->offset = m->offset;
     rd_kafka_error_t *e = rd_kafka_seek_partitions(c->rk, l, 5000);
     if (e) {
+        char why[256];
         outbox_log(c->conf, 3, FAC, "msg=\"seek failed\" topic=%s partition=%d offset=%lld error=\"%s\"",
-                   topic, (int)m->partition, (long long)m->offset, rd_kafka_error_string(e));
+                   topic, (int)m->partition, (long long)m->offset,
+                   outbox_logfmt_value(rd_kafka_error_string(e), why, sizeof(why)));
         rd_kafka_error_destroy(e);
     }
     if (pause_ms > 0 && rd_kafka_pause_partitions(c->rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -312,14 +344,39 @@ static void resume_due(outbox_consumer_t *c) {
     }
 }
 
-static bool exec_ok(outbox_consumer_t *c, const char *sql) {
-    PGresult *res = PQexec(c->pg, sql);
-    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        cerr(c, PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION, "%s failed: %s",
-             sql, PQresultErrorMessage(res));
+/* The outcome of one of our statements: res as an outbox_pg_* call returned it (NULL: no answer,
+ * why says why), freed here.  On failure the error is recorded as "<what> failed: ..." and a
+ * session that gave no answer, or broke, is dropped. */
+static bool stmt_ok(outbox_consumer_t *c, PGresult *res, const char *why, const char *what) {
+    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok) {
+        bool lost = !res || PQstatus(c->pg) != CONNECTION_OK;
+        cerr(c, lost ? OUTBOX_ERR_CONNECTION : OUTBOX_ERR_PG, "%s failed: %s", what,
+             res ? PQresultErrorMessage(res) : why);
+        if (lost)
+            pg_drop(c);
+    }
     PQclear(res);
     return ok;
+}
+
+static bool exec_ok(outbox_consumer_t *c, const char *sql) {
+    char why[256];
+    if (!c->pg)
+        return false; /* dropped earlier in this message: the error is recorded */
+    return stmt_ok(c, outbox_pg_exec_simple(c->pg, &c->lim, sql, why, sizeof(why)), why, sql);
+}
+
+/* Ends the open transaction, if the session is still there; a failure is recorded only if no
+ * earlier error of this poll was, since that one is what made us roll back. */
+static void rollback(outbox_consumer_t *c) {
+    char why[256], keep[sizeof(c->errstr)];
+    if (!c->pg)
+        return;
+    memcpy(keep, c->errstr, sizeof(keep));
+    if (!stmt_ok(c, outbox_pg_exec_simple(c->pg, &c->lim, "ROLLBACK", why, sizeof(why)), why, "ROLLBACK") &&
+        *keep)
+        memcpy(c->errstr, keep, sizeof(keep));
 }
 
 /* The Kafka "id" header, if it is plain enough to store as text. */
@@ -384,90 +441,110 @@ static bool record_rejected(outbox_consumer_t *c, const rd_kafka_message_t *m, c
                         part, off};
     int lens[7] = {0, 0, 0, (int)m->len, 0, 0, 0};
     int fmts[7] = {0, 0, 0, 1, 0, 0, 0};
+    char why[256];
     if (!exec_ok(c, "BEGIN"))
         return false;
-    PGresult *res = PQexecParams(c->pg, c->sql_reject, 7, NULL, p, lens, fmts, 0);
-    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        cerr(c, OUTBOX_ERR_PG, "recording a rejected message failed: %s", PQresultErrorMessage(res));
-    PQclear(res);
+    bool ok = stmt_ok(c, outbox_pg_exec(c->pg, &c->lim, c->sql_reject, 7, p, lens, fmts, 0, why, sizeof(why)),
+                      why, "recording a rejected message");
     if (ok && valid_id) {
         const char *d[2] = {c->group, msg_id};
-        res = PQexecParams(c->pg, c->sql_dedup, 2, NULL, d, NULL, NULL, 0);
-        ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-        if (!ok)
-            cerr(c, OUTBOX_ERR_PG, "recording a rejected message failed: %s", PQresultErrorMessage(res));
-        PQclear(res);
+        ok = stmt_ok(c, outbox_pg_exec(c->pg, &c->lim, c->sql_dedup, 2, d, NULL, NULL, 0, why, sizeof(why)),
+                     why, "recording a rejected message as processed");
     }
     if (!ok) {
-        PQclear(PQexec(c->pg, "ROLLBACK"));
+        rollback(c);
         return false;
     }
     if (!exec_ok(c, "COMMIT"))
         return false;
     c->stats.rejected++;
+    char rsn[512];
     outbox_log(c->conf, 4, FAC, "msg=\"rejected a message\" topic=%s partition=%d offset=%lld id=%s "
                "reason=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
-               msg_id ? msg_id : "-", reason);
+               msg_id ? msg_id : "-", outbox_logfmt_value(reason, rsn, sizeof(rsn)));
     return true;
 }
 
 /* A PostgreSQL failure while processing m: roll back, redeliver m later, report the error. */
 static outbox_err_t pg_failed(outbox_consumer_t *c, const rd_kafka_message_t *m) {
     if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
-        PQclear(PQexec(c->pg, "ROLLBACK"));
+        rollback(c);
     redeliver(c, m, c->retry_backoff_ms);
+    char why[sizeof(c->errstr)];
     outbox_log(c->conf, 3, FAC, "msg=\"processing failed, will redeliver\" topic=%s partition=%d "
                "offset=%lld error=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition,
-               (long long)m->offset, c->errstr);
+               (long long)m->offset, outbox_logfmt_value(c->errstr, why, sizeof(why)));
     return c->pg && PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION;
 }
 
-/* BEGIN and the dedup record's INSERT, sent as one pipeline: one round trip.  Returns the INSERT's
- * result (its row count says whether the record is new), or NULL with the error recorded. */
+/* BEGIN and the dedup record's INSERT, sent as one pipeline: one round trip, within pg.timeout.ms.
+ * Returns the INSERT's result (its row count says whether the record is new), or NULL with the
+ * error recorded; a session that gave no answer, or whose pipeline cannot be read to its end, is
+ * dropped. */
 static PGresult *begin_and_record(outbox_consumer_t *c, const char *id) {
     const char *d[2] = {c->group, id};
-    int queued = 0;
-    if (PQenterPipelineMode(c->pg)) {
-        queued = PQsendQueryParams(c->pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
-        queued += queued && PQsendQueryParams(c->pg, c->sql_dedup, 2, NULL, d, NULL, NULL, 0);
-    }
-    bool synced = PQpipelineStatus(c->pg) == PQ_PIPELINE_ON && PQpipelineSync(c->pg);
-    bool sent = queued == 2 && synced;
-    PGresult *ins = NULL, *res;
-    bool ok = sent;
-    for (int q = 0; synced && q < queued && PQstatus(c->pg) == CONNECTION_OK; q++) {
-        while ((res = PQgetResult(c->pg))) {
-            if (ok && PQresultStatus(res) != PGRES_COMMAND_OK) {
-                cerr(c, PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION,
-                     q ? "recording message %s as processed failed: %s" : "BEGIN for message %s "
-                     "failed: %s", id, PQresultErrorMessage(res));
-                ok = false;
-            }
-            if (ok && q == 1 && !ins)
-                ins = res;
-            else
-                PQclear(res);
+    static const char *const what[2] = {"BEGIN", "recording the message as processed"};
+    PGresult *res[2] = {NULL, NULL}, *sync;
+    char why[256] = "";
+    const char *step = "sending BEGIN";
+    if (!PQenterPipelineMode(c->pg) || !PQsendQueryParams(c->pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0))
+        goto lost;
+    step = "sending the dedup record's INSERT";
+    if (!PQsendQueryParams(c->pg, c->sql_dedup, 2, NULL, d, NULL, NULL, 0))
+        goto lost;
+    step = "sending the pipeline's Sync";
+    if (!PQpipelineSync(c->pg))
+        goto lost;
+    /* The server holds a pipeline's answers until the Sync: they come together, so a wait that
+     * ends without one is the pipeline's, not BEGIN's alone. */
+    step = "BEGIN and the dedup record's INSERT";
+    for (int q = 0; q < 2; q++)
+        if (!(res[q] = outbox_pg_result(c->pg, &c->lim, why, sizeof(why))))
+            goto lost;
+    step = "the pipeline's Sync";
+    if (outbox_pg_wait(c->pg, &c->lim, why, sizeof(why)))
+        goto lost;
+    sync = PQgetResult(c->pg);
+    bool synced = PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+    PQclear(sync);
+    if (!synced || !PQexitPipelineMode(c->pg))
+        goto lost;
+    for (int q = 0; q < 2; q++) {
+        if (PQresultStatus(res[q]) != PGRES_COMMAND_OK) {
+            cerr(c, PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION,
+                 "%s for message %s failed: %s", what[q], id, PQresultErrorMessage(res[q]));
+            PQclear(res[0]);
+            PQclear(res[1]);
+            return NULL;
         }
     }
-    if (synced && PQstatus(c->pg) == CONNECTION_OK)
-        PQclear(PQgetResult(c->pg)); /* the Sync's */
-    if (!PQexitPipelineMode(c->pg) && PQstatus(c->pg) == CONNECTION_OK) {
-        PQfinish(c->pg); /* results that cannot be read: start afresh on a new connection */
-        c->pg = NULL;
-    }
-    if (!sent)
-        cerr(c, OUTBOX_ERR_CONNECTION, "sending %s for message %s failed: %s",
-             queued == 0 ? "BEGIN" : queued == 1 ? "the dedup record's INSERT" : "the pipeline's Sync",
-             id, c->pg ? PQerrorMessage(c->pg) : "the connection was dropped");
-    if (!ok || !ins) {
-        if (ok) /* the connection went before the INSERT's result came */
-            cerr(c, OUTBOX_ERR_CONNECTION, "recording message %s as processed failed: %s", id,
-                 c->pg ? PQerrorMessage(c->pg) : "the connection was dropped");
-        PQclear(ins);
-        return NULL;
-    }
-    return ins;
+    PQclear(res[0]);
+    return res[1];
+lost:
+    cerr(c, OUTBOX_ERR_CONNECTION, "%s for message %s failed: %s", step, id, *why ? why : PQerrorMessage(c->pg));
+    PQclear(res[0]);
+    PQclear(res[1]);
+    pg_drop(c); /* results that cannot be read: start afresh on a new session */
+    return NULL;
+}
+
+/* Runs the handler with the session in libpq's default, blocking mode.  Non-blocking mode changes
+ * what some synchronous calls mean: PQexec and friends still wait (PQgetResult waits for the
+ * socket itself), but PQputCopyData may return 0 ("not queued, try again"), PQputnbytes fails,
+ * and PQfn, under every lo_* large-object call, fails as soon as its request does not fit the
+ * socket at once.  The handler's statements are its own business, unbounded by pg.timeout.ms.
+ * Our statements go back to non-blocking mode afterwards.  Returns the handler's verdict;
+ * *ts gets the transaction status it left. */
+static outbox_handler_result_t call_handler(outbox_consumer_t *c, const outbox_message_t *msg,
+                                            outbox_handler_cb handler, void *opaque,
+                                            PGTransactionStatusType *ts) {
+    PQsetnonblocking(c->pg, 0); /* cannot fail: our statements left nothing unsent */
+    outbox_handler_result_t r = handler(msg, c->pg, opaque);
+    *ts = PQtransactionStatus(c->pg);
+    /* Flushes what the handler left unsent; fails only on a broken session, which our next
+     * statement reports. */
+    PQsetnonblocking(c->pg, 1);
+    return r;
 }
 
 static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, outbox_handler_cb handler,
@@ -495,15 +572,15 @@ static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, o
     bool duplicate = strcmp(PQcmdTuples(res), "1") != 0;
     PQclear(res);
     if (duplicate) {
-        PQclear(PQexec(c->pg, "ROLLBACK"));
+        rollback(c);
         c->stats.duplicates++;
         outbox_log(c->conf, 7, FAC, "msg=\"duplicate skipped\" id=%s", msg->id);
         outbox_message_destroy(msg);
         store_offset(c, m);
         return OUTBOX_OK;
     }
-    outbox_handler_result_t r = handler(msg, c->pg, opaque);
-    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    PGTransactionStatusType ts;
+    outbox_handler_result_t r = call_handler(c, msg, handler, opaque, &ts);
     outbox_err_t err = OUTBOX_OK;
     if (r == OUTBOX_HANDLER_OK && ts == PQTRANS_INTRANS) {
         if (exec_ok(c, "COMMIT")) {
@@ -519,7 +596,7 @@ static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, o
         c->stats.processed++;
         store_offset(c, m);
     } else if (r == OUTBOX_HANDLER_REJECT) {
-        PQclear(PQexec(c->pg, "ROLLBACK"));
+        rollback(c);
         if (record_rejected(c, m, msg->id, true, "rejected by the handler"))
             store_offset(c, m);
         else
@@ -530,9 +607,11 @@ static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, o
             outbox_log(c->conf, 4, FAC, "msg=\"handler returned OK but its transaction failed; "
                        "retrying\" id=%s", msg->id);
         if (ts != PQTRANS_IDLE)
-            PQclear(PQexec(c->pg, "ROLLBACK"));
+            rollback(c);
         c->stats.retried++;
         redeliver(c, m, c->retry_backoff_ms);
+        if (!c->pg)
+            err = OUTBOX_ERR_CONNECTION; /* the ROLLBACK went unanswered: the session was dropped */
     }
     outbox_message_destroy(msg);
     return err;
@@ -551,9 +630,11 @@ outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handle
     rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, timeout_ms < 0 ? 0 : timeout_ms);
     while (m) {
         if (m->err) {
+            char why[512];
             if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 outbox_log(c->conf, 4, FAC, "msg=\"consumer error\" error=%s reason=\"%s\"",
-                           rd_kafka_err2name(m->err), rd_kafka_message_errstr(m));
+                           rd_kafka_err2name(m->err),
+                           outbox_logfmt_value(rd_kafka_message_errstr(m), why, sizeof(why)));
         } else {
             err = process(c, m, handler, opaque);
             done++;

@@ -2,13 +2,18 @@
  * The consumer against the throwaway PostgreSQL and the mock Kafka broker over TCP: duplicates,
  * crashes around the PostgreSQL commit, retry/reject, command and reply, bad input, rebalances, pruning.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "outbox/v1/envelope.pb-c.h"
 #include "testutil_fixture.h"
@@ -227,7 +232,9 @@ static outbox_handler_result_t inproc_handler(const outbox_message_t *msg, PGcon
     return ok ? OUTBOX_HANDLER_OK : OUTBOX_HANDLER_RETRY;
 }
 
-static outbox_consumer_t *inproc_consumer(const char *group, const char *topic) {
+/* An in-process consumer of topic for group, with extra settings kv ({key, value, ..., NULL}, may
+ * be NULL) after the common ones. */
+static outbox_consumer_t *inproc_consumer_kv(const char *group, const char *topic, const char *const *kv) {
     char err[512];
     outbox_conf_t *conf = outbox_conf_new();
     ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
@@ -237,11 +244,17 @@ static outbox_consumer_t *inproc_consumer(const char *group, const char *topic) 
                      OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "kafka.fetch.wait.max.ms", "50", err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "log.level", "4", err, sizeof(err)), OUTBOX_CONF_OK);
+    for (; kv && kv[0]; kv += 2)
+        ck_assert_msg(outbox_conf_set(conf, kv[0], kv[1], err, sizeof(err)) == OUTBOX_CONF_OK, "%s", err);
     outbox_consumer_t *c = outbox_consumer_new(conf, err, sizeof(err));
     ck_assert_msg(c != NULL, "outbox_consumer_new: %s", err);
     const char *topics[] = {topic};
     ck_assert_msg(outbox_consumer_subscribe(c, topics, 1) == OUTBOX_OK, "subscribe: %s", outbox_consumer_errmsg(c));
     return c;
+}
+
+static outbox_consumer_t *inproc_consumer(const char *group, const char *topic) {
+    return inproc_consumer_kv(group, topic, NULL);
 }
 
 START_TEST(test_same_envelope_twice_has_one_effect) {
@@ -341,6 +354,89 @@ START_TEST(test_lost_session_between_messages_reconnects_and_processes_once) {
     outbox_consumer_destroy(c);
     free(s1.env);
     free(s2.env);
+}
+END_TEST
+
+/* ---- a3. librdkafka's log lines reach the log callback on the polling thread ----------------- */
+
+/* A TCP port on 127.0.0.1 nothing listens on (bound, then closed); -1 on failure. */
+static int closed_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int port = -1;
+    if (fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof(a)) && !getsockname(fd, (struct sockaddr *)&a, &len))
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_t poller;  /* the thread that calls outbox_consumer_poll and destroy */
+    char port[16];     /* ":<port>" of the closed bootstrap broker */
+    int kafka_lines;   /* KAFKA lines seen */
+    int port_lines;    /* ... of which name the bootstrap broker */
+    int foreign_lines; /* ... of which arrived on another thread */
+    char foreign[300]; /* the first of those */
+} logcap_t;
+
+static void capture_log(int level, const char *fac, const char *msg, void *opaque) {
+    (void)level;
+    logcap_t *lc = opaque;
+    if (strcmp(fac, "KAFKA"))
+        return;
+    pthread_mutex_lock(&lc->mu);
+    lc->kafka_lines++;
+    lc->port_lines += strstr(msg, lc->port) != NULL;
+    if (!pthread_equal(pthread_self(), lc->poller) && !lc->foreign_lines++)
+        snprintf(lc->foreign, sizeof(lc->foreign), "%s", msg);
+    pthread_mutex_unlock(&lc->mu);
+}
+
+static int logcap_count(logcap_t *lc, const int *field) {
+    pthread_mutex_lock(&lc->mu);
+    int n = *field;
+    pthread_mutex_unlock(&lc->mu);
+    return n;
+}
+
+START_TEST(test_kafka_logs_arrive_on_the_polling_thread) {
+    logcap_t lc = {.mu = PTHREAD_MUTEX_INITIALIZER, .poller = pthread_self()};
+    int port = closed_port();
+    ck_assert_int_gt(port, 0);
+    char bootstrap[64];
+    snprintf(bootstrap, sizeof(bootstrap), "127.0.0.1:%d", port);
+    snprintf(lc.port, sizeof(lc.port), ":%d", port);
+    char err[512];
+    outbox_conf_t *conf = outbox_conf_new();
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "pg.conninfo", getenv("OUTBOX_TEST_PG"), err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "consumer.group.id", "tlog", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "kafka.bootstrap.servers", bootstrap, err, sizeof(err)), OUTBOX_CONF_OK);
+    /* librdkafka's broker threads log every connection attempt, and the refusals. */
+    ck_assert_int_eq(outbox_conf_set(conf, "kafka.debug", "broker", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "log.level", "7", err, sizeof(err)), OUTBOX_CONF_OK);
+    outbox_conf_set_log_cb(conf, capture_log);
+    outbox_conf_set_opaque(conf, &lc);
+    outbox_consumer_t *c = outbox_consumer_new(conf, err, sizeof(err));
+    ck_assert_msg(c != NULL, "outbox_consumer_new: %s", err);
+    const char *topics[] = {"tlog.events"};
+    ck_assert_msg(outbox_consumer_subscribe(c, topics, 1) == OUTBOX_OK, "subscribe: %s", outbox_consumer_errmsg(c));
+    ck_assert_int_eq(logcap_count(&lc, &lc.foreign_lines), 0);
+    int64_t deadline = tk_now_ms() + 15000;
+    while (logcap_count(&lc, &lc.port_lines) < 3 && tk_now_ms() < deadline)
+        ck_assert_msg(outbox_consumer_poll(c, inproc_handler, NULL, 100) == OUTBOX_OK, "poll: %s",
+                      outbox_consumer_errmsg(c));
+    /* librdkafka's threads keep retrying meanwhile; whatever they log must wait for a poll. */
+    tk_sleep_ms(500);
+    ck_assert_int_eq(outbox_consumer_poll(c, inproc_handler, NULL, 100), OUTBOX_OK);
+    outbox_consumer_destroy(c); /* the close serves the queue on this thread too */
+    ck_assert_msg(lc.port_lines >= 3, "%d of %d KAFKA log lines named the bootstrap broker %s within 15 s",
+                  lc.port_lines, lc.kafka_lines, bootstrap);
+    ck_assert_msg(lc.foreign_lines == 0, "%d of %d KAFKA log lines arrived on a thread other than the one "
+                  "calling outbox_consumer_poll, the first: %s", lc.foreign_lines, lc.kafka_lines, lc.foreign);
 }
 END_TEST
 
@@ -769,6 +865,84 @@ START_TEST(test_prune_deletes_only_old_records) {
 }
 END_TEST
 
+/* ---- a4. the consumer's own waits on PostgreSQL are bounded by pg.timeout.ms ---------------- */
+
+START_TEST(test_connect_to_a_silent_server_fails_after_pg_timeout) {
+    /* A server that takes the connection (the kernel completes the handshake for the backlog)
+     * and never says a word, like one behind a hung proxy. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(listen(fd, 8), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &alen), 0);
+    char ci[128], err[512];
+    snprintf(ci, sizeof(ci), "host=127.0.0.1 port=%d dbname=silent user=silent", ntohs(a.sin_port));
+    outbox_conf_t *conf = outbox_conf_new();
+    ck_assert_int_eq(outbox_conf_set(conf, "pg.conninfo", ci, err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "pg.timeout.ms", "1000", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "consumer.group.id", "tsilent", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "kafka.bootstrap.servers", "127.0.0.1:9", err, sizeof(err)),
+                     OUTBOX_CONF_OK);
+    int64_t t0 = tk_now_ms();
+    outbox_consumer_t *c = outbox_consumer_new(conf, err, sizeof(err));
+    int64_t took = tk_now_ms() - t0;
+    ck_assert_msg(c == NULL, "outbox_consumer_new succeeded against a server that never answers");
+    ck_assert_msg(strstr(err, "PostgreSQL") && strstr(err, "1000 ms"),
+                  "the error does not name the PostgreSQL wait of pg.timeout.ms: %s", err);
+    /* A bound, not a measurement: without a deadline libpq waits for ever here. */
+    ck_assert_msg(took >= 900 && took < 3000, "outbox_consumer_new gave up after %lld ms, expected about 1000: %s",
+                  (long long)took, err);
+    outbox_conf_destroy(conf); /* not taken on failure */
+    close(fd);
+}
+END_TEST
+
+START_TEST(test_dedup_wait_past_pg_timeout_drops_session_and_redelivers_once) {
+    start_broker("--topic", "tw.events:1", NULL);
+    sent_t s;
+    produce_cmd(&s, "tw.events", "acct-1", "once");
+    flush_produced();
+    /* Another session holds the message's dedup key uncommitted: the consumer's INSERT waits on
+     * its lock and never answers within pg.timeout.ms. */
+    tu_exec(tf_conn, "BEGIN");
+    tu_exec(tf_conn, tf_q("INSERT INTO @.processed (consumer, message_id) VALUES ('tw', '%s')", s.id));
+    inproc_t ctx = {tf_schema, 0};
+    static const char *const kv[] = {"pg.timeout.ms", "1000", "consumer.retry.backoff.ms", "100", NULL};
+    outbox_consumer_t *c = inproc_consumer_kv("tw", "tw.events", kv);
+    outbox_err_t err = OUTBOX_OK;
+    int64_t deadline = tk_now_ms() + 30000;
+    while (err == OUTBOX_OK && tk_now_ms() < deadline)
+        err = outbox_consumer_poll(c, inproc_handler, &ctx, 200);
+    ck_assert_msg(err == OUTBOX_ERR_CONNECTION, "poll returned %d, expected a connection error: %s", err,
+                  outbox_consumer_errmsg(c));
+    ck_assert_msg(strstr(outbox_consumer_errmsg(c), "within 1000 ms") && strstr(outbox_consumer_errmsg(c), s.id),
+                  "the error names neither the deadline nor the message: %s", outbox_consumer_errmsg(c));
+    ck_assert_int_eq(ctx.calls, 0);
+    /* The other session gives the key up: the message comes again, on a new session, and has its
+     * effect once. */
+    tu_exec(tf_conn, "ROLLBACK");
+    outbox_consumer_stats_t st = {0};
+    deadline = tk_now_ms() + 30000;
+    while (st.processed < 1 && tk_now_ms() < deadline) {
+        err = outbox_consumer_poll(c, inproc_handler, &ctx, 200);
+        ck_assert_msg(err == OUTBOX_OK || err == OUTBOX_ERR_CONNECTION, "poll: %s", outbox_consumer_errmsg(c));
+        outbox_consumer_stats(c, &st);
+    }
+    ck_assert_msg(st.processed == 1, "the message was not processed within 30 s of the lock's release: %s",
+                  outbox_consumer_errmsg(c));
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(outbox_consumer_poll(c, inproc_handler, &ctx, 100), OUTBOX_OK);
+    ck_assert_int_eq(ctx.calls, 1);
+    ck_assert_int_eq(effects_of(tf_schema, s.id), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed WHERE consumer = 'tw'")), 1);
+    outbox_consumer_destroy(c);
+    ck_assert_int_eq(tk_committed_offset(tf_broker->bootstrap, "tw", "tw.events", s.partition), s.offset + 1);
+    free(s.env);
+}
+END_TEST
+
 static Suite *consumer_suite(void) {
     Suite *s = suite_create("consumer");
     TCase *tc = tcase_create("once");
@@ -788,6 +962,14 @@ static Suite *consumer_suite(void) {
     tcase_add_test(tc, test_command_reply_round_trip_through_two_outboxes);
     tcase_add_test(tc, test_bad_input_is_dead_lettered_and_consumer_continues);
     tcase_add_test(tc, test_retry_backoff_survives_rebalance_to_same_member);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("bounds");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_kafka_logs_arrive_on_the_polling_thread);
+    tcase_add_test(tc, test_connect_to_a_silent_server_fails_after_pg_timeout);
+    tcase_add_test(tc, test_dedup_wait_past_pg_timeout_drops_session_and_redelivers_once);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("prune");

@@ -328,8 +328,9 @@ typedef enum {
  * Handles one message inside the consumer's transaction on conn: everything done through conn
  * (including outbox_send()/outbox_reply()) commits together with the record that makes
  * redeliveries of this message skip the handler.  msg and conn are borrowed for the call: do not
- * keep them, and do not BEGIN/COMMIT/ROLLBACK on conn.  Called from the thread that called
- * outbox_consumer_poll().
+ * keep them, and do not BEGIN/COMMIT/ROLLBACK on conn.  conn is in libpq's default, blocking mode,
+ * and pg.timeout.ms does not bound the handler's own statements.  Called from the thread that
+ * called outbox_consumer_poll().
  */
 typedef outbox_handler_result_t (*outbox_handler_cb)(const outbox_message_t *msg, PGconn *conn,
                                                      void *opaque);
@@ -353,8 +354,11 @@ typedef struct {
 /**
  * Creates a consumer.  conf needs consumer.group.id, pg.conninfo (or OUTBOX_PG_CONNINFO) and
  * kafka.bootstrap.servers; optional: outbox.schema, consumer.schema.major.max,
- * consumer.retry.backoff.ms, any kafka.* key (defaults: enable.auto.commit=false,
+ * consumer.retry.backoff.ms, pg.timeout.ms, any kafka.* key (defaults: enable.auto.commit=false,
  * auto.offset.reset=earliest).  Connects to PostgreSQL at once (the schema must be migrated).
+ * pg.timeout.ms bounds connecting and each of the consumer's own statements (BEGIN, its
+ * INSERTs, COMMIT, ROLLBACK): past it the session is dropped, the message redelivered and the
+ * poll fails with OUTBOX_ERR_CONNECTION; the next poll connects again.
  * conf is owned by the consumer on success.  NULL with the reason in errstr on failure.
  * Caller owns; free with outbox_consumer_destroy().
  */
