@@ -543,13 +543,13 @@ static void longtx(const lt_ctx_t *x, outbox_t *ob, const char *conninfo, long n
         if (lt_phase[p].target > 0) {
             targets++;
             held += holds;
-            printf("  %-40s %9.0f %14.2f %7.2f %6s\n", lt_phase[p].name, rm, qm, lt_phase[p].target,
+            printf("  %-40s %9.0f %14.3f %7.2f %6s\n", lt_phase[p].name, rm, qm, lt_phase[p].target,
                    holds ? "yes" : "no");
             k += snprintf(json + k, sizeof(json) - (size_t)k, ",\"%s\":%.0f,\"%s_ratio\":%.3f,\"%s_target\":%.2f,"
                           "\"%s_holds\":%s", lt_phase[p].key, rm, lt_phase[p].key, qm, lt_phase[p].key,
                           lt_phase[p].target, lt_phase[p].key, holds ? "true" : "false");
         } else {
-            printf("  %-40s %9.0f %14.2f %7s %6s\n", lt_phase[p].name, rm, qm, "-", "-");
+            printf("  %-40s %9.0f %14.3f %7s %6s\n", lt_phase[p].name, rm, qm, "-", "-");
             k += snprintf(json + k, sizeof(json) - (size_t)k, ",\"%s\":%.0f", lt_phase[p].key, rm);
         }
     }
