@@ -83,7 +83,7 @@ help:
 	@echo "make check      run every test suite (add SANITIZE=address,undefined for ASan/UBSan)"
 	@echo "make check-faults  run the fault-injection scenario (SEEDS=N seeds, or SEED=S to replay one)"
 	@echo "make check-valgrind  run the relay under valgrind memcheck for a 10,000-message drain"
-	@echo "make bench      run the benchmarks (QUICK=1 for a short run)"
+	@echo "make bench      run the benchmarks (QUICK=1 for a short run, BENCH='longtx drain' for some)"
 	@echo "make fuzz       fuzz the input parsers with clang's libFuzzer, FUZZ_SECONDS=60 per target (build/fuzz)"
 	@echo "make deps       install the Debian packages the build and tests need (as root)"
 	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR honoured)"
@@ -250,7 +250,7 @@ demo: deps
 bench: deps
 	@tests/support/deps.sh install bench
 	@$(MAKE) --no-print-directory all $(BENCHES)
-	OUTBOX_PG_DURABLE=1 tests/support/with-services.sh tests/bench/run.sh $(B) $(if $(QUICK),quick,full)
+	OUTBOX_PG_DURABLE=1 tests/support/with-services.sh tests/bench/run.sh $(B) $(if $(QUICK),quick,full) $(BENCH)
 
 # Old against new: make bench-ab OLD=/path/to/old/outbox-relay [ROUNDS=3]
 bench-ab: deps

@@ -8,8 +8,11 @@
  * counter read from its /metrics endpoint every 250 ms, written to OUTDIR/NAME.dat.
  * With -s (scale), also the table and index sizes before the drain, right after it, once the
  * relay has rebuilt its index (relay.reindex.min.bytes), and after a plain VACUUM.
- * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s] CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES=100000]
- *                    [RUNS=3] [RELAY_KEY=VALUE...]
+ * With -L (long transactions), instead: the drain rate of a fresh relay with no transaction open,
+ * then beside an unrelated session idle in a transaction, then beside one whose open transaction
+ * sent an outbox message, two backlogs each, against the targets of their ratios to the first.
+ * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L] CONNINFO BOOTSTRAP RELAY_BINARY
+ *                    [MESSAGES=100000, with -L 300000] [RUNS=3] [RELAY_KEY=VALUE...]
  */
 #include <arpa/inet.h>
 #include <getopt.h>
@@ -102,14 +105,17 @@ static double raw_rate(const char *bootstrap, const void *value, size_t len, lon
  * gives the ids; a message_id each, keys spread over 1,000 values, the same valid envelope bytes
  * as a binary parameter), server-side, a million rows per statement, FILL_CONNS statements at a
  * time.  Then VACUUM ANALYZE and a CHECKPOINT, so that the drain and the SQL ceiling start from
- * the same settled state.  Returns the seconds taken. */
+ * the same settled state.  Without truncate the rows go after what the table holds, dead rows
+ * included: TRUNCATE would wait for a transaction that wrote the outbox, and would hide the dead
+ * rows a long transaction keeps.  Returns the seconds taken. */
 #define FILL_CONNS 2
-static double fill(PGconn *const *conns, const void *env, size_t len, long n) {
+static double fill(PGconn *const *conns, const void *env, size_t len, long n, int truncate) {
     double t0 = bench_now();
     long chunk = (n + FILL_CONNS - 1) / FILL_CONNS;
     if (chunk > FILL_CHUNK)
         chunk = FILL_CHUNK;
-    sql(conns[0], "TRUNCATE outbox.messages");
+    if (truncate)
+        sql(conns[0], "TRUNCATE outbox.messages");
     for (long from = 1; from <= n;) {
         int busy = 0;
         for (; busy < FILL_CONNS && from <= n; busy++, from += chunk) {
@@ -443,30 +449,150 @@ static double median_of(const double *v, int n) {
     return bench_median(c, n);
 }
 
+/* ---- long transactions (-L) --------------------------------------------------------------------- */
+
+/* The scenario's phases in the order they run, and the share of the base rate each must keep. */
+enum { LT_BASE, LT_IDLE1, LT_IDLE2, LT_WRITER1, LT_WRITER2, LT_PHASES };
+static const struct {
+    const char *name, *key;
+    double target; /* 0: none */
+} lt_phase[LT_PHASES] = {
+    {"base: no transaction open", "base", 0},
+    {"unrelated idle transaction, backlog 1", "idle1", 0.8},
+    {"unrelated idle transaction, backlog 2", "idle2", 0.8},
+    {"open outbox writer, backlog 1", "writer1", 0.5},
+    {"open outbox writer, backlog 2", "writer2", 0.5},
+};
+
+typedef struct {
+    PGconn **fillers; /* fillers[0] is the bench's own session */
+    const void *env;
+    size_t len;
+    const char *bootstrap, *relay;
+    char **extra;
+    int n_extra;
+} lt_ctx_t;
+
+/* Fills a backlog of n rows and times a fresh relay draining it: msg/s. */
+static double lt_backlog(const lt_ctx_t *x, long n, int truncate) {
+    fill(x->fillers, x->env, x->len, n, truncate);
+    drain_t d = {0};
+    drain(x->fillers[0], x->bootstrap, x->relay, x->extra, x->n_extra, n, &d, NULL, 0, NULL);
+    free(d.s);
+    return d.rate;
+}
+
+/* One run of the scenario: base; two backlogs beside a session idle in a transaction that holds an
+ * xid; two beside one whose transaction sent an outbox message (a lower id than either backlog,
+ * invisible until it commits).  A VACUUM after each long transaction ends, so that each phase
+ * starts from a table without the dead rows the one before could not let go of. */
+static void lt_run(const lt_ctx_t *x, outbox_t *ob, PGconn *side, long n, double *rate) {
+    PGconn *conn = x->fillers[0];
+    rate[LT_BASE] = lt_backlog(x, n, 1);
+    sql(conn, "VACUUM outbox.messages");
+
+    sql(side, "BEGIN");
+    sql(side, "SELECT txid_current()");
+    rate[LT_IDLE1] = lt_backlog(x, n, 0);
+    rate[LT_IDLE2] = lt_backlog(x, n, 0);
+    sql(side, "ROLLBACK");
+    sql(conn, "VACUUM outbox.messages");
+
+    outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, "bench", "bench.LongTransaction");
+    sql(side, "BEGIN");
+    if (!m || outbox_send(ob, side, m) != OUTBOX_OK)
+        die("outbox_send in the long transaction", outbox_errmsg(ob));
+    rate[LT_WRITER1] = lt_backlog(x, n, 0);
+    rate[LT_WRITER2] = lt_backlog(x, n, 0);
+    sql(side, "COMMIT");
+    /* Its message, committed last with the lowest id in the table, must be published too: drain()
+     * returns only once the table is empty. */
+    drain_t d = {0};
+    drain(conn, x->bootstrap, x->relay, x->extra, x->n_extra, 1, &d, NULL, 0, NULL);
+    free(d.s);
+    outbox_message_destroy(m);
+    sql(conn, "VACUUM outbox.messages");
+}
+
+static void longtx(const lt_ctx_t *x, outbox_t *ob, const char *conninfo, long n, int runs) {
+    PGconn *side = PQconnectdb(conninfo);
+    if (PQstatus(side) != CONNECTION_OK)
+        die("connecting the side session", PQerrorMessage(side));
+    double rate[LT_PHASES][MAX_RUNS], ratio[LT_PHASES][MAX_RUNS];
+    for (int r = 0; r < runs; r++) {
+        double one[LT_PHASES];
+        lt_run(x, ob, side, n, one);
+        fprintf(stderr, "run %d:", r + 1);
+        for (int p = 0; p < LT_PHASES; p++) {
+            rate[p][r] = one[p];
+            ratio[p][r] = one[p] / one[LT_BASE];
+            fprintf(stderr, " %s %.0f msg/s (%.2f)", lt_phase[p].key, one[p], ratio[p][r]);
+        }
+        fprintf(stderr, "\n");
+    }
+    printf("long transactions: a fresh relay draining a %ld-message backlog (%zu-byte envelopes), %d runs, "
+           "medians:\n", n, x->len, runs);
+    printf("  %-40s %9s %14s %7s %6s\n", "phase", "msg/s", "ratio to base", "target", "holds");
+    char json[2048];
+    int k = snprintf(json, sizeof(json), "{\"bench\":\"longtx\",\"messages\":%ld,\"runs\":%d,\"envelope_bytes\":%zu",
+                     n, runs, x->len);
+    int held = 0, targets = 0;
+    for (int p = 0; p < LT_PHASES; p++) {
+        double rm = median_of(rate[p], runs), qm = median_of(ratio[p], runs);
+        int holds = qm >= lt_phase[p].target;
+        if (lt_phase[p].target > 0) {
+            targets++;
+            held += holds;
+            printf("  %-40s %9.0f %14.3f %7.2f %6s\n", lt_phase[p].name, rm, qm, lt_phase[p].target,
+                   holds ? "yes" : "no");
+            k += snprintf(json + k, sizeof(json) - (size_t)k, ",\"%s\":%.0f,\"%s_ratio\":%.3f,\"%s_target\":%.2f,"
+                          "\"%s_holds\":%s", lt_phase[p].key, rm, lt_phase[p].key, qm, lt_phase[p].key,
+                          lt_phase[p].target, lt_phase[p].key, holds ? "true" : "false");
+        } else {
+            printf("  %-40s %9.0f %14.3f %7s %6s\n", lt_phase[p].name, rm, qm, "-", "-");
+            k += snprintf(json + k, sizeof(json) - (size_t)k, ",\"%s\":%.0f", lt_phase[p].key, rm);
+        }
+    }
+    printf("  targets held: %d of %d\n", held, targets);
+    printf("%s,\"targets_held\":%d,\"targets\":%d}\n", json, held, targets);
+    PQfinish(side);
+}
+
+/* Releases what main() set up, whichever benchmark it ran. */
+static void finish(PGconn **fillers, outbox_t *ob, outbox_message_t *m, void *env) {
+    free(env);
+    outbox_message_destroy(m);
+    outbox_destroy(ob);
+    for (int i = 0; i < FILL_CONNS; i++)
+        PQfinish(fillers[i]);
+}
+
 static void usage(void) {
-    fprintf(stderr, "usage: bench_drain [-o OUTDIR] [-n NAME] [-s] CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES] "
+    fprintf(stderr, "usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L] CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES] "
                     "[RUNS] [RELAY_KEY=VALUE...]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *outdir = ".", *name = "drain";
-    int scale = 0, opt;
-    while ((opt = getopt(argc, argv, "+o:n:s")) != -1) {
+    int scale = 0, longtx_mode = 0, opt;
+    while ((opt = getopt(argc, argv, "+o:n:sL")) != -1) {
         if (opt == 'o')
             outdir = optarg;
         else if (opt == 'n')
             name = optarg;
         else if (opt == 's')
             scale = 1;
+        else if (opt == 'L')
+            longtx_mode = 1;
         else
             usage();
     }
     argc -= optind - 1;
     argv += optind - 1;
-    if (argc < 4)
+    if (argc < 4 || (scale && longtx_mode))
         usage();
-    long n = argc > 4 ? atol(argv[4]) : 100000;
+    long n = argc > 4 ? atol(argv[4]) : longtx_mode ? 300000 : 100000;
     int runs = argc > 5 ? atoi(argv[5]) : 3;
     if (n < 1 || runs < 1 || runs > MAX_RUNS)
         die("arguments", "MESSAGES >= 1, RUNS 1..20");
@@ -506,6 +632,12 @@ int main(int argc, char **argv) {
     size_t len;
     outbox_message_encode(m, &env, &len);
 
+    if (longtx_mode) {
+        lt_ctx_t x = {fillers, env, len, argv[2], argv[3], extra, n_extra};
+        longtx(&x, ob, argv[1], n, runs);
+        finish(fillers, ob, m, env);
+        return 0;
+    }
     double raw[MAX_RUNS], dr[MAX_RUNS], ceiling[MAX_RUNS], cpu[MAX_RUNS], rss[MAX_RUNS], f10[MAX_RUNS],
         l10[MAX_RUNS], fill_s = 0, vacuum_s = 0;
     drain_t d[MAX_RUNS] = {{0}};
@@ -513,7 +645,7 @@ int main(int argc, char **argv) {
     double reindex_s = 0;
     for (int r = 0; r < runs; r++) {
         raw[r] = raw_rate(argv[2], env, len, n);
-        fill_s = fill(fillers, env, len, n);
+        fill_s = fill(fillers, env, len, n, 1);
         if (scale)
             before = rel_sizes(conn);
         drain(conn, argv[2], argv[3], extra, n_extra, n, &d[r], scale ? &after : NULL, reindex_min, &reindex_s);
@@ -524,7 +656,7 @@ int main(int argc, char **argv) {
             vacuum_s = bench_now() - t0;
             vacuumed = rel_sizes(conn);
         }
-        fill(fillers, env, len, n);
+        fill(fillers, env, len, n, 1);
         ceiling[r] = ceiling_rate(conn, batch);
         dr[r] = d[r].rate;
         cpu[r] = d[r].cpu_us;
@@ -585,10 +717,6 @@ int main(int argc, char **argv) {
     }
     for (int r = 0; r < runs; r++)
         free(d[r].s);
-    free(env);
-    outbox_message_destroy(m);
-    outbox_destroy(ob);
-    for (int i = 0; i < FILL_CONNS; i++)
-        PQfinish(fillers[i]);
+    finish(fillers, ob, m, env);
     return 0;
 }
