@@ -39,13 +39,16 @@ static void build_sql(relay_t *r) {
              " UNION ALL"
              " (SELECT %2$s FROM %1$s.messages WHERE id >= $4::bigint ORDER BY id LIMIT $3::int)"
              ") c ORDER BY id LIMIT $3::int", s, CLAIM_COLUMNS);
-    /* Two index probes; the exact count only when the id range says the backlog is small. */
+    /* Two index probes; the exact count only when the id range says the backlog is small.  The
+     * oldest row is looked for from the floor up: below it lie only deleted rows (and rows in
+     * flight), which a long transaction elsewhere keeps from VACUUM. */
     snprintf(r->claim.sql_sample, sizeof(r->claim.sql_sample),
-             "SELECT (SELECT id FROM %1$s.messages ORDER BY id LIMIT 1),"
+             "SELECT (SELECT id FROM %1$s.messages WHERE id >= $1::bigint ORDER BY id LIMIT 1),"
              " (SELECT id FROM %1$s.messages ORDER BY id DESC LIMIT 1),"
              " (SELECT (extract(epoch FROM now() - created_at) * 1000)::bigint FROM %1$s.messages"
-             "  ORDER BY id LIMIT 1)", s);
-    snprintf(r->claim.sql_count, sizeof(r->claim.sql_count), "SELECT count(*) FROM %s.messages", s);
+             "  WHERE id >= $1::bigint ORDER BY id LIMIT 1)", s);
+    snprintf(r->claim.sql_count, sizeof(r->claim.sql_count),
+             "SELECT count(*) FROM %s.messages WHERE id BETWEEN $1::bigint AND $2::bigint", s);
     settle_build_sql(r);
 }
 
@@ -215,19 +218,23 @@ static void table_sample(relay_t *r) {
     if (!r->mhd || now < r->claim.next_sample_ms || session_lost(r) || r->claim.sent)
         return;
     r->claim.next_sample_ms = now + SAMPLE_EVERY_MS;
-    PGresult *res = session_exec(r, "outbox_sample", 0, NULL, 0, PGRES_TUPLES_OK, "sampling the backlog");
+    char from[24];
+    snprintf(from, sizeof(from), "%lld", (long long)r->floor.floor);
+    const char *p[1] = {from};
+    PGresult *res = session_exec(r, "outbox_sample", 1, p, 0, PGRES_TUPLES_OK, "sampling the backlog");
     if (!res)
         return;
     int64_t lo = atoll(PQgetvalue(res, 0, 0)), hi = atoll(PQgetvalue(res, 0, 1));
     int64_t backlog = PQgetisnull(res, 0, 0) ? 0 : hi - lo + 1;
     atomic_store(&r->metrics.oldest_age_ms, atoll(PQgetvalue(res, 0, 2)));
-    PQclear(res);
+    const char *range[2] = {PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1)};
     if (backlog > 0 && backlog <= SAMPLE_EXACT_BELOW) {
-        res = session_exec(r, "outbox_count", 0, NULL, 0, PGRES_TUPLES_OK, "counting the backlog");
-        if (res)
-            backlog = atoll(PQgetvalue(res, 0, 0));
-        PQclear(res);
+        PGresult *count = session_exec(r, "outbox_count", 2, range, 0, PGRES_TUPLES_OK, "counting the backlog");
+        if (count)
+            backlog = atoll(PQgetvalue(count, 0, 0));
+        PQclear(count);
     }
+    PQclear(res);
     atomic_store(&r->metrics.backlog, backlog);
 }
 
