@@ -103,7 +103,9 @@ psql "$OUTBOX_TEST_PG" -At -F ' ' -c "SELECT count(*) FILTER (WHERE status = 'AP
     FROM orders" | {
     read -r approved rejected p50 p99
     printf '  orders approved         %s\n  orders rejected         %s (credit limit exceeded)\n' "$approved" "$rejected"
-    printf '  end-to-end latency      p50 %s ms, p99 %s ms (order insert to decision applied)\n' "$p50" "$p99"
+    printf '  end-to-end latency      p50 %s ms, p99 %s ms (order insert to decision applied; mostly time\n' "$p50" "$p99"
+    printf '                          queued behind earlier orders: the orders are written faster than the\n'
+    printf '                          consumers apply them, see README)\n' 
 }
 dups=$(cat "$dir/customer-service.out" "$dir/order-consumer.out" | sed -n 's/.*duplicates=\([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}')
 printf '  duplicates suppressed   %s (by the consumers)\n' "$dups"

@@ -16,52 +16,55 @@
 /* Every key and its default, in one place (CONVENTIONS 12).  The relay prints it for --help. */
 static const outbox_conf_prop_t props[] = {
     {"outbox.schema", CONF_STR, "outbox", 1, OUTBOX_IDENT_MAX,
-     "schema of the outbox tables (always quoted in SQL)"},
+     "schema of the outbox tables (always quoted in SQL)", NULL},
     {"pg.conninfo", CONF_STR, "", 0, 0,
-     "libpq connection string (relay, consumer); env OUTBOX_PG_CONNINFO if empty"},
+     "libpq connection string (relay, consumer); env OUTBOX_PG_CONNINFO if empty", NULL},
     {"pg.timeout.ms", CONF_INT, "10000", 100, 3600000,
      "longest wait for PostgreSQL to connect or answer (beyond a statement timeout) before the "
-     "relay or consumer gives the session up"},
-    {"log.level", CONF_INT, "6", 0, 7, "syslog level of the lowest message logged (7 = debug)"},
+     "relay or consumer gives the session up", NULL},
+    {"log.level", CONF_INT, "6", 0, 7, "syslog level of the lowest message logged (7 = debug)", NULL},
     {"writer.allow.autocommit", CONF_BOOL, "false", 0, 1,
-     "let outbox_send() write outside a transaction block"},
+     "let outbox_send() write outside a transaction block", NULL},
     {"writer.max.message.bytes", CONF_INT, "1000000", 64, 1000000000,
-     "largest encoded envelope outbox_send() accepts"},
-    {"relay.batch.size", CONF_INT, "5000", 1, 100000, "rows claimed per batch"},
+     "largest encoded envelope outbox_send() accepts", NULL},
+    {"relay.batch.size", CONF_INT, "5000", 1, 100000, "rows claimed per batch", NULL},
     {"relay.inflight.batches", CONF_INT, "4", 1, 64,
-     "batches produced and awaiting acknowledgement at once"},
-    {"relay.poll.min.ms", CONF_INT, "1", 0, 60000, "first wait after an empty poll"},
+     "batches produced and awaiting acknowledgement at once", NULL},
+    {"relay.poll.min.ms", CONF_INT, "1", 0, 60000, "first wait after an empty poll", NULL},
     {"relay.poll.active.ms", CONF_INT, "5", 1, 600000,
-     "longest wait between polls while messages arrived within the last second"},
+     "longest wait between polls while messages arrived within the last second", NULL},
     {"relay.poll.max.ms", CONF_INT, "20", 1, 600000,
-     "longest wait between polls of an idle outbox (doubles up to it)"},
+     "longest wait between polls of an idle outbox (doubles up to it)", NULL},
     {"relay.shutdown.timeout.ms", CONF_INT, "10000", 0, 3600000,
-     "on SIGTERM, how long to wait for outstanding acknowledgements"},
+     "on SIGTERM, how long to wait for outstanding acknowledgements", NULL},
     {"relay.reconnect.backoff.ms", CONF_INT, "100", 1, 600000,
-     "first wait before reconnecting to PostgreSQL"},
+     "first wait before reconnecting to PostgreSQL", NULL},
     {"relay.reconnect.backoff.max.ms", CONF_INT, "5000", 1, 600000,
-     "longest wait between reconnection attempts"},
+     "longest wait between reconnection attempts", NULL},
     {"relay.lock.retry.ms", CONF_INT, "500", 10, 60000,
-     "how often a standby tries to take the leadership lock"},
+     "how often a standby tries to take the leadership lock", NULL},
     {"relay.statement.timeout.ms", CONF_INT, "10000", 0, 3600000,
      "statement_timeout of the relay's sessions (0 = none); the relay waits this plus "
-     "pg.timeout.ms for an answer"},
+     "pg.timeout.ms for an answer", NULL},
+    {"relay.record.timestamp", CONF_STR, "created", 0, 0,
+     "Kafka record timestamp: created (the message's created_at, CreateTime) or produced (when the "
+     "relay sends it)", "created|produced"},
     {"relay.floor.warn.ms", CONF_INT, "60000", 100, 86400000,
      "warn, naming it, about an open transaction that wrote to the outbox and held the claim floor "
-     "this long (and again as often)"},
+     "this long (and again as often)", NULL},
     {"relay.reindex.min.bytes", CONF_INT, "67108864", 0, 1099511627776LL,
-     "once the outbox is drained, REINDEX CONCURRENTLY its primary key if larger (0 = never)"},
+     "once the outbox is drained, REINDEX CONCURRENTLY its primary key if larger (0 = never)", NULL},
     {"relay.reindex.check.ms", CONF_INT, "60000", 10, 86400000,
-     "how often a drained relay compares the index's size with relay.reindex.min.bytes"},
+     "how often a drained relay compares the index's size with relay.reindex.min.bytes", NULL},
     {"relay.application.name", CONF_STR, "outbox-relay", 1, 63,
-     "application_name of the relay's sessions"},
-    {"metrics.listen", CONF_STR, "", 0, 0, "host:port of the metrics endpoint (empty = off)"},
-    {"consumer.group.id", CONF_STR, "", 0, 200, "Kafka consumer group, also the dedup namespace"},
+     "application_name of the relay's sessions", NULL},
+    {"metrics.listen", CONF_STR, "", 0, 0, "host:port of the metrics endpoint (empty = off)", NULL},
+    {"consumer.group.id", CONF_STR, "", 0, 200, "Kafka consumer group, also the dedup namespace", NULL},
     {"consumer.schema.major.max", CONF_INT, "0", 0, 1000000,
-     "highest schema major version accepted (0 = any)"},
+     "highest schema major version accepted (0 = any)", NULL},
     {"consumer.retry.backoff.ms", CONF_INT, "500", 0, 3600000,
-     "wait before redelivering a message whose handler asked to retry"},
-    {NULL, CONF_STR, NULL, 0, 0, NULL},
+     "wait before redelivering a message whose handler asked to retry", NULL},
+    {NULL, CONF_STR, NULL, 0, 0, NULL, NULL},
 };
 
 const outbox_conf_prop_t *outbox_conf_props(void) {
@@ -238,6 +241,19 @@ nomem:;
     return OUTBOX_CONF_INVALID;
 }
 
+/* Whether value is one of the '|'-separated choices. */
+static bool choice_ok(const char *choices, const char *value) {
+    size_t n = strlen(value);
+    for (const char *c = choices; *c;) {
+        const char *end = strchr(c, '|');
+        size_t len = end ? (size_t)(end - c) : strlen(c);
+        if (len == n && !strncmp(c, value, n))
+            return true;
+        c += len + (end != NULL);
+    }
+    return false;
+}
+
 outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const char *value,
                                   char *errstr, size_t errstr_size) {
     if (!conf || !key || !value) {
@@ -282,6 +298,11 @@ outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const ch
     }
     case CONF_STR: {
         size_t len = strlen(value);
+        if (p->choices && !choice_ok(p->choices, value)) {
+            outbox_snprintf(errstr, errstr_size, "invalid value \"%s\" for \"%s\": expected one of %s",
+                            shown(value, vb), key, p->choices);
+            return OUTBOX_CONF_INVALID;
+        }
         if (p->max > 0 && ((long long)len < p->min || (long long)len > p->max)) {
             outbox_snprintf(errstr, errstr_size,
                             "invalid value \"%s\" for \"%s\": expected %lld to %lld bytes, got %zu",

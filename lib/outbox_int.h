@@ -36,6 +36,7 @@ typedef struct {
     const char *def; /* default, as text */
     long long min, max;
     const char *doc;
+    const char *choices; /* CONF_STR: the allowed values, "a|b|c"; NULL: any */
 } outbox_conf_prop_t;
 
 typedef struct {

@@ -23,8 +23,10 @@
  * separated only by settled ids are merged, and the claim steps over those deleted rows. */
 #define CLAIM_RANGES_MAX 256
 /* Columns of a claimed row, in this order. */
-#define CLAIM_COLUMNS "id, destination, partition_key, envelope, message_id, message_type"
-enum { COL_ID, COL_DEST, COL_KEY, COL_ENVELOPE, COL_MESSAGE_ID, COL_TYPE };
+#define CLAIM_COLUMNS "id, destination, partition_key, envelope, message_id, message_type, created_at"
+enum { COL_ID, COL_DEST, COL_KEY, COL_ENVELOPE, COL_MESSAGE_ID, COL_TYPE, COL_CREATED };
+/* A binary timestamptz counts microseconds from 2000-01-01; Kafka, milliseconds from 1970. */
+#define PG_EPOCH_UNIX_MS 946684800000LL
 
 static void build_sql(relay_t *r) {
     const char *s = r->schema_q;
@@ -159,6 +161,10 @@ static int claim(relay_t *r, batch_t **out, bool *settled) {
         row->uuid = (const uint8_t *)PQgetvalue(res, i, COL_MESSAGE_ID);
         row->type = PQgetvalue(res, i, COL_TYPE);
         row->type_len = (size_t)PQgetlength(res, i, COL_TYPE);
+        if (r->set.record_created) {
+            memcpy(&be, PQgetvalue(res, i, COL_CREATED), 8);
+            row->timestamp_ms = (int64_t)be64toh(be) / 1000 + PG_EPOCH_UNIX_MS;
+        }
     }
     *out = b;
     return n;
@@ -213,20 +219,18 @@ static void table_rewind(relay_t *r) {
     floor_reset(r); /* the batches freed now may hold rows that were not deleted */
 }
 
-static void table_sample(relay_t *r) {
-    int64_t now = outbox_mono_ms();
-    if (!r->mhd || now < r->claim.next_sample_ms || session_lost(r) || r->claim.sent)
-        return;
-    r->claim.next_sample_ms = now + SAMPLE_EVERY_MS;
+/* The rows waiting in the table (exact below SAMPLE_EXACT_BELOW, else the id range) and the
+ * oldest one's age; -1 when it cannot be read. */
+static int64_t backlog_now(relay_t *r, int64_t *oldest_ms) {
     char from[24];
     snprintf(from, sizeof(from), "%lld", (long long)r->floor.floor);
     const char *p[1] = {from};
     PGresult *res = session_exec(r, "outbox_sample", 1, p, 0, PGRES_TUPLES_OK, "sampling the backlog");
     if (!res)
-        return;
+        return -1;
     int64_t lo = atoll(PQgetvalue(res, 0, 0)), hi = atoll(PQgetvalue(res, 0, 1));
     int64_t backlog = PQgetisnull(res, 0, 0) ? 0 : hi - lo + 1;
-    atomic_store(&r->metrics.oldest_age_ms, atoll(PQgetvalue(res, 0, 2)));
+    *oldest_ms = atoll(PQgetvalue(res, 0, 2));
     const char *range[2] = {PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1)};
     if (backlog > 0 && backlog <= SAMPLE_EXACT_BELOW) {
         PGresult *count = session_exec(r, "outbox_count", 2, range, 0, PGRES_TUPLES_OK, "counting the backlog");
@@ -235,7 +239,25 @@ static void table_sample(relay_t *r) {
         PQclear(count);
     }
     PQclear(res);
+    return backlog;
+}
+
+static void table_sample(relay_t *r) {
+    int64_t now = outbox_mono_ms(), oldest_ms;
+    if (!r->mhd || now < r->claim.next_sample_ms || session_lost(r) || r->claim.sent)
+        return;
+    r->claim.next_sample_ms = now + SAMPLE_EVERY_MS;
+    int64_t backlog = backlog_now(r, &oldest_ms);
+    if (backlog < 0)
+        return;
+    atomic_store(&r->metrics.oldest_age_ms, oldest_ms);
     atomic_store(&r->metrics.backlog, backlog);
+}
+
+static int64_t table_left(relay_t *r) {
+    int64_t oldest_ms;
+    claim_collect(r);
+    return session_lost(r) ? -1 : backlog_now(r, &oldest_ms);
 }
 
 static void table_close(relay_t *r) {
@@ -264,5 +286,6 @@ const relay_source_t relay_table_source = {
     .settle = table_settle,
     .rewind = table_rewind,
     .sample = table_sample,
+    .left = table_left,
     .close = table_close,
 };

@@ -47,6 +47,7 @@ static void settings_read(relay_t *r) {
     s->reindex_min_bytes = outbox_conf_int(c, "relay.reindex.min.bytes");
     s->reindex_check_ms = outbox_conf_int(c, "relay.reindex.check.ms");
     s->debug = outbox_conf_int(c, "log.level") >= 7;
+    s->record_created = !strcmp(outbox_conf_str(c, "relay.record.timestamp"), "created");
 }
 
 /* The loop's own pacing: how long to wait when there is nothing to do. */
@@ -114,12 +115,12 @@ static int step(relay_t *r, pace_t *p) {
     producer_poll(r, 0);
     if (r->prod.fatal)
         return producer_restart(r);
+    producer_probe(r); /* a standby, or a relay without PostgreSQL, still reports the broker */
+    src->sample(r);
     if (!src->ready(r)) {
         src->settle(r, false);
         return 0;
     }
-    src->sample(r);
-    producer_probe(r);
     src->settle(r, false);
     if (r->rewind) {
         /* A row failed transiently: let everything in flight settle, then deliver again from
@@ -129,6 +130,7 @@ static int step(relay_t *r, pace_t *p) {
             return 0;
         }
         r->rewind = false;
+        producer_retry_summary(r);
         relay_sleep(r, p->rewind_backoff);
         p->rewind_backoff = backoff_next(p->rewind_backoff, REWIND_BACKOFF_MAX_MS);
     }
@@ -154,14 +156,20 @@ static int step(relay_t *r, pace_t *p) {
     return 0;
 }
 
-/* Shutdown: no more claims; wait for outstanding acknowledgements, settle what was acked. */
+/* Shutdown: no more claims; wait for outstanding acknowledgements, settle what was acked, and
+ * say in one line what was done and what is left for the next run. */
 static void stop(relay_t *r) {
     outbox_log(r->conf, 6, FAC, "msg=\"shutting down\" outstanding=%d", batch_outstanding(r));
     if (atomic_load(r->interrupts) >= 2)
         _exit(130); /* a second SIGINT: nothing is lost, rows are only deleted after the ack */
-    producer_close(r, r->set.shutdown_timeout_ms);
-    outbox_log(r->conf, 6, FAC, "msg=\"stopped\" published=%lld dead_lettered=%lld",
-               (long long)r->published, (long long)r->dead_lettered);
+    int64_t unacked = producer_close(r, r->set.shutdown_timeout_ms);
+    int64_t left = r->src->left(r);
+    char left_txt[24] = "unknown";
+    if (left >= 0)
+        snprintf(left_txt, sizeof(left_txt), "%lld", (long long)left);
+    outbox_log(r->conf, 6, FAC, "msg=\"stopped\" published=%lld dead_lettered=%lld unacknowledged=%lld "
+               "left_in_%s=%s", (long long)r->published, (long long)r->dead_lettered, (long long)unacked,
+               r->src->name, left_txt);
 }
 
 int relay_run(relay_t *r) {

@@ -20,6 +20,9 @@
 #define STOP_GRACE_MS 2000
 /* Sleeps are cut into slices of this length so that a stop request ends them. */
 #define SLEEP_SLICE_MS 100
+/* While PostgreSQL stays unreachable, a reminder at most this often (the change itself is logged
+ * at once). */
+#define REMIND_EVERY_MS 30000
 
 void relay_lock_name(const relay_t *r, char *out, size_t size) {
     outbox_snprintf(out, size, "liboutbox.relay:%s", r->schema);
@@ -47,33 +50,61 @@ static outbox_pg_limits_t limits(const relay_t *r, int64_t extra_ms) {
     return lim;
 }
 
-PGconn *relay_connect(relay_t *r) {
-    char err[512], msg[512];
+/* libpq's notices ("WARNING: terminating connection due to ...") as one log line each. */
+static void on_notice(void *arg, const char *message) {
+    const relay_t *r = arg;
+    char msg[512];
+    outbox_log(r->conf, 4, FAC, "msg=\"PostgreSQL notice\" notice=\"%s\"",
+               outbox_logfmt_value(message, msg, sizeof(msg)));
+}
+
+PGconn *relay_connect_quiet(relay_t *r, char *err, size_t err_size) {
     int64_t stmt_ms = outbox_conf_int(r->conf, "relay.statement.timeout.ms");
     outbox_pg_limits_t lim = limits(r, 0);
     PGconn *pg = outbox_pg_connect(r->conninfo, outbox_conf_str(r->conf, "relay.application.name"),
-                                   &lim, err, sizeof(err));
-    if (!pg) {
-        /* libpq's message names host and port but never the password. */
-        outbox_log(r->conf, 3, FAC, "msg=\"cannot connect to PostgreSQL\" error=\"%s\"",
-                   outbox_logfmt_value(err, msg, sizeof(msg)));
-        return NULL;
-    }
+                                   &lim, err, err_size);
+    if (!pg)
+        return NULL; /* libpq's message names host and port but never the password */
+    PQsetNoticeProcessor(pg, on_notice, r);
     char sql[256];
     /* A lost delete only causes a re-send, never a loss: the relay's commits need not wait for
      * the WAL flush. */
     snprintf(sql, sizeof(sql), "SET statement_timeout = %lld; SET synchronous_commit = off",
              (long long)stmt_ms);
-    PGresult *res = outbox_pg_exec_simple(pg, &lim, sql, err, sizeof(err));
+    char why[512];
+    PGresult *res = outbox_pg_exec_simple(pg, &lim, sql, why, sizeof(why));
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        outbox_log(r->conf, 3, FAC, "msg=\"cannot apply session settings\" error=\"%s\"",
-                   outbox_logfmt_value(res ? PQresultErrorMessage(res) : err, msg, sizeof(msg)));
+        outbox_snprintf(err, err_size, "cannot apply session settings: %s",
+                        res ? PQresultErrorMessage(res) : why);
         PQclear(res);
         PQfinish(pg);
         return NULL;
     }
     PQclear(res);
     return pg;
+}
+
+PGconn *relay_connect(relay_t *r) {
+    char err[512], msg[512];
+    PGconn *pg = relay_connect_quiet(r, err, sizeof(err));
+    if (!pg)
+        outbox_log(r->conf, 3, FAC, "msg=\"cannot connect to PostgreSQL\" error=\"%s\"",
+                   outbox_logfmt_value(err, msg, sizeof(msg)));
+    return pg;
+}
+
+const char *relay_setup_hint(const relay_t *r, const char *sqlstate, char *out, size_t size) {
+    if (!sqlstate)
+        *out = '\0';
+    else if (!strcmp(sqlstate, "42P01") || !strcmp(sqlstate, "3F000"))
+        outbox_snprintf(out, size, "schema %s is not migrated: run outbox-relay migrate as its owner, "
+                        "or check outbox.schema", r->schema_q);
+    else if (!strcmp(sqlstate, "42501"))
+        outbox_snprintf(out, size, "the relay's role lacks a privilege on schema %s: see outbox-relay "
+                        "grants", r->schema_q);
+    else
+        *out = '\0';
+    return out;
 }
 
 bool session_lost(const relay_t *r) {
@@ -132,16 +163,23 @@ PGresult *session_exec(relay_t *r, const char *stmt, int nparams, const char *co
 
 /* Prepares the loop's statements on a new session: parsed and planned once, not at every poll
  * (an idle relay polls hundreds of times a second). */
-static bool prepare_statements(relay_t *r, const char *const *stmts) {
-    char err[512];
+static bool prepare_statements(relay_t *r, const char *const *stmts, char *what, size_t what_size,
+                               char *err, size_t err_size) {
     for (int i = 0; stmts[i]; i += 2) {
         PGresult *res = outbox_pg_prepare(r->session.pg, &r->session.stmt_lim, stmts[i],
-                                          stmts[i + 1], err, sizeof(err));
+                                          stmts[i + 1], err, err_size);
         bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
         if (!ok) {
-            statement_failed(r, res, err, "preparing the relay's statements");
-            if (r->session.pg)
-                session_drop(r, "cannot prepare the relay's statements");
+            /* A schema never migrated, a typo in outbox.schema, a missing grant: say what to do. */
+            char hint[256];
+            relay_setup_hint(r, res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL, hint, sizeof(hint));
+            outbox_snprintf(what, what_size, "cannot prepare the relay's statements%s%s", *hint ? ": " : "",
+                            hint);
+            if (res)
+                outbox_snprintf(err, err_size, "%s", PQresultErrorMessage(res));
+            PQfinish(r->session.pg);
+            r->session.pg = NULL;
+            atomic_store(&r->metrics.pg_ok, 0);
         }
         PQclear(res);
         if (!ok)
@@ -150,24 +188,49 @@ static bool prepare_statements(relay_t *r, const char *const *stmts) {
     return true;
 }
 
-/* Connects, backing off after a failure; true when connected and prepared. */
+/* A failed connect or setup: logged when it starts and then every REMIND_EVERY_MS, not at every
+ * attempt; then the backoff. */
+static void session_failed(relay_t *r, const char *what, const char *err) {
+    relay_session_t *s = &r->session;
+    int64_t now = outbox_mono_ms();
+    char msg[512];
+    if (!s->down_since_ms || now >= s->next_remind_ms) {
+        outbox_log(r->conf, 3, FAC, "msg=\"%s%s\" down_s=%lld retry_ms=%lld error=\"%s\"",
+                   s->down_since_ms ? "still: " : "", what,
+                   (long long)(s->down_since_ms ? (now - s->down_since_ms) / 1000 : 0),
+                   (long long)s->backoff_ms, outbox_logfmt_value(err, msg, sizeof(msg)));
+        s->next_remind_ms = now + REMIND_EVERY_MS;
+    }
+    if (!s->down_since_ms)
+        s->down_since_ms = now;
+    relay_sleep(r, s->backoff_ms);
+    s->backoff_ms = backoff_next(s->backoff_ms, r->set.backoff_max_ms);
+}
+
+/* Connects and prepares, backing off after any failure of either (a schema that is not there
+ * must not cost a session every few milliseconds); true when connected and prepared. */
 static bool session_connect(relay_t *r, const char *const *prepare) {
     relay_session_t *s = &r->session;
+    char err[512];
     if (s->pg)
         session_drop(r, PQerrorMessage(s->pg));
-    s->pg = relay_connect(r);
+    s->pg = relay_connect_quiet(r, err, sizeof(err));
     atomic_store(&r->metrics.pg_ok, s->pg != NULL);
     if (!s->pg) {
-        relay_sleep(r, s->backoff_ms);
-        s->backoff_ms = backoff_next(s->backoff_ms, r->set.backoff_max_ms);
+        session_failed(r, "cannot connect to PostgreSQL", err);
+        return false;
+    }
+    char what[512];
+    if (!prepare_statements(r, prepare, what, sizeof(what), err, sizeof(err))) {
+        session_failed(r, what, err);
         return false;
     }
     s->backoff_ms = r->set.backoff_ms;
-    if (!prepare_statements(r, prepare))
-        return false;
     if (s->connections++ > 0)
         atomic_fetch_add(&r->metrics.pg_reconnects, 1);
-    outbox_log(r->conf, 6, FAC, "msg=\"connected to PostgreSQL\" schema=%s", r->schema_q);
+    outbox_log(r->conf, 6, FAC, "msg=\"connected to PostgreSQL\" schema=%s down_s=%lld", r->schema_q,
+               (long long)(s->down_since_ms ? (outbox_mono_ms() - s->down_since_ms) / 1000 : 0));
+    s->down_since_ms = 0;
     return true;
 }
 

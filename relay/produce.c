@@ -21,6 +21,10 @@
 #define PROBE_QUIET_MS 2000
 /* How long one metadata request may take; it runs off the main thread. */
 #define PROBE_TIMEOUT_MS 1000
+/* Outstanding reports with no acknowledgement for this long: the broker is silent, say so. */
+#define BROKER_SILENT_MS 10000
+/* A state that lasts is logged again at most this often. */
+#define REMIND_EVERY_MS 30000
 
 /* Errors that will not go away by retrying the same message: such rows are dead-lettered. */
 static bool permanent(rd_kafka_resp_err_t err) {
@@ -50,12 +54,23 @@ static void mark_dead(batch_t *b, int row, const char *fmt, ...) {
     b->error[row] = outbox_strdup(buf); /* NULL when out of memory: settle says so */
 }
 
-/* A row to send again, after everything in flight has settled (the loop's rewind). */
+/* A row to send again, after everything in flight has settled (the loop's rewind).  The first
+ * of a series is logged; the rest (a purge at shutdown may fail thousands) only at debug level,
+ * and producer_retry_summary counts them. */
 static void mark_retry(relay_t *r, batch_t *b, int row, const char *what, const char *err) {
     b->state[row] = ROW_RETRY;
     r->rewind = true;
-    outbox_log(r->conf, 4, FAC, "msg=\"%s, will re-send\" id=%lld error=%s", what,
+    outbox_log(r->conf, r->prod.retries ? 7 : 4, FAC, "msg=\"%s, will re-send\" id=%lld error=%s", what,
                (long long)b->ids[row], err);
+    if (!r->prod.retries++)
+        r->prod.retry_err = err;
+}
+
+void producer_retry_summary(relay_t *r) {
+    if (r->prod.retries > 1)
+        outbox_log(r->conf, 4, FAC, "msg=\"re-sending from the oldest unsettled message\" failed=%lld "
+                   "first_error=%s", (long long)r->prod.retries, r->prod.retry_err);
+    r->prod.retries = 0;
 }
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
@@ -83,6 +98,11 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         r->published++;
         atomic_fetch_add(&r->metrics.published, 1);
         r->prod.last_delivery_ms = outbox_mono_ms();
+        if (r->prod.silent) {
+            r->prod.silent = false;
+            outbox_log(r->conf, 5, FAC, "msg=\"the broker acknowledges again\" silent_s=%lld",
+                       (long long)((r->prod.last_delivery_ms - r->prod.waiting_since_ms) / 1000));
+        }
         atomic_store(&r->metrics.kafka_ok, 1);
         return;
     }
@@ -91,6 +111,26 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         mark_dead(b, s->row, "kafka: %s (%s)", rd_kafka_err2name(m->err), rd_kafka_err2str(m->err));
     else /* transient or local (purge, timeout): keep the row and re-send from it */
         mark_retry(r, b, s->row, "delivery failed", rd_kafka_err2name(m->err));
+}
+
+/* The level of a librdkafka error: warning the first time in REMIND_EVERY_MS, else debug (while
+ * the brokers are away librdkafka repeats itself every second). */
+static int error_level(relay_t *r, int err) {
+    int64_t now = outbox_mono_ms();
+    int oldest = 0, n = (int)(sizeof(r->prod.errs) / sizeof(r->prod.errs[0]));
+    for (int i = 0; i < n; i++) {
+        if (r->prod.errs[i].code == err && r->prod.errs[i].logged_ms) {
+            if (now - r->prod.errs[i].logged_ms < REMIND_EVERY_MS)
+                return 7;
+            r->prod.errs[i].logged_ms = now;
+            return 4;
+        }
+        if (r->prod.errs[i].logged_ms < r->prod.errs[oldest].logged_ms)
+            oldest = i;
+    }
+    r->prod.errs[oldest].code = err;
+    r->prod.errs[oldest].logged_ms = now;
+    return 4;
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
@@ -107,7 +147,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
         r->prod.fatal = true;
         return;
     }
-    outbox_log(r->conf, 4, FAC, "msg=\"kafka error\" error=%s reason=\"%s\"",
+    outbox_log(r->conf, error_level(r, err), FAC, "msg=\"kafka error\" error=%s reason=\"%s\"",
                rd_kafka_err2name((rd_kafka_resp_err_t)err), outbox_logfmt_value(reason, safe, sizeof(safe)));
 }
 
@@ -203,6 +243,7 @@ static bool produce_row(relay_t *r, batch_t *b, int i) {
         rd_kafka_resp_err_t err = rd_kafka_producev(
             r->prod.rk, RD_KAFKA_V_TOPIC(row->dest), RD_KAFKA_V_KEY(row->key, row->key_len),
             RD_KAFKA_V_VALUE((void *)row->value, row->value_len), RD_KAFKA_V_MSGFLAGS(0),
+            RD_KAFKA_V_TIMESTAMP(row->timestamp_ms),
             RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(slot), RD_KAFKA_V_END);
         if (!err) {
             b->pending++;
@@ -232,6 +273,8 @@ static bool produce_row(relay_t *r, batch_t *b, int i) {
 
 void produce_batch(relay_t *r, batch_t *b) {
     int i = 0;
+    if (batch_outstanding(r) == 0)
+        r->prod.waiting_since_ms = outbox_mono_ms(); /* the silence, if any, counts from now */
     for (; i < b->n && !r->prod.fatal; i++) {
         if (!produce_row(r, b, i))
             break;
@@ -269,8 +312,22 @@ static void probe_join(relay_t *r) {
         atomic_store(&r->metrics.kafka_ok, atomic_load(&r->prod.probe_ok));
 }
 
+/* Outstanding reports and no acknowledgement for long: say so once, then every REMIND_EVERY_MS. */
+static void silence_watch(relay_t *r, int64_t now) {
+    relay_producer_t *p = &r->prod;
+    int64_t since = p->last_delivery_ms > p->waiting_since_ms ? p->last_delivery_ms : p->waiting_since_ms;
+    int outstanding = batch_outstanding(r);
+    if (!outstanding || now - since < BROKER_SILENT_MS || (p->silent && now < p->next_remind_ms))
+        return;
+    outbox_log(r->conf, 4, FAC, "msg=\"%sno acknowledgement from the broker\" silent_s=%lld outstanding=%d",
+               p->silent ? "still " : "", (long long)((now - since) / 1000), outstanding);
+    p->silent = true;
+    p->next_remind_ms = now + REMIND_EVERY_MS;
+}
+
 void producer_probe(relay_t *r) {
     int64_t now = outbox_mono_ms();
+    silence_watch(r, now);
     if (r->prod.probing && atomic_load(&r->prod.probe_done))
         probe_join(r);
     if (r->prod.probing || !r->mhd || now < r->prod.next_probe_ms ||
@@ -282,9 +339,9 @@ void producer_probe(relay_t *r) {
     r->prod.probing = pthread_create(&r->prod.probe, NULL, probe_main, r) == 0;
 }
 
-void producer_close(relay_t *r, int64_t wait_ms) {
+int64_t producer_close(relay_t *r, int64_t wait_ms) {
     if (!r->prod.rk)
-        return;
+        return 0;
     probe_join(r);
     int64_t deadline = outbox_mono_ms() + wait_ms;
     while (batch_outstanding(r) > 0 && outbox_mono_ms() < deadline && atomic_load(r->interrupts) < 2) {
@@ -296,6 +353,12 @@ void producer_close(relay_t *r, int64_t wait_ms) {
     r->src->settle(r, true);
     rd_kafka_destroy(r->prod.rk);
     r->prod.rk = NULL;
+    int64_t left = 0;
+    for (int k = 0; k < r->inflight_cnt; k++)
+        for (int i = 0; i < r->inflight[k]->n; i++)
+            left += r->inflight[k]->state[i] != ROW_ACKED && r->inflight[k]->state[i] != ROW_DEAD;
     r->src->rewind(r);
     batch_retire_all(r);
+    producer_retry_summary(r);
+    return left;
 }

@@ -40,6 +40,7 @@ typedef struct {
     long long reindex_min_bytes;
     int64_t reindex_check_ms;
     bool debug;                           /* log.level 7: one line per delivered row too */
+    bool record_created;                  /* relay.record.timestamp = created */
 } relay_settings_t;
 
 /* ---- batches (batch.c) ---------------------------------------------------------------------- */
@@ -60,6 +61,7 @@ typedef struct {
     const uint8_t *uuid;                  /* the message id, 16 bytes */
     const char *type;
     size_t type_len;
+    int64_t timestamp_ms;                 /* the record's CreateTime; 0: when produced */
 } relay_row_t;
 
 /* Handed to each produced message as its opaque. */
@@ -121,6 +123,9 @@ typedef struct {
     void (*rewind)(relay_t *r);
     /* Every second or so: figures for metrics and housekeeping. */
     void (*sample)(relay_t *r);
+    /* How many messages are left to publish (table: rows, approximate above 10,000); -1 when it
+     * cannot be told. */
+    int64_t (*left)(relay_t *r);
     /* Releases every session and buffer. */
     void (*close)(relay_t *r);
 } relay_source_t;
@@ -153,6 +158,8 @@ typedef struct {
     int standby_waits;       /* lock attempts lost, for occasional logging */
     int connections;         /* successful connects; all but the first are reconnects */
     int64_t backoff_ms;      /* the next reconnect's wait */
+    int64_t down_since_ms;   /* 0, or since when connecting fails */
+    int64_t next_remind_ms;  /* no "still cannot connect" before then */
     outbox_pg_limits_t connect_lim, stmt_lim;
 } relay_session_t;
 
@@ -187,6 +194,7 @@ typedef struct {
     bool busy;               /* a DELETE is in flight */
     int64_t sent_ms;         /* when it was sent: past its deadline the session is given up */
     int64_t retry_ms;        /* no reconnect before then */
+    int64_t backoff_ms;      /* the last reconnect's wait; 0 after a success */
     bool clean;              /* a batch settled with every row acknowledged: failures are over */
     char sql_delete[384], sql_dead[1280];
 } relay_settle_t;
@@ -209,6 +217,15 @@ typedef struct {
     pthread_t probe;         /* asks the broker for metadata off the main thread */
     bool probing;
     atomic_int probe_done, probe_ok;
+    int64_t waiting_since_ms;  /* when reports became outstanding after none were */
+    bool silent;               /* the broker has not acknowledged anything for long */
+    int64_t next_remind_ms;    /* no reminder of the silence before then */
+    int64_t retries;           /* rows to re-send since the last summary */
+    const char *retry_err;     /* the first one's error */
+    struct {
+        int code;
+        int64_t logged_ms;
+    } errs[8];                 /* librdkafka errors logged lately: the same one is not repeated */
 } relay_producer_t;
 
 struct relay_s {
@@ -241,6 +258,11 @@ void session_init(relay_t *r);
 /* Connects with the relay's session settings within pg.timeout.ms; NULL and a logged error on
  * failure.  Works before settings_read too (admin verbs). */
 PGconn *relay_connect(relay_t *r);
+/* The same, without logging: NULL with the reason in err. */
+PGconn *relay_connect_quiet(relay_t *r, char *err, size_t err_size);
+/* What to do about a failed setup statement of this SQLSTATE (may be NULL), into out; "" when
+ * there is nothing to add. */
+const char *relay_setup_hint(const relay_t *r, const char *sqlstate, char *out, size_t size);
 /* The advisory lock key of this schema's leadership, as SQL text for hashtextextended(). */
 void relay_lock_name(const relay_t *r, char *out, size_t size);
 /* Whether the leader session is gone. */
@@ -282,8 +304,11 @@ void produce_batch(relay_t *r, batch_t *b);
 /* Serves delivery reports and logs for up to ms. */
 void producer_poll(relay_t *r, int ms);
 /* Waits (while stop allows) for outstanding reports up to wait_ms, settles what was acked,
- * purges the rest and destroys the producer; every batch is freed. */
-void producer_close(relay_t *r, int64_t wait_ms);
+ * purges the rest and destroys the producer; every batch is freed.  Returns how many messages
+ * were left unacknowledged (they stay in the source). */
+int64_t producer_close(relay_t *r, int64_t wait_ms);
+/* Logs, once, how many rows failed transiently since the last summary. */
+void producer_retry_summary(relay_t *r);
 /* Whether the broker answers: from delivery reports, else a metadata probe off the loop. */
 void producer_probe(relay_t *r);
 

@@ -167,19 +167,23 @@ static PGconn *settle_session(relay_t *r) {
         settle_session_drop(r, PQerrorMessage(s->pg));
     if (outbox_mono_ms() < s->retry_ms)
         return NULL;
-    s->retry_ms = outbox_mono_ms() + r->set.backoff_ms;
-    PGconn *pg = relay_connect(r);
-    if (!pg)
-        return NULL;
-    char err[512];
-    PGresult *res = outbox_pg_prepare(pg, &r->session.stmt_lim, "outbox_settle", s->sql_delete,
-                                      err, sizeof(err));
-    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
-    if (!ok) {
+    /* The main session reports PostgreSQL's state; this one only backs off, doubling. */
+    s->backoff_ms = s->backoff_ms ? backoff_next(s->backoff_ms, r->set.backoff_max_ms) : r->set.backoff_ms;
+    s->retry_ms = outbox_mono_ms() + s->backoff_ms;
+    char err[512], msg[512];
+    PGconn *pg = relay_connect_quiet(r, err, sizeof(err));
+    PGresult *res = pg ? outbox_pg_prepare(pg, &r->session.stmt_lim, "outbox_settle", s->sql_delete,
+                                           err, sizeof(err)) : NULL;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        outbox_log(r->conf, 7, FAC, "msg=\"cannot open the settle session\" retry_ms=%lld error=\"%s\"",
+                   (long long)s->backoff_ms,
+                   outbox_logfmt_value(res ? PQresultErrorMessage(res) : err, msg, sizeof(msg)));
+        PQclear(res);
         PQfinish(pg);
         return NULL;
     }
+    PQclear(res);
+    s->backoff_ms = 0;
     s->pg = pg;
     return pg;
 }

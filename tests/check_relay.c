@@ -304,6 +304,10 @@ START_TEST(test_delivers_committed_messages_with_key_value_and_headers) {
             TF_CHECK(h && !strcmp(h, traceparent), "message %d: header traceparent %s", i, h ? h : "(none)");
             h = tk_record_header(r, "seq");
             TF_CHECK(h && !strcmp(h, buf), "message %d: header seq %s", i, h ? h : "(none)");
+            /* record time = event time (relay.record.timestamp = created, the default) */
+            TF_CHECK(r->timestamp_ms == outbox_message_created_at_us(m) / 1000,
+                     "message %d: record timestamp %lld, its created_at %lld ms", i,
+                     (long long)r->timestamp_ms, (long long)(outbox_message_created_at_us(m) / 1000));
 
             /* key = partition key; same key, same partition, in outbox order */
             size_t klen;
@@ -998,6 +1002,33 @@ static char *write_conf(const char *text) {
         tk_proc_free(p);                                                                                \
     } while (0)
 
+/* A relay pointed at a schema that was never migrated (or a typo in outbox.schema) must back off
+ * like a failed connection, not open a session every few milliseconds, and must say what to do. */
+START_TEST(test_unmigrated_schema_backs_off_and_names_the_fix) {
+    tf_start_broker("--topic", "t9.storm:1", NULL);
+    const char *sessions = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()";
+    tk_sleep_ms(600); /* session statistics are counted as sessions end */
+    long long before = tu_scalar(tf_conn, sessions);
+    tf_relay_opts_t o = {.schema = "never_migrated_schema"};
+    tk_proc_t *relay = tf_start_relay_with(&o, "relay.reconnect.backoff.max.ms=2000", NULL);
+    tk_sleep_ms(6000);
+    tk_proc_signal(relay, SIGTERM);
+    ck_assert_msg(tk_proc_wait(relay, 15000), "the relay did not stop");
+    tk_sleep_ms(600);
+    long long opened = tu_scalar(tf_conn, sessions) - before;
+    char *log = tk_read_file(relay->err_path);
+    int told = 0;
+    for (const char *p = log; (p = strstr(p, "is not migrated: run outbox-relay migrate")); p++)
+        told++;
+    TF_CHECK(opened <= 20, "%lld sessions in 6 s against a schema that is not there", opened);
+    TF_CHECK(told >= 1 && told <= 3, "the cause was logged %d times in 6 s (once, then every 30 s):\n%s",
+             told, log);
+    TF_CHECK(tf_matches(log, "msg=\"stopped\" published=0 dead_lettered=0 unacknowledged=0 "
+                             "left_in_table=unknown"), "no shutdown summary:\n%s", log);
+    free(log);
+}
+END_TEST
+
 START_TEST(test_bad_configuration_exits_2_naming_the_key) {
     char *pg, *kafka;
     ck_assert(asprintf(&pg, "pg.conninfo=%s", getenv("OUTBOX_TEST_PG")) > 0);
@@ -1127,6 +1158,7 @@ static Suite *relay_suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_bad_configuration_exits_2_naming_the_key);
+    tcase_add_test(tc, test_unmigrated_schema_backs_off_and_names_the_fix);
     tcase_add_test(tc, test_help_and_version);
     tcase_add_test(tc, test_migrate_then_status_reports_backlog);
     suite_add_tcase(s, tc);

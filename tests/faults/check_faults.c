@@ -42,6 +42,11 @@
 #define PARTITIONS 4
 #define BACKLOG 20000            /* written before the relays start: the fault-free drain rate */
 #define ROLLBACK_PERCENT 10
+/* Long writer transactions: this many per thousand stay open LONG_TX_MIN_MS..LONG_TX_MAX_MS after
+ * writing their message, holding the relays' claim floor while later ids are published. */
+#define LONG_TX_PERMILLE 3
+#define LONG_TX_MIN_MS 1000
+#define LONG_TX_MAX_MS 6000
 #define STMT_TIMEOUT_MS 2000     /* the relays' relay.statement.timeout.ms */
 #define ACK_TIMEOUT_MS 3000      /* the relays' kafka.socket.timeout.ms: a response later than that is lost */
 #define RECOVERY_LIMIT_MS 120000 /* a fault not recovered from by then is a failure */
@@ -151,6 +156,7 @@ static long poison_count;
 
 /* Writers share these. */
 static atomic_long committed, issued;
+static atomic_long long_txs; /* writer transactions held open LONG_TX_MIN_MS or more */
 static atomic_int writers_stop;
 static double offered_rate; /* transactions per second for all writers together; 0 = unthrottled */
 static int64_t writers_t0;
@@ -239,6 +245,7 @@ static int exec_ok(PGconn *c, const char *sql) {
 static void write_one(writer_t *w, PGconn *c, outbox_t *ob) {
     int k = rnd(&w->rng, 1, KEYS);
     int rollback = rnd(&w->rng, 1, 100) <= ROLLBACK_PERCENT;
+    int hold_ms = rnd(&w->rng, 1, 1000) <= LONG_TX_PERMILLE ? rnd(&w->rng, LONG_TX_MIN_MS, LONG_TX_MAX_MS) : 0;
     char kbuf[16], seqbuf[16], payload[64], keybuf[16];
     snprintf(kbuf, sizeof(kbuf), "%d", k);
     snprintf(keybuf, sizeof(keybuf), "k%d", k);
@@ -274,6 +281,10 @@ static void write_one(writer_t *w, PGconn *c, outbox_t *ob) {
     PQclear(r);
     if (!ok)
         goto failed;
+    if (hold_ms) {
+        atomic_fetch_add(&long_txs, 1);
+        tk_sleep_ms(hold_ms); /* an outbox writer left open, as a slow request would */
+    }
     if (rollback) {
         if (!exec_ok(c, "ROLLBACK"))
             goto failed;
@@ -838,6 +849,8 @@ START_TEST(test_fault_scenario) {
         fflush(stdout);
     }
     join_writers(threads);
+    printf("writer transactions held open %d-%d s after writing: %ld\n", LONG_TX_MIN_MS / 1000,
+           LONG_TX_MAX_MS / 1000, atomic_load(&long_txs));
     check_procs();
     long long final_ms = wait_recovered(300000);
     ck_assert_msg(final_ms >= 0, "the outbox did not drain within 300 s after the last fault");
