@@ -107,7 +107,14 @@ int outbox_pg_wait(PGconn *pg, const outbox_pg_limits_t *lim, char *err, size_t 
     int64_t deadline = deadline_of(lim, outbox_mono_ms());
     for (;;) {
         int unsent = PQflush(pg);
-        if (unsent < 0 || !PQconsumeInput(pg)) {
+        if (unsent < 0) {
+            outbox_snprintf(err, err_size, "%s", PQerrorMessage(pg));
+            return -1;
+        }
+        /* What is buffered may already hold the result: read the socket only when it does not. */
+        if (!unsent && !PQisBusy(pg))
+            return 0;
+        if (!PQconsumeInput(pg)) {
             outbox_snprintf(err, err_size, "%s", PQerrorMessage(pg));
             return -1;
         }

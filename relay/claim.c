@@ -54,15 +54,18 @@ static void build_sql(relay_t *r) {
     settle_build_sql(r);
 }
 
+/* Room for the name/SQL pairs of every statement prepared on the leader session, and the NULL. */
+#define STATEMENTS_MAX 32
+
 /* Every statement the source runs on the leader session, prepared once per session. */
-static void statements(const relay_t *r, const char *out[16]) {
+static void statements(const relay_t *r, const char *out[STATEMENTS_MAX]) {
     int n = 0;
     const char *own[] = {"outbox_claim", r->claim.sql, "outbox_sample", r->claim.sql_sample,
                          "outbox_count", r->claim.sql_count, "outbox_settle", r->settle.sql_delete,
                          "outbox_settle_dead", r->settle.sql_dead};
     for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
         out[n++] = own[i];
-    for (int i = 0; floor_statements[i]; i++)
+    for (int i = 0; floor_statements[i] && n < STATEMENTS_MAX - 1; i++)
         out[n++] = floor_statements[i];
     out[n] = NULL;
 }
@@ -171,7 +174,7 @@ static int claim(relay_t *r, batch_t **out, bool *settled) {
 }
 
 static bool table_ready(relay_t *r) {
-    const char *stmts[16];
+    const char *stmts[STATEMENTS_MAX];
     claim_collect(r); /* frees the session for the statements below */
     statements(r, stmts);
     bool was_leader = r->session.leader && !session_lost(r);

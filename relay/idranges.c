@@ -169,8 +169,9 @@ static size_t merge_closest(gap_t *g, size_t n, size_t max) {
 
 int idr_gaps(const int64_t *sorted, size_t n, const idr_set_t *done, int64_t floor,
              size_t max_ranges, char **lo_txt, char **hi_txt, int64_t *top) {
-    size_t nd = done ? done->n : 0, i = 0, d = 0, ng = 0;
-    gap_t *g = malloc((n + nd + 1) * sizeof(*g));
+    size_t nd = done ? done->n : 0, i = 0, d = 0, ng = 0, cap = 16;
+    /* In-flight ids come in few runs: the ranges are few, though the ids may be many. */
+    gap_t *g = malloc(cap * sizeof(*g));
     if (!g)
         return -1;
     int64_t next = floor; /* the lowest id not yet placed in a range or a separator */
@@ -186,6 +187,15 @@ int idr_gaps(const int64_t *sorted, size_t n, const idr_set_t *done, int64_t flo
             d++;
         }
         if (b >= next && a > next) {
+            if (ng == cap) {
+                gap_t *more = realloc(g, 2 * cap * sizeof(*g));
+                if (!more) {
+                    free(g);
+                    return -1;
+                }
+                g = more;
+                cap *= 2;
+            }
             g[ng].lo = next;
             g[ng].hi = a - 1;
             g[ng].pinned = 0;
