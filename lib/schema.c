@@ -49,6 +49,11 @@ static const char *const migrations[] = {
     "  kafka_offset    bigint,"
     "  rejected_at     timestamptz NOT NULL DEFAULT now()"
     ");",
+    /* 2: the failed deliveries a row has behind it, so that a dead letter moved back to the outbox
+     * (outbox-relay dead-letters retry) keeps its count when it fails again under its new outbox
+     * id.  NULL (never failed) for every row a writer inserts: a NULL costs no byte in the tuple,
+     * and adding a nullable column without a default rewrites nothing. */
+    "ALTER TABLE %1$s.messages ADD COLUMN attempts integer;",
 };
 
 #define MIGRATION_CNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
