@@ -112,18 +112,18 @@ int main(int argc, char **argv) {
             i++;
         } else if (nvargs == 0 && strcmp(verb, "run") == 0 &&
                    (!strcmp(a, "run") || !strcmp(a, "migrate") || !strcmp(a, "status") ||
-                    !strcmp(a, "dead-letters") || !strcmp(a, "grants"))) {
+                    !strcmp(a, "dead-letters") || !strcmp(a, "consumer-dead-letters") || !strcmp(a, "grants"))) {
             verb = a;
         } else if (strcmp(verb, "status") == 0 || strcmp(verb, "dead-letters") == 0 ||
-                   strcmp(verb, "grants") == 0) {
+                   strcmp(verb, "consumer-dead-letters") == 0 || strcmp(verb, "grants") == 0) {
             if (nvargs == (int)(sizeof(vargs) / sizeof(vargs[0]))) {
                 fprintf(stderr, "outbox-relay: too many arguments for %s\n", verb);
                 return 2;
             }
             vargs[nvargs++] = a; /* checked by the verb */
         } else {
-            fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, "
-                            "run, migrate or status; see --help)\n", a);
+            fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, or a verb: "
+                            "run, migrate, status, dead-letters, consumer-dead-letters, grants; see --help)\n", a);
             return 2;
         }
     }
@@ -165,7 +165,7 @@ int main(int argc, char **argv) {
     /* Only run has a loop that watches the flag and shuts down in order.  The other verbs keep the
      * default disposition so SIGTERM/SIGINT end them at once (a handler would leave them blocked in
      * libpq): none leaves anything half-done, as each change is one transaction (migrate: BEGIN ..
-     * COMMIT; dead-letters retry/drop: one statement), status and list only read, and grants only
+     * COMMIT; dead-letters retry/drop/prune: one statement), status and list only read, and grants only
      * prints a script wrapped in BEGIN/COMMIT. */
     if (!strcmp(verb, "run")) {
         sa.sa_handler = on_signal;
@@ -179,6 +179,8 @@ int main(int argc, char **argv) {
         rc = relay_status(&r, nvargs, vargs);
     else if (!strcmp(verb, "dead-letters"))
         rc = relay_dead_letters(&r, nvargs, vargs);
+    else if (!strcmp(verb, "consumer-dead-letters"))
+        rc = relay_consumer_dead_letters(&r, nvargs, vargs);
     else if (!strcmp(verb, "grants"))
         rc = relay_grants(&r, nvargs, vargs);
     else

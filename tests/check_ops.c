@@ -41,6 +41,41 @@ static tk_proc_t *sh(const char *tag, const char *cmdline, int timeout_ms) {
     return p;
 }
 
+/* One run of the built outbox-relay: its exit code, stdout and stderr (caller frees with cli_free). */
+typedef struct {
+    int rc;
+    char *out, *err;
+} cli_t;
+
+/* Runs outbox-relay -X outbox.schema=<tf_schema> args... with pg.conninfo from OUTBOX_PG_CONNINFO
+ * = ci (NULL: the test server's, as superuser, the schema's owner). */
+#define CLI(ci, ...) cli_run((ci), (const char *const[]){__VA_ARGS__, NULL})
+static cli_t cli_run(const char *ci, const char *const *args) {
+    char *sch, *prog = tk_build_path("outbox-relay");
+    ck_assert(asprintf(&sch, "outbox.schema=%s", tf_schema) > 0);
+    const char *argv[32] = {prog, "-X", sch};
+    size_t n = 3;
+    for (; *args && n < 31; args++)
+        argv[n++] = *args;
+    argv[n] = NULL;
+    ck_assert_int_eq(setenv("OUTBOX_PG_CONNINFO", ci ? ci : getenv("OUTBOX_TEST_PG"), 1), 0);
+    int timed_out;
+    tk_proc_t *p = tk_proc_run("relay-cli", argv, 15000, &timed_out);
+    unsetenv("OUTBOX_PG_CONNINFO");
+    TF_CHECK(!timed_out, "outbox-relay %s did not exit within 15 s; stderr:\n%s", argv[3],
+             tk_file_tail(p->err_path, 2000));
+    cli_t c = {tf_exit_code(p), tk_read_file(p->out_path), tk_read_file(p->err_path)};
+    tk_proc_free(p);
+    free(sch);
+    free(prog);
+    return c;
+}
+
+static void cli_free(cli_t *c) {
+    free(c->out);
+    free(c->err);
+}
+
 /* ---- messages ------------------------------------------------------------------------------- */
 
 /* Commits n EVENTs for topic (keys k0..k9, payload "<i>") through w on c in one transaction;
@@ -546,6 +581,175 @@ START_TEST(test_dead_letters_list_retry_drop) {
 }
 END_TEST
 
+/* Inserts a dead letter as the relay would have left it, failed age_sql ago (an interval). */
+static void insert_dead_letter(long long id, const char *message_id_sql, const char *age_sql, int attempts) {
+    char sql[512];
+    snprintf(sql, sizeof(sql), "%s (%lld, %s, 'ops4.list', 'kp', 'test.List', '\\x0a00', now(), 'boom %lld', "
+             "now() - interval '%s', %d)", tf_q("INSERT INTO @.dead_letters (id, message_id, destination, "
+             "partition_key, message_type, envelope, created_at, error, failed_at, attempts) VALUES"),
+             id, message_id_sql, id, age_sql, attempts);
+    tu_exec(tf_conn, sql);
+}
+
+START_TEST(test_dead_letters_limit_json_prune) {
+    insert_dead_letter(2001, "'0190d5a8-0000-7000-8000-000000002001'", "10 days", 3);
+    insert_dead_letter(2002, "'0190d5a8-0000-7000-8000-000000002002'", "2 hours", 1);
+    insert_dead_letter(2003, "NULL", "1 second", 1);
+
+    /* --limit 0 is no limit. */
+    cli_t c = CLI(NULL, "dead-letters", "list", "--limit", "0");
+    TF_CHECK(c.rc == 0, "list --limit 0: exit %d; stderr:\n%s", c.rc, c.err);
+    for (int id = 2001; id <= 2003; id++) {
+        char re[64];
+        snprintf(re, sizeof(re), "^%d +", id);
+        TF_CHECK(tf_matches(c.out, re), "list --limit 0 has no line for %d:\n%s", id, c.out);
+    }
+    TF_CHECK(tf_matches(c.out, "^\\(3 dead letters\\)$"), "list --limit 0 does not count 3:\n%s", c.out);
+    cli_free(&c);
+
+    /* A limit below the total says how many there are. */
+    c = CLI(NULL, "dead-letters", "list", "--limit", "2");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^\\(2 shown of 3 dead letters; --limit 0 shows them all\\)$") &&
+             !tf_matches(c.out, "^2003 "), "list --limit 2: exit %d:\n%s", c.rc, c.out);
+    cli_free(&c);
+
+    /* A bad value is named, with the fix. */
+    c = CLI(NULL, "dead-letters", "list", "--limit", "x");
+    TF_CHECK(c.rc == 2 && strstr(c.err, "--limit \"x\" is not a number") && strstr(c.err, "--limit 0"),
+             "list --limit x: exit %d, stderr: %s", c.rc, c.err);
+    cli_free(&c);
+
+    c = CLI(NULL, "dead-letters", "list", "--json");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^\\{.*\\}$"), "list --json: exit %d:\n%s", c.rc, c.out);
+    TF_CHECK(strstr(c.out, "\"total\":3,\"shown\":3,\"dead_letters\":[{\"id\":2001,"
+                           "\"message_id\":\"0190d5a8-0000-7000-8000-000000002001\",\"destination\":\"ops4.list\","
+                           "\"message_type\":\"test.List\",\"failed_at\":\""),
+             "list --json does not describe 2001:\n%s", c.out);
+    TF_CHECK(tf_matches(c.out, "\"attempts\":3,\"bytes\":2,\"error\":\"boom 2001\"\\}"), "2001's attempts:\n%s", c.out);
+    TF_CHECK(strstr(c.out, "{\"id\":2003,\"message_id\":null,"), "a dead letter without message id:\n%s", c.out);
+    cli_free(&c);
+
+    static const char *const bad[] = {"7x", "0d", "d", "7", "-1d", "1.5h"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        c = CLI(NULL, "dead-letters", "prune", "--older-than", bad[i]);
+        char want[64];
+        snprintf(want, sizeof(want), "--older-than \"%s\" is not a duration", bad[i]);
+        TF_CHECK(c.rc == 2 && strstr(c.err, want) && strstr(c.err, "7d"), "prune --older-than %s: exit %d, "
+                 "stderr: %s", bad[i], c.rc, c.err);
+        cli_free(&c);
+    }
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 3);
+
+    c = CLI(NULL, "dead-letters", "prune", "--older-than", "1d");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^pruned: 1 dead letter$"), "prune 1d: exit %d:\n%s%s", c.rc, c.out, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters WHERE id = 2001")), 0);
+    c = CLI(NULL, "dead-letters", "prune", "--older-than", "30m");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^pruned: 1 dead letter$"), "prune 30m: exit %d:\n%s%s", c.rc, c.out,
+             c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters WHERE id = 2003")), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 1);
+}
+END_TEST
+
+/* retry keeps the message id and the count of attempts; the row gets a new outbox id. */
+START_TEST(test_dead_letters_retry_keeps_message_id_and_attempts) {
+    tf_start_broker("--topic", "ops4.fixed:1", NULL);
+    poison_t bad;
+    insert_poison(&bad, "ops4.fixed", 0);
+    tk_proc_t *relay = start_relay(NULL, NULL);
+    wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 30000);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "%s%lld", tf_q("SELECT attempts FROM @.dead_letters WHERE id = "), bad.id);
+    ck_assert_int_eq(tu_scalar(tf_conn, sql), 1);
+    tk_proc_signal(relay, SIGTERM);
+    TF_CHECK(tk_proc_wait(relay, 15000), "the relay did not exit within 15 s of SIGTERM");
+
+    /* As if it had failed four times. */
+    snprintf(sql, sizeof(sql), "%s%lld", tf_q("UPDATE @.dead_letters SET attempts = 4 WHERE id = "), bad.id);
+    tu_exec(tf_conn, sql);
+    char idbuf[32];
+    snprintf(idbuf, sizeof(idbuf), "%lld", bad.id);
+    cli_t c = CLI(NULL, "dead-letters", "retry", idbuf);
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^moved back to the outbox: 1 dead letter$"), "retry: exit %d:\n%s%s",
+             c.rc, c.out, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 0);
+    snprintf(sql, sizeof(sql), "%s'%s' AND attempts = 4 AND id > %lld",
+             tf_q("SELECT count(*) FROM @.messages WHERE message_id = "), bad.message_id, bad.id);
+    TF_CHECK(tu_scalar(tf_conn, sql) == 1, "the retried row is not in the outbox with its message id, its 4 "
+             "attempts and a new outbox id");
+
+    /* It fails again (its destination is still bad): the same message is dead-lettered again.
+     * With relay/settle.c counting messages.attempts, its attempts are then 5. */
+    start_relay(NULL, NULL);
+    wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 30000);
+    snprintf(sql, sizeof(sql), "%s'%s'", tf_q("SELECT count(*) FROM @.dead_letters WHERE message_id = "),
+             bad.message_id);
+    ck_assert_int_eq(tu_scalar(tf_conn, sql), 1);
+    free(bad.env);
+}
+END_TEST
+
+START_TEST(test_consumer_dead_letters) {
+    tu_exec(tf_conn, tf_q("INSERT INTO @.consumer_dead_letters (consumer, message_id, reason, raw, topic, "
+                          "kafka_partition, kafka_offset, rejected_at) VALUES "
+                          "('g1', 'm-1', 'undecodable', '\\x0102', 'orders', 0, 10, now() - interval '3 days'),"
+                          "('g1', NULL, 'unknown kind', NULL, 'orders', 1, 11, now()),"
+                          "('g1', 'm-3', 'schema major 9', '\\x00', 'orders', 0, 12, now()),"
+                          "('g2', 'm-4', 'undecodable', '\\x00', 'orders', 0, 13, now() - interval '3 days')"));
+    long long id3 = tu_scalar(tf_conn, tf_q("SELECT id FROM @.consumer_dead_letters WHERE message_id = 'm-3'"));
+    long long id4 = tu_scalar(tf_conn, tf_q("SELECT id FROM @.consumer_dead_letters WHERE message_id = 'm-4'"));
+    char id3s[32], id4s[32];
+    snprintf(id3s, sizeof(id3s), "%lld", id3);
+    snprintf(id4s, sizeof(id4s), "%lld", id4);
+
+    cli_t c = CLI(NULL, "consumer-dead-letters", "list");
+    TF_CHECK(c.rc == 2 && strstr(c.err, "--group GROUP"), "list without --group: exit %d, stderr: %s", c.rc, c.err);
+    cli_free(&c);
+
+    c = CLI(NULL, "consumer-dead-letters", "list", "--group", "g1");
+    TF_CHECK(c.rc == 0, "list --group g1: exit %d; stderr:\n%s", c.rc, c.err);
+    TF_CHECK(tf_matches(c.out, "^[0-9]+ +m-1 +orders +0 +10 +.*undecodable$") &&
+             tf_matches(c.out, "^[0-9]+ +- +orders +1 +11 .*unknown kind$") && !strstr(c.out, "m-4") &&
+             tf_matches(c.out, "^\\(3 consumer dead letters of group g1\\)$"), "list --group g1:\n%s", c.out);
+    cli_free(&c);
+
+    c = CLI(NULL, "consumer-dead-letters", "list", "--json", "--group", "g1", "--limit", "1");
+    TF_CHECK(c.rc == 0 && strstr(c.out, "{\"group\":\"g1\",\"total\":3,\"shown\":1,\"consumer_dead_letters\":[{\"id\":") &&
+             strstr(c.out, "\"message_id\":\"m-1\",\"topic\":\"orders\",\"partition\":0,\"offset\":10,"),
+             "list --json --limit 1: exit %d:\n%s", c.rc, c.out);
+    cli_free(&c);
+
+    /* Another group's row is not this group's to drop. */
+    c = CLI(NULL, "consumer-dead-letters", "drop", id4s, "--group", "g1");
+    TF_CHECK(c.rc == 1 && strstr(c.err, id4s) && strstr(c.err, "g1"), "drop g2's row as g1: exit %d, stderr: %s",
+             c.rc, c.err);
+    cli_free(&c);
+    c = CLI(NULL, "consumer-dead-letters", "drop", "--all", "--group", "g1");
+    TF_CHECK(c.rc == 2 && strstr(c.err, "--yes"), "drop --all without --yes: exit %d, stderr: %s", c.rc, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters")), 4);
+
+    c = CLI(NULL, "consumer-dead-letters", "prune", "--older-than", "2d", "--group", "g1");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^pruned: 1 consumer dead letter$"), "prune: exit %d:\n%s%s", c.rc,
+             c.out, c.err);
+    cli_free(&c);
+    c = CLI(NULL, "consumer-dead-letters", "drop", id3s, "--group", "g1");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^dropped: 1 consumer dead letter$"), "drop: exit %d:\n%s%s", c.rc,
+             c.out, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters WHERE consumer = 'g1'")), 1);
+    c = CLI(NULL, "consumer-dead-letters", "drop", "--all", "--yes", "--group", "g1");
+    TF_CHECK(c.rc == 0, "drop --all --yes: exit %d:\n%s", c.rc, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters WHERE consumer = 'g1'")), 0);
+    /* The other group's, old as it is, stays. */
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters WHERE consumer = 'g2'")), 1);
+}
+END_TEST
+
 /* ---- 4b. signals end the one-shot verbs ------------------------------------------------------- */
 
 /* A TCP listener on 127.0.0.1 (ephemeral port) that never answers: the kernel completes the
@@ -977,6 +1181,9 @@ static Suite *ops_suite(void) {
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_status_reports_backlog_dead_letters_and_leader);
     tcase_add_test(tc, test_dead_letters_list_retry_drop);
+    tcase_add_test(tc, test_dead_letters_limit_json_prune);
+    tcase_add_test(tc, test_dead_letters_retry_keeps_message_id_and_attempts);
+    tcase_add_test(tc, test_consumer_dead_letters);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("signals");
