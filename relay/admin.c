@@ -35,12 +35,16 @@ int relay_migrate(relay_t *r) {
         outbox_destroy(ob);
         return 1;
     }
-    int rc = 0;
-    if (outbox_migrate(ob, pg) != OUTBOX_OK) {
+    int rc = 0, before = 0;
+    /* Read first, to say whether anything changed: any role granted by `grants` may check. */
+    if (outbox_schema_version(ob, pg, &before) != OUTBOX_OK || outbox_migrate(ob, pg) != OUTBOX_OK) {
         fprintf(stderr, "outbox-relay: migrate failed: %s\n", outbox_errmsg(ob));
         rc = 1;
+    } else if (before == OUTBOX_SCHEMA_VERSION) {
+        printf("schema %s is at version %d (already current; nothing changed)\n", r->schema_q, before);
     } else {
-        printf("schema %s is at version %d\n", r->schema_q, OUTBOX_SCHEMA_VERSION);
+        printf("schema %s is at version %d (migrated from version %d)\n", r->schema_q, OUTBOX_SCHEMA_VERSION,
+               before);
     }
     outbox_destroy(ob);
     PQfinish(pg);
@@ -537,19 +541,26 @@ static void print_role(const char *role, const char *q, const char *what) {
     printf(") THEN\n    CREATE ROLE %s LOGIN;\n  END IF;\nEND $outbox$;\n", q);
 }
 
-/* The least-privilege roles: a writer may only insert into the outbox; the relay may read and
- * delete outbox rows and write dead letters (advisory locks need no grant; dead-letters
- * retry/drop are operator actions for the schema owner); a consumer records processed messages
- * and rejections and may reply through the outbox. */
+/* The least-privilege roles.  Every role may read schema_version, so that outbox_migrate() on a
+ * current schema and outbox_schema_version() work at its start-up; only the schema's owner
+ * migrates.  A writer may only insert into the outbox.  The relay's role is also the operator's
+ * for outbox-relay's verbs: it reads and deletes outbox rows, writes dead letters, and moves them
+ * back (INSERT on messages), drops and prunes them and the consumers' (advisory locks need no
+ * grant).  A consumer records processed messages and rejections and may reply through the outbox. */
 static const struct {
     const char *flag, *comment;
-    const char *grants[4][2]; /* {privileges, table} */
+    const char *grants[5][2]; /* {privileges, table} */
 } role_specs[] = {
-    {"--writer", "writer: may add messages, nothing else", {{"INSERT", "messages"}}},
-    {"--relay", "relay: reads and deletes outbox rows, writes dead letters",
-     {{"SELECT, DELETE", "messages"}, {"SELECT, INSERT, UPDATE", "dead_letters"}, {"SELECT", "schema_version"}}},
-    {"--consumer", "consumer: records processed messages and rejections, may reply through the outbox",
-     {{"SELECT, INSERT, DELETE", "processed"}, {"INSERT", "consumer_dead_letters"}, {"INSERT", "messages"}}},
+    {"--writer", "writer: outbox_send(); outbox_migrate() on a current schema (a check), outbox_schema_version()",
+     {{"INSERT", "messages"}, {"SELECT", "schema_version"}}},
+    {"--relay", "relay: outbox-relay run, status, dead-letters list|retry|drop|prune, "
+                "consumer-dead-letters list|drop|prune",
+     {{"SELECT, INSERT, DELETE", "messages"}, {"SELECT, INSERT, UPDATE, DELETE", "dead_letters"},
+      {"SELECT, DELETE", "consumer_dead_letters"}, {"SELECT", "schema_version"}}},
+    {"--consumer", "consumer: outbox_consumer_*() with outbox_reply(); outbox_migrate() on a current schema "
+                   "(a check), outbox_schema_version()",
+     {{"SELECT, INSERT, DELETE", "processed"}, {"INSERT", "consumer_dead_letters"}, {"INSERT", "messages"},
+      {"SELECT", "schema_version"}}},
 };
 #define ROLE_KINDS ((int)(sizeof(role_specs) / sizeof(role_specs[0])))
 
@@ -585,7 +596,9 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
     }
     const char *s = r->schema_q;
     printf("-- Least-privilege roles for the outbox in schema %s (liboutbox %s).\n"
-           "-- Apply as the owner of the schema, e.g.: outbox-relay grants ... | psql\nBEGIN;\n",
+           "-- Apply as the owner of the schema, e.g.: outbox-relay grants ... | psql\n"
+           "-- The owner runs `outbox-relay migrate` (or outbox_migrate() on an older schema); every\n"
+           "-- role below may call outbox_migrate() on a current schema, which only reads.\nBEGIN;\n",
            s, outbox_version_str());
     for (int k = 0; k < ROLE_KINDS; k++) {
         const char *q = quoted[k];
@@ -593,7 +606,7 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
             continue;
         print_role(names[k], q, role_specs[k].comment);
         printf("GRANT USAGE ON SCHEMA %s TO %s;\n", s, q);
-        for (int g = 0; g < 4 && role_specs[k].grants[g][0]; g++)
+        for (int g = 0; g < 5 && role_specs[k].grants[g][0]; g++)
             printf("GRANT %s ON %s.%s TO %s;\n", role_specs[k].grants[g][0], s, role_specs[k].grants[g][1], q);
     }
     printf("COMMIT;\n");

@@ -1007,7 +1007,8 @@ static const char *sqlstate_of(PGconn *c, const char *sql) {
     return state;
 }
 
-START_TEST(test_least_privilege_roles) {
+/* Creates the three roles with `outbox-relay grants ... | psql`, as the schema's owner. */
+static void apply_grants(void) {
     snprintf(role_w, sizeof(role_w), "ops_writer_%d", (int)getpid());
     snprintf(role_r, sizeof(role_r), "ops_relay_%d", (int)getpid());
     snprintf(role_c, sizeof(role_c), "ops_consumer_%d", (int)getpid());
@@ -1024,6 +1025,122 @@ START_TEST(test_least_privilege_roles) {
              PQresultErrorMessage(res), grants);
     PQclear(res);
     free(grants);
+}
+
+static char *role_conninfo(const char *role) {
+    char *ci;
+    ck_assert(asprintf(&ci, "%s user=%s", getenv("OUTBOX_TEST_PG"), role) > 0);
+    return ci;
+}
+
+/* What a service does at start-up, as each role: outbox_migrate() and outbox_schema_version() on
+ * a current schema only read, so they work for every role; an older schema needs the owner, and
+ * the error says so; the relay's role runs every operator verb of outbox-relay. */
+START_TEST(test_each_role_starts_up) {
+    apply_grants();
+    const char *roles[3] = {role_w, role_r, role_c};
+    char *cis[3];
+    PGconn *conns[3];
+    outbox_t *obs[3];
+    for (int k = 0; k < 3; k++) {
+        cis[k] = role_conninfo(roles[k]);
+        conns[k] = PQconnectdb(cis[k]);
+        TF_CHECK(PQstatus(conns[k]) == CONNECTION_OK, "connecting as %s: %s", roles[k], PQerrorMessage(conns[k]));
+        char err[256];
+        outbox_conf_t *conf = outbox_conf_new();
+        ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
+        ck_assert_ptr_nonnull(obs[k] = outbox_new(conf, err, sizeof(err)));
+        int v = -1;
+        TF_CHECK(outbox_schema_version(obs[k], conns[k], &v) == OUTBOX_OK && v == OUTBOX_SCHEMA_VERSION,
+                 "outbox_schema_version as %s: %d, %s", roles[k], v, outbox_errmsg(obs[k]));
+        TF_CHECK(outbox_migrate(obs[k], conns[k]) == OUTBOX_OK, "outbox_migrate as %s on a current schema: %s",
+                 roles[k], outbox_errmsg(obs[k]));
+        ck_assert_int_eq(PQtransactionStatus(conns[k]), PQTRANS_IDLE);
+        tu_exec(conns[k], "BEGIN");
+        TF_CHECK(outbox_migrate(obs[k], conns[k]) == OUTBOX_OK, "outbox_migrate as %s in a transaction: %s",
+                 roles[k], outbox_errmsg(obs[k]));
+        tu_exec(conns[k], "COMMIT");
+    }
+    /* `migrate` as the relay's role on a current schema is a check. */
+    cli_t c = CLI(cis[1], "migrate");
+    TF_CHECK(c.rc == 0 && strstr(c.out, "already current"), "migrate as %s: exit %d:\n%s%s", role_r, c.rc, c.out,
+             c.err);
+    cli_free(&c);
+
+    /* Back to version 1, as a library upgrade finds it: only the owner may migrate. */
+    tu_exec(tf_conn, tf_q("ALTER TABLE @.messages DROP COLUMN attempts; DELETE FROM @.schema_version WHERE version > 1"));
+    for (int k = 0; k < 3; k++) {
+        outbox_err_t e = outbox_migrate(obs[k], conns[k]);
+        const char *msg = outbox_errmsg(obs[k]);
+        TF_CHECK(e == OUTBOX_ERR_SCHEMA && strstr(msg, roles[k]) && strstr(msg, "outbox-relay migrate") &&
+                 strstr(msg, "owner") && strstr(msg, "version 1") && strstr(msg, "permission denied"),
+                 "outbox_migrate as %s on version 1: %d, %s", roles[k], e, msg);
+        ck_assert_int_eq(PQtransactionStatus(conns[k]), PQTRANS_IDLE);
+    }
+    c = CLI(cis[1], "migrate");
+    TF_CHECK(c.rc == 1 && strstr(c.err, role_r) && strstr(c.err, "owner"), "migrate as %s on version 1: exit %d, "
+             "stderr: %s", role_r, c.rc, c.err);
+    cli_free(&c);
+    c = CLI(NULL, "migrate");
+    TF_CHECK(c.rc == 0 && strstr(c.out, "migrated from version 1"), "migrate as the owner: exit %d:\n%s%s", c.rc,
+             c.out, c.err);
+    cli_free(&c);
+    for (int k = 0; k < 3; k++)
+        TF_CHECK(outbox_migrate(obs[k], conns[k]) == OUTBOX_OK, "outbox_migrate as %s once migrated: %s", roles[k],
+                 outbox_errmsg(obs[k]));
+
+    /* The relay's role runs status and every dead-letter verb. */
+    tu_exec(tf_conn, tf_q("INSERT INTO @.dead_letters (id, message_id, destination, envelope, created_at, error, "
+                          "failed_at) VALUES (3001, gen_random_uuid(), 'ops6.x', '\\x00', now(), 'e', now()), "
+                          "(3002, gen_random_uuid(), 'ops6.x', '\\x00', now(), 'e', now()), "
+                          "(3003, gen_random_uuid(), 'ops6.x', '\\x00', now(), 'e', now() - interval '9 days');"
+                          "INSERT INTO @.consumer_dead_letters (consumer, reason, rejected_at) VALUES "
+                          "('g', 'r', now()), ('g', 'r', now() - interval '9 days')"));
+    long long cid = tu_scalar(tf_conn, tf_q("SELECT min(id) FROM @.consumer_dead_letters")); /* the recent one */
+    char cids[32];
+    snprintf(cids, sizeof(cids), "%lld", cid);
+    const char *const verbs[][8] = {
+        {"status", NULL},
+        {"dead-letters", "list", NULL},
+        {"dead-letters", "retry", "3001", NULL},
+        {"dead-letters", "drop", "3002", NULL},
+        {"dead-letters", "prune", "--older-than", "1d", NULL},
+        {"consumer-dead-letters", "list", "--group", "g", NULL},
+        {"consumer-dead-letters", "prune", "--older-than", "1d", "--group", "g", NULL},
+        {"consumer-dead-letters", "drop", cids, "--group", "g", NULL},
+    };
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+        c = cli_run(cis[1], verbs[i]);
+        TF_CHECK(c.rc == 0 && !strstr(c.err, "permission denied"), "%s %s as %s: exit %d, stderr: %s", verbs[i][0],
+                 verbs[i][1] ? verbs[i][1] : "", role_r, c.rc, c.err);
+        cli_free(&c);
+    }
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages")), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters")), 0);
+
+    /* The writer's role may not: the error says which role may. */
+    tu_exec(tf_conn, tf_q("INSERT INTO @.dead_letters (id, destination, envelope, created_at, error) VALUES "
+                          "(3004, 'ops6.x', '\\x00', now(), 'e')"));
+    c = CLI(cis[0], "dead-letters", "retry", "3004");
+    TF_CHECK(c.rc == 1 && strstr(c.err, "permission denied") && strstr(c.err, "relay's role"),
+             "retry as the writer: exit %d, stderr: %s", c.rc, c.err);
+    cli_free(&c);
+
+    for (int k = 0; k < 3; k++) {
+        outbox_destroy(obs[k]);
+        PQfinish(conns[k]);
+        free(cis[k]);
+    }
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE usename IN ('%s', '%s', '%s')", role_w,
+             role_r, role_c);
+    wait_count(sql, 0, 10000);
+}
+END_TEST
+
+START_TEST(test_least_privilege_roles) {
+    apply_grants();
 
     /* The writer adds messages in its own transaction, and can do nothing else to the outbox. */
     char *ci_w, *ci_r;
@@ -1202,6 +1319,7 @@ static Suite *ops_suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_least_privilege_roles);
+    tcase_add_test(tc, test_each_role_starts_up);
     tcase_add_test(tc, test_no_password_in_logs);
     suite_add_tcase(s, tc);
     return s;
