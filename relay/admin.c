@@ -76,6 +76,35 @@ static void json_str(const char *s) {
     putchar('"');
 }
 
+/* The leader relay's own process, as its session names it in application_name:
+ * "<relay.application.name> pid=<pid> host=<hostname>" (PostgreSQL keeps 63 bytes of it, so a
+ * long host name may arrive cut short).  The session's backend pid and client address are
+ * PostgreSQL's side of the connection, not the relay. */
+typedef struct {
+    char pid[16];  /* digits, or empty: not named */
+    char host[64]; /* or empty */
+} leader_t;
+
+static void leader_parse(const char *app, leader_t *out) {
+    memset(out, 0, sizeof(*out));
+    const char *p = strstr(app, " pid=");
+    if (!p)
+        return;
+    p += 5;
+    size_t n = strspn(p, "0123456789");
+    if (n == 0 || n >= sizeof(out->pid) || (p[n] && p[n] != ' '))
+        return;
+    memcpy(out->pid, p, n);
+    const char *h = strstr(p + n, " host=");
+    if (h) {
+        h += 6;
+        size_t hn = strcspn(h, " ");
+        if (hn >= sizeof(out->host))
+            hn = sizeof(out->host) - 1;
+        memcpy(out->host, h, hn);
+    }
+}
+
 int relay_status(relay_t *r, int argc, const char **argv) {
     bool json = false;
     for (int i = 0; i < argc; i++) {
@@ -97,6 +126,7 @@ int relay_status(relay_t *r, int argc, const char **argv) {
     char sql[1024], lock[160];
     int rc = 1, version = 0;
     PGresult *a = NULL, *b = NULL, *c = NULL, *w = NULL;
+    leader_t ld = {0};
     if (outbox_schema_version(ob, pg, &version) != OUTBOX_OK) {
         fprintf(stderr, "outbox-relay: status: %s\n", outbox_errmsg(ob));
         goto done;
@@ -143,15 +173,22 @@ int relay_status(relay_t *r, int argc, const char **argv) {
                     " GROUP BY 1, 2, 3, 4 ORDER BY 4 DESC LIMIT 20",
                     1, tp)))
         goto done;
+    if (PQntuples(c))
+        leader_parse(PQgetvalue(c, 0, 0), &ld);
     if (json) {
         printf("{\"schema\":");
         json_str(r->schema);
         printf(",\"schema_version\":%d,\"backlog\":%s,\"oldest_age_seconds\":%s,\"dead_letters\":%s,"
                "\"leader\":", version, PQgetvalue(a, 0, 0), PQgetvalue(a, 0, 1), PQgetvalue(b, 0, 0));
         if (PQntuples(c)) {
-            printf("{\"application_name\":");
+            printf("{\"pid\":%s,\"host\":", ld.pid[0] ? ld.pid : "null");
+            if (ld.host[0])
+                json_str(ld.host);
+            else
+                printf("null");
+            printf(",\"application_name\":");
             json_str(PQgetvalue(c, 0, 0));
-            printf(",\"pid\":%s,\"host\":", PQgetvalue(c, 0, 1));
+            printf(",\"backend_pid\":%s,\"client_addr\":", PQgetvalue(c, 0, 1));
             json_str(PQgetvalue(c, 0, 2));
             printf("}");
         } else {
@@ -169,18 +206,21 @@ int relay_status(relay_t *r, int argc, const char **argv) {
         }
         printf("]}\n");
     } else {
-        printf("schema:          %s (version %d)\n", r->schema_q, version);
+        /* The same names as the JSON fields; open_writer is one element of open_writers. */
+        printf("schema:          %s\n", r->schema);
+        printf("schema_version:  %d\n", version);
         printf("backlog:         %s\n", PQgetvalue(a, 0, 0));
-        printf("oldest_age_s:    %s\n", PQgetvalue(a, 0, 1));
+        printf("oldest_age_seconds: %s\n", PQgetvalue(a, 0, 1));
         printf("dead_letters:    %s\n", PQgetvalue(b, 0, 0));
         if (PQntuples(c))
-            printf("leader:          %s pid=%s host=%s\n", PQgetvalue(c, 0, 0), PQgetvalue(c, 0, 1),
-                   PQgetvalue(c, 0, 2));
+            printf("leader:          pid=%s host=%s application_name=\"%s\" backend_pid=%s client_addr=%s\n",
+                   ld.pid[0] ? ld.pid : "unknown", ld.host[0] ? ld.host : "unknown", PQgetvalue(c, 0, 0),
+                   PQgetvalue(c, 0, 1), PQgetvalue(c, 0, 2));
         else
             printf("leader:          none\n");
         /* An open writer holds the claim floor: claims then step over more deleted rows. */
         for (int i = 0; i < PQntuples(w); i++)
-            printf("open_writer:     pid=%s application_name=%s state=\"%s\" xact_age_s=%s\n",
+            printf("open_writer:     pid=%s application_name=%s state=\"%s\" xact_age_seconds=%s\n",
                    PQgetvalue(w, i, 0), PQgetvalue(w, i, 1), PQgetvalue(w, i, 2), PQgetvalue(w, i, 3));
     }
     rc = 0;

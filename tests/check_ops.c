@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "outbox_int.h" /* outbox_conf_props(): every key --help must list */
 #include "testutil_fixture.h"
 
 static void drop_roles(void);
@@ -444,22 +445,138 @@ START_TEST(test_status_reports_backlog_dead_letters_and_leader) {
     free(out);
 
     tf_start_broker("--topic", "ops3.status:1", NULL);
-    start_relay(NULL, NULL);
+    tk_proc_t *relay = start_relay(NULL, NULL);
     wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
     out = status_output(1);
     TF_CHECK(tf_matches(out, "\"backlog\": *0[,}]"), "no \"backlog\":0 after the drain in:\n%s", out);
-    TF_CHECK(tf_matches(out, "\"leader\": *\\{[^}]*\"application_name\": *\"outbox-relay\""),
+    TF_CHECK(tf_matches(out, "\"leader\": *\\{[^}]*\"application_name\": *\"outbox-relay"),
              "the leader object does not name outbox-relay:\n%s", out);
+    const char *bpid = strstr(out, "\"backend_pid\":");
+    TF_CHECK(bpid, "the leader object has no backend_pid:\n%s", out);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'outbox-relay%%' "
+             "AND pid = %ld", strtol(bpid + 14, NULL, 10));
+    TF_CHECK(tu_scalar(tf_conn, sql) == 1, "the leader's backend_pid is no outbox-relay session:\n%s", out);
+    /* The relay's own pid, once its session names it (relay/pgsession.c), is this relay's. */
     const char *pid = strstr(out, "\"pid\":");
     TF_CHECK(pid, "the leader object has no pid:\n%s", out);
-    char sql[256];
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay' "
-             "AND pid = %ld", strtol(pid + 6, NULL, 10));
-    TF_CHECK(tu_scalar(tf_conn, sql) == 1, "the leader pid is no outbox-relay session:\n%s", out);
+    if (strncmp(pid + 6, "null", 4))
+        TF_CHECK(strtol(pid + 6, NULL, 10) == (long)relay->pid, "the leader's pid is not the relay's (%d):\n%s",
+                 (int)relay->pid, out);
     free(out);
     out = status_output(0);
-    TF_CHECK(tf_matches(out, "^leader: *outbox-relay pid=[0-9]+"), "human status names no leader:\n%s", out);
+    TF_CHECK(tf_matches(out, "^leader: *pid=[^ ]+ host=[^ ]+ application_name=\"outbox-relay.*backend_pid=[0-9]+"),
+             "human status names no leader:\n%s", out);
     free(out);
+}
+END_TEST
+
+/* The leader is named by its relay's own pid and host, which the relay's session carries in
+ * application_name ("<relay.application.name> pid=<pid> host=<host>"); a session here plays it. */
+START_TEST(test_status_names_the_leader_relay) {
+    char *ci;
+    ck_assert(asprintf(&ci, "%s application_name='outbox-relay pid=4242 host=relay-host-1'",
+                       getenv("OUTBOX_TEST_PG")) > 0);
+    PGconn *leader = PQconnectdb(ci);
+    TF_CHECK(PQstatus(leader) == CONNECTION_OK, "%s", PQerrorMessage(leader));
+    char lock[160];
+    snprintf(lock, sizeof(lock), "liboutbox.relay:%s", tf_schema);
+    const char *p[1] = {lock};
+    PGresult *res = PQexecParams(leader, "SELECT pg_advisory_lock(hashtextextended($1, 0))", 1, NULL, p, NULL,
+                                 NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    PQclear(res);
+
+    char *out = status_output(1), want[256];
+    snprintf(want, sizeof(want), "\"leader\":{\"pid\":4242,\"host\":\"relay-host-1\",\"application_name\":"
+             "\"outbox-relay pid=4242 host=relay-host-1\",\"backend_pid\":%d,", PQbackendPID(leader));
+    TF_CHECK(strstr(out, want), "no %s in:\n%s", want, out);
+    free(out);
+    out = status_output(0);
+    snprintf(want, sizeof(want), "^leader: +pid=4242 host=relay-host-1 .*backend_pid=%d ", PQbackendPID(leader));
+    TF_CHECK(tf_matches(out, want), "human status does not name the leader relay (%s):\n%s", want, out);
+    /* One set of names: every field of the JSON object is a line of the text. */
+    static const char *const fields[] = {"schema", "schema_version", "backlog", "oldest_age_seconds", "dead_letters",
+                                         "leader"};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        snprintf(want, sizeof(want), "^%s: +[^ ]", fields[i]);
+        TF_CHECK(tf_matches(out, want), "human status has no \"%s:\" line:\n%s", fields[i], out);
+    }
+    free(out);
+    out = status_output(1);
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        snprintf(want, sizeof(want), "\"%s\":", fields[i]);
+        TF_CHECK(strstr(out, want), "status --json has no %s:\n%s", want, out);
+    }
+    free(out);
+    PQfinish(leader);
+    free(ci);
+
+    /* A leader whose session does not carry them: its pid and host are unknown, not PostgreSQL's. */
+    ck_assert(asprintf(&ci, "%s application_name=other-relay", getenv("OUTBOX_TEST_PG")) > 0);
+    leader = PQconnectdb(ci);
+    TF_CHECK(PQstatus(leader) == CONNECTION_OK, "%s", PQerrorMessage(leader));
+    res = PQexecParams(leader, "SELECT pg_advisory_lock(hashtextextended($1, 0))", 1, NULL, p, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    PQclear(res);
+    out = status_output(1);
+    snprintf(want, sizeof(want), "\"leader\":{\"pid\":null,\"host\":null,\"application_name\":\"other-relay\","
+             "\"backend_pid\":%d,", PQbackendPID(leader));
+    TF_CHECK(strstr(out, want), "no %s in:\n%s", want, out);
+    free(out);
+    out = status_output(0);
+    TF_CHECK(tf_matches(out, "^leader: +pid=unknown host=unknown application_name=\"other-relay\""),
+             "human status of an unnamed leader:\n%s", out);
+    free(out);
+    PQfinish(leader);
+    free(ci);
+}
+END_TEST
+
+/* ---- 4a. configuration and help ---------------------------------------------------------------- */
+
+START_TEST(test_run_needs_bootstrap_servers) {
+    static const char *const values[] = {"kafka.bootstrap.servers=", "kafka.bootstrap.servers=  ", NULL};
+    for (int i = 0; i < 3; i++) {
+        cli_t c = values[i] ? CLI(NULL, "-X", values[i], "run") : CLI(NULL, "run");
+        TF_CHECK(c.rc == 2 && strstr(c.err, "kafka.bootstrap.servers is ") && strstr(c.err, "-X kafka.bootstrap.servers="),
+                 "run with %s: exit %d, stderr: %s", values[i] ? values[i] : "no kafka.bootstrap.servers", c.rc, c.err);
+        cli_free(&c);
+    }
+}
+END_TEST
+
+START_TEST(test_help_lists_every_key_and_verb) {
+    cli_t c = CLI(NULL, "--help");
+    ck_assert_int_eq(c.rc, 0);
+    for (const outbox_conf_prop_t *p = outbox_conf_props(); p->name; p++) {
+        char re[128];
+        snprintf(re, sizeof(re), "^  %s ", p->name);
+        TF_CHECK(tf_matches(c.out, re), "--help does not list %s:\n%s", p->name, c.out);
+    }
+    /* Grouped by who reads them. */
+    const char *w = strstr(c.out, "\n  writer.allow.autocommit"), *cg = strstr(c.out, "\n  consumer.group.id");
+    const char *wt = strstr(c.out, "when your service writes"), *ct = strstr(c.out, "in your consumer service");
+    TF_CHECK(w && wt && wt < w && cg && ct && ct < cg && wt < ct, "writer.* and consumer.* keys are not under "
+             "their readers:\n%s", c.out);
+    static const char *const verbs[] = {"run", "migrate", "status", "dead-letters", "consumer-dead-letters", "grants"};
+    const char *body = strstr(c.out, "\n\n");
+    ck_assert_ptr_nonnull(body);
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+        char re[96];
+        snprintf(re, sizeof(re), "[[|]%s[]|]", verbs[i]);
+        char *usage = strndup(c.out, (size_t)(body - c.out));
+        TF_CHECK(tf_matches(usage, re), "the usage line does not list %s:\n%s", verbs[i], usage);
+        free(usage);
+        snprintf(re, sizeof(re), "^  %s( |$)", verbs[i]);
+        TF_CHECK(tf_matches(body, re), "--help does not describe %s:\n%s", verbs[i], c.out);
+    }
+    TF_CHECK(strstr(c.out, "same message id"), "--help does not say retry keeps the message id:\n%s", c.out);
+    static const char *const subs[] = {"dead-letters prune --older-than", "consumer-dead-letters list",
+                                       "consumer-dead-letters drop", "consumer-dead-letters prune", "--json"};
+    for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
+        TF_CHECK(strstr(c.out, subs[i]), "--help does not mention %s:\n%s", subs[i], c.out);
+    cli_free(&c);
 }
 END_TEST
 
@@ -1307,6 +1424,14 @@ static Suite *ops_suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_signal_ends_blocked_admin_verbs);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("cli");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 90);
+    tcase_add_test(tc, test_status_names_the_leader_relay);
+    tcase_add_test(tc, test_run_needs_bootstrap_servers);
+    tcase_add_test(tc, test_help_lists_every_key_and_verb);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("install");
