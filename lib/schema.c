@@ -2,6 +2,7 @@
  * Schema migrations: numbered, embedded, applied in order under a transaction-scoped advisory
  * lock and recorded in <schema>.schema_version.  "%1$s" in a migration is the quoted schema name.
  */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +50,11 @@ static const char *const migrations[] = {
     "  kafka_offset    bigint,"
     "  rejected_at     timestamptz NOT NULL DEFAULT now()"
     ");",
+    /* 2: the failed deliveries a row has behind it, so that a dead letter moved back to the outbox
+     * (outbox-relay dead-letters retry) keeps its count when it fails again under its new outbox
+     * id.  NULL (never failed) for every row a writer inserts: a NULL costs no byte in the tuple,
+     * and adding a nullable column without a default rewrites nothing. */
+    "ALTER TABLE %1$s.messages ADD COLUMN attempts integer;",
 };
 
 #define MIGRATION_CNT ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -108,6 +114,64 @@ static outbox_err_t read_version(outbox_t *ob, PGconn *conn, int *version) {
     return err;
 }
 
+/* What outbox_migrate learned before changing anything: the recorded version and the role it
+ * runs as, to name in an error. */
+typedef struct {
+    int version;
+    char role[64];
+} probe_t;
+
+/* Reads the schema version (0: no schema_version table) and current_user, with SELECTs only, so
+ * that every role `outbox-relay grants` creates can check a current schema at start-up. */
+static outbox_err_t probe(outbox_t *ob, PGconn *conn, probe_t *pr) {
+    char regname[160];
+    outbox_snprintf(regname, sizeof(regname), "%s.schema_version", ob->schema_q);
+    const char *params[1] = {regname};
+    PGresult *res = PQexecParams(conn, "SELECT to_regclass($1) IS NOT NULL, current_user", 1, NULL, params,
+                                 NULL, NULL, 0);
+    outbox_err_t err = OUTBOX_OK;
+    int exists = 0;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        err = outbox_seterr_pg(ob, conn, res, "looking up the outbox schema");
+    } else {
+        exists = PQgetvalue(res, 0, 0)[0] == 't';
+        outbox_snprintf(pr->role, sizeof(pr->role), "%s", PQgetvalue(res, 0, 1));
+    }
+    PQclear(res);
+    pr->version = 0;
+    if (err || !exists)
+        return err;
+    if ((err = read_version(ob, conn, &pr->version)) && !strcmp(ob->sqlstate, "42501")) {
+        char cause[512];
+        outbox_snprintf(cause, sizeof(cause), "%s", ob->errstr);
+        outbox_seterr(ob, err, "outbox_migrate: role \"%s\" may not read %s.schema_version (%s); apply "
+                      "`outbox-relay grants ... | psql` again as the schema's owner (it grants SELECT on it "
+                      "to every role)", pr->role, ob->schema_q, cause);
+        outbox_snprintf(ob->sqlstate, sizeof(ob->sqlstate), "42501");
+    }
+    return err;
+}
+
+/* A migration refused for want of privileges says who may run it instead. */
+static outbox_err_t not_owner(outbox_t *ob, const probe_t *pr) {
+    char cause[512];
+    outbox_snprintf(cause, sizeof(cause), "%s", ob->errstr);
+    outbox_seterr(ob, OUTBOX_ERR_SCHEMA,
+                         "outbox_migrate: schema %s is at version %d and liboutbox %s needs version %d, "
+                         "but role \"%s\" may not migrate it (%s); run `outbox-relay migrate` (or "
+                         "outbox_migrate()) once as the schema's owner, then start this role's processes",
+                         ob->schema_q, pr->version, outbox_version_str(), MIGRATION_CNT, pr->role, cause);
+    outbox_snprintf(ob->sqlstate, sizeof(ob->sqlstate), "42501"); /* kept for the caller */
+    return OUTBOX_ERR_SCHEMA;
+}
+
+static outbox_err_t too_new(outbox_t *ob, int current) {
+    return outbox_seterr(ob, OUTBOX_ERR_SCHEMA_TOO_NEW,
+                         "outbox_migrate: schema %s is at version %d but liboutbox %s knows "
+                         "versions up to %d; upgrade liboutbox",
+                         ob->schema_q, current, outbox_version_str(), MIGRATION_CNT);
+}
+
 static outbox_err_t migrate_in_tx(outbox_t *ob, PGconn *conn) {
     const char *schema = outbox_conf_str(ob->conf, "outbox.schema");
     char lockname[128];
@@ -135,10 +199,7 @@ static outbox_err_t migrate_in_tx(outbox_t *ob, PGconn *conn) {
     if (err)
         return err;
     if (current > MIGRATION_CNT)
-        return outbox_seterr(ob, OUTBOX_ERR_SCHEMA_TOO_NEW,
-                             "outbox_migrate: schema %s is at version %d but liboutbox %s knows "
-                             "versions up to %d; upgrade liboutbox",
-                             ob->schema_q, current, outbox_version_str(), MIGRATION_CNT);
+        return too_new(ob, current);
     for (int v = current + 1; v <= MIGRATION_CNT; v++) {
         char what[64];
         outbox_snprintf(what, sizeof(what), "outbox migration %d", v);
@@ -174,23 +235,39 @@ outbox_err_t outbox_migrate(outbox_t *ob, PGconn *conn) {
         return outbox_seterr(ob, OUTBOX_ERR_CONNECTION, "outbox_migrate: the connection is bad: %s",
                              PQerrorMessage(conn));
     PGTransactionStatusType ts = PQtransactionStatus(conn);
-    if (ts == PQTRANS_INTRANS)
-        return migrate_in_tx(ob, conn);
     if (ts == PQTRANS_INERROR)
         return outbox_seterr(ob, OUTBOX_ERR_TRANSACTION_ABORTED,
                              "outbox_migrate: the connection's transaction has already failed; "
                              "ROLLBACK, then call it on the idle connection or in a new transaction");
-    if (ts != PQTRANS_IDLE)
+    if (ts != PQTRANS_IDLE && ts != PQTRANS_INTRANS)
         return outbox_seterr(ob, OUTBOX_ERR_STATE,
                              "outbox_migrate: the connection is busy with another query; collect "
                              "its results first");
-    outbox_err_t err = exec_cmd(ob, conn, "BEGIN", "outbox_migrate: BEGIN");
+    /* A current schema is only read: the writer's, the relay's and a consumer's roles call this
+     * at start-up and may not CREATE anything (even CREATE SCHEMA IF NOT EXISTS needs CREATE on
+     * the database). */
+    probe_t pr;
+    outbox_err_t err = probe(ob, conn, &pr);
     if (err)
+        return err;
+    if (pr.version > MIGRATION_CNT)
+        return too_new(ob, pr.version);
+    if (pr.version == MIGRATION_CNT) {
+        ob->errstr[0] = '\0';
+        return OUTBOX_OK;
+    }
+    if (ts == PQTRANS_INTRANS) {
+        if ((err = migrate_in_tx(ob, conn)) && !strcmp(ob->sqlstate, "42501"))
+            return not_owner(ob, &pr);
+        return err;
+    }
+    if ((err = exec_cmd(ob, conn, "BEGIN", "outbox_migrate: BEGIN")))
         return err;
     err = migrate_in_tx(ob, conn);
     if (err) {
+        bool denied = !strcmp(ob->sqlstate, "42501");
         PQclear(PQexec(conn, "ROLLBACK"));
-        return err;
+        return denied ? not_owner(ob, &pr) : err;
     }
     if ((err = exec_cmd(ob, conn, "COMMIT", "outbox_migrate: COMMIT")))
         return err;

@@ -23,39 +23,100 @@ static void on_signal(int sig) {
         atomic_fetch_add(&interrupt_count, 1);
 }
 
+/* Who reads each group of keys, so that one file may serve the relay and a service alike. */
+static const struct {
+    const char *title;
+    const char *prefixes[4];
+} key_groups[] = {
+    {"Read by outbox-relay and by liboutbox in your services", {"pg.", "outbox.", "log.", NULL}},
+    {"Read by outbox-relay", {"relay.", "metrics.", NULL}},
+    {"Read by liboutbox when your service writes (outbox_send); outbox-relay ignores them", {"writer.", NULL}},
+    {"Read by outbox_consumer_new() in your consumer service; outbox-relay ignores them", {"consumer.", NULL}},
+};
+#define KEY_GROUPS ((int)(sizeof(key_groups) / sizeof(key_groups[0])))
+
+/* The group of a key, or KEY_GROUPS when none names it (listed last, so that no key is missing). */
+static int key_group(const char *name) {
+    for (int g = 0; g < KEY_GROUPS; g++)
+        for (const char *const *p = key_groups[g].prefixes; *p; p++)
+            if (!strncmp(name, *p, strlen(*p)))
+                return g;
+    return KEY_GROUPS;
+}
+
 static void usage(FILE *fp) {
     fprintf(fp,
-            "usage: outbox-relay [-c FILE] [-X key=value]... [run|migrate|status]\n"
+            "usage: outbox-relay [-c FILE] [-X key=value]...\n"
+            "                    [run|migrate|status|dead-letters|consumer-dead-letters|grants] [ARGS]\n"
             "       outbox-relay --help | --version\n"
             "\n"
             "Publishes the rows of a liboutbox outbox table to Kafka, in id order, deleting each\n"
             "row once the broker acknowledged it.\n"
             "\n"
-            "  run       publish until SIGTERM/SIGINT (the default)\n"
-            "  migrate   create or upgrade the outbox schema, then exit\n"
+            "Verbs (the role that runs each is the one `grants` creates, except migrate):\n"
+            "  run       publish until SIGTERM/SIGINT (the default); needs kafka.bootstrap.servers\n"
+            "  migrate   create or upgrade the outbox schema, then exit; run it as the schema's owner\n"
+            "            (any granted role may run it on a current schema: it then only checks)\n"
             "  status [--json]\n"
-            "            print the backlog, the oldest message's age, the dead letters, the leader\n"
-            "  dead-letters list [--limit N]\n"
-            "  dead-letters retry ID|--all      move dead letters back to the outbox (new ids)\n"
-            "  dead-letters drop ID|--all --yes delete dead letters\n"
+            "            the schema version, backlog, oldest message's age, dead letters, the leader\n"
+            "            relay (its pid and host) and transactions that hold the claim floor\n"
+            "  dead-letters list [--limit N] [--json]\n"
+            "            the relay's dead letters, oldest first (N defaults to 100; 0 shows all)\n"
+            "  dead-letters retry ID|--all\n"
+            "            move dead letters back to the outbox, in one transaction: the same message id\n"
+            "            and envelope, a new outbox id (they go out after what is queued); their\n"
+            "            attempts keep counting if they fail again\n"
+            "  dead-letters drop ID|--all --yes\n"
+            "            delete dead letters (--all needs --yes)\n"
+            "  dead-letters prune --older-than DURATION\n"
+            "            delete dead letters that failed longer ago than DURATION (45s, 30m, 12h, 7d)\n"
+            "  consumer-dead-letters list [--limit N] [--json] --group GROUP\n"
+            "  consumer-dead-letters drop ID|--all --group GROUP  (--all needs --yes)\n"
+            "  consumer-dead-letters prune --older-than DURATION --group GROUP\n"
+            "            the messages consumer group GROUP rejected (outbox.consumer_dead_letters)\n"
             "  grants [--writer ROLE] [--relay ROLE] [--consumer ROLE]\n"
-            "            print SQL creating least-privilege roles for this schema\n"
+            "            print SQL creating least-privilege roles for this schema: the relay's role\n"
+            "            runs every verb above but migrate\n"
+            "\n"
+            "Options:\n"
             "  -c FILE   read key=value lines ('#' starts a comment)\n"
             "  -X k=v    set one key; overrides the file\n"
             "\n"
             "Keys and defaults:\n");
-    const outbox_conf_prop_t *p = outbox_conf_props();
-    for (; p->name; p++) {
-        if (!strncmp(p->name, "consumer.", 9) || !strncmp(p->name, "writer.", 7))
-            continue;
-        fprintf(fp, "  %-30s %-14s %s\n", p->name, *p->def ? p->def : "\"\"", p->doc);
+    const outbox_conf_prop_t *props = outbox_conf_props();
+    for (int g = 0; g <= KEY_GROUPS; g++) {
+        int shown = 0;
+        for (const outbox_conf_prop_t *p = props; p->name; p++) {
+            if (key_group(p->name) != g)
+                continue;
+            if (!shown++)
+                fprintf(fp, "\n %s:\n", g < KEY_GROUPS ? key_groups[g].title : "Other keys");
+            fprintf(fp, "  %-30s %-14s %s\n", p->name, *p->def ? p->def : "\"\"", p->doc);
+        }
     }
+    fprintf(fp, "\n Read by outbox-relay (its producer) and outbox_consumer_new() (its consumer):\n");
     fprintf(fp, "  %-30s %-14s %s\n", "kafka.<property>", "", "any librdkafka property, unchanged");
     fprintf(fp, "\nProducer defaults (override with kafka.<property>):\n");
     for (const char *const *kv = outbox_kafka_producer_defaults(); kv[0]; kv += 2)
         fprintf(fp, "  kafka.%-24s %s\n", kv[0], kv[1]);
     fprintf(fp, "\npg.conninfo falls back to the environment variable OUTBOX_PG_CONNINFO.\n"
                 "kafka.bootstrap.servers is required for run.\n");
+}
+
+/* run needs a broker list: a missing or empty kafka.bootstrap.servers is a configuration error
+ * (exit 2), said before anything connects. */
+static int check_bootstrap(const outbox_conf_t *conf) {
+    char value[4096];
+    size_t n = sizeof(value);
+    outbox_conf_res_t res = outbox_conf_get(conf, "kafka.bootstrap.servers", value, &n);
+    if (res == OUTBOX_CONF_OK && value[strspn(value, " \t")] != '\0')
+        return 0;
+    if (res == OUTBOX_CONF_INVALID && n > sizeof(value))
+        return 0; /* set, and longer than any blank value */
+    fprintf(stderr, "outbox-relay: kafka.bootstrap.servers is %s: run needs the brokers to publish to; pass "
+                    "-X kafka.bootstrap.servers=host:9092 or put it in the -c file\n",
+            res == OUTBOX_CONF_OK ? "empty" : "not set");
+    return -1;
 }
 
 static int read_file(outbox_conf_t *conf, const char *path) {
@@ -112,18 +173,18 @@ int main(int argc, char **argv) {
             i++;
         } else if (nvargs == 0 && strcmp(verb, "run") == 0 &&
                    (!strcmp(a, "run") || !strcmp(a, "migrate") || !strcmp(a, "status") ||
-                    !strcmp(a, "dead-letters") || !strcmp(a, "grants"))) {
+                    !strcmp(a, "dead-letters") || !strcmp(a, "consumer-dead-letters") || !strcmp(a, "grants"))) {
             verb = a;
         } else if (strcmp(verb, "status") == 0 || strcmp(verb, "dead-letters") == 0 ||
-                   strcmp(verb, "grants") == 0) {
+                   strcmp(verb, "consumer-dead-letters") == 0 || strcmp(verb, "grants") == 0) {
             if (nvargs == (int)(sizeof(vargs) / sizeof(vargs[0]))) {
                 fprintf(stderr, "outbox-relay: too many arguments for %s\n", verb);
                 return 2;
             }
             vargs[nvargs++] = a; /* checked by the verb */
         } else {
-            fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, "
-                            "run, migrate or status; see --help)\n", a);
+            fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, or a verb: "
+                            "run, migrate, status, dead-letters, consumer-dead-letters, grants; see --help)\n", a);
             return 2;
         }
     }
@@ -137,6 +198,8 @@ int main(int argc, char **argv) {
         goto done;
     }
     if (configure(conf, file, argc, argv))
+        goto done;
+    if (!strcmp(verb, "run") && check_bootstrap(conf))
         goto done;
     r.conf = conf;
     r.conninfo = outbox_conf_str(conf, "pg.conninfo");
@@ -165,7 +228,7 @@ int main(int argc, char **argv) {
     /* Only run has a loop that watches the flag and shuts down in order.  The other verbs keep the
      * default disposition so SIGTERM/SIGINT end them at once (a handler would leave them blocked in
      * libpq): none leaves anything half-done, as each change is one transaction (migrate: BEGIN ..
-     * COMMIT; dead-letters retry/drop: one statement), status and list only read, and grants only
+     * COMMIT; dead-letters retry/drop/prune: one statement), status and list only read, and grants only
      * prints a script wrapped in BEGIN/COMMIT. */
     if (!strcmp(verb, "run")) {
         sa.sa_handler = on_signal;
@@ -179,6 +242,8 @@ int main(int argc, char **argv) {
         rc = relay_status(&r, nvargs, vargs);
     else if (!strcmp(verb, "dead-letters"))
         rc = relay_dead_letters(&r, nvargs, vargs);
+    else if (!strcmp(verb, "consumer-dead-letters"))
+        rc = relay_consumer_dead_letters(&r, nvargs, vargs);
     else if (!strcmp(verb, "grants"))
         rc = relay_grants(&r, nvargs, vargs);
     else

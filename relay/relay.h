@@ -337,6 +337,7 @@ void metrics_observe_batch(relay_metrics_t *m, double seconds);
 void metrics_delivery_error(relay_metrics_t *m, int err);
 int relay_status(relay_t *r, int argc, const char **argv);
 int relay_dead_letters(relay_t *r, int argc, const char **argv);
+int relay_consumer_dead_letters(relay_t *r, int argc, const char **argv);
 int relay_grants(relay_t *r, int argc, const char **argv);
 int relay_migrate(relay_t *r);
 

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "outbox_int.h" /* outbox_conf_props(): every key --help must list */
 #include "testutil_fixture.h"
 
 static void drop_roles(void);
@@ -39,6 +40,41 @@ static tk_proc_t *sh(const char *tag, const char *cmdline, int timeout_ms) {
     TF_CHECK(!timed_out, "`%s` did not finish within %d ms; stderr:\n%s", cmdline, timeout_ms,
              tk_file_tail(p->err_path, 3000));
     return p;
+}
+
+/* One run of the built outbox-relay: its exit code, stdout and stderr (caller frees with cli_free). */
+typedef struct {
+    int rc;
+    char *out, *err;
+} cli_t;
+
+/* Runs outbox-relay -X outbox.schema=<tf_schema> args... with pg.conninfo from OUTBOX_PG_CONNINFO
+ * = ci (NULL: the test server's, as superuser, the schema's owner). */
+#define CLI(ci, ...) cli_run((ci), (const char *const[]){__VA_ARGS__, NULL})
+static cli_t cli_run(const char *ci, const char *const *args) {
+    char *sch, *prog = tk_build_path("outbox-relay");
+    ck_assert(asprintf(&sch, "outbox.schema=%s", tf_schema) > 0);
+    const char *argv[32] = {prog, "-X", sch};
+    size_t n = 3;
+    for (; *args && n < 31; args++)
+        argv[n++] = *args;
+    argv[n] = NULL;
+    ck_assert_int_eq(setenv("OUTBOX_PG_CONNINFO", ci ? ci : getenv("OUTBOX_TEST_PG"), 1), 0);
+    int timed_out;
+    tk_proc_t *p = tk_proc_run("relay-cli", argv, 15000, &timed_out);
+    unsetenv("OUTBOX_PG_CONNINFO");
+    TF_CHECK(!timed_out, "outbox-relay %s did not exit within 15 s; stderr:\n%s", argv[3],
+             tk_file_tail(p->err_path, 2000));
+    cli_t c = {tf_exit_code(p), tk_read_file(p->out_path), tk_read_file(p->err_path)};
+    tk_proc_free(p);
+    free(sch);
+    free(prog);
+    return c;
+}
+
+static void cli_free(cli_t *c) {
+    free(c->out);
+    free(c->err);
 }
 
 /* ---- messages ------------------------------------------------------------------------------- */
@@ -394,9 +430,10 @@ START_TEST(test_status_reports_backlog_dead_letters_and_leader) {
     TF_CHECK(tf_matches(out, "^\\{.*\\}$"), "status --json is not one JSON object:\n%s", out);
     TF_CHECK(tf_matches(out, "\"backlog\": *3[,}]"), "no \"backlog\":3 in:\n%s", out);
     TF_CHECK(tf_matches(out, "\"dead_letters\": *2[,}]"), "no \"dead_letters\":2 in:\n%s", out);
-    TF_CHECK(tf_matches(out, "\"schema_version\": *1[,}]"), "no \"schema_version\":1 in:\n%s", out);
-    TF_CHECK(tf_matches(out, "\"leader\": *null[,}]"), "no \"leader\":null (no relay runs) in:\n%s", out);
     char want[128];
+    snprintf(want, sizeof(want), "\"schema_version\":%d,", OUTBOX_SCHEMA_VERSION);
+    TF_CHECK(strstr(out, want), "no %s in:\n%s", want, out);
+    TF_CHECK(tf_matches(out, "\"leader\": *null[,}]"), "no \"leader\":null (no relay runs) in:\n%s", out);
     snprintf(want, sizeof(want), "\"schema\":\"%s\"", tf_schema);
     TF_CHECK(strstr(out, want), "no %s in:\n%s", want, out);
     free(out);
@@ -408,22 +445,138 @@ START_TEST(test_status_reports_backlog_dead_letters_and_leader) {
     free(out);
 
     tf_start_broker("--topic", "ops3.status:1", NULL);
-    start_relay(NULL, NULL);
+    tk_proc_t *relay = start_relay(NULL, NULL);
     wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
     out = status_output(1);
     TF_CHECK(tf_matches(out, "\"backlog\": *0[,}]"), "no \"backlog\":0 after the drain in:\n%s", out);
-    TF_CHECK(tf_matches(out, "\"leader\": *\\{[^}]*\"application_name\": *\"outbox-relay\""),
+    TF_CHECK(tf_matches(out, "\"leader\": *\\{[^}]*\"application_name\": *\"outbox-relay"),
              "the leader object does not name outbox-relay:\n%s", out);
+    const char *bpid = strstr(out, "\"backend_pid\":");
+    TF_CHECK(bpid, "the leader object has no backend_pid:\n%s", out);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'outbox-relay%%' "
+             "AND pid = %ld", strtol(bpid + 14, NULL, 10));
+    TF_CHECK(tu_scalar(tf_conn, sql) == 1, "the leader's backend_pid is no outbox-relay session:\n%s", out);
+    /* The relay's own pid, once its session names it (relay/pgsession.c), is this relay's. */
     const char *pid = strstr(out, "\"pid\":");
     TF_CHECK(pid, "the leader object has no pid:\n%s", out);
-    char sql[256];
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay' "
-             "AND pid = %ld", strtol(pid + 6, NULL, 10));
-    TF_CHECK(tu_scalar(tf_conn, sql) == 1, "the leader pid is no outbox-relay session:\n%s", out);
+    if (strncmp(pid + 6, "null", 4))
+        TF_CHECK(strtol(pid + 6, NULL, 10) == (long)relay->pid, "the leader's pid is not the relay's (%d):\n%s",
+                 (int)relay->pid, out);
     free(out);
     out = status_output(0);
-    TF_CHECK(tf_matches(out, "^leader: *outbox-relay pid=[0-9]+"), "human status names no leader:\n%s", out);
+    TF_CHECK(tf_matches(out, "^leader: *pid=[^ ]+ host=[^ ]+ application_name=\"outbox-relay.*backend_pid=[0-9]+"),
+             "human status names no leader:\n%s", out);
     free(out);
+}
+END_TEST
+
+/* The leader is named by its relay's own pid and host, which the relay's session carries in
+ * application_name ("<relay.application.name> pid=<pid> host=<host>"); a session here plays it. */
+START_TEST(test_status_names_the_leader_relay) {
+    char *ci;
+    ck_assert(asprintf(&ci, "%s application_name='outbox-relay pid=4242 host=relay-host-1'",
+                       getenv("OUTBOX_TEST_PG")) > 0);
+    PGconn *leader = PQconnectdb(ci);
+    TF_CHECK(PQstatus(leader) == CONNECTION_OK, "%s", PQerrorMessage(leader));
+    char lock[160];
+    snprintf(lock, sizeof(lock), "liboutbox.relay:%s", tf_schema);
+    const char *p[1] = {lock};
+    PGresult *res = PQexecParams(leader, "SELECT pg_advisory_lock(hashtextextended($1, 0))", 1, NULL, p, NULL,
+                                 NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    PQclear(res);
+
+    char *out = status_output(1), want[256];
+    snprintf(want, sizeof(want), "\"leader\":{\"pid\":4242,\"host\":\"relay-host-1\",\"application_name\":"
+             "\"outbox-relay pid=4242 host=relay-host-1\",\"backend_pid\":%d,", PQbackendPID(leader));
+    TF_CHECK(strstr(out, want), "no %s in:\n%s", want, out);
+    free(out);
+    out = status_output(0);
+    snprintf(want, sizeof(want), "^leader: +pid=4242 host=relay-host-1 .*backend_pid=%d ", PQbackendPID(leader));
+    TF_CHECK(tf_matches(out, want), "human status does not name the leader relay (%s):\n%s", want, out);
+    /* One set of names: every field of the JSON object is a line of the text. */
+    static const char *const fields[] = {"schema", "schema_version", "backlog", "oldest_age_seconds", "dead_letters",
+                                         "leader"};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        snprintf(want, sizeof(want), "^%s: +[^ ]", fields[i]);
+        TF_CHECK(tf_matches(out, want), "human status has no \"%s:\" line:\n%s", fields[i], out);
+    }
+    free(out);
+    out = status_output(1);
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        snprintf(want, sizeof(want), "\"%s\":", fields[i]);
+        TF_CHECK(strstr(out, want), "status --json has no %s:\n%s", want, out);
+    }
+    free(out);
+    PQfinish(leader);
+    free(ci);
+
+    /* A leader whose session does not carry them: its pid and host are unknown, not PostgreSQL's. */
+    ck_assert(asprintf(&ci, "%s application_name=other-relay", getenv("OUTBOX_TEST_PG")) > 0);
+    leader = PQconnectdb(ci);
+    TF_CHECK(PQstatus(leader) == CONNECTION_OK, "%s", PQerrorMessage(leader));
+    res = PQexecParams(leader, "SELECT pg_advisory_lock(hashtextextended($1, 0))", 1, NULL, p, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    PQclear(res);
+    out = status_output(1);
+    snprintf(want, sizeof(want), "\"leader\":{\"pid\":null,\"host\":null,\"application_name\":\"other-relay\","
+             "\"backend_pid\":%d,", PQbackendPID(leader));
+    TF_CHECK(strstr(out, want), "no %s in:\n%s", want, out);
+    free(out);
+    out = status_output(0);
+    TF_CHECK(tf_matches(out, "^leader: +pid=unknown host=unknown application_name=\"other-relay\""),
+             "human status of an unnamed leader:\n%s", out);
+    free(out);
+    PQfinish(leader);
+    free(ci);
+}
+END_TEST
+
+/* ---- 4a. configuration and help ---------------------------------------------------------------- */
+
+START_TEST(test_run_needs_bootstrap_servers) {
+    static const char *const values[] = {"kafka.bootstrap.servers=", "kafka.bootstrap.servers=  ", NULL};
+    for (int i = 0; i < 3; i++) {
+        cli_t c = values[i] ? CLI(NULL, "-X", values[i], "run") : CLI(NULL, "run");
+        TF_CHECK(c.rc == 2 && strstr(c.err, "kafka.bootstrap.servers is ") && strstr(c.err, "-X kafka.bootstrap.servers="),
+                 "run with %s: exit %d, stderr: %s", values[i] ? values[i] : "no kafka.bootstrap.servers", c.rc, c.err);
+        cli_free(&c);
+    }
+}
+END_TEST
+
+START_TEST(test_help_lists_every_key_and_verb) {
+    cli_t c = CLI(NULL, "--help");
+    ck_assert_int_eq(c.rc, 0);
+    for (const outbox_conf_prop_t *p = outbox_conf_props(); p->name; p++) {
+        char re[128];
+        snprintf(re, sizeof(re), "^  %s ", p->name);
+        TF_CHECK(tf_matches(c.out, re), "--help does not list %s:\n%s", p->name, c.out);
+    }
+    /* Grouped by who reads them. */
+    const char *w = strstr(c.out, "\n  writer.allow.autocommit"), *cg = strstr(c.out, "\n  consumer.group.id");
+    const char *wt = strstr(c.out, "when your service writes"), *ct = strstr(c.out, "in your consumer service");
+    TF_CHECK(w && wt && wt < w && cg && ct && ct < cg && wt < ct, "writer.* and consumer.* keys are not under "
+             "their readers:\n%s", c.out);
+    static const char *const verbs[] = {"run", "migrate", "status", "dead-letters", "consumer-dead-letters", "grants"};
+    const char *body = strstr(c.out, "\n\n");
+    ck_assert_ptr_nonnull(body);
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+        char re[96];
+        snprintf(re, sizeof(re), "[[|]%s[]|]", verbs[i]);
+        char *usage = strndup(c.out, (size_t)(body - c.out));
+        TF_CHECK(tf_matches(usage, re), "the usage line does not list %s:\n%s", verbs[i], usage);
+        free(usage);
+        snprintf(re, sizeof(re), "^  %s( |$)", verbs[i]);
+        TF_CHECK(tf_matches(body, re), "--help does not describe %s:\n%s", verbs[i], c.out);
+    }
+    TF_CHECK(strstr(c.out, "same message id"), "--help does not say retry keeps the message id:\n%s", c.out);
+    static const char *const subs[] = {"dead-letters prune --older-than", "consumer-dead-letters list",
+                                       "consumer-dead-letters drop", "consumer-dead-letters prune", "--json"};
+    for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
+        TF_CHECK(strstr(c.out, subs[i]), "--help does not mention %s:\n%s", subs[i], c.out);
+    cli_free(&c);
 }
 END_TEST
 
@@ -542,6 +695,175 @@ START_TEST(test_dead_letters_list_retry_drop) {
     free(sch);
     for (int i = 0; i < 3; i++)
         free(bad[i].env);
+}
+END_TEST
+
+/* Inserts a dead letter as the relay would have left it, failed age_sql ago (an interval). */
+static void insert_dead_letter(long long id, const char *message_id_sql, const char *age_sql, int attempts) {
+    char sql[512];
+    snprintf(sql, sizeof(sql), "%s (%lld, %s, 'ops4.list', 'kp', 'test.List', '\\x0a00', now(), 'boom %lld', "
+             "now() - interval '%s', %d)", tf_q("INSERT INTO @.dead_letters (id, message_id, destination, "
+             "partition_key, message_type, envelope, created_at, error, failed_at, attempts) VALUES"),
+             id, message_id_sql, id, age_sql, attempts);
+    tu_exec(tf_conn, sql);
+}
+
+START_TEST(test_dead_letters_limit_json_prune) {
+    insert_dead_letter(2001, "'0190d5a8-0000-7000-8000-000000002001'", "10 days", 3);
+    insert_dead_letter(2002, "'0190d5a8-0000-7000-8000-000000002002'", "2 hours", 1);
+    insert_dead_letter(2003, "NULL", "1 second", 1);
+
+    /* --limit 0 is no limit. */
+    cli_t c = CLI(NULL, "dead-letters", "list", "--limit", "0");
+    TF_CHECK(c.rc == 0, "list --limit 0: exit %d; stderr:\n%s", c.rc, c.err);
+    for (int id = 2001; id <= 2003; id++) {
+        char re[64];
+        snprintf(re, sizeof(re), "^%d +", id);
+        TF_CHECK(tf_matches(c.out, re), "list --limit 0 has no line for %d:\n%s", id, c.out);
+    }
+    TF_CHECK(tf_matches(c.out, "^\\(3 dead letters\\)$"), "list --limit 0 does not count 3:\n%s", c.out);
+    cli_free(&c);
+
+    /* A limit below the total says how many there are. */
+    c = CLI(NULL, "dead-letters", "list", "--limit", "2");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^\\(2 shown of 3 dead letters; --limit 0 shows them all\\)$") &&
+             !tf_matches(c.out, "^2003 "), "list --limit 2: exit %d:\n%s", c.rc, c.out);
+    cli_free(&c);
+
+    /* A bad value is named, with the fix. */
+    c = CLI(NULL, "dead-letters", "list", "--limit", "x");
+    TF_CHECK(c.rc == 2 && strstr(c.err, "--limit \"x\" is not a number") && strstr(c.err, "--limit 0"),
+             "list --limit x: exit %d, stderr: %s", c.rc, c.err);
+    cli_free(&c);
+
+    c = CLI(NULL, "dead-letters", "list", "--json");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^\\{.*\\}$"), "list --json: exit %d:\n%s", c.rc, c.out);
+    TF_CHECK(strstr(c.out, "\"total\":3,\"shown\":3,\"dead_letters\":[{\"id\":2001,"
+                           "\"message_id\":\"0190d5a8-0000-7000-8000-000000002001\",\"destination\":\"ops4.list\","
+                           "\"message_type\":\"test.List\",\"failed_at\":\""),
+             "list --json does not describe 2001:\n%s", c.out);
+    TF_CHECK(tf_matches(c.out, "\"attempts\":3,\"bytes\":2,\"error\":\"boom 2001\"\\}"), "2001's attempts:\n%s", c.out);
+    TF_CHECK(strstr(c.out, "{\"id\":2003,\"message_id\":null,"), "a dead letter without message id:\n%s", c.out);
+    cli_free(&c);
+
+    static const char *const bad[] = {"7x", "0d", "d", "7", "-1d", "1.5h"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        c = CLI(NULL, "dead-letters", "prune", "--older-than", bad[i]);
+        char want[64];
+        snprintf(want, sizeof(want), "--older-than \"%s\" is not a duration", bad[i]);
+        TF_CHECK(c.rc == 2 && strstr(c.err, want) && strstr(c.err, "7d"), "prune --older-than %s: exit %d, "
+                 "stderr: %s", bad[i], c.rc, c.err);
+        cli_free(&c);
+    }
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 3);
+
+    c = CLI(NULL, "dead-letters", "prune", "--older-than", "1d");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^pruned: 1 dead letter$"), "prune 1d: exit %d:\n%s%s", c.rc, c.out, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters WHERE id = 2001")), 0);
+    c = CLI(NULL, "dead-letters", "prune", "--older-than", "30m");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^pruned: 1 dead letter$"), "prune 30m: exit %d:\n%s%s", c.rc, c.out,
+             c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters WHERE id = 2003")), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 1);
+}
+END_TEST
+
+/* retry keeps the message id and the count of attempts; the row gets a new outbox id. */
+START_TEST(test_dead_letters_retry_keeps_message_id_and_attempts) {
+    tf_start_broker("--topic", "ops4.fixed:1", NULL);
+    poison_t bad;
+    insert_poison(&bad, "ops4.fixed", 0);
+    tk_proc_t *relay = start_relay(NULL, NULL);
+    wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 30000);
+    char sql[256];
+    snprintf(sql, sizeof(sql), "%s%lld", tf_q("SELECT attempts FROM @.dead_letters WHERE id = "), bad.id);
+    ck_assert_int_eq(tu_scalar(tf_conn, sql), 1);
+    tk_proc_signal(relay, SIGTERM);
+    TF_CHECK(tk_proc_wait(relay, 15000), "the relay did not exit within 15 s of SIGTERM");
+
+    /* As if it had failed four times. */
+    snprintf(sql, sizeof(sql), "%s%lld", tf_q("UPDATE @.dead_letters SET attempts = 4 WHERE id = "), bad.id);
+    tu_exec(tf_conn, sql);
+    char idbuf[32];
+    snprintf(idbuf, sizeof(idbuf), "%lld", bad.id);
+    cli_t c = CLI(NULL, "dead-letters", "retry", idbuf);
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^moved back to the outbox: 1 dead letter$"), "retry: exit %d:\n%s%s",
+             c.rc, c.out, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 0);
+    snprintf(sql, sizeof(sql), "%s'%s' AND attempts = 4 AND id > %lld",
+             tf_q("SELECT count(*) FROM @.messages WHERE message_id = "), bad.message_id, bad.id);
+    TF_CHECK(tu_scalar(tf_conn, sql) == 1, "the retried row is not in the outbox with its message id, its 4 "
+             "attempts and a new outbox id");
+
+    /* It fails again (its destination is still bad): the same message is dead-lettered again.
+     * With relay/settle.c counting messages.attempts, its attempts are then 5. */
+    start_relay(NULL, NULL);
+    wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 30000);
+    snprintf(sql, sizeof(sql), "%s'%s'", tf_q("SELECT count(*) FROM @.dead_letters WHERE message_id = "),
+             bad.message_id);
+    ck_assert_int_eq(tu_scalar(tf_conn, sql), 1);
+    free(bad.env);
+}
+END_TEST
+
+START_TEST(test_consumer_dead_letters) {
+    tu_exec(tf_conn, tf_q("INSERT INTO @.consumer_dead_letters (consumer, message_id, reason, raw, topic, "
+                          "kafka_partition, kafka_offset, rejected_at) VALUES "
+                          "('g1', 'm-1', 'undecodable', '\\x0102', 'orders', 0, 10, now() - interval '3 days'),"
+                          "('g1', NULL, 'unknown kind', NULL, 'orders', 1, 11, now()),"
+                          "('g1', 'm-3', 'schema major 9', '\\x00', 'orders', 0, 12, now()),"
+                          "('g2', 'm-4', 'undecodable', '\\x00', 'orders', 0, 13, now() - interval '3 days')"));
+    long long id3 = tu_scalar(tf_conn, tf_q("SELECT id FROM @.consumer_dead_letters WHERE message_id = 'm-3'"));
+    long long id4 = tu_scalar(tf_conn, tf_q("SELECT id FROM @.consumer_dead_letters WHERE message_id = 'm-4'"));
+    char id3s[32], id4s[32];
+    snprintf(id3s, sizeof(id3s), "%lld", id3);
+    snprintf(id4s, sizeof(id4s), "%lld", id4);
+
+    cli_t c = CLI(NULL, "consumer-dead-letters", "list");
+    TF_CHECK(c.rc == 2 && strstr(c.err, "--group GROUP"), "list without --group: exit %d, stderr: %s", c.rc, c.err);
+    cli_free(&c);
+
+    c = CLI(NULL, "consumer-dead-letters", "list", "--group", "g1");
+    TF_CHECK(c.rc == 0, "list --group g1: exit %d; stderr:\n%s", c.rc, c.err);
+    TF_CHECK(tf_matches(c.out, "^[0-9]+ +m-1 +orders +0 +10 +.*undecodable$") &&
+             tf_matches(c.out, "^[0-9]+ +- +orders +1 +11 .*unknown kind$") && !strstr(c.out, "m-4") &&
+             tf_matches(c.out, "^\\(3 consumer dead letters of group g1\\)$"), "list --group g1:\n%s", c.out);
+    cli_free(&c);
+
+    c = CLI(NULL, "consumer-dead-letters", "list", "--json", "--group", "g1", "--limit", "1");
+    TF_CHECK(c.rc == 0 && strstr(c.out, "{\"group\":\"g1\",\"total\":3,\"shown\":1,\"consumer_dead_letters\":[{\"id\":") &&
+             strstr(c.out, "\"message_id\":\"m-1\",\"topic\":\"orders\",\"partition\":0,\"offset\":10,"),
+             "list --json --limit 1: exit %d:\n%s", c.rc, c.out);
+    cli_free(&c);
+
+    /* Another group's row is not this group's to drop. */
+    c = CLI(NULL, "consumer-dead-letters", "drop", id4s, "--group", "g1");
+    TF_CHECK(c.rc == 1 && strstr(c.err, id4s) && strstr(c.err, "g1"), "drop g2's row as g1: exit %d, stderr: %s",
+             c.rc, c.err);
+    cli_free(&c);
+    c = CLI(NULL, "consumer-dead-letters", "drop", "--all", "--group", "g1");
+    TF_CHECK(c.rc == 2 && strstr(c.err, "--yes"), "drop --all without --yes: exit %d, stderr: %s", c.rc, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters")), 4);
+
+    c = CLI(NULL, "consumer-dead-letters", "prune", "--older-than", "2d", "--group", "g1");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^pruned: 1 consumer dead letter$"), "prune: exit %d:\n%s%s", c.rc,
+             c.out, c.err);
+    cli_free(&c);
+    c = CLI(NULL, "consumer-dead-letters", "drop", id3s, "--group", "g1");
+    TF_CHECK(c.rc == 0 && tf_matches(c.out, "^dropped: 1 consumer dead letter$"), "drop: exit %d:\n%s%s", c.rc,
+             c.out, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters WHERE consumer = 'g1'")), 1);
+    c = CLI(NULL, "consumer-dead-letters", "drop", "--all", "--yes", "--group", "g1");
+    TF_CHECK(c.rc == 0, "drop --all --yes: exit %d:\n%s", c.rc, c.err);
+    cli_free(&c);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters WHERE consumer = 'g1'")), 0);
+    /* The other group's, old as it is, stays. */
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters WHERE consumer = 'g2'")), 1);
 }
 END_TEST
 
@@ -802,7 +1124,8 @@ static const char *sqlstate_of(PGconn *c, const char *sql) {
     return state;
 }
 
-START_TEST(test_least_privilege_roles) {
+/* Creates the three roles with `outbox-relay grants ... | psql`, as the schema's owner. */
+static void apply_grants(void) {
     snprintf(role_w, sizeof(role_w), "ops_writer_%d", (int)getpid());
     snprintf(role_r, sizeof(role_r), "ops_relay_%d", (int)getpid());
     snprintf(role_c, sizeof(role_c), "ops_consumer_%d", (int)getpid());
@@ -819,6 +1142,122 @@ START_TEST(test_least_privilege_roles) {
              PQresultErrorMessage(res), grants);
     PQclear(res);
     free(grants);
+}
+
+static char *role_conninfo(const char *role) {
+    char *ci;
+    ck_assert(asprintf(&ci, "%s user=%s", getenv("OUTBOX_TEST_PG"), role) > 0);
+    return ci;
+}
+
+/* What a service does at start-up, as each role: outbox_migrate() and outbox_schema_version() on
+ * a current schema only read, so they work for every role; an older schema needs the owner, and
+ * the error says so; the relay's role runs every operator verb of outbox-relay. */
+START_TEST(test_each_role_starts_up) {
+    apply_grants();
+    const char *roles[3] = {role_w, role_r, role_c};
+    char *cis[3];
+    PGconn *conns[3];
+    outbox_t *obs[3];
+    for (int k = 0; k < 3; k++) {
+        cis[k] = role_conninfo(roles[k]);
+        conns[k] = PQconnectdb(cis[k]);
+        TF_CHECK(PQstatus(conns[k]) == CONNECTION_OK, "connecting as %s: %s", roles[k], PQerrorMessage(conns[k]));
+        char err[256];
+        outbox_conf_t *conf = outbox_conf_new();
+        ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
+        ck_assert_ptr_nonnull(obs[k] = outbox_new(conf, err, sizeof(err)));
+        int v = -1;
+        TF_CHECK(outbox_schema_version(obs[k], conns[k], &v) == OUTBOX_OK && v == OUTBOX_SCHEMA_VERSION,
+                 "outbox_schema_version as %s: %d, %s", roles[k], v, outbox_errmsg(obs[k]));
+        TF_CHECK(outbox_migrate(obs[k], conns[k]) == OUTBOX_OK, "outbox_migrate as %s on a current schema: %s",
+                 roles[k], outbox_errmsg(obs[k]));
+        ck_assert_int_eq(PQtransactionStatus(conns[k]), PQTRANS_IDLE);
+        tu_exec(conns[k], "BEGIN");
+        TF_CHECK(outbox_migrate(obs[k], conns[k]) == OUTBOX_OK, "outbox_migrate as %s in a transaction: %s",
+                 roles[k], outbox_errmsg(obs[k]));
+        tu_exec(conns[k], "COMMIT");
+    }
+    /* `migrate` as the relay's role on a current schema is a check. */
+    cli_t c = CLI(cis[1], "migrate");
+    TF_CHECK(c.rc == 0 && strstr(c.out, "already current"), "migrate as %s: exit %d:\n%s%s", role_r, c.rc, c.out,
+             c.err);
+    cli_free(&c);
+
+    /* Back to version 1, as a library upgrade finds it: only the owner may migrate. */
+    tu_exec(tf_conn, tf_q("ALTER TABLE @.messages DROP COLUMN attempts; DELETE FROM @.schema_version WHERE version > 1"));
+    for (int k = 0; k < 3; k++) {
+        outbox_err_t e = outbox_migrate(obs[k], conns[k]);
+        const char *msg = outbox_errmsg(obs[k]);
+        TF_CHECK(e == OUTBOX_ERR_SCHEMA && strstr(msg, roles[k]) && strstr(msg, "outbox-relay migrate") &&
+                 strstr(msg, "owner") && strstr(msg, "version 1") && strstr(msg, "permission denied"),
+                 "outbox_migrate as %s on version 1: %d, %s", roles[k], e, msg);
+        ck_assert_int_eq(PQtransactionStatus(conns[k]), PQTRANS_IDLE);
+    }
+    c = CLI(cis[1], "migrate");
+    TF_CHECK(c.rc == 1 && strstr(c.err, role_r) && strstr(c.err, "owner"), "migrate as %s on version 1: exit %d, "
+             "stderr: %s", role_r, c.rc, c.err);
+    cli_free(&c);
+    c = CLI(NULL, "migrate");
+    TF_CHECK(c.rc == 0 && strstr(c.out, "migrated from version 1"), "migrate as the owner: exit %d:\n%s%s", c.rc,
+             c.out, c.err);
+    cli_free(&c);
+    for (int k = 0; k < 3; k++)
+        TF_CHECK(outbox_migrate(obs[k], conns[k]) == OUTBOX_OK, "outbox_migrate as %s once migrated: %s", roles[k],
+                 outbox_errmsg(obs[k]));
+
+    /* The relay's role runs status and every dead-letter verb. */
+    tu_exec(tf_conn, tf_q("INSERT INTO @.dead_letters (id, message_id, destination, envelope, created_at, error, "
+                          "failed_at) VALUES (3001, gen_random_uuid(), 'ops6.x', '\\x00', now(), 'e', now()), "
+                          "(3002, gen_random_uuid(), 'ops6.x', '\\x00', now(), 'e', now()), "
+                          "(3003, gen_random_uuid(), 'ops6.x', '\\x00', now(), 'e', now() - interval '9 days');"
+                          "INSERT INTO @.consumer_dead_letters (consumer, reason, rejected_at) VALUES "
+                          "('g', 'r', now()), ('g', 'r', now() - interval '9 days')"));
+    long long cid = tu_scalar(tf_conn, tf_q("SELECT min(id) FROM @.consumer_dead_letters")); /* the recent one */
+    char cids[32];
+    snprintf(cids, sizeof(cids), "%lld", cid);
+    const char *const verbs[][8] = {
+        {"status", NULL},
+        {"dead-letters", "list", NULL},
+        {"dead-letters", "retry", "3001", NULL},
+        {"dead-letters", "drop", "3002", NULL},
+        {"dead-letters", "prune", "--older-than", "1d", NULL},
+        {"consumer-dead-letters", "list", "--group", "g", NULL},
+        {"consumer-dead-letters", "prune", "--older-than", "1d", "--group", "g", NULL},
+        {"consumer-dead-letters", "drop", cids, "--group", "g", NULL},
+    };
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
+        c = cli_run(cis[1], verbs[i]);
+        TF_CHECK(c.rc == 0 && !strstr(c.err, "permission denied"), "%s %s as %s: exit %d, stderr: %s", verbs[i][0],
+                 verbs[i][1] ? verbs[i][1] : "", role_r, c.rc, c.err);
+        cli_free(&c);
+    }
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages")), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters")), 0);
+
+    /* The writer's role may not: the error says which role may. */
+    tu_exec(tf_conn, tf_q("INSERT INTO @.dead_letters (id, destination, envelope, created_at, error) VALUES "
+                          "(3004, 'ops6.x', '\\x00', now(), 'e')"));
+    c = CLI(cis[0], "dead-letters", "retry", "3004");
+    TF_CHECK(c.rc == 1 && strstr(c.err, "permission denied") && strstr(c.err, "relay's role"),
+             "retry as the writer: exit %d, stderr: %s", c.rc, c.err);
+    cli_free(&c);
+
+    for (int k = 0; k < 3; k++) {
+        outbox_destroy(obs[k]);
+        PQfinish(conns[k]);
+        free(cis[k]);
+    }
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_stat_activity WHERE usename IN ('%s', '%s', '%s')", role_w,
+             role_r, role_c);
+    wait_count(sql, 0, 10000);
+}
+END_TEST
+
+START_TEST(test_least_privilege_roles) {
+    apply_grants();
 
     /* The writer adds messages in its own transaction, and can do nothing else to the outbox. */
     char *ci_w, *ci_r;
@@ -976,12 +1415,23 @@ static Suite *ops_suite(void) {
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_status_reports_backlog_dead_letters_and_leader);
     tcase_add_test(tc, test_dead_letters_list_retry_drop);
+    tcase_add_test(tc, test_dead_letters_limit_json_prune);
+    tcase_add_test(tc, test_dead_letters_retry_keeps_message_id_and_attempts);
+    tcase_add_test(tc, test_consumer_dead_letters);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("signals");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_signal_ends_blocked_admin_verbs);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("cli");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 90);
+    tcase_add_test(tc, test_status_names_the_leader_relay);
+    tcase_add_test(tc, test_run_needs_bootstrap_servers);
+    tcase_add_test(tc, test_help_lists_every_key_and_verb);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("install");
@@ -994,6 +1444,7 @@ static Suite *ops_suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_least_privilege_roles);
+    tcase_add_test(tc, test_each_role_starts_up);
     tcase_add_test(tc, test_no_password_in_logs);
     suite_add_tcase(s, tc);
     return s;

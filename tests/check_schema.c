@@ -134,6 +134,74 @@ START_TEST(test_hostile_schema_name_is_quoted) {
 }
 END_TEST
 
+/* A schema at version 1, as an older liboutbox left it: version 2 added messages.attempts. */
+static void downgrade_to_1(PGconn *conn, const char *schema) {
+    char sql[512];
+    snprintf(sql, sizeof(sql), "ALTER TABLE \"%s\".messages DROP COLUMN attempts; "
+             "DELETE FROM \"%s\".schema_version WHERE version > 1", schema, schema);
+    tu_exec(conn, sql);
+}
+
+/* A service's role may not create anything; on a current schema outbox_migrate() must only read,
+ * so it succeeds even in a read-only session, idle or inside the caller's transaction. */
+START_TEST(test_current_schema_is_only_checked) {
+    PGconn *conn = tu_connect();
+    char *schema = tu_schema_name("t_migro");
+    outbox_t *ob = writer_for(schema);
+    ck_assert_msg(outbox_migrate(ob, conn) == OUTBOX_OK, "%s", outbox_errmsg(ob));
+    tu_exec(conn, "SET default_transaction_read_only = on");
+    ck_assert_msg(outbox_migrate(ob, conn) == OUTBOX_OK, "a current schema, read-only session: %s",
+                  outbox_errmsg(ob));
+    ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_IDLE);
+    tu_exec(conn, "BEGIN");
+    ck_assert_msg(outbox_migrate(ob, conn) == OUTBOX_OK, "inside a read-only transaction: %s", outbox_errmsg(ob));
+    ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_INTRANS);
+    tu_exec(conn, "ROLLBACK");
+    int v = -1;
+    ck_assert_msg(outbox_schema_version(ob, conn, &v) == OUTBOX_OK, "%s", outbox_errmsg(ob));
+    ck_assert_int_eq(v, OUTBOX_SCHEMA_VERSION);
+
+    /* An older schema needs a migration, which a read-only session cannot run: the error says so
+     * and leaves the connection idle. */
+    tu_exec(conn, "SET default_transaction_read_only = off");
+    downgrade_to_1(conn, schema);
+    tu_exec(conn, "SET default_transaction_read_only = on");
+    ck_assert_int_ne(outbox_migrate(ob, conn), OUTBOX_OK);
+    ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_IDLE);
+    ck_assert_msg(strstr(outbox_errmsg(ob), "read-only"), "the error does not give the cause: %s", outbox_errmsg(ob));
+    tu_exec(conn, "SET default_transaction_read_only = off");
+    outbox_destroy(ob);
+    free(schema);
+    PQfinish(conn);
+}
+END_TEST
+
+/* Version 1 to 2 keeps the queued rows; they have no failed attempts behind them. */
+START_TEST(test_upgrade_from_version_1_keeps_rows) {
+    PGconn *conn = tu_connect();
+    char *schema = tu_schema_name("t_migup");
+    outbox_t *ob = writer_for(schema);
+    ck_assert_msg(outbox_migrate(ob, conn) == OUTBOX_OK, "%s", outbox_errmsg(ob));
+    downgrade_to_1(conn, schema);
+    char sql[512];
+    snprintf(sql, sizeof(sql), "INSERT INTO \"%s\".messages (message_id, destination, message_type, envelope) "
+             "VALUES (gen_random_uuid(), 'orders', 't', '\\x00')", schema);
+    tu_exec(conn, sql);
+    int v = -1;
+    ck_assert_int_eq(outbox_schema_version(ob, conn, &v), OUTBOX_OK);
+    ck_assert_int_eq(v, 1);
+    ck_assert_msg(outbox_migrate(ob, conn) == OUTBOX_OK, "%s", outbox_errmsg(ob));
+    ck_assert_int_eq(outbox_schema_version(ob, conn, &v), OUTBOX_OK);
+    ck_assert_int_eq(v, OUTBOX_SCHEMA_VERSION);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".messages WHERE destination = 'orders' "
+             "AND attempts IS NULL", schema);
+    ck_assert_int_eq(tu_scalar(conn, sql), 1);
+    outbox_destroy(ob);
+    free(schema);
+    PQfinish(conn);
+}
+END_TEST
+
 START_TEST(test_newer_schema_refused) {
     PGconn *conn = tu_connect();
     char *schema = tu_schema_name("t_new");
@@ -160,6 +228,8 @@ static Suite *schema_suite(void) {
     tcase_add_test(tc, test_migrate_concurrently);
     tcase_add_test(tc, test_hostile_schema_name_is_quoted);
     tcase_add_test(tc, test_newer_schema_refused);
+    tcase_add_test(tc, test_current_schema_is_only_checked);
+    tcase_add_test(tc, test_upgrade_from_version_1_keeps_rows);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -295,7 +295,7 @@ OUTBOX_API outbox_err_t outbox_send_batch(outbox_t *ob, PGconn *conn, const outb
 /* Schema                                                                                      */
 
 /** The schema version this library creates and expects. */
-#define OUTBOX_SCHEMA_VERSION 1
+#define OUTBOX_SCHEMA_VERSION 2
 
 /**
  * Creates or upgrades the outbox tables in schema outbox.schema, idempotently and safely when
@@ -303,12 +303,17 @@ OUTBOX_API outbox_err_t outbox_send_batch(outbox_t *ob, PGconn *conn, const outb
  * runs and commits its own transaction; inside the caller's transaction block it runs there and
  * leaves the commit to the caller.  OUTBOX_ERR_SCHEMA_TOO_NEW if the database has a newer schema;
  * OUTBOX_ERR_TRANSACTION_ABORTED if conn's transaction has already failed.
+ * On a schema already at OUTBOX_SCHEMA_VERSION it only reads <schema>.schema_version (SELECT, which
+ * `outbox-relay grants` gives every role), so any role may call it at start-up; an actual migration
+ * needs the schema's owner (or a role that may create it), and a role that may not gets
+ * OUTBOX_ERR_SCHEMA with a message naming the role and saying to run `outbox-relay migrate` as the owner.
  */
 OUTBOX_API outbox_err_t outbox_migrate(outbox_t *ob, PGconn *conn);
 
 /**
  * The schema version recorded in the database (0 when the outbox schema does not exist) in
- * *version.  Reads only; needs no transaction.
+ * *version.  Reads only (SELECT on <schema>.schema_version, granted to every role by
+ * `outbox-relay grants`); needs no transaction.
  */
 OUTBOX_API outbox_err_t outbox_schema_version(outbox_t *ob, PGconn *conn, int *version);
 
