@@ -61,8 +61,12 @@ static void on_notice(void *arg, const char *message) {
 PGconn *relay_connect_quiet(relay_t *r, char *err, size_t err_size) {
     int64_t stmt_ms = outbox_conf_int(r->conf, "relay.statement.timeout.ms");
     outbox_pg_limits_t lim = limits(r, 0);
-    PGconn *pg = outbox_pg_connect(r->conninfo, outbox_conf_str(r->conf, "relay.application.name"),
-                                   &lim, err, err_size);
+    /* The relay's own pid and host ride along, so that `status` can name the leader process. */
+    char app[128], host[64] = "";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(app, sizeof(app), "%s pid=%d host=%s", outbox_conf_str(r->conf, "relay.application.name"),
+             (int)getpid(), *host ? host : "unknown");
+    PGconn *pg = outbox_pg_connect(r->conninfo, app, &lim, err, err_size);
     if (!pg)
         return NULL; /* libpq's message names host and port but never the password */
     PQsetNoticeProcessor(pg, on_notice, r);
@@ -188,6 +192,33 @@ static bool prepare_statements(relay_t *r, const char *const *stmts, char *what,
     return true;
 }
 
+/* Whether the schema is at the version this relay was built for: an older one lacks columns
+ * its statements use.  On false, what and err say why and the session is closed. */
+static bool schema_current(relay_t *r, char *what, size_t what_size, char *err, size_t err_size) {
+    char sql[256], hint[256];
+    snprintf(sql, sizeof(sql), "SELECT coalesce(max(version), 0) FROM %s.schema_version", r->schema_q);
+    PGresult *res = outbox_pg_exec(r->session.pg, &r->session.stmt_lim, sql, 0, NULL, NULL, NULL, 0, err,
+                                   err_size);
+    int version = PQresultStatus(res) == PGRES_TUPLES_OK ? atoi(PQgetvalue(res, 0, 0)) : -1;
+    if (version < 0) {
+        relay_setup_hint(r, res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL, hint, sizeof(hint));
+        outbox_snprintf(what, what_size, "cannot read the schema's version%s%s", *hint ? ": " : "", hint);
+        if (res)
+            outbox_snprintf(err, err_size, "%s", PQresultErrorMessage(res));
+    } else if (version < OUTBOX_SCHEMA_VERSION) {
+        outbox_snprintf(what, what_size, "schema %s is at version %d, this relay needs %d: run "
+                        "outbox-relay migrate as its owner", r->schema_q, version, OUTBOX_SCHEMA_VERSION);
+        outbox_snprintf(err, err_size, "schema version %d < %d", version, OUTBOX_SCHEMA_VERSION);
+    }
+    PQclear(res);
+    if (version >= OUTBOX_SCHEMA_VERSION)
+        return true;
+    PQfinish(r->session.pg);
+    r->session.pg = NULL;
+    atomic_store(&r->metrics.pg_ok, 0);
+    return false;
+}
+
 /* A failed connect or setup: logged when it starts and then every REMIND_EVERY_MS, not at every
  * attempt; then the backoff. */
 static void session_failed(relay_t *r, const char *what, const char *err) {
@@ -221,7 +252,8 @@ static bool session_connect(relay_t *r, const char *const *prepare) {
         return false;
     }
     char what[512];
-    if (!prepare_statements(r, prepare, what, sizeof(what), err, sizeof(err))) {
+    if (!schema_current(r, what, sizeof(what), err, sizeof(err)) ||
+        !prepare_statements(r, prepare, what, sizeof(what), err, sizeof(err))) {
         session_failed(r, what, err);
         return false;
     }

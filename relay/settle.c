@@ -25,8 +25,10 @@ void settle_build_sql(relay_t *r) {
              " dead AS (DELETE FROM %s.messages m USING unnest($3::bigint[], $4::text[]) AS f(id, err)"
              "  WHERE m.id = f.id RETURNING m.*, f.err)"
              " INSERT INTO %s.dead_letters (id, message_id, destination, partition_key, message_type,"
-             "  envelope, created_at, error)"
-             " SELECT id, message_id, destination, partition_key, message_type, envelope, created_at, err"
+             "  envelope, created_at, error, attempts)"
+             /* a retried dead letter brings its count along in messages.attempts */
+             " SELECT id, message_id, destination, partition_key, message_type, envelope, created_at, err,"
+             "  coalesce(attempts, 0) + 1"
              " FROM dead ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now(),"
              "  attempts = %s.dead_letters.attempts + 1", s, s, s, s);
 }

@@ -798,13 +798,17 @@ START_TEST(test_dead_letters_retry_keeps_message_id_and_attempts) {
     TF_CHECK(tu_scalar(tf_conn, sql) == 1, "the retried row is not in the outbox with its message id, its 4 "
              "attempts and a new outbox id");
 
-    /* It fails again (its destination is still bad): the same message is dead-lettered again.
-     * With relay/settle.c counting messages.attempts, its attempts are then 5. */
+    /* It fails again (its destination is still bad): the same message is dead-lettered again, and
+     * its attempts go on from 4 to 5. */
     start_relay(NULL, NULL);
     wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 30000);
     snprintf(sql, sizeof(sql), "%s'%s'", tf_q("SELECT count(*) FROM @.dead_letters WHERE message_id = "),
              bad.message_id);
     ck_assert_int_eq(tu_scalar(tf_conn, sql), 1);
+    snprintf(sql, sizeof(sql), "%s'%s'", tf_q("SELECT attempts FROM @.dead_letters WHERE message_id = "),
+             bad.message_id);
+    TF_CHECK(tu_scalar(tf_conn, sql) == 5, "a retried dead letter that failed again counts %lld attempts, "
+             "expected 5", tu_scalar(tf_conn, sql));
     free(bad.env);
 }
 END_TEST

@@ -410,9 +410,9 @@ static void check_procs(void) {
 
 /* Which relay holds the leader lock (index), or -1 while none does. */
 static int leader(void) {
-    PGresult *r = mon_exec("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                           " WHERE l.locktype = 'advisory' AND l.granted"
-                           " AND a.application_name IN ('relay-a', 'relay-b')",
+    PGresult *r = mon_exec("SELECT split_part(a.application_name, ' ', 1) FROM pg_locks l"
+                           " JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+                           " AND split_part(a.application_name, ' ', 1) IN ('relay-a', 'relay-b')",
                            0, NULL);
     int who = -1;
     if (PQntuples(r) == 1)
@@ -571,7 +571,7 @@ static void run_fault(fault_t *f) {
         break;
     case F_BACKEND_TERMINATED: {
         long long n = mon_scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                                 " WHERE application_name IN ('relay-a', 'relay-b')",
+                                 " WHERE split_part(application_name, ' ', 1) IN ('relay-a', 'relay-b')",
                                  0, NULL);
         snprintf(f->detail, sizeof(f->detail), "%lld sessions", n);
         break;
