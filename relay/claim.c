@@ -22,6 +22,12 @@
 /* A claim probes at most about this many id ranges (one index probe each); past it, ranges
  * separated only by settled ids are merged, and the claim steps over those deleted rows. */
 #define CLAIM_RANGES_MAX 256
+/* While open outbox writers have held the floor this long, claims step over the low ids a full
+ * claim found empty (deleted rows a long transaction keeps from VACUUM, walked at every claim
+ * otherwise), and look there again only every GAP_REPROBE_MS: a late commit down there is then
+ * published up to that much later.  A floor that rises normally never waits this long. */
+#define LOW_SKIP_AFTER_MS 500
+#define GAP_REPROBE_MS 1000
 /* Columns of a claimed row, in this order. */
 #define CLAIM_COLUMNS "id, destination, partition_key, envelope, message_id, message_type, created_at"
 enum { COL_ID, COL_DEST, COL_KEY, COL_ENVELOPE, COL_MESSAGE_ID, COL_TYPE, COL_CREATED };
@@ -70,36 +76,60 @@ static void statements(const relay_t *r, const char *out[STATEMENTS_MAX]) {
     out[n] = NULL;
 }
 
-/* The claim's parameters: the ranges between in-flight ids (freed by the caller), the batch
- * size and the id from which every row may be taken.  -1 when out of memory. */
-static int claim_params(relay_t *r, char limit[16], char from[24], char **lo, char **hi) {
+/* Plans a claim and writes its parameters: the ranges between in-flight and settled ids (freed
+ * by the caller), the batch size and the id from which every row may be taken.  -1 when out of
+ * memory. */
+static int claim_params(relay_t *r, claim_plan_t *plan, char limit[16], char from[24], char **lo,
+                        char **hi) {
+    const relay_floor_t *f = &r->floor;
+    const relay_claim_t *c = &r->claim;
+    int64_t now = outbox_mono_ms();
+    *plan = (claim_plan_t){.start = f->floor, .at_ms = now, .gen = f->gen, .full = true,
+                           .floor_ok = f->settled};
+    if (c->low_gen == f->gen && c->low_empty >= f->floor && f->vxids && !f->settled &&
+        now - f->listed_ms >= LOW_SKIP_AFTER_MS && now - c->low_probed_ms < GAP_REPROBE_MS) {
+        plan->start = c->low_empty + 1;
+        plan->full = false;
+    }
     size_t n;
-    int64_t top, *ids = batch_sorted_ids(r->inflight, r->inflight_cnt, false, &n);
+    int64_t *ids = batch_sorted_ids(r->inflight, r->inflight_cnt, false, &n);
     if (!ids)
         return -1;
-    int rc = idr_gaps(ids, n, &r->floor.done, r->floor.floor, CLAIM_RANGES_MAX, lo, hi, &top);
+    int rc = idr_gaps(ids, n, &f->done, plan->start, CLAIM_RANGES_MAX, lo, hi, &plan->top);
     free(ids);
     if (rc)
         return -1;
     snprintf(limit, 16, "%d", r->set.batch_size);
-    snprintf(from, 24, "%lld", (long long)top);
+    snprintf(from, 24, "%lld", (long long)plan->top);
     return 0;
+}
+
+/* A claim's answer: below its first row (or its top, when it found none) nothing was visible
+ * from where it started. */
+static void low_update(relay_t *r, const claim_plan_t *plan, int64_t first) {
+    relay_claim_t *c = &r->claim;
+    if (plan->gen != r->floor.gen)
+        return;
+    if (plan->full) {
+        c->low_empty = first - 1;
+        c->low_probed_ms = plan->at_ms;
+        c->low_gen = plan->gen;
+    } else if (c->low_gen == plan->gen && first - 1 > c->low_empty) {
+        c->low_empty = first - 1; /* from the floor up, empty as of the older look */
+    }
 }
 
 /* Sends the next claim without waiting for its rows: PostgreSQL looks them up while the relay
  * produces the batch just claimed, and they skip every id in flight now, that batch's too. */
 static void claim_send(relay_t *r) {
     char limit[16], from[24], *lo, *hi;
-    if (claim_params(r, limit, from, &lo, &hi))
+    if (claim_params(r, &r->claim.ahead, limit, from, &lo, &hi))
         return;
     const char *params[4] = {lo, hi, limit, from};
-    if (PQsendQueryPrepared(r->session.pg, "outbox_claim", 4, params, NULL, NULL, 1)) {
+    if (PQsendQueryPrepared(r->session.pg, "outbox_claim", 4, params, NULL, NULL, 1))
         r->claim.sent = true;
-        r->claim.gen = r->floor.gen;
-        r->claim.floor_ok = r->floor.settled;
-    } else {
+    else
         session_drop(r, PQerrorMessage(r->session.pg));
-    }
     free(lo);
     free(hi);
 }
@@ -122,26 +152,28 @@ static void res_free(void *res) {
  * floor_advance whether the floor may rise on this claim. */
 static int claim(relay_t *r, batch_t **out, bool *settled) {
     PGresult *res = r->claim.res;
+    claim_plan_t plan = r->claim.ahead;
     r->claim.res = NULL;
-    *settled = r->claim.floor_ok;
-    if (res && r->claim.gen != r->floor.gen) {
+    if (res && plan.gen != r->floor.gen) {
         PQclear(res);
         res = NULL;
     }
     if (!res) {
         char limit[16], from[24], *lo, *hi;
-        if (claim_params(r, limit, from, &lo, &hi))
+        if (claim_params(r, &plan, limit, from, &lo, &hi))
             return -1;
         const char *params[4] = {lo, hi, limit, from};
-        *settled = r->floor.settled;
         res = session_exec(r, "outbox_claim", 4, params, 1, PGRES_TUPLES_OK, "claiming a batch");
         free(lo);
         free(hi);
         if (!res)
             return -1;
     }
+    /* Only a claim from the floor itself may raise it (floor.c's step 2 needs every id). */
+    *settled = plan.floor_ok && plan.full;
     int n = PQntuples(res);
     if (n == 0) {
+        low_update(r, &plan, plan.top);
         PQclear(res);
         return 0;
     }
@@ -169,6 +201,7 @@ static int claim(relay_t *r, batch_t **out, bool *settled) {
             row->timestamp_ms = (int64_t)be64toh(be) / 1000 + PG_EPOCH_UNIX_MS;
         }
     }
+    low_update(r, &plan, b->ids[0]);
     *out = b;
     return n;
 }

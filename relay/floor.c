@@ -162,6 +162,9 @@ void floor_advance(relay_t *r, const batch_t *b, int got, bool settled) {
     f->cand = b->ids[got - 1];
     f->next_ms = now + FLOOR_QUERY_EVERY_MS;
     f->listed_ms = now;
+    /* No writer (and no prepared one) at all: they have all ended already, and the next claim
+     * may raise the floor without waiting for a check. */
+    f->settled = f->vxids && !strcmp(f->vxids, "{}");
     PQclear(res);
 }
 
