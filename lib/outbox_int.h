@@ -116,6 +116,7 @@ struct outbox_message_s {
     char *correlation_id;
     char *reply_to;
     int64_t created_at_us;
+    char *errmsg; /* why the last setter call refused (NULL: it did not); outbox_message_errmsg() */
 };
 
 /* ---- envelope scan (envscan.c) ---- */

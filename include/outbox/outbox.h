@@ -205,26 +205,44 @@ OUTBOX_API outbox_err_t outbox_message_create(outbox_message_t **out, outbox_kin
                                               const char *destination, const char *type,
                                               char *errstr, size_t errstr_size);
 
+/* Setters.  Each copies its arguments and returns OUTBOX_OK, OUTBOX_ERR_INVALID_ARG (the value is
+ * refused, m unchanged) or OUTBOX_ERR_NOMEM.  A refusal writes why into m, for
+ * outbox_message_errmsg(): the function, the argument, the value and what to pass instead.
+ * A NULL m is OUTBOX_ERR_INVALID_ARG with no message (there is no handle to keep it). */
+
 /** Sets the partition key (the aggregate id: same key, same partition, order kept).  Copied.
- *  len 0 clears it (the relay then lets the partitioner spread messages). */
+ *  len 0 clears it (the relay then lets the partitioner spread messages).
+ *  Refused: key NULL with len > 0; a len above PTRDIFF_MAX (a negative size converted). */
 OUTBOX_API outbox_err_t outbox_message_set_key(outbox_message_t *m, const void *key, size_t len);
 
-/** Sets the payload, copied.  len may be 0.  key/payload NULL with len > 0, or a len above PTRDIFF_MAX
- *  (a negative size converted), is OUTBOX_ERR_INVALID_ARG. */
+/** Sets the payload, copied.  len may be 0.  Refused as outbox_message_set_key(). */
 OUTBOX_API outbox_err_t outbox_message_set_payload(outbox_message_t *m, const void *payload, size_t len);
 
-/** Sets (or replaces) a string header, both copied and both UTF-8 (proto3 strings).  The names "id",
- *  "type" and "kind" are reserved for the Kafka headers the relay adds (OUTBOX_ERR_INVALID_ARG). */
+/** Sets (or replaces) a string header, both copied.  Refused: a NULL or empty name, a NULL value,
+ *  a name or value that is not UTF-8 (proto3 strings), and the names "id", "type" and "kind",
+ *  reserved for the Kafka headers the relay adds. */
 OUTBOX_API outbox_err_t outbox_message_set_header(outbox_message_t *m, const char *name, const char *value);
 
-/** Sets the payload's semantic schema version, "MAJOR.MINOR" (digits only, e.g. "2.1"). */
+/** Sets the payload's semantic schema version.  Refused unless "MAJOR.MINOR" with 1 to 9 digits
+ *  each (e.g. "2.1"). */
 OUTBOX_API outbox_err_t outbox_message_set_schema_version(outbox_message_t *m, const char *major_minor);
 
-/** Sets the correlation id (for a REPLY: the command's id), UTF-8.  Copied. */
+/** Sets the correlation id (for a REPLY: the command's id).  Copied.  Refused: NULL, not UTF-8. */
 OUTBOX_API outbox_err_t outbox_message_set_correlation_id(outbox_message_t *m, const char *id);
 
-/** Sets the reply channel (for a COMMAND), a valid Kafka topic name.  Copied. */
+/** Sets the reply channel (for a COMMAND).  Copied.  Refused: NULL, or not a valid Kafka topic
+ *  name ([a-zA-Z0-9._-], 1 to 249 characters, not "." or ".."). */
 OUTBOX_API outbox_err_t outbox_message_set_reply_to(outbox_message_t *m, const char *channel);
+
+/**
+ * Why the last setter call on m refused its arguments, e.g.
+ * "outbox_message_set_header: name \"id\" is reserved (...); choose another name, e.g. \"x-id\"";
+ * "" when that call succeeded or no setter was called yet.  Each setter call replaces it (as
+ * libpq's PQerrorMessage() does per connection).  Borrowed: valid until the next setter call on m
+ * or its destruction.  Reading it needs the same exclusive access as the setters.  A NULL m gives
+ * a static message.
+ */
+OUTBOX_API const char *outbox_message_errmsg(const outbox_message_t *m);
 
 /** Frees a message.  NULL is a no-op. */
 OUTBOX_API void outbox_message_destroy(outbox_message_t *m);
