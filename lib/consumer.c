@@ -564,6 +564,10 @@ static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, o
         return OUTBOX_OK;
     }
     outbox_message_t *msg = v.msg;
+    /* Borrowed from the record, which outlives the handler call (outbox_message_kafka_topic). */
+    msg->kafka_topic = rd_kafka_topic_name(m->rkt);
+    msg->kafka_partition = m->partition;
+    msg->kafka_offset = m->offset;
     PGresult *res = begin_and_record(c, msg->id);
     if (!res) {
         outbox_message_destroy(msg);

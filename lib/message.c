@@ -38,6 +38,8 @@ static outbox_message_t *message_alloc(const char *destination, const char *type
         return NULL;
     }
     strcpy(m->schema_version, "1.0");
+    m->kafka_partition = -1;
+    m->kafka_offset = -1;
     return m;
 }
 
@@ -326,6 +328,18 @@ const char *outbox_message_errmsg(const outbox_message_t *m) {
     if (!m)
         return "message is NULL";
     return m->errmsg ? m->errmsg : "";
+}
+
+const char *outbox_message_kafka_topic(const outbox_message_t *m) {
+    return m ? (m->kafka_topic ? m->kafka_topic : "") : NULL;
+}
+
+int32_t outbox_message_kafka_partition(const outbox_message_t *m) {
+    return m ? m->kafka_partition : -1;
+}
+
+int64_t outbox_message_kafka_offset(const outbox_message_t *m) {
+    return m ? m->kafka_offset : -1;
 }
 
 const char *outbox_message_id(const outbox_message_t *m) {

@@ -943,6 +943,55 @@ START_TEST(test_dedup_wait_past_pg_timeout_drops_session_and_redelivers_once) {
 }
 END_TEST
 
+/* ---- a6. the record a message came from, in the handler ------------------------------------- */
+
+typedef struct {
+    int calls;
+    char id[2][37];
+    char topic[2][64];
+    int32_t partition[2];
+    int64_t offset[2];
+} recseen_t;
+
+static outbox_handler_result_t record_handler(const outbox_message_t *msg, PGconn *conn, void *opaque) {
+    (void)conn;
+    recseen_t *r = opaque;
+    if (r->calls < 2) {
+        snprintf(r->id[r->calls], sizeof(r->id[0]), "%s", outbox_message_id(msg));
+        snprintf(r->topic[r->calls], sizeof(r->topic[0]), "%s", outbox_message_kafka_topic(msg));
+        r->partition[r->calls] = outbox_message_kafka_partition(msg);
+        r->offset[r->calls] = outbox_message_kafka_offset(msg);
+    }
+    r->calls++;
+    return OUTBOX_HANDLER_OK;
+}
+
+START_TEST(test_handler_sees_topic_partition_and_offset) {
+    start_broker("--topic", "tr.events:3", NULL);
+    sent_t s[2];
+    produce_cmd(&s[0], "tr.events", "acct-1", "ok");
+    produce_cmd(&s[1], "tr.events", "acct-2", "ok");
+    flush_produced();
+    recseen_t r = {0};
+    outbox_consumer_t *c = inproc_consumer("tr", "tr.events");
+    int64_t deadline = tk_now_ms() + 30000;
+    while (r.calls < 2 && tk_now_ms() < deadline)
+        ck_assert_msg(outbox_consumer_poll(c, record_handler, &r, 200) == OUTBOX_OK, "poll: %s",
+                      outbox_consumer_errmsg(c));
+    outbox_consumer_destroy(c);
+    ck_assert_int_eq(r.calls, 2);
+    for (int i = 0; i < 2; i++) {
+        const sent_t *want = !strcmp(r.id[i], s[0].id) ? &s[0] : &s[1];
+        ck_assert_str_eq(r.id[i], want->id);
+        ck_assert_str_eq(r.topic[i], "tr.events");
+        ck_assert_int_eq(r.partition[i], want->partition);
+        ck_assert_int_eq(r.offset[i], want->offset);
+    }
+    free(s[0].env);
+    free(s[1].env);
+}
+END_TEST
+
 static Suite *consumer_suite(void) {
     Suite *s = suite_create("consumer");
     TCase *tc = tcase_create("once");
@@ -970,6 +1019,7 @@ static Suite *consumer_suite(void) {
     tcase_add_test(tc, test_kafka_logs_arrive_on_the_polling_thread);
     tcase_add_test(tc, test_connect_to_a_silent_server_fails_after_pg_timeout);
     tcase_add_test(tc, test_dedup_wait_past_pg_timeout_drops_session_and_redelivers_once);
+    tcase_add_test(tc, test_handler_sees_topic_partition_and_offset);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("prune");

@@ -366,6 +366,10 @@ START_TEST(test_setter_refusals_say_why) {
     ck_assert_int_eq(outbox_message_set_header(m, "x-id", "x"), OUTBOX_OK);
     ck_assert_str_eq(outbox_message_errmsg(m), "");
     ck_assert_str_eq(outbox_message_errmsg(NULL), "message is NULL");
+    /* Not received from Kafka: no record to name. */
+    ck_assert_str_eq(outbox_message_kafka_topic(m), "");
+    ck_assert_int_eq(outbox_message_kafka_partition(m), -1);
+    ck_assert_int_eq(outbox_message_kafka_offset(m), -1);
     outbox_message_destroy(m);
 }
 END_TEST

@@ -273,6 +273,18 @@ OUTBOX_API const char *outbox_message_reply_to(const outbox_message_t *m);
 OUTBOX_API int64_t outbox_message_created_at_us(const outbox_message_t *m);
 
 /**
+ * Where the consumer received m: the Kafka topic, partition and offset of its record (what
+ * librdkafka's rd_kafka_message_t carries as rkt, partition and offset).  Set on the messages an
+ * outbox_consumer_t hands to its handler; a message from outbox_message_new() or
+ * outbox_message_decode() reads topic "", partition -1 and offset -1.  The topic is borrowed
+ * from the consumer: valid while m is, i.e. during the handler call; copy it to keep it.
+ * Called from the handler's thread (the one in outbox_consumer_poll()).  A NULL m gives NULL, -1, -1.
+ */
+OUTBOX_API const char *outbox_message_kafka_topic(const outbox_message_t *m);
+OUTBOX_API int32_t outbox_message_kafka_partition(const outbox_message_t *m);
+OUTBOX_API int64_t outbox_message_kafka_offset(const outbox_message_t *m);
+
+/**
  * Encodes m as an outbox.v1.Envelope.  *buf is caller-owned (free with free()); *len its size.
  */
 OUTBOX_API outbox_err_t outbox_message_encode(const outbox_message_t *m, void **buf, size_t *len);
@@ -347,8 +359,9 @@ typedef enum {
  * (including outbox_send()/outbox_reply()) commits together with the record that makes
  * redeliveries of this message skip the handler.  msg and conn are borrowed for the call: do not
  * keep them, and do not BEGIN/COMMIT/ROLLBACK on conn.  conn is in libpq's default, blocking mode,
- * and pg.timeout.ms does not bound the handler's own statements.  Called from the thread that
- * called outbox_consumer_poll().
+ * and pg.timeout.ms does not bound the handler's own statements.  outbox_message_kafka_topic(),
+ * _partition() and _offset() name the record msg came from.
+ * Called from the thread that called outbox_consumer_poll().
  */
 typedef outbox_handler_result_t (*outbox_handler_cb)(const outbox_message_t *msg, PGconn *conn,
                                                      void *opaque);
