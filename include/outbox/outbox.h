@@ -413,8 +413,8 @@ OUTBOX_API void outbox_consumer_stats(const outbox_consumer_t *c, outbox_consume
 /** The consumer's last error message ("" if none).  Borrowed: valid until the next call on c. */
 OUTBOX_API const char *outbox_consumer_errmsg(const outbox_consumer_t *c);
 
-/** Commits stored offsets, leaves the group cleanly, closes the connection and frees c.
- *  NULL is a no-op. */
+/** Commits stored offsets, leaves the group cleanly (rd_kafka_consumer_close(): the partitions
+ *  are revoked and a LeaveGroup sent), closes the connection and frees c.  NULL is a no-op. */
 OUTBOX_API void outbox_consumer_destroy(outbox_consumer_t *c);
 
 /**
