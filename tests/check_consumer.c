@@ -1084,6 +1084,71 @@ START_TEST(test_handler_sees_topic_partition_and_offset) {
 }
 END_TEST
 
+/* ---- a8. a schema that was never migrated: backoff, a message naming the fix, then recovery --- */
+
+START_TEST(test_unmigrated_schema_backs_off_and_names_the_fix) {
+    start_broker("--topic", "tu.events:2", NULL);
+    sent_t s[2];
+    produce_cmd(&s[0], "tu.events", "acct-1", "ok");
+    produce_cmd(&s[1], "tu.events", "acct-2", "ok");
+    flush_produced();
+    tf_schema2 = tu_schema_name("t_cons_u"); /* not created yet; teardown drops it */
+    logseen_t r = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    /* The smallest wait allowed, so that a tight loop would show at once. */
+    static const char *const kv[] = {"consumer.retry.backoff.ms", "0", NULL};
+    outbox_consumer_t *c = logged_consumer(&r, tf_schema2, "tu", "tu.events", kv);
+    inproc_t ctx = {tf_schema2, 0};
+    int errors = 0, before = -1;
+    char last[512] = "";
+    /* From the first message on (the group forms first), every poll wants a session for 3 s. */
+    int64_t t0 = tk_now_ms(), end = t0 + 30000;
+    while (tk_now_ms() < end) {
+        outbox_err_t err = outbox_consumer_poll(c, inproc_handler, &ctx, 100);
+        if (err) {
+            ck_assert_msg(err == OUTBOX_ERR_SCHEMA, "poll: %s: %s", outbox_err2str(err), outbox_consumer_errmsg(c));
+            if (!errors++) {
+                before = seen(&r, &r.setup_failed);
+                end = tk_now_ms() + 3000;
+            }
+            snprintf(last, sizeof(last), "%s", outbox_consumer_errmsg(c));
+        }
+    }
+    ck_assert_msg(errors >= 1, "no poll failed within 30 s on a schema that was never migrated");
+    int attempts = seen(&r, &r.setup_failed) - before;
+    fprintf(stderr, "unmigrated schema: %d session setups (connections) and %d failed polls in the 3 s after the "
+            "first failed poll; %d setups before\n", attempts, errors, before);
+    ck_assert_int_eq(ctx.calls, 0);
+    /* retry.backoff.ms=0 waits 100 ms at first, then doubles: about 4 setups in 3 s. */
+    ck_assert_msg(attempts >= 2 && attempts <= 7, "%d session setups in 3 s, expected a handful", attempts);
+    char want[256];
+    snprintf(want, sizeof(want), "schema \"%s\" is not migrated", tf_schema2);
+    ck_assert_msg(strstr(last, want) && strstr(last, "outbox-relay migrate"), "the error does not name the "
+                  "cause and the fix: %s", last);
+    /* logfmt: the quotes inside a quoted value become single quotes */
+    snprintf(want, sizeof(want), "error=\"schema '%s' is not migrated", tf_schema2);
+    ck_assert_msg(strstr(r.setup, want) && strstr(r.setup, "outbox-relay migrate"), "the log line does not "
+                  "name the cause and the fix: %s", r.setup);
+    /* The migration runs late: the consumer notices at its next attempt and processes both. */
+    outbox_t *ob2 = tu_outbox(tf_conn, tf_schema2);
+    create_effects(tf_schema2);
+    outbox_consumer_stats_t st = {0};
+    int64_t deadline = tk_now_ms() + 30000;
+    while (st.processed < 2 && tk_now_ms() < deadline) {
+        outbox_err_t err = outbox_consumer_poll(c, inproc_handler, &ctx, 100);
+        ck_assert_msg(err == OUTBOX_OK || err == OUTBOX_ERR_SCHEMA, "poll: %s", outbox_consumer_errmsg(c));
+        outbox_consumer_stats(c, &st);
+    }
+    outbox_consumer_destroy(c);
+    outbox_destroy(ob2);
+    ck_assert_msg(st.processed == 2, "%lld of 2 messages processed within 30 s of the migration",
+                  (long long)st.processed);
+    ck_assert_int_eq(effects_of(tf_schema2, s[0].id), 1);
+    ck_assert_int_eq(effects_of(tf_schema2, s[1].id), 1);
+    free(s[0].env);
+    free(s[1].env);
+}
+END_TEST
+
 static Suite *consumer_suite(void) {
     Suite *s = suite_create("consumer");
     TCase *tc = tcase_create("once");
@@ -1118,6 +1183,7 @@ static Suite *consumer_suite(void) {
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_clean_restarts_leave_the_group_and_rejoin);
     tcase_add_test(tc, test_handler_sees_topic_partition_and_offset);
+    tcase_add_test(tc, test_unmigrated_schema_backs_off_and_names_the_fix);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("prune");

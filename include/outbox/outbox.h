@@ -386,7 +386,14 @@ typedef struct {
  * Creates a consumer.  conf needs consumer.group.id, pg.conninfo (or OUTBOX_PG_CONNINFO) and
  * kafka.bootstrap.servers; optional: outbox.schema, consumer.schema.major.max,
  * consumer.retry.backoff.ms, pg.timeout.ms, any kafka.* key (defaults: enable.auto.commit=false,
- * auto.offset.reset=earliest).  Connects to PostgreSQL at once (the schema must be migrated).
+ * auto.offset.reset=earliest).  Connects to PostgreSQL at once: a server that cannot be reached
+ * fails the call.  Each new session is then checked: <schema>.processed and
+ * consumer_dead_letters must exist and the role must be allowed to INSERT into them.  If not, the
+ * consumer is still created; the error, naming the cause and the fix (run `outbox-relay migrate`,
+ * or grant what `outbox-relay grants --consumer ROLE` prints), is logged and returned by polls
+ * (OUTBOX_ERR_SCHEMA or OUTBOX_ERR_PG) while messages wait, and session setup is retried after a
+ * backoff that doubles from consumer.retry.backoff.ms (at least 100 ms) up to 30 s; a failed
+ * reconnect backs off the same way.
  * pg.timeout.ms bounds connecting and each of the consumer's own statements (BEGIN, its
  * INSERTs, COMMIT, ROLLBACK): past it the session is dropped, the message redelivered and the
  * poll fails with OUTBOX_ERR_CONNECTION; the next poll connects again.
@@ -401,7 +408,9 @@ OUTBOX_API outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const ch
 /**
  * Waits up to timeout_ms for messages and processes every message that is ready (at most 1000
  * per call), calling handler for each new one.  Returns OUTBOX_OK, or an error when PostgreSQL or
- * Kafka failed (the message in hand is redelivered; call again to continue, it reconnects).
+ * Kafka failed (the message in hand is redelivered; call again to continue, it reconnects, with
+ * the backoff described at outbox_consumer_new()): OUTBOX_ERR_CONNECTION, OUTBOX_ERR_PG,
+ * OUTBOX_ERR_SCHEMA (the schema is not migrated), with the reason in outbox_consumer_errmsg().
  * Bad input on the topic never fails the call: it is recorded as rejected and skipped.
  */
 OUTBOX_API outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handler, void *opaque,
