@@ -118,6 +118,35 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
     outbox_kafka_log(c->conf, level, fac, buf);
 }
 
+/* libpq's notice receiver for the consumer's session, whose default prints to stderr: one logfmt
+ * line per NOTICE, WARNING, INFO... from the server, the handler's statements' included, and
+ * what the server sends unasked (e.g. "terminating connection due to administrator command").
+ * @locality the thread in the libpq call on c->pg: the one in outbox_consumer_poll (or new). */
+static void notice_cb(void *arg, const PGresult *res) {
+    const outbox_consumer_t *c = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *text = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+    if (!sev)
+        sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+    if (!text)
+        text = PQresultErrorMessage(res);
+    /* As syslog levels: WARNING (and anything graver) 4, NOTICE 5, INFO and LOG 6, DEBUG 7. */
+    int level = !sev                                           ? 5
+                : !strncmp(sev, "DEBUG", 5)                    ? 7
+                : !strcmp(sev, "LOG") || !strcmp(sev, "INFO") ? 6
+                : !strcmp(sev, "NOTICE")                       ? 5
+                                                               : 4;
+    char t[512], d[512], h[512], sv[32];
+    outbox_log(c->conf, level, FAC, "msg=\"PostgreSQL notice\" severity=%s sqlstate=%s text=\"%s\"%s%s%s%s%s%s",
+               sev ? outbox_logfmt_value(sev, sv, sizeof(sv)) : "-", state && *state ? state : "-",
+               outbox_logfmt_value(text, t, sizeof(t)), detail ? " detail=\"" : "",
+               detail ? outbox_logfmt_value(detail, d, sizeof(d)) : "", detail ? "\"" : "",
+               hint ? " hint=\"" : "", hint ? outbox_logfmt_value(hint, h, sizeof(h)) : "", hint ? "\"" : "");
+}
+
 /* The primary text of a failed result, without libpq's "ERROR:  " and trailing newline. */
 static const char *pg_primary(const PGresult *res) {
     const char *t = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
@@ -201,6 +230,7 @@ static bool pg_ensure(outbox_consumer_t *c) {
     if (!(c->pg = outbox_pg_connect(c->conninfo, NULL, &c->lim, why, sizeof(why)))) {
         err = cerr(c, OUTBOX_ERR_CONNECTION, "cannot connect to PostgreSQL: %s", why);
     } else {
+        PQsetNoticeReceiver(c->pg, notice_cb, c);
         if (!(err = session_check(c, outbox_conf_str(c->conf, "outbox.schema")))) {
             c->setup_backoff_ms = 0;
             return true;

@@ -1084,6 +1084,47 @@ START_TEST(test_handler_sees_topic_partition_and_offset) {
 }
 END_TEST
 
+/* ---- a7. PostgreSQL notices on the consumer's session go to the log callback ------------------ */
+
+static outbox_handler_result_t notice_handler(const outbox_message_t *msg, PGconn *conn, void *opaque) {
+    (void)msg;
+    int *calls = opaque;
+    (*calls)++;
+    /* The test cluster sets client_min_messages=error; this transaction lowers it for itself. */
+    PGresult *res = PQexec(conn, "SET LOCAL client_min_messages = notice; "
+                                 "DO $$ BEGIN RAISE NOTICE USING MESSAGE = E'say \"hi\"\\nline two', "
+                                 "HINT = 'a hint'; END $$");
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok ? OUTBOX_HANDLER_OK : OUTBOX_HANDLER_REJECT;
+}
+
+START_TEST(test_pg_notices_reach_the_log_callback) {
+    start_broker("--topic", "tn.events:1", NULL);
+    sent_t s;
+    produce_cmd(&s, "tn.events", "acct-1", "ok");
+    flush_produced();
+    logseen_t r = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    outbox_consumer_t *c = logged_consumer(&r, tf_schema, "tn", "tn.events", NULL);
+    int calls = 0;
+    outbox_consumer_stats_t st = {0};
+    int64_t deadline = tk_now_ms() + 30000;
+    while (st.processed < 1 && tk_now_ms() < deadline) {
+        ck_assert_msg(outbox_consumer_poll(c, notice_handler, &calls, 200) == OUTBOX_OK, "poll: %s",
+                      outbox_consumer_errmsg(c));
+        outbox_consumer_stats(c, &st);
+    }
+    outbox_consumer_destroy(c);
+    ck_assert_int_eq(st.processed, 1);
+    ck_assert_int_eq(calls, 1);
+    ck_assert_msg(r.notices == 1, "%d notice lines reached the log callback, expected 1", r.notices);
+    ck_assert_msg(!strchr(r.notice, '\n'), "the notice line has a line break: %s", r.notice);
+    ck_assert_msg(strstr(r.notice, "severity=NOTICE sqlstate=00000 text=\"say 'hi' line two\" hint=\"a hint\""),
+                  "the notice line does not carry the notice: %s", r.notice);
+    free(s.env);
+}
+END_TEST
+
 /* ---- a8. a schema that was never migrated: backoff, a message naming the fix, then recovery --- */
 
 START_TEST(test_unmigrated_schema_backs_off_and_names_the_fix) {
@@ -1183,6 +1224,7 @@ static Suite *consumer_suite(void) {
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_clean_restarts_leave_the_group_and_rejoin);
     tcase_add_test(tc, test_handler_sees_topic_partition_and_offset);
+    tcase_add_test(tc, test_pg_notices_reach_the_log_callback);
     tcase_add_test(tc, test_unmigrated_schema_backs_off_and_names_the_fix);
     suite_add_tcase(s, tc);
 

@@ -360,7 +360,9 @@ typedef enum {
  * redeliveries of this message skip the handler.  msg and conn are borrowed for the call: do not
  * keep them, and do not BEGIN/COMMIT/ROLLBACK on conn.  conn is in libpq's default, blocking mode,
  * and pg.timeout.ms does not bound the handler's own statements.  outbox_message_kafka_topic(),
- * _partition() and _offset() name the record msg came from.
+ * _partition() and _offset() name the record msg came from.  Notices the server sends on conn
+ * (e.g. a RAISE NOTICE) go to the log callback, facility "CONSUMER", as one logfmt line:
+ * msg="PostgreSQL notice" severity=... sqlstate=... text="..." [detail="..."] [hint="..."].
  * Called from the thread that called outbox_consumer_poll().
  */
 typedef outbox_handler_result_t (*outbox_handler_cb)(const outbox_message_t *msg, PGconn *conn,
