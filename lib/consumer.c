@@ -338,6 +338,9 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
         goto fail;
     }
     rd_kafka_poll_set_consumer(c->rk);
+    /* A setup failure that did not fail the call was logged, and the first poll reports it: a
+     * new consumer has no error of its own. */
+    c->errstr[0] = '\0';
     return c; /* conf is owned from here on */
 fail:
     if (c->rk)
