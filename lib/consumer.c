@@ -19,6 +19,11 @@
 
 #define FAC "CONSUMER"
 #define MAX_PER_POLL 1000
+/* Session setup retries wait consumer.retry.backoff.ms at first but never less than this, so that
+ * retry.backoff.ms=0 (redeliver at once) does not turn a missing schema into a connection storm... */
+#define SETUP_BACKOFF_MIN_MS 100
+/* ... and double up to this: a schema migrated or a grant given later is noticed within 30 s. */
+#define SETUP_BACKOFF_MAX_MS 30000
 
 typedef struct {
     char *topic;
@@ -39,6 +44,12 @@ struct outbox_consumer_s {
     size_t paused_cnt, paused_cap;
     int major_max;
     int retry_backoff_ms;
+    /* Session setup (connect, then check the schema and privileges) backs off after a failure:
+     * no attempt before setup_next_ms, and each failure doubles the wait. */
+    int64_t setup_next_ms;
+    int setup_backoff_ms;   /* the wait after the next failure; 0: the last setup succeeded */
+    outbox_err_t setup_err; /* the last failure, reported while waiting */
+    char setup_errstr[OUTBOX_ERRSTR_SIZE];
     char sql_dedup[256];
     char sql_reject[512];
     char errstr[OUTBOX_ERRSTR_SIZE];
@@ -107,6 +118,86 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
     outbox_kafka_log(c->conf, level, fac, buf);
 }
 
+/* libpq's notice receiver for the consumer's session, whose default prints to stderr: one logfmt
+ * line per NOTICE, WARNING, INFO... from the server, the handler's statements' included, and
+ * what the server sends unasked (e.g. "terminating connection due to administrator command").
+ * @locality the thread in the libpq call on c->pg: the one in outbox_consumer_poll (or new). */
+static void notice_cb(void *arg, const PGresult *res) {
+    const outbox_consumer_t *c = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *text = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+    if (!sev)
+        sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+    if (!text)
+        text = PQresultErrorMessage(res);
+    /* As syslog levels: WARNING (and anything graver) 4, NOTICE 5, INFO and LOG 6, DEBUG 7. */
+    int level = !sev                                           ? 5
+                : !strncmp(sev, "DEBUG", 5)                    ? 7
+                : !strcmp(sev, "LOG") || !strcmp(sev, "INFO") ? 6
+                : !strcmp(sev, "NOTICE")                       ? 5
+                                                               : 4;
+    char t[512], d[512], h[512], sv[32];
+    outbox_log(c->conf, level, FAC, "msg=\"PostgreSQL notice\" severity=%s sqlstate=%s text=\"%s\"%s%s%s%s%s%s",
+               sev ? outbox_logfmt_value(sev, sv, sizeof(sv)) : "-", state && *state ? state : "-",
+               outbox_logfmt_value(text, t, sizeof(t)), detail ? " detail=\"" : "",
+               detail ? outbox_logfmt_value(detail, d, sizeof(d)) : "", detail ? "\"" : "",
+               hint ? " hint=\"" : "", hint ? outbox_logfmt_value(hint, h, sizeof(h)) : "", hint ? "\"" : "");
+}
+
+/* The primary text of a failed result, without libpq's "ERROR:  " and trailing newline. */
+static const char *pg_primary(const PGresult *res) {
+    const char *t = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    return t ? t : PQresultErrorMessage(res);
+}
+
+/* Checks, on a new session, that the consumer can work in its schema: that <schema>.processed and
+ * <schema>.consumer_dead_letters exist and that the session's role may INSERT into them.  A
+ * failure names the cause and the fix: a missing table means a schema that was never migrated,
+ * a missing privilege a role without the consumer's grants. */
+static outbox_err_t session_check(outbox_consumer_t *c, const char *schema) {
+    static const char sql[] =
+        "SELECT p IS NOT NULL, d IS NOT NULL, "
+        "CASE WHEN p IS NULL THEN false ELSE has_table_privilege(p, 'INSERT') END, "
+        "CASE WHEN d IS NULL THEN false ELSE has_table_privilege(d, 'INSERT') END, current_user "
+        "FROM (SELECT to_regclass($1) AS p, to_regclass($2) AS d) AS t";
+    char p_name[160], d_name[160], why[256];
+    snprintf(p_name, sizeof(p_name), "%s.processed", c->schema_q);
+    snprintf(d_name, sizeof(d_name), "%s.consumer_dead_letters", c->schema_q);
+    const char *params[2] = {p_name, d_name};
+    PGresult *res = outbox_pg_exec(c->pg, &c->lim, sql, 2, params, NULL, NULL, 0, why, sizeof(why));
+    if (!res)
+        return cerr(c, OUTBOX_ERR_CONNECTION, "checking schema \"%s\" failed: %s", schema, why);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        outbox_err_t err;
+        if (state && !strcmp(state, "42501")) /* no USAGE on the schema */
+            err = cerr(c, OUTBOX_ERR_PG, "%s: the role lacks USAGE on schema \"%s\"; grant the consumer's "
+                       "privileges, `outbox-relay grants --consumer ROLE` prints them", pg_primary(res), schema);
+        else
+            err = cerr(c, PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION,
+                       "checking schema \"%s\" failed: %s", schema, pg_primary(res));
+        PQclear(res);
+        return err;
+    }
+    bool has_p = *PQgetvalue(res, 0, 0) == 't', has_d = *PQgetvalue(res, 0, 1) == 't';
+    bool ins_p = *PQgetvalue(res, 0, 2) == 't', ins_d = *PQgetvalue(res, 0, 3) == 't';
+    char role[128];
+    snprintf(role, sizeof(role), "%s", PQgetvalue(res, 0, 4));
+    PQclear(res);
+    if (!has_p || !has_d)
+        return cerr(c, OUTBOX_ERR_SCHEMA, "schema \"%s\" is not migrated (it has no %s table): run "
+                    "`outbox-relay migrate` (or outbox_migrate()) with outbox.schema=%s, or correct "
+                    "outbox.schema", schema, !has_p ? "processed" : "consumer_dead_letters", schema);
+    if (!ins_p || !ins_d)
+        return cerr(c, OUTBOX_ERR_PG, "role \"%s\" lacks INSERT on \"%s\".%s: grant the consumer's "
+                    "privileges, `outbox-relay grants --consumer %s` prints them", role, schema,
+                    !ins_p ? "processed" : "consumer_dead_letters", role);
+    return OUTBOX_OK;
+}
+
 /* Ends the session.  Used when a statement of ours got no answer within pg.timeout.ms or the
  * connection failed: the session's state is then unknown, and the server rolls back whatever
  * transaction it had open when it notices.  The message in hand is redelivered (its offset is
@@ -117,20 +208,46 @@ static void pg_drop(outbox_consumer_t *c) {
     c->pg = NULL;
 }
 
-/* Connects with outbox_pg_connect's bounds (connect_timeout, keepalives, tcp_user_timeout, which
- * the user's conninfo may override) within pg.timeout.ms.  The session stays non-blocking, so that
- * the deadline covers sending our statements as well as waiting for their answers; the handler
- * alone gets it in blocking mode (see call_handler). */
+/* Sets up a session if there is none: connects with outbox_pg_connect's bounds (connect_timeout,
+ * keepalives, tcp_user_timeout, which the user's conninfo may override) within pg.timeout.ms, then
+ * checks the schema (session_check).  After a failure the next attempt waits, doubling from
+ * consumer.retry.backoff.ms up to SETUP_BACKOFF_MAX_MS; until then this fails at once with the
+ * last failure's error, so a missing schema or grant costs one connection per wait, not one per
+ * message.  The session stays non-blocking, so that the deadline covers sending our statements
+ * as well as waiting for their answers; the handler alone gets it in blocking mode (see
+ * call_handler). */
 static bool pg_ensure(outbox_consumer_t *c) {
     if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
         return true;
     pg_drop(c);
-    char why[OUTBOX_ERRSTR_SIZE - 64];
-    if (!(c->pg = outbox_pg_connect(c->conninfo, NULL, &c->lim, why, sizeof(why)))) {
-        cerr(c, OUTBOX_ERR_CONNECTION, "cannot connect to PostgreSQL: %s", why);
+    int64_t now = outbox_mono_ms();
+    if (c->setup_backoff_ms && now < c->setup_next_ms) {
+        cerr(c, c->setup_err, "%s (next attempt in %lld ms)", c->setup_errstr, (long long)(c->setup_next_ms - now));
         return false;
     }
-    return true;
+    char why[OUTBOX_ERRSTR_SIZE - 64];
+    outbox_err_t err;
+    if (!(c->pg = outbox_pg_connect(c->conninfo, NULL, &c->lim, why, sizeof(why)))) {
+        err = cerr(c, OUTBOX_ERR_CONNECTION, "cannot connect to PostgreSQL: %s", why);
+    } else {
+        PQsetNoticeReceiver(c->pg, notice_cb, c);
+        if (!(err = session_check(c, outbox_conf_str(c->conf, "outbox.schema")))) {
+            c->setup_backoff_ms = 0;
+            return true;
+        }
+        pg_drop(c);
+    }
+    int wait = c->setup_backoff_ms ? c->setup_backoff_ms
+               : c->retry_backoff_ms > SETUP_BACKOFF_MIN_MS ? c->retry_backoff_ms
+                                                            : SETUP_BACKOFF_MIN_MS;
+    c->setup_err = err;
+    c->setup_next_ms = outbox_mono_ms() + wait;
+    c->setup_backoff_ms = wait >= SETUP_BACKOFF_MAX_MS / 2 ? SETUP_BACKOFF_MAX_MS : wait * 2;
+    snprintf(c->setup_errstr, sizeof(c->setup_errstr), "%s", c->errstr);
+    char e[OUTBOX_ERRSTR_SIZE];
+    outbox_log(c->conf, 3, FAC, "msg=\"cannot set up the PostgreSQL session; will try again\" retry_in_ms=%d "
+               "error=\"%s\"", wait, outbox_logfmt_value(c->errstr, e, sizeof(e)));
+    return false;
 }
 
 outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t errstr_size) {
@@ -182,7 +299,10 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
     snprintf(c->sql_reject, sizeof(c->sql_reject),
              "INSERT INTO %s.consumer_dead_letters (consumer, message_id, reason, raw, topic, "
              "kafka_partition, kafka_offset) VALUES ($1, $2, $3, $4, $5, $6, $7)", c->schema_q);
-    if (!pg_ensure(c)) {
+    /* A server that cannot be reached fails here; a schema that is not migrated yet, or a role
+     * without its grants, is logged and waited for: polls retry the setup with backoff, so a
+     * consumer deployed before the migration starts working once it ran. */
+    if (!pg_ensure(c) && c->setup_err == OUTBOX_ERR_CONNECTION) {
         outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: %s", c->errstr);
         goto fail;
     }
@@ -218,6 +338,9 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
         goto fail;
     }
     rd_kafka_poll_set_consumer(c->rk);
+    /* A setup failure that did not fail the call was logged, and the first poll reports it: a
+     * new consumer has no error of its own. */
+    c->errstr[0] = '\0';
     return c; /* conf is owned from here on */
 fail:
     if (c->rk)
@@ -550,8 +673,10 @@ static outbox_handler_result_t call_handler(outbox_consumer_t *c, const outbox_m
 static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, outbox_handler_cb handler,
                             void *opaque) {
     if (!pg_ensure(c)) {
-        redeliver(c, m, c->retry_backoff_ms);
-        return OUTBOX_ERR_CONNECTION;
+        /* The partition rests until the next setup attempt is due, at least retry.backoff.ms. */
+        int64_t due = c->setup_next_ms - outbox_mono_ms();
+        redeliver(c, m, due > c->retry_backoff_ms ? (int)due : c->retry_backoff_ms);
+        return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
     }
     rd_kafka_headers_t *headers = NULL;
     if (rd_kafka_message_headers(m, &headers))
@@ -564,6 +689,10 @@ static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, o
         return OUTBOX_OK;
     }
     outbox_message_t *msg = v.msg;
+    /* Borrowed from the record, which outlives the handler call (outbox_message_kafka_topic). */
+    msg->kafka_topic = rd_kafka_topic_name(m->rkt);
+    msg->kafka_partition = m->partition;
+    msg->kafka_offset = m->offset;
     PGresult *res = begin_and_record(c, msg->id);
     if (!res) {
         outbox_message_destroy(msg);

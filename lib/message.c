@@ -8,6 +8,8 @@
 #include "outbox/v1/envelope.pb-c.h"
 #include "outbox_int.h"
 
+static void msg_errmsg_free(outbox_message_t *m);
+
 static int schema_version_valid(const char *v) {
     /* MAJOR.MINOR, digits only, each part 1 to 9 digits so it fits an int. */
     const char *dot = strchr(v, '.');
@@ -36,6 +38,8 @@ static outbox_message_t *message_alloc(const char *destination, const char *type
         return NULL;
     }
     strcpy(m->schema_version, "1.0");
+    m->kafka_partition = -1;
+    m->kafka_offset = -1;
     return m;
 }
 
@@ -114,14 +118,62 @@ void outbox_message_destroy(outbox_message_t *m) {
     free(m->headers);
     free(m->correlation_id);
     free(m->reply_to);
+    msg_errmsg_free(m);
     free(m);
 }
 
-static outbox_err_t set_bytes(uint8_t **dst, size_t *dst_len, const void *src, size_t len) {
+/* ---- setters: each call clears m's error message, and a refusal writes why (CONVENTIONS 4) ---- */
+
+/* m->errmsg when the text of a refusal could not be stored: never written to or freed. */
+static char msg_nomem[] = "out of memory (the reason for the refusal could not be stored)";
+
+static void msg_errmsg_free(outbox_message_t *m) {
+    if (m->errmsg != msg_nomem)
+        free(m->errmsg);
+    m->errmsg = NULL;
+}
+
+/* Starts a setter call on m: the previous call's refusal no longer applies. */
+static void msg_clear(outbox_message_t *m) {
+    if (m->errmsg == msg_nomem)
+        m->errmsg = NULL;
+    else if (m->errmsg)
+        m->errmsg[0] = '\0';
+}
+
+/* Records why a setter refused and returns err.  When even the message cannot be stored,
+ * outbox_message_errmsg() says "out of memory". */
+static outbox_err_t msg_err(outbox_message_t *m, outbox_err_t err, const char *fmt, ...) OUTBOX_PRINTF(3, 4);
+static outbox_err_t msg_err(outbox_message_t *m, outbox_err_t err, const char *fmt, ...) {
+    char buf[OUTBOX_ERRSTR_SIZE];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    msg_errmsg_free(m);
+    if (!(m->errmsg = outbox_strdup(buf)))
+        m->errmsg = msg_nomem;
+    return err;
+}
+
+/* A value for an error message: at most 60 bytes of s, quoted, with anything that is not
+ * printable ASCII shown as '?' (the value may be the invalid UTF-8 being refused). */
+static const char *shown(const char *s, char out[64]) {
+    size_t n = 0;
+    out[n++] = '"';
+    for (; *s && n < 61; s++)
+        out[n++] = (unsigned char)*s >= 0x20 && (unsigned char)*s < 0x7f ? *s : '?';
+    out[n++] = '"';
+    out[n] = '\0';
+    return out;
+}
+
+static outbox_err_t set_bytes(outbox_message_t *m, const char *fn, uint8_t **dst, size_t *dst_len, const void *src,
+                              size_t len) {
     uint8_t *copy = NULL;
     if (len) {
         if (!(copy = malloc(len)))
-            return OUTBOX_ERR_NOMEM;
+            return msg_err(m, OUTBOX_ERR_NOMEM, "%s: out of memory copying %zu bytes", fn, len);
         memcpy(copy, src, len);
     }
     free(*dst);
@@ -130,23 +182,38 @@ static outbox_err_t set_bytes(uint8_t **dst, size_t *dst_len, const void *src, s
     return OUTBOX_OK;
 }
 
-/* No object is larger than PTRDIFF_MAX: such a len is a negative size converted to size_t. */
+/* The refusals set_key and set_payload share: a NULL pointer with a length, a length that is a
+ * negative size converted (no object is larger than PTRDIFF_MAX). */
+static outbox_err_t check_bytes(outbox_message_t *m, const char *fn, const char *arg, const void *p, size_t len) {
+    if (!p && len)
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: %s is NULL but len is %zu; pass len 0 for an empty %s",
+                       fn, arg, len, arg);
+    if (len > PTRDIFF_MAX)
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: len %zu is not a length (a negative size converted to "
+                       "size_t?); pass the %s's size in bytes", fn, len, arg);
+    return OUTBOX_OK;
+}
+
 outbox_err_t outbox_message_set_key(outbox_message_t *m, const void *key, size_t len) {
-    if (!m || (!key && len) || len > PTRDIFF_MAX)
+    if (!m)
         return OUTBOX_ERR_INVALID_ARG;
-    return set_bytes(&m->key, &m->key_len, key, len);
+    msg_clear(m);
+    outbox_err_t err = check_bytes(m, "outbox_message_set_key", "key", key, len);
+    return err ? err : set_bytes(m, "outbox_message_set_key", &m->key, &m->key_len, key, len);
 }
 
 outbox_err_t outbox_message_set_payload(outbox_message_t *m, const void *payload, size_t len) {
-    if (!m || (!payload && len) || len > PTRDIFF_MAX)
+    if (!m)
         return OUTBOX_ERR_INVALID_ARG;
-    return set_bytes(&m->payload, &m->payload_len, payload, len);
+    msg_clear(m);
+    outbox_err_t err = check_bytes(m, "outbox_message_set_payload", "payload", payload, len);
+    return err ? err : set_bytes(m, "outbox_message_set_payload", &m->payload, &m->payload_len, payload, len);
 }
 
-static outbox_err_t set_str(char **dst, const char *src) {
+static outbox_err_t set_str(outbox_message_t *m, const char *fn, char **dst, const char *src) {
     char *copy = outbox_strdup(src);
     if (!copy)
-        return OUTBOX_ERR_NOMEM;
+        return msg_err(m, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
     free(*dst);
     *dst = copy;
     return OUTBOX_OK;
@@ -155,14 +222,15 @@ static outbox_err_t set_str(char **dst, const char *src) {
 /* Adds or replaces a header; used by the setter and by the decoder (which skips the reserved-name
  * check, since the wire may carry anything and the relay puts its own headers first). */
 static outbox_err_t header_put(outbox_message_t *m, const char *name, const char *value) {
+    static const char fn[] = "outbox_message_set_header";
     for (size_t i = 0; i < m->header_cnt; i++)
         if (!strcmp(m->headers[i].name, name))
-            return set_str(&m->headers[i].value, value);
+            return set_str(m, fn, &m->headers[i].value, value);
     if (m->header_cnt == m->header_cap) {
         size_t cap = m->header_cap ? m->header_cap * 2 : 4;
         outbox_header_t *h = realloc(m->headers, cap * sizeof(*h));
         if (!h)
-            return OUTBOX_ERR_NOMEM;
+            return msg_err(m, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
         m->headers = h;
         m->header_cap = cap;
     }
@@ -170,7 +238,7 @@ static outbox_err_t header_put(outbox_message_t *m, const char *name, const char
     if (!n || !v) {
         free(n);
         free(v);
-        return OUTBOX_ERR_NOMEM;
+        return msg_err(m, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
     }
     m->headers[m->header_cnt].name = n;
     m->headers[m->header_cnt].value = v;
@@ -178,33 +246,100 @@ static outbox_err_t header_put(outbox_message_t *m, const char *name, const char
     return OUTBOX_OK;
 }
 
+/* Refuses s (argument arg of fn) unless it is UTF-8, naming the first bad byte. */
+static outbox_err_t check_utf8(outbox_message_t *m, const char *fn, const char *arg, const char *s, const char *why) {
+    ptrdiff_t bad = outbox_utf8_invalid_at(s);
+    char v[64];
+    if (bad < 0)
+        return OUTBOX_OK;
+    return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: %s %s is not valid UTF-8 (byte 0x%02x at offset %td); %s", fn,
+                   arg, shown(s, v), (unsigned char)s[bad], bad, why);
+}
+
 outbox_err_t outbox_message_set_header(outbox_message_t *m, const char *name, const char *value) {
-    if (!m || !name || !*name || !value)
+    static const char fn[] = "outbox_message_set_header";
+    if (!m)
         return OUTBOX_ERR_INVALID_ARG;
-    if (outbox_utf8_invalid_at(name) >= 0 || outbox_utf8_invalid_at(value) >= 0)
-        return OUTBOX_ERR_INVALID_ARG; /* proto3 strings; other languages' decoders refuse the rest */
+    msg_clear(m);
+    char v[64];
+    if (!name || !*name)
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: name is %s; pass a header name, e.g. \"traceparent\"", fn,
+                       name ? "empty" : "NULL");
+    if (!value)
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: value of header %s is NULL; pass \"\" for an empty value",
+                       fn, shown(name, v));
+    /* proto3 strings: other languages' decoders refuse the rest */
+    outbox_err_t err = check_utf8(m, fn, "name", name, "header names and values are proto3 strings; "
+                                  "put binary data in the payload");
+    if (!err)
+        err = check_utf8(m, fn, "value", value, "header names and values are proto3 strings; "
+                         "put binary data in the payload, or base64-encode it");
+    if (err)
+        return err;
     if (!strcmp(name, "id") || !strcmp(name, "type") || !strcmp(name, "kind"))
-        return OUTBOX_ERR_INVALID_ARG;
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: name %s is reserved (\"id\", \"type\" and \"kind\" are "
+                       "the Kafka headers the relay adds from the message itself); choose another name, "
+                       "e.g. \"x-%s\"", fn, shown(name, v), name);
     return header_put(m, name, value);
 }
 
-outbox_err_t outbox_message_set_schema_version(outbox_message_t *m, const char *v) {
-    if (!m || !v || strlen(v) >= sizeof(m->schema_version) || !schema_version_valid(v))
+outbox_err_t outbox_message_set_schema_version(outbox_message_t *m, const char *ver) {
+    if (!m)
         return OUTBOX_ERR_INVALID_ARG;
-    strcpy(m->schema_version, v);
+    msg_clear(m);
+    char v[64];
+    if (!ver || strlen(ver) >= sizeof(m->schema_version) || !schema_version_valid(ver))
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "outbox_message_set_schema_version: %s%s is not MAJOR.MINOR; "
+                       "pass two numbers of digits only (1 to 9 each) joined by a dot, e.g. \"2.1\"",
+                       ver ? "version " : "version is ", ver ? shown(ver, v) : "NULL");
+    strcpy(m->schema_version, ver);
     return OUTBOX_OK;
 }
 
 outbox_err_t outbox_message_set_correlation_id(outbox_message_t *m, const char *id) {
-    if (!m || !id || outbox_utf8_invalid_at(id) >= 0)
+    static const char fn[] = "outbox_message_set_correlation_id";
+    if (!m)
         return OUTBOX_ERR_INVALID_ARG;
-    return set_str(&m->correlation_id, id);
+    msg_clear(m);
+    if (!id)
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: id is NULL; pass the id of the message this one "
+                       "answers (outbox_message_id() of the command), or \"\" to clear it", fn);
+    outbox_err_t err = check_utf8(m, fn, "id", id, "correlation ids are text; pass the id of the "
+                                  "message this one answers (outbox_message_id() of the command)");
+    return err ? err : set_str(m, fn, &m->correlation_id, id);
 }
 
 outbox_err_t outbox_message_set_reply_to(outbox_message_t *m, const char *channel) {
-    if (!m || !channel || !outbox_topic_valid(channel, NULL, 0))
+    static const char fn[] = "outbox_message_set_reply_to";
+    if (!m)
         return OUTBOX_ERR_INVALID_ARG;
-    return set_str(&m->reply_to, channel);
+    msg_clear(m);
+    char why[160], v[64];
+    if (!channel)
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: channel is NULL; pass the Kafka topic that replies "
+                       "should go to, e.g. \"orders.replies\"", fn);
+    if (!outbox_topic_valid(channel, why, sizeof(why)))
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: channel %s %s; pass the Kafka topic that replies "
+                       "should go to, e.g. \"orders.replies\"", fn, shown(channel, v), why);
+    return set_str(m, fn, &m->reply_to, channel);
+}
+
+const char *outbox_message_errmsg(const outbox_message_t *m) {
+    if (!m)
+        return "message is NULL";
+    return m->errmsg ? m->errmsg : "";
+}
+
+const char *outbox_message_kafka_topic(const outbox_message_t *m) {
+    return m ? (m->kafka_topic ? m->kafka_topic : "") : NULL;
+}
+
+int32_t outbox_message_kafka_partition(const outbox_message_t *m) {
+    return m ? m->kafka_partition : -1;
+}
+
+int64_t outbox_message_kafka_offset(const outbox_message_t *m) {
+    return m ? m->kafka_offset : -1;
 }
 
 const char *outbox_message_id(const outbox_message_t *m) {
@@ -478,14 +613,14 @@ outbox_err_t outbox_message_decode(outbox_message_t **out, const void *buf, size
         memcpy(m->id, e->id, OUTBOX_UUID_STR_LEN + 1);
         strcpy(m->schema_version, e->schema_version);
         m->created_at_us = e->created_at_unix_us;
-        err = set_bytes(&m->key, &m->key_len, e->key.data, e->key.len);
+        err = set_bytes(m, "outbox_message_decode", &m->key, &m->key_len, e->key.data, e->key.len);
     }
     if (!err)
-        err = set_bytes(&m->payload, &m->payload_len, e->payload.data, e->payload.len);
+        err = set_bytes(m, "outbox_message_decode", &m->payload, &m->payload_len, e->payload.data, e->payload.len);
     if (!err && e->correlation_id)
-        err = set_str(&m->correlation_id, e->correlation_id);
+        err = set_str(m, "outbox_message_decode", &m->correlation_id, e->correlation_id);
     if (!err && e->reply_to)
-        err = set_str(&m->reply_to, e->reply_to);
+        err = set_str(m, "outbox_message_decode", &m->reply_to, e->reply_to);
     if (!err)
         err = put_wire_headers(m, e->headers, e->n_headers);
     outbox__v1__envelope__free_unpacked(e, NULL);

@@ -117,6 +117,12 @@ struct outbox_message_s {
     char *correlation_id;
     char *reply_to;
     int64_t created_at_us;
+    char *errmsg; /* why the last setter call refused (NULL: it did not); outbox_message_errmsg() */
+    /* Where a consumer received the message (outbox_message_kafka_*): borrowed from the record,
+     * valid during the handler call; NULL and -1 for messages built or decoded by the caller. */
+    const char *kafka_topic;
+    int32_t kafka_partition;
+    int64_t kafka_offset;
 };
 
 /* ---- envelope scan (envscan.c) ---- */

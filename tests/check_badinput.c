@@ -465,6 +465,14 @@ static const row_t rows[] = {
     {"outbox_message_reply_to", "absent: \"\" not NULL", .msg = MS_EVENT, .expect = R_PTR, .re = "^$"},
     {"outbox_message_created_at_us", "NULL: 0", .flags = F_NULL_H, .expect = 0},
     {"outbox_message_created_at_us", "a new message: now", .msg = MS_EVENT, .expect = 1, .re = "^within a minute of now$"},
+    {"outbox_message_errmsg", "NULL: a static message", .flags = F_NULL_H, .expect = R_PTR, .re = "^message is NULL$"},
+    {"outbox_message_errmsg", "a new message: \"\"", .msg = MS_EVENT, .expect = R_PTR, .re = "^$"},
+    {"outbox_message_kafka_topic", "NULL", .flags = F_NULL_H, .expect = R_NULL},
+    {"outbox_message_kafka_topic", "not from a consumer: \"\"", .msg = MS_EVENT, .expect = R_PTR, .re = "^$"},
+    {"outbox_message_kafka_partition", "NULL: -1", .flags = F_NULL_H, .expect = -1},
+    {"outbox_message_kafka_partition", "not from a consumer: -1", .msg = MS_EVENT, .expect = -1},
+    {"outbox_message_kafka_offset", "NULL: -1", .flags = F_NULL_H, .expect = -1},
+    {"outbox_message_kafka_offset", "not from a consumer: -1", .msg = MS_EVENT, .expect = -1},
     {"outbox_message_encode", "m NULL", .flags = F_NULL_H, .expect = OUTBOX_ERR_INVALID_ARG},
     {"outbox_message_encode", "buf NULL", .msg = MS_EVENT, .flags = F_NULL_OUT, .expect = OUTBOX_ERR_INVALID_ARG},
     {"outbox_message_encode", "len NULL", .msg = MS_EVENT, .flags = F_VARIANT, .expect = OUTBOX_ERR_INVALID_ARG},
@@ -1625,6 +1633,38 @@ static int h_message_created_at_us(val_t a, val_t b, char *msg, size_t msz) {
     return t != 0;
 }
 
+static int h_message_errmsg(val_t a, val_t b, char *msg, size_t msz) {
+    (void)a, (void)b;
+    outbox_message_t *m = getter_msg();
+    int r = str_result(outbox_message_errmsg(m), msg, msz);
+    outbox_message_destroy(m);
+    return r;
+}
+
+static int h_message_kafka_topic(val_t a, val_t b, char *msg, size_t msz) {
+    (void)a, (void)b;
+    outbox_message_t *m = getter_msg();
+    int r = str_result(outbox_message_kafka_topic(m), msg, msz);
+    outbox_message_destroy(m);
+    return r;
+}
+
+static int h_message_kafka_partition(val_t a, val_t b, char *msg, size_t msz) {
+    (void)a, (void)b, (void)msg, (void)msz;
+    outbox_message_t *m = getter_msg();
+    int r = (int)outbox_message_kafka_partition(m);
+    outbox_message_destroy(m);
+    return r;
+}
+
+static int h_message_kafka_offset(val_t a, val_t b, char *msg, size_t msz) {
+    (void)a, (void)b, (void)msg, (void)msz;
+    outbox_message_t *m = getter_msg();
+    int64_t o = outbox_message_kafka_offset(m);
+    outbox_message_destroy(m);
+    return o == -1 ? -1 : o < 0 ? -2 : 0;
+}
+
 static int h_message_encode(val_t a, val_t b, char *msg, size_t msz) {
     (void)a, (void)b;
     outbox_message_t *m = getter_msg();
@@ -2026,6 +2066,10 @@ static const struct {
     {"outbox_message_correlation_id", h_message_correlation_id},
     {"outbox_message_reply_to", h_message_reply_to},
     {"outbox_message_created_at_us", h_message_created_at_us},
+    {"outbox_message_errmsg", h_message_errmsg},
+    {"outbox_message_kafka_topic", h_message_kafka_topic},
+    {"outbox_message_kafka_partition", h_message_kafka_partition},
+    {"outbox_message_kafka_offset", h_message_kafka_offset},
     {"outbox_message_encode", h_message_encode},
     {"outbox_message_decode", h_message_decode},
     {"outbox_send", h_send},

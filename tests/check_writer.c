@@ -325,6 +325,55 @@ START_TEST(test_unmigrated_schema_reports_schema_error) {
 }
 END_TEST
 
+/* Each refusal says, through outbox_message_errmsg(), which argument, what value and what to do. */
+static void refused(outbox_err_t got, const outbox_message_t *m, const char *const *needles) {
+    ck_assert_int_eq(got, OUTBOX_ERR_INVALID_ARG);
+    for (; *needles; needles++)
+        ck_assert_msg(strstr(outbox_message_errmsg(m), *needles), "\"%s\" is not in the refusal: %s", *needles,
+                      outbox_message_errmsg(m));
+}
+
+#define REFUSED(call, ...) refused((call), m, (const char *const[]){__VA_ARGS__, NULL})
+
+START_TEST(test_setter_refusals_say_why) {
+    outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, "orders.events", "orders.OrderCreated");
+    ck_assert_ptr_nonnull(m);
+    ck_assert_str_eq(outbox_message_errmsg(m), "");
+    REFUSED(outbox_message_set_header(m, "id", "x"), "outbox_message_set_header", "name \"id\"", "reserved",
+            "choose another name", "\"x-id\"");
+    REFUSED(outbox_message_set_header(m, "kind", "x"), "name \"kind\"", "reserved");
+    REFUSED(outbox_message_set_header(m, "", "x"), "name is empty", "pass a header name");
+    REFUSED(outbox_message_set_header(m, NULL, "x"), "name is NULL");
+    REFUSED(outbox_message_set_header(m, "trace", NULL), "value of header \"trace\" is NULL", "pass \"\"");
+    REFUSED(outbox_message_set_header(m, "trace", "ab\xff"), "value \"ab?\"", "not valid UTF-8",
+            "byte 0xff at offset 2", "base64");
+    REFUSED(outbox_message_set_header(m, "n\xc3", "v"), "name \"n?\"", "not valid UTF-8");
+    REFUSED(outbox_message_set_schema_version(m, "2"), "outbox_message_set_schema_version", "version \"2\"",
+            "MAJOR.MINOR", "\"2.1\"");
+    REFUSED(outbox_message_set_schema_version(m, NULL), "version is NULL");
+    REFUSED(outbox_message_set_reply_to(m, "bad topic"), "outbox_message_set_reply_to", "channel \"bad topic\"",
+            "pass the Kafka topic");
+    REFUSED(outbox_message_set_reply_to(m, NULL), "channel is NULL");
+    REFUSED(outbox_message_set_correlation_id(m, "\xfe"), "outbox_message_set_correlation_id", "id \"?\"",
+            "not valid UTF-8");
+    REFUSED(outbox_message_set_key(m, NULL, 3), "outbox_message_set_key", "key is NULL but len is 3",
+            "pass len 0");
+    REFUSED(outbox_message_set_payload(m, "x", (size_t)-1), "outbox_message_set_payload", "not a length",
+            "negative size");
+    /* A refusal leaves the message as it was; a call that succeeds clears the message. */
+    ck_assert_ptr_null(outbox_message_header(m, "id"));
+    ck_assert_str_eq(outbox_message_schema_version(m), "1.0");
+    ck_assert_int_eq(outbox_message_set_header(m, "x-id", "x"), OUTBOX_OK);
+    ck_assert_str_eq(outbox_message_errmsg(m), "");
+    ck_assert_str_eq(outbox_message_errmsg(NULL), "message is NULL");
+    /* Not received from Kafka: no record to name. */
+    ck_assert_str_eq(outbox_message_kafka_topic(m), "");
+    ck_assert_int_eq(outbox_message_kafka_partition(m), -1);
+    ck_assert_int_eq(outbox_message_kafka_offset(m), -1);
+    outbox_message_destroy(m);
+}
+END_TEST
+
 START_TEST(test_encode_decode_roundtrip_and_garbage) {
     outbox_message_t *m = order_event("key-1"), *d = NULL;
     outbox_message_set_header(m, "h", "v");
@@ -384,6 +433,7 @@ static Suite *writer_suite(void) {
     tcase_add_test(tc, test_oversize_refused_with_both_sizes);
     tcase_add_test(tc, test_unmigrated_schema_reports_schema_error);
     tcase_add_test(tc, test_encode_decode_roundtrip_and_garbage);
+    tcase_add_test(tc, test_setter_refusals_say_why);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -205,26 +205,44 @@ OUTBOX_API outbox_err_t outbox_message_create(outbox_message_t **out, outbox_kin
                                               const char *destination, const char *type,
                                               char *errstr, size_t errstr_size);
 
+/* Setters.  Each copies its arguments and returns OUTBOX_OK, OUTBOX_ERR_INVALID_ARG (the value is
+ * refused, m unchanged) or OUTBOX_ERR_NOMEM.  A refusal writes why into m, for
+ * outbox_message_errmsg(): the function, the argument, the value and what to pass instead.
+ * A NULL m is OUTBOX_ERR_INVALID_ARG with no message (there is no handle to keep it). */
+
 /** Sets the partition key (the aggregate id: same key, same partition, order kept).  Copied.
- *  len 0 clears it (the relay then lets the partitioner spread messages). */
+ *  len 0 clears it (the relay then lets the partitioner spread messages).
+ *  Refused: key NULL with len > 0; a len above PTRDIFF_MAX (a negative size converted). */
 OUTBOX_API outbox_err_t outbox_message_set_key(outbox_message_t *m, const void *key, size_t len);
 
-/** Sets the payload, copied.  len may be 0.  key/payload NULL with len > 0, or a len above PTRDIFF_MAX
- *  (a negative size converted), is OUTBOX_ERR_INVALID_ARG. */
+/** Sets the payload, copied.  len may be 0.  Refused as outbox_message_set_key(). */
 OUTBOX_API outbox_err_t outbox_message_set_payload(outbox_message_t *m, const void *payload, size_t len);
 
-/** Sets (or replaces) a string header, both copied and both UTF-8 (proto3 strings).  The names "id",
- *  "type" and "kind" are reserved for the Kafka headers the relay adds (OUTBOX_ERR_INVALID_ARG). */
+/** Sets (or replaces) a string header, both copied.  Refused: a NULL or empty name, a NULL value,
+ *  a name or value that is not UTF-8 (proto3 strings), and the names "id", "type" and "kind",
+ *  reserved for the Kafka headers the relay adds. */
 OUTBOX_API outbox_err_t outbox_message_set_header(outbox_message_t *m, const char *name, const char *value);
 
-/** Sets the payload's semantic schema version, "MAJOR.MINOR" (digits only, e.g. "2.1"). */
+/** Sets the payload's semantic schema version.  Refused unless "MAJOR.MINOR" with 1 to 9 digits
+ *  each (e.g. "2.1"). */
 OUTBOX_API outbox_err_t outbox_message_set_schema_version(outbox_message_t *m, const char *major_minor);
 
-/** Sets the correlation id (for a REPLY: the command's id), UTF-8.  Copied. */
+/** Sets the correlation id (for a REPLY: the command's id).  Copied.  Refused: NULL, not UTF-8. */
 OUTBOX_API outbox_err_t outbox_message_set_correlation_id(outbox_message_t *m, const char *id);
 
-/** Sets the reply channel (for a COMMAND), a valid Kafka topic name.  Copied. */
+/** Sets the reply channel (for a COMMAND).  Copied.  Refused: NULL, or not a valid Kafka topic
+ *  name ([a-zA-Z0-9._-], 1 to 249 characters, not "." or ".."). */
 OUTBOX_API outbox_err_t outbox_message_set_reply_to(outbox_message_t *m, const char *channel);
+
+/**
+ * Why the last setter call on m refused its arguments, e.g.
+ * "outbox_message_set_header: name \"id\" is reserved (...); choose another name, e.g. \"x-id\"";
+ * "" when that call succeeded or no setter was called yet.  Each setter call replaces it (as
+ * libpq's PQerrorMessage() does per connection).  Borrowed: valid until the next setter call on m
+ * or its destruction.  Reading it needs the same exclusive access as the setters.  A NULL m gives
+ * a static message.
+ */
+OUTBOX_API const char *outbox_message_errmsg(const outbox_message_t *m);
 
 /** Frees a message.  NULL is a no-op. */
 OUTBOX_API void outbox_message_destroy(outbox_message_t *m);
@@ -253,6 +271,18 @@ OUTBOX_API const char *outbox_message_correlation_id(const outbox_message_t *m);
 OUTBOX_API const char *outbox_message_reply_to(const outbox_message_t *m);
 /** Creation time in microseconds since the Unix epoch. */
 OUTBOX_API int64_t outbox_message_created_at_us(const outbox_message_t *m);
+
+/**
+ * Where the consumer received m: the Kafka topic, partition and offset of its record (what
+ * librdkafka's rd_kafka_message_t carries as rkt, partition and offset).  Set on the messages an
+ * outbox_consumer_t hands to its handler; a message from outbox_message_new() or
+ * outbox_message_decode() reads topic "", partition -1 and offset -1.  The topic is borrowed
+ * from the consumer: valid while m is, i.e. during the handler call; copy it to keep it.
+ * Called from the handler's thread (the one in outbox_consumer_poll()).  A NULL m gives NULL, -1, -1.
+ */
+OUTBOX_API const char *outbox_message_kafka_topic(const outbox_message_t *m);
+OUTBOX_API int32_t outbox_message_kafka_partition(const outbox_message_t *m);
+OUTBOX_API int64_t outbox_message_kafka_offset(const outbox_message_t *m);
 
 /**
  * Encodes m as an outbox.v1.Envelope.  *buf is caller-owned (free with free()); *len its size.
@@ -334,8 +364,11 @@ typedef enum {
  * (including outbox_send()/outbox_reply()) commits together with the record that makes
  * redeliveries of this message skip the handler.  msg and conn are borrowed for the call: do not
  * keep them, and do not BEGIN/COMMIT/ROLLBACK on conn.  conn is in libpq's default, blocking mode,
- * and pg.timeout.ms does not bound the handler's own statements.  Called from the thread that
- * called outbox_consumer_poll().
+ * and pg.timeout.ms does not bound the handler's own statements.  outbox_message_kafka_topic(),
+ * _partition() and _offset() name the record msg came from.  Notices the server sends on conn
+ * (e.g. a RAISE NOTICE) go to the log callback, facility "CONSUMER", as one logfmt line:
+ * msg="PostgreSQL notice" severity=... sqlstate=... text="..." [detail="..."] [hint="..."].
+ * Called from the thread that called outbox_consumer_poll().
  */
 typedef outbox_handler_result_t (*outbox_handler_cb)(const outbox_message_t *msg, PGconn *conn,
                                                      void *opaque);
@@ -360,7 +393,14 @@ typedef struct {
  * Creates a consumer.  conf needs consumer.group.id, pg.conninfo (or OUTBOX_PG_CONNINFO) and
  * kafka.bootstrap.servers; optional: outbox.schema, consumer.schema.major.max,
  * consumer.retry.backoff.ms, pg.timeout.ms, any kafka.* key (defaults: enable.auto.commit=false,
- * auto.offset.reset=earliest).  Connects to PostgreSQL at once (the schema must be migrated).
+ * auto.offset.reset=earliest).  Connects to PostgreSQL at once: a server that cannot be reached
+ * fails the call.  Each new session is then checked: <schema>.processed and
+ * consumer_dead_letters must exist and the role must be allowed to INSERT into them.  If not, the
+ * consumer is still created; the error, naming the cause and the fix (run `outbox-relay migrate`,
+ * or grant what `outbox-relay grants --consumer ROLE` prints), is logged and returned by polls
+ * (OUTBOX_ERR_SCHEMA or OUTBOX_ERR_PG) while messages wait, and session setup is retried after a
+ * backoff that doubles from consumer.retry.backoff.ms (at least 100 ms) up to 30 s; a failed
+ * reconnect backs off the same way.
  * pg.timeout.ms bounds connecting and each of the consumer's own statements (BEGIN, its
  * INSERTs, COMMIT, ROLLBACK): past it the session is dropped, the message redelivered and the
  * poll fails with OUTBOX_ERR_CONNECTION; the next poll connects again.
@@ -375,7 +415,9 @@ OUTBOX_API outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const ch
 /**
  * Waits up to timeout_ms for messages and processes every message that is ready (at most 1000
  * per call), calling handler for each new one.  Returns OUTBOX_OK, or an error when PostgreSQL or
- * Kafka failed (the message in hand is redelivered; call again to continue, it reconnects).
+ * Kafka failed (the message in hand is redelivered; call again to continue, it reconnects, with
+ * the backoff described at outbox_consumer_new()): OUTBOX_ERR_CONNECTION, OUTBOX_ERR_PG,
+ * OUTBOX_ERR_SCHEMA (the schema is not migrated), with the reason in outbox_consumer_errmsg().
  * Bad input on the topic never fails the call: it is recorded as rejected and skipped.
  */
 OUTBOX_API outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handler, void *opaque,
@@ -387,8 +429,8 @@ OUTBOX_API void outbox_consumer_stats(const outbox_consumer_t *c, outbox_consume
 /** The consumer's last error message ("" if none).  Borrowed: valid until the next call on c. */
 OUTBOX_API const char *outbox_consumer_errmsg(const outbox_consumer_t *c);
 
-/** Commits stored offsets, leaves the group cleanly, closes the connection and frees c.
- *  NULL is a no-op. */
+/** Commits stored offsets, leaves the group cleanly (rd_kafka_consumer_close(): the partitions
+ *  are revoked and a LeaveGroup sent), closes the connection and frees c.  NULL is a no-op. */
 OUTBOX_API void outbox_consumer_destroy(outbox_consumer_t *c);
 
 /**
