@@ -17,6 +17,7 @@
 
 #include "outbox_int.h" /* outbox_conf_props(): every key --help must list */
 #include "testutil_fixture.h"
+#include "testutil_net.h"
 
 static void drop_roles(void);
 
@@ -151,87 +152,13 @@ static tk_consumer_t *read_topic(const char *topic, size_t want, int timeout_ms)
 
 /* ---- a tiny HTTP client --------------------------------------------------------------------- */
 
-/* A TCP port on 127.0.0.1 that was free a moment ago. */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    socklen_t len = sizeof(sa);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-/* GET path from 127.0.0.1:port.  Returns the status code, or -1 when there is no connection or no
- * complete response within 3 s; *body (may be NULL) receives the body, caller frees. */
-static int http_get(int port, const char *path, char **body) {
-    if (body)
-        *body = NULL;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    ck_assert_int_ge(fd, 0);
-    struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    char req[256];
-    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n",
-                     path, port);
-    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
-        close(fd);
-        return -1;
-    }
-    size_t len = 0, cap = 8192;
-    char *buf = malloc(cap);
-    ck_assert_ptr_nonnull(buf);
-    int64_t deadline = tk_now_ms() + 3000;
-    int eof = 0;
-    while (!eof) {
-        int64_t left = deadline - tk_now_ms();
-        if (left <= 0)
-            break;
-        struct pollfd pfd = {fd, POLLIN, 0};
-        int r = poll(&pfd, 1, (int)left);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        if (cap - len < 4096) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            ck_assert_ptr_nonnull(buf);
-        }
-        ssize_t got = recv(fd, buf + len, cap - len - 1, 0);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            eof = 1;
-        else
-            len += (size_t)got;
-    }
-    close(fd);
-    buf[len] = '\0';
-    int status = -1;
-    char *head_end = strstr(buf, "\r\n\r\n");
-    if (eof && head_end && sscanf(buf, "HTTP/1.%*d %d", &status) == 1 && body)
-        *body = strdup(head_end + 4);
-    free(buf);
-    return eof && head_end ? status : -1;
-}
-
 /* Polls path until it answers with want (and, when needle is not NULL, a body containing it)
  * or timeout_ms passes.  Returns the last status; *body (may be NULL) gets the last body. */
 static int wait_http(int port, const char *path, int want, const char *needle, int timeout_ms, char **body) {
     int64_t deadline = tk_now_ms() + timeout_ms;
     for (;;) {
         char *b = NULL;
-        int st = http_get(port, path, &b);
+        int st = tn_http_get(port, path, &b);
         int done = st == want && (!needle || (b && strstr(b, needle)));
         if (done || tk_now_ms() >= deadline) {
             if (body)
@@ -282,7 +209,7 @@ START_TEST(test_metrics_after_a_drain) {
     send_n(tf_ob, tf_conn, "ops1.metrics", N, NULL);
     poison_t bad;
     insert_poison(&bad, "ops1.metrics", 0);
-    int port = free_port();
+    int port = tn_free_port();
     char *listen = listen_setting(port);
     start_relay(NULL, listen, NULL);
 
@@ -295,7 +222,7 @@ START_TEST(test_metrics_after_a_drain) {
     int64_t deadline = tk_now_ms() + 6000;
     for (;;) {
         free(text);
-        int st = http_get(port, "/metrics", &text);
+        int st = tn_http_get(port, "/metrics", &text);
         if (st == 200 && metric(text, "outbox_backlog_messages", &v) && v == 0 &&
             metric(text, "outbox_relay_published_total", &v) && v == N &&
             metric(text, "outbox_relay_dead_letters_total", &v) && v == 1)
@@ -337,10 +264,10 @@ START_TEST(test_metrics_after_a_drain) {
     tk_consumer_free(c);
 
     char *body = NULL;
-    int st = http_get(port, "/healthz", &body);
+    int st = tn_http_get(port, "/healthz", &body);
     TF_CHECK(st == 200 && body && !strncmp(body, "ok", 2), "/healthz: %d '%s'", st, body ? body : "");
     free(body);
-    st = http_get(port, "/no/such/path", &body);
+    st = tn_http_get(port, "/no/such/path", &body);
     /* The answer names the paths there are, whole (its length is no longer counted by hand). */
     TF_CHECK(st == 404 && body && !strcmp(body, "not found: try /metrics, /healthz, /readyz\n"),
              "/no/such/path: %d '%s'", st, body ? body : "");
@@ -355,7 +282,7 @@ END_TEST
 START_TEST(test_readiness_follows_kafka_and_postgresql) {
     tf_start_broker("--brokers", "1", "--topic", "ops2.ready:1", NULL);
     send_n(tf_ob, tf_conn, "ops2.ready", 10, NULL);
-    int port = free_port();
+    int port = tn_free_port();
     char *listen = listen_setting(port);
     start_relay(NULL, listen, NULL);
     wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
@@ -370,7 +297,7 @@ START_TEST(test_readiness_follows_kafka_and_postgresql) {
     st = wait_http(port, "/readyz", 503, "kafka=down", 10000, &body);
     TF_CHECK(st == 503 && strstr(body, "kafka=down"), "/readyz 10 s after the broker went down: %d '%s'", st, body);
     free(body);
-    st = http_get(port, "/healthz", NULL);
+    st = tn_http_get(port, "/healthz", NULL);
     TF_CHECK(st == 200, "/healthz while the broker is down: %d (the process is alive)", st);
 
     tk_broker_cmd(tf_broker, "up all");
@@ -379,7 +306,7 @@ START_TEST(test_readiness_follows_kafka_and_postgresql) {
     free(body);
 
     /* A relay that cannot reach PostgreSQL is alive but not ready. */
-    int port2 = free_port();
+    int port2 = tn_free_port();
     char *listen2 = listen_setting(port2), *bad_pg;
     ck_assert(asprintf(&bad_pg, "%s port=1", getenv("OUTBOX_TEST_PG")) > 0);
     tk_proc_t *r2 = start_relay(bad_pg, listen2, "relay.reconnect.backoff.max.ms=500", NULL);
@@ -390,12 +317,12 @@ START_TEST(test_readiness_follows_kafka_and_postgresql) {
     free(body);
     /* ... and stays so: it is not a start-up blip. */
     tk_sleep_ms(2500);
-    st = http_get(port2, "/readyz", &body);
+    st = tn_http_get(port2, "/readyz", &body);
     TF_CHECK(st == 503, "/readyz without PostgreSQL, 2.5 s later: %d '%s'", st, body ? body : "");
     free(body);
     TF_CHECK(tk_proc_running(r2), "the relay without PostgreSQL exited: %s", tk_status_str(r2->status));
     /* The first relay is unaffected. */
-    st = http_get(port, "/readyz", NULL);
+    st = tn_http_get(port, "/readyz", NULL);
     TF_CHECK(st == 200, "/readyz of the healthy relay: %d", st);
     free(listen);
     free(listen2);
