@@ -846,6 +846,53 @@ END_TEST
 
 /* ---- 7. lost PostgreSQL session ------------------------------------------------------------------ */
 
+/* Through a PostgreSQL immediate restart the relay's log stays one logfmt record per line: the
+ * server's "terminating connection due to immediate shutdown" notice and libpq's multi-line
+ * errors are folded into records, and nothing reaches stderr raw.  Then it publishes again. */
+START_TEST(test_log_through_an_immediate_restart_is_one_record_per_line) {
+    enum { KEYS = 10, BEFORE = 100, AFTER = 20 };
+    const char *pgctl = getenv("OUTBOX_TEST_PGCTL");
+    ck_assert_msg(pgctl && *pgctl, "run through tests/support/run-tests.sh (OUTBOX_TEST_PGCTL)");
+    tf_start_broker("--topic", "t7.restart:2", NULL);
+    /* A notice of two lines on every delete the relay makes, as a trigger or the server may send. */
+    tu_exec(tf_conn, tf_q("CREATE FUNCTION @.notice_twice() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                          " PERFORM set_config('client_min_messages', 'notice', true);"
+                          " RAISE NOTICE E'outbox test notice\\nits second line'; RETURN NULL; END $$"));
+    tu_exec(tf_conn, tf_q("CREATE TRIGGER notice_twice AFTER DELETE ON @.messages FOR EACH STATEMENT"
+                          " EXECUTE FUNCTION @.notice_twice()"));
+    write_seq("t7.restart", KEYS, 0, BEFORE, NULL);
+    tk_proc_t *relay = tf_start_relay("relay.reconnect.backoff.max.ms=500", NULL);
+    wait_drained(30000);
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "%s restart -m immediate >/dev/null 2>&1", pgctl);
+    ck_assert_int_eq(system(cmd), 0);
+    PQreset(tf_conn);
+    ck_assert_int_eq(PQstatus(tf_conn), CONNECTION_OK);
+    write_seq("t7.restart", KEYS, BEFORE, BEFORE + AFTER, NULL);
+    wait_drained(60000);
+    TF_CHECK(tk_proc_running(relay), "the relay exited across the restart: %s", tk_status_str(relay->status));
+    char *log = tk_read_file(relay->err_path);
+    int lines = 0, bad = 0, connected = 0;
+    const char *first_bad = NULL;
+    for (char *line = log; line && *line;) {
+        char *end = strchr(line, '\n');
+        lines++;
+        if (strncmp(line, "ts=", 3) != 0 || !strstr(line, " level=") || !strstr(line, " fac=")) {
+            if (!bad++)
+                first_bad = line;
+        }
+        connected += strstr(line, "msg=\"connected to PostgreSQL\"") && (!end || strstr(line, "msg=") < end);
+        line = end ? end + 1 : NULL;
+    }
+    TF_CHECK(bad == 0, "%d of %d lines of the relay's log are not logfmt records, the first:\n%.300s", bad, lines,
+             first_bad ? first_bad : "");
+    TF_CHECK(connected >= 2, "the relay did not log its reconnection (%d connects):\n%s", connected, log);
+    TF_CHECK(strstr(log, "outbox test notice its second line") != NULL, "the trigger's notice was not logged:\n%s",
+             log);
+    free(log);
+}
+END_TEST
+
 START_TEST(test_relay_reconnects_after_backend_killed) {
     enum { KEYS = 60, BEFORE = 500, AFTER = 20 };
     tf_start_broker("--topic", "t7.reconnect:4", NULL);
@@ -1152,6 +1199,7 @@ static Suite *relay_suite(void) {
     tcase_add_test(tc, test_sigterm_mid_drain_exits_0_and_loses_nothing);
     tcase_add_test(tc, test_broker_down_for_5s_loses_nothing_and_keeps_order);
     tcase_add_test(tc, test_relay_reconnects_after_backend_killed);
+    tcase_add_test(tc, test_log_through_an_immediate_restart_is_one_record_per_line);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cli");
