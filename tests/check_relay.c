@@ -821,6 +821,35 @@ END_TEST
 
 /* ---- 6. broker outage --------------------------------------------------------------------------- */
 
+/* A SIGTERM while the broker is away: the relay says once that the broker is silent, purges what
+ * it holds without one log line per message, and its last line says how much is left. */
+START_TEST(test_sigterm_with_the_broker_away_logs_a_summary_not_every_message) {
+    enum { KEYS = 20, N = 100 };
+    tf_start_broker("--topic", "t6.away:2", NULL);
+    tk_proc_t *relay = tf_start_relay("relay.shutdown.timeout.ms=1000", NULL);
+    write_seq("t6.away", KEYS, 0, 1, NULL);
+    wait_drained(30000);
+    tk_broker_cmd(tf_broker, "down all");
+    write_seq("t6.away", KEYS, 1, 1 + N, NULL); /* 2,000 messages nobody can acknowledge */
+    tk_sleep_ms(12000); /* past the 10 s after which the silence is worth a line */
+    tk_proc_signal(relay, SIGTERM);
+    TF_CHECK(tk_proc_wait(relay, 20000), "the relay did not exit within 20 s of SIGTERM");
+    TF_CHECK(tf_exit_code(relay) == 0, "the relay exited with %s", tk_status_str(relay->status));
+    char *log = tk_read_file(relay->err_path);
+    int lines = 0;
+    for (const char *p = log; (p = strchr(p, '\n')); p++)
+        lines++;
+    TF_CHECK(lines < 60, "%d log lines for %d messages left unacknowledged:\n%.3000s", lines, KEYS * N, log);
+    TF_CHECK(tf_matches(log, "msg=\"no acknowledgement from the broker\" silent_s=[0-9]+ outstanding=[0-9]+"),
+             "no line says the broker is silent:\n%.3000s", log);
+    char want[128];
+    snprintf(want, sizeof(want), "msg=\"stopped\" published=[0-9]+ dead_lettered=0 unacknowledged=[0-9]+ "
+             "left_in_table=%d", KEYS * N);
+    TF_CHECK(tf_matches(log, want), "the last line does not say what is left (%s):\n%.3000s", want, log);
+    free(log);
+}
+END_TEST
+
 START_TEST(test_broker_down_for_5s_loses_nothing_and_keeps_order) {
     enum { KEYS = 50, BEFORE = 600, DURING = 40 };
     tf_start_broker("--brokers", "3", "--topic", "t6.outage:4", NULL);
@@ -1198,6 +1227,7 @@ static Suite *relay_suite(void) {
     tcase_add_test(tc, test_one_leader_and_standby_takes_over);
     tcase_add_test(tc, test_sigterm_mid_drain_exits_0_and_loses_nothing);
     tcase_add_test(tc, test_broker_down_for_5s_loses_nothing_and_keeps_order);
+    tcase_add_test(tc, test_sigterm_with_the_broker_away_logs_a_summary_not_every_message);
     tcase_add_test(tc, test_relay_reconnects_after_backend_killed);
     tcase_add_test(tc, test_log_through_an_immediate_restart_is_one_record_per_line);
     suite_add_tcase(s, tc);
