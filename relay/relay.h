@@ -351,6 +351,8 @@ int relay_status(relay_t *r, int argc, const char **argv);
 int relay_dead_letters(relay_t *r, int argc, const char **argv);
 int relay_consumer_dead_letters(relay_t *r, int argc, const char **argv);
 int relay_grants(relay_t *r, int argc, const char **argv);
+/* admin.c: writes s to stdout as a JSON string (quoted, escaped). */
+void admin_json_str(const char *s);
 int relay_migrate(relay_t *r);
 
 /* conffile.c: applies one "key=value" (kv is modified) to conf; 0, or -1 with the reason, prefixed
