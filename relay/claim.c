@@ -108,8 +108,8 @@ static int claim_params(relay_t *r, claim_plan_t *plan, char limit[16], char fro
  * from where it started. */
 static void low_update(relay_t *r, const claim_plan_t *plan, int64_t first) {
     relay_claim_t *c = &r->claim;
-    if (plan->gen != r->floor.gen)
-        return;
+    if (plan->gen != r->floor.gen || first == INT64_MIN)
+        return; /* stale, or nothing below it (an empty table under an unset floor) */
     if (plan->full) {
         c->low_empty = first - 1;
         c->low_probed_ms = plan->at_ms;
