@@ -22,12 +22,6 @@
 /* A claim probes at most about this many id ranges (one index probe each); past it, ranges
  * separated only by settled ids are merged, and the claim steps over those deleted rows. */
 #define CLAIM_RANGES_MAX 256
-/* While open outbox writers have held the floor this long, claims step over the low ids a full
- * claim found empty (deleted rows a long transaction keeps from VACUUM, walked at every claim
- * otherwise), and look there again only every GAP_REPROBE_MS: a late commit down there is then
- * published up to that much later.  A floor that rises normally never waits this long. */
-#define LOW_SKIP_AFTER_MS 500
-#define GAP_REPROBE_MS 1000
 /* Columns of a claimed row, in this order. */
 #define CLAIM_COLUMNS "id, destination, partition_key, envelope, message_id, message_type, created_at"
 enum { COL_ID, COL_DEST, COL_KEY, COL_ENVELOPE, COL_MESSAGE_ID, COL_TYPE, COL_CREATED };
@@ -82,15 +76,9 @@ static void statements(const relay_t *r, const char *out[STATEMENTS_MAX]) {
 static int claim_params(relay_t *r, claim_plan_t *plan, char limit[16], char from[24], char **lo,
                         char **hi) {
     const relay_floor_t *f = &r->floor;
-    const relay_claim_t *c = &r->claim;
-    int64_t now = outbox_mono_ms();
-    *plan = (claim_plan_t){.start = f->floor, .at_ms = now, .gen = f->gen, .full = true,
+    *plan = (claim_plan_t){.start = f->floor, .at_ms = outbox_mono_ms(), .gen = f->gen,
                            .floor_ok = f->settled};
-    if (c->low_gen == f->gen && c->low_empty >= f->floor && f->vxids && !f->settled &&
-        now - f->listed_ms >= LOW_SKIP_AFTER_MS && now - c->low_probed_ms < GAP_REPROBE_MS) {
-        plan->start = c->low_empty + 1;
-        plan->full = false;
-    }
+
     size_t n;
     int64_t *ids = batch_sorted_ids(r->inflight, r->inflight_cnt, false, &n);
     if (!ids)
@@ -102,21 +90,6 @@ static int claim_params(relay_t *r, claim_plan_t *plan, char limit[16], char fro
     snprintf(limit, 16, "%d", r->set.batch_size);
     snprintf(from, 24, "%lld", (long long)plan->top);
     return 0;
-}
-
-/* A claim's answer: below its first row (or its top, when it found none) nothing was visible
- * from where it started. */
-static void low_update(relay_t *r, const claim_plan_t *plan, int64_t first) {
-    relay_claim_t *c = &r->claim;
-    if (plan->gen != r->floor.gen || first == INT64_MIN)
-        return; /* stale, or nothing below it (an empty table under an unset floor) */
-    if (plan->full) {
-        c->low_empty = first - 1;
-        c->low_probed_ms = plan->at_ms;
-        c->low_gen = plan->gen;
-    } else if (c->low_gen == plan->gen && first - 1 > c->low_empty) {
-        c->low_empty = first - 1; /* from the floor up, empty as of the older look */
-    }
 }
 
 /* Sends the next claim without waiting for its rows: PostgreSQL looks them up while the relay
@@ -169,11 +142,9 @@ static int claim(relay_t *r, batch_t **out, bool *settled) {
         if (!res)
             return -1;
     }
-    /* Only a claim from the floor itself may raise it (floor.c's step 2 needs every id). */
-    *settled = plan.floor_ok && plan.full;
+    *settled = plan.floor_ok;
     int n = PQntuples(res);
     if (n == 0) {
-        low_update(r, &plan, plan.top);
         PQclear(res);
         return 0;
     }
@@ -201,7 +172,6 @@ static int claim(relay_t *r, batch_t **out, bool *settled) {
             row->timestamp_ms = (int64_t)be64toh(be) / 1000 + PG_EPOCH_UNIX_MS;
         }
     }
-    low_update(r, &plan, b->ids[0]);
     *out = b;
     return n;
 }

@@ -177,25 +177,22 @@ typedef struct {
     char table[160];         /* the outbox table, as SQL text for regclass */
 } relay_floor_t;
 
-/* claim.c: what one claim covers: every id from start that is neither in flight nor settled. */
+/* claim.c: what one claim covers: every id from start (the floor) that is neither in flight nor
+ * settled. */
 typedef struct {
-    int64_t start;           /* the floor, or above a low range found empty lately */
+    int64_t start;           /* the floor then */
     int64_t top;             /* from here up, every id */
     int64_t at_ms;           /* when it was made */
     uint64_t gen;            /* floor.gen then: a claim made before a floor reset is stale */
-    bool full;               /* it started at the floor, so it may raise the floor */
     bool floor_ok;           /* floor.settled then: whether it may raise the floor */
 } claim_plan_t;
 
 /* claim.c: the claim sent ahead, so PostgreSQL looks up the next batch while the relay
- * produces the current one, and the low ids a claim found empty lately. */
+ * produces the current one. */
 typedef struct {
     bool sent;               /* its result is still to be read */
     PGresult *res;           /* its result, read but not yet made a batch */
     claim_plan_t ahead;      /* what it covers */
-    int64_t low_empty;       /* ids from the floor to this held nothing visible ... */
-    int64_t low_probed_ms;   /* ... when a full claim last looked */
-    uint64_t low_gen;        /* floor.gen of that look */
     int64_t next_sample_ms;  /* when to sample the backlog again */
     char sql[1024], sql_sample[512], sql_count[256];
 } relay_claim_t;
