@@ -76,9 +76,7 @@ static void statements(const relay_t *r, const char *out[STATEMENTS_MAX]) {
 static int claim_params(relay_t *r, claim_plan_t *plan, char limit[16], char from[24], char **lo,
                         char **hi) {
     const relay_floor_t *f = &r->floor;
-    *plan = (claim_plan_t){.start = f->floor, .at_ms = outbox_mono_ms(), .gen = f->gen,
-                           .floor_ok = f->settled};
-
+    *plan = (claim_plan_t){.start = f->floor, .gen = f->gen, .floor_ok = f->settled};
     size_t n;
     int64_t *ids = batch_sorted_ids(r->inflight, r->inflight_cnt, false, &n);
     if (!ids)

@@ -182,7 +182,6 @@ typedef struct {
 typedef struct {
     int64_t start;           /* the floor then */
     int64_t top;             /* from here up, every id */
-    int64_t at_ms;           /* when it was made */
     uint64_t gen;            /* floor.gen then: a claim made before a floor reset is stale */
     bool floor_ok;           /* floor.settled then: whether it may raise the floor */
 } claim_plan_t;
