@@ -76,12 +76,12 @@ static void statements(const relay_t *r, const char *out[STATEMENTS_MAX]) {
 static int claim_params(relay_t *r, claim_plan_t *plan, char limit[16], char from[24], char **lo,
                         char **hi) {
     const relay_floor_t *f = &r->floor;
-    *plan = (claim_plan_t){.start = f->floor, .gen = f->gen, .floor_ok = f->settled};
+    *plan = (claim_plan_t){.gen = f->gen, .floor_ok = f->settled};
     size_t n;
     int64_t *ids = batch_sorted_ids(r->inflight, r->inflight_cnt, false, &n);
     if (!ids)
         return -1;
-    int rc = idr_gaps(ids, n, &f->done, plan->start, CLAIM_RANGES_MAX, lo, hi, &plan->top);
+    int rc = idr_gaps(ids, n, &f->done, f->floor, CLAIM_RANGES_MAX, lo, hi, &plan->top);
     free(ids);
     if (rc)
         return -1;

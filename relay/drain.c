@@ -29,7 +29,6 @@
 static void settings_read(relay_t *r) {
     const outbox_conf_t *c = r->conf;
     relay_settings_t *s = &r->set;
-    s->app_name = outbox_conf_str(c, "relay.application.name");
     s->batch_size = (int)outbox_conf_int(c, "relay.batch.size");
     s->inflight_max = (int)outbox_conf_int(c, "relay.inflight.batches");
     s->poll_min_ms = outbox_conf_int(c, "relay.poll.min.ms");
@@ -42,7 +41,6 @@ static void settings_read(relay_t *r) {
     s->lock_retry_ms = outbox_conf_int(c, "relay.lock.retry.ms");
     s->statement_timeout_ms = outbox_conf_int(c, "relay.statement.timeout.ms");
     s->shutdown_timeout_ms = outbox_conf_int(c, "relay.shutdown.timeout.ms");
-    s->pg_timeout_ms = outbox_conf_int(c, "pg.timeout.ms");
     s->floor_warn_ms = outbox_conf_int(c, "relay.floor.warn.ms");
     s->reindex_min_bytes = outbox_conf_int(c, "relay.reindex.min.bytes");
     s->reindex_check_ms = outbox_conf_int(c, "relay.reindex.check.ms");

@@ -300,7 +300,6 @@ bool session_ensure_leader(relay_t *r, const char *const *prepare) {
 void session_init(relay_t *r) {
     relay_session_t *s = &r->session;
     s->backoff_ms = r->set.backoff_ms;
-    s->connect_lim = limits(r, 0);
     /* The server answers within its statement timeout, even if only to cancel; without one, a
      * statement may run as long as it likes. */
     s->stmt_lim = limits(r, r->set.statement_timeout_ms);

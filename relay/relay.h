@@ -30,12 +30,10 @@
 /* ---- settings: read once at start (settings_read in drain.c) ------------------------------ */
 
 typedef struct {
-    const char *app_name;
     int batch_size, inflight_max;
     int64_t poll_min_ms, poll_max_ms, poll_active_ms;
     int64_t backoff_ms, backoff_max_ms;   /* relay.reconnect.backoff[.max].ms */
     int64_t lock_retry_ms, statement_timeout_ms, shutdown_timeout_ms;
-    int64_t pg_timeout_ms;                /* pg.timeout.ms */
     int64_t floor_warn_ms;                /* relay.floor.warn.ms */
     long long reindex_min_bytes;
     int64_t reindex_check_ms;
@@ -160,7 +158,7 @@ typedef struct {
     int64_t backoff_ms;      /* the next reconnect's wait */
     int64_t down_since_ms;   /* 0, or since when connecting fails */
     int64_t next_remind_ms;  /* no "still cannot connect" before then */
-    outbox_pg_limits_t connect_lim, stmt_lim;
+    outbox_pg_limits_t stmt_lim;
 } relay_session_t;
 
 /* floor.c: claims start at floor (see floor.c for why that is safe). */
@@ -177,10 +175,9 @@ typedef struct {
     char table[160];         /* the outbox table, as SQL text for regclass */
 } relay_floor_t;
 
-/* claim.c: what one claim covers: every id from start (the floor) that is neither in flight nor
+/* claim.c: what one claim covers: every id from the floor that is neither in flight nor
  * settled. */
 typedef struct {
-    int64_t start;           /* the floor then */
     int64_t top;             /* from here up, every id */
     uint64_t gen;            /* floor.gen then: a claim made before a floor reset is stale */
     bool floor_ok;           /* floor.settled then: whether it may raise the floor */
