@@ -49,6 +49,10 @@ static const outbox_conf_prop_t props[] = {
     {"relay.record.timestamp", CONF_STR, "created", 0, 0,
      "Kafka record timestamp: created (the message's created_at, CreateTime) or produced (when the "
      "relay sends it)", "created|produced"},
+    {"relay.poison.policy", CONF_STR, "park-key", 0, 0,
+     "a message that fails permanently: park-key (it and every later message of its partition key "
+     "wait, in order, for `outbox-relay parked retry|drop`; other keys flow) or dead-letter (move it "
+     "to dead_letters and go on with its key's later messages)", "park-key|dead-letter"},
     {"relay.floor.warn.ms", CONF_INT, "60000", 100, 86400000,
      "warn, naming it, about an open transaction that wrote to the outbox and held the claim floor "
      "this long (and again as often)", NULL},

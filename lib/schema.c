@@ -55,6 +55,31 @@ static const char *const migrations[] = {
      * id.  NULL (never failed) for every row a writer inserts: a NULL costs no byte in the tuple,
      * and adding a nullable column without a default rewrites nothing. */
     "ALTER TABLE %1$s.messages ADD COLUMN attempts integer;",
+    /* 3: per-key parking (relay.poison.policy = park-key).  A parked key's rows leave messages for
+     * parked_messages, keeping their ids, so that claims never walk them (relay/park.c says why the
+     * claim floor stays sound); parked_keys says why each key is parked and carries an operator's
+     * request (retry, drop, drop-first) to the leader, which carries it out between batches. */
+    "CREATE TABLE %1$s.parked_keys ("
+    "  partition_key bytea PRIMARY KEY,"
+    "  destination   text NOT NULL,"
+    "  first_id      bigint NOT NULL,"
+    "  error         text NOT NULL,"
+    "  parked_at     timestamptz NOT NULL DEFAULT now(),"
+    "  request       text CHECK (request IN ('retry', 'drop', 'drop-first')),"
+    "  requested_at  timestamptz"
+    ");"
+    "CREATE TABLE %1$s.parked_messages ("
+    "  id            bigint PRIMARY KEY,"
+    "  message_id    uuid NOT NULL,"
+    "  destination   text NOT NULL,"
+    "  partition_key bytea NOT NULL,"
+    "  message_type  text NOT NULL,"
+    "  envelope      bytea NOT NULL,"
+    "  created_at    timestamptz NOT NULL,"
+    "  attempts      integer,"
+    "  held_at       timestamptz NOT NULL DEFAULT now()"
+    ");"
+    "CREATE INDEX parked_messages_key_idx ON %1$s.parked_messages (partition_key, id);",
 };
 
 #define MIGRATION_CNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -124,7 +124,7 @@ int relay_status(relay_t *r, int argc, const char **argv) {
     }
     char sql[1024], lock[160];
     int rc = 1, version = 0;
-    PGresult *a = NULL, *b = NULL, *c = NULL, *w = NULL;
+    PGresult *a = NULL, *b = NULL, *c = NULL, *w = NULL, *pk = NULL;
     leader_t ld = {0};
     if (outbox_schema_version(ob, pg, &version) != OUTBOX_OK) {
         fprintf(stderr, "outbox-relay: status: %s\n", outbox_errmsg(ob));
@@ -172,6 +172,11 @@ int relay_status(relay_t *r, int argc, const char **argv) {
                     " GROUP BY 1, 2, 3, 4 ORDER BY 4 DESC LIMIT 20",
                     1, tp)))
         goto done;
+    pk = parked_query(r, pg);
+    if (PQresultStatus(pk) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "outbox-relay: status: reading the parked keys failed: %s", PQresultErrorMessage(pk));
+        goto done;
+    }
     if (PQntuples(c))
         leader_parse(PQgetvalue(c, 0, 0), &ld);
     if (json) {
@@ -203,7 +208,9 @@ int relay_status(relay_t *r, int argc, const char **argv) {
             admin_json_str(PQgetvalue(w, i, 2));
             printf(",\"xact_age_seconds\":%s}", PQgetvalue(w, i, 3));
         }
-        printf("]}\n");
+        printf("],\"parked_keys\":");
+        parked_print(pk, true, false);
+        printf("}\n");
     } else {
         /* The same names as the JSON fields; open_writer is one element of open_writers. */
         printf("schema:          %s\n", r->schema);
@@ -217,6 +224,8 @@ int relay_status(relay_t *r, int argc, const char **argv) {
                    PQgetvalue(c, 0, 1), PQgetvalue(c, 0, 2));
         else
             printf("leader:          none\n");
+        printf("parked_keys:     %d\n", PQntuples(pk));
+        parked_print(pk, false, true);
         /* An open writer holds the claim floor: claims then step over more deleted rows. */
         for (int i = 0; i < PQntuples(w); i++)
             printf("open_writer:     pid=%s application_name=%s state=\"%s\" xact_age_seconds=%s\n",
@@ -228,6 +237,7 @@ done:
     PQclear(b);
     PQclear(c);
     PQclear(w);
+    PQclear(pk);
     outbox_destroy(ob);
     PQfinish(pg);
     return rc;
@@ -259,14 +269,15 @@ static void print_role(const char *role, const char *q, const char *what) {
  * grant).  A consumer records processed messages and rejections and may reply through the outbox. */
 static const struct {
     const char *flag, *comment;
-    const char *grants[5][2]; /* {privileges, table} */
+    const char *grants[8][2]; /* {privileges, table} */
 } role_specs[] = {
     {"--writer", "writer: outbox_send(); outbox_migrate() on a current schema (a check), outbox_schema_version()",
      {{"INSERT", "messages"}, {"SELECT", "schema_version"}}},
     {"--relay", "relay: outbox-relay run, status, dead-letters list|retry|drop|prune, "
-                "consumer-dead-letters list|drop|prune",
+                "consumer-dead-letters list|drop|prune, parked list|retry|drop",
      {{"SELECT, INSERT, DELETE", "messages"}, {"SELECT, INSERT, UPDATE, DELETE", "dead_letters"},
-      {"SELECT, DELETE", "consumer_dead_letters"}, {"SELECT", "schema_version"}}},
+      {"SELECT, DELETE", "consumer_dead_letters"}, {"SELECT, INSERT, UPDATE, DELETE", "parked_keys"},
+      {"SELECT, INSERT, DELETE", "parked_messages"}, {"SELECT", "schema_version"}}},
     {"--consumer", "consumer: outbox_consumer_*() with outbox_reply(); outbox_migrate() on a current schema "
                    "(a check), outbox_schema_version()",
      {{"SELECT, INSERT, DELETE", "processed"}, {"INSERT", "consumer_dead_letters"}, {"INSERT", "messages"},
@@ -316,7 +327,7 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
             continue;
         print_role(names[k], q, role_specs[k].comment);
         printf("GRANT USAGE ON SCHEMA %s TO %s;\n", s, q);
-        for (int g = 0; g < 5 && role_specs[k].grants[g][0]; g++)
+        for (int g = 0; g < 8 && role_specs[k].grants[g][0]; g++)
             printf("GRANT %s ON %s.%s TO %s;\n", role_specs[k].grants[g][0], s, role_specs[k].grants[g][1], q);
     }
     printf("COMMIT;\n");

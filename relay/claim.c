@@ -52,6 +52,7 @@ static void build_sql(relay_t *r) {
     snprintf(r->claim.sql_count, sizeof(r->claim.sql_count),
              "SELECT count(*) FROM %s.messages WHERE id BETWEEN $1::bigint AND $2::bigint", s);
     settle_build_sql(r);
+    park_build_sql(r);
 }
 
 /* Room for the name/SQL pairs of every statement prepared on the leader session, and the NULL. */
@@ -62,7 +63,8 @@ static void statements(const relay_t *r, const char *out[STATEMENTS_MAX]) {
     int n = 0;
     const char *own[] = {"outbox_claim", r->claim.sql, "outbox_sample", r->claim.sql_sample,
                          "outbox_count", r->claim.sql_count, "outbox_settle", r->settle.sql_delete,
-                         "outbox_settle_dead", r->settle.sql_dead};
+                         "outbox_settle_dead", r->settle.sql_dead, "outbox_park_load", r->park.sql_load,
+                         "outbox_park_poll", r->park.sql_poll, "outbox_park_release", r->park.sql_release};
     for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
         out[n++] = own[i];
     for (int i = 0; floor_statements[i] && n < STATEMENTS_MAX - 1; i++)
@@ -181,8 +183,10 @@ static bool table_ready(relay_t *r) {
     bool was_leader = r->session.leader && !session_lost(r);
     if (!session_ensure_leader(r, stmts))
         return false;
-    if (!was_leader)
+    if (!was_leader) {
         floor_reset(r); /* a new session: what the last one knew of the table is gone */
+        park_leader(r); /* and parked keys may have been released meanwhile */
+    }
     return true;
 }
 
@@ -190,6 +194,9 @@ static int table_next(relay_t *r, batch_t **out) {
     if (session_lost(r))
         return -1;
     *out = NULL;
+    claim_collect(r); /* frees the session for park's statements */
+    if (!park_before_claim(r))
+        return 0;
     floor_check(r);
     bool settled;
     int got = claim(r, out, &settled);
@@ -274,6 +281,7 @@ static void table_close(relay_t *r) {
     r->session.pg = NULL;
     floor_free(r);
     idr_set_free(&r->floor.done);
+    park_free(r);
 }
 
 static void table_open(relay_t *r) {

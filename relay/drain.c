@@ -46,6 +46,7 @@ static void settings_read(relay_t *r) {
     s->reindex_check_ms = outbox_conf_int(c, "relay.reindex.check.ms");
     s->debug = outbox_conf_int(c, "log.level") >= 7;
     s->record_created = !strcmp(outbox_conf_str(c, "relay.record.timestamp"), "created");
+    s->park_key = !strcmp(outbox_conf_str(c, "relay.poison.policy"), "park-key");
 }
 
 /* The loop's own pacing: how long to wait when there is nothing to do. */

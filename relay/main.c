@@ -47,7 +47,7 @@ static int key_group(const char *name) {
 static void usage(FILE *fp) {
     fprintf(fp,
             "usage: outbox-relay [-c FILE] [-X key=value]...\n"
-            "                    [run|migrate|status|dead-letters|consumer-dead-letters|grants] [ARGS]\n"
+            "                    [run|migrate|status|dead-letters|consumer-dead-letters|parked|grants] [ARGS]\n"
             "       outbox-relay --help | --version\n"
             "\n"
             "Publishes the rows of a liboutbox outbox table to Kafka, in id order, deleting each\n"
@@ -74,6 +74,17 @@ static void usage(FILE *fp) {
             "  consumer-dead-letters drop ID|--all --group GROUP  (--all needs --yes)\n"
             "  consumer-dead-letters prune --older-than DURATION --group GROUP\n"
             "            the messages consumer group GROUP rejected (outbox.consumer_dead_letters)\n"
+            "  parked list [--json]\n"
+            "            the partition keys a message that failed permanently parked\n"
+            "            (relay.poison.policy=park-key): key, destination, first held id, rows held,\n"
+            "            error, since when\n"
+            "  parked retry --key K|--key-hex H|--all\n"
+            "            publish a parked key's held messages again, from the first, in order (the\n"
+            "            running leader does it between batches; if the first fails again the key\n"
+            "            parks again with the new error)\n"
+            "  parked drop --key K|--key-hex H [--first-only]\n"
+            "            move a parked key's held messages to dead_letters; --first-only moves only\n"
+            "            the one that failed and publishes the rest in order\n"
             "  grants [--writer ROLE] [--relay ROLE] [--consumer ROLE]\n"
             "            print SQL creating least-privilege roles for this schema: the relay's role\n"
             "            runs every verb above but migrate\n"
@@ -150,6 +161,27 @@ static int configure(outbox_conf_t *conf, const char *file, int argc, char **arg
     return 0;
 }
 
+/* The verbs that take arguments of their own (run and migrate take none). */
+static const struct {
+    const char *name;
+    int (*fn)(relay_t *r, int argc, const char **argv);
+} arg_verbs[] = {
+    {"status", relay_status},
+    {"dead-letters", relay_dead_letters},
+    {"consumer-dead-letters", relay_consumer_dead_letters},
+    {"parked", relay_parked},
+    {"grants", relay_grants},
+};
+#define ARG_VERBS ((int)(sizeof(arg_verbs) / sizeof(arg_verbs[0])))
+
+/* The arg_verbs index of name, or -1. */
+static int arg_verb(const char *name) {
+    for (int k = 0; k < ARG_VERBS; k++)
+        if (!strcmp(arg_verbs[k].name, name))
+            return k;
+    return -1;
+}
+
 int main(int argc, char **argv) {
     const char *file = NULL, *verb = "run";
     const char *vargs[16];
@@ -172,11 +204,9 @@ int main(int argc, char **argv) {
                 file = argv[i + 1];
             i++;
         } else if (nvargs == 0 && strcmp(verb, "run") == 0 &&
-                   (!strcmp(a, "run") || !strcmp(a, "migrate") || !strcmp(a, "status") ||
-                    !strcmp(a, "dead-letters") || !strcmp(a, "consumer-dead-letters") || !strcmp(a, "grants"))) {
+                   (!strcmp(a, "run") || !strcmp(a, "migrate") || arg_verb(a) >= 0)) {
             verb = a;
-        } else if (strcmp(verb, "status") == 0 || strcmp(verb, "dead-letters") == 0 ||
-                   strcmp(verb, "consumer-dead-letters") == 0 || strcmp(verb, "grants") == 0) {
+        } else if (arg_verb(verb) >= 0) {
             if (nvargs == (int)(sizeof(vargs) / sizeof(vargs[0]))) {
                 fprintf(stderr, "outbox-relay: too many arguments for %s\n", verb);
                 return 2;
@@ -184,7 +214,7 @@ int main(int argc, char **argv) {
             vargs[nvargs++] = a; /* checked by the verb */
         } else {
             fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, or a verb: "
-                            "run, migrate, status, dead-letters, consumer-dead-letters, grants; see --help)\n", a);
+                            "run, migrate, status, dead-letters, consumer-dead-letters, parked, grants; see --help)\n", a);
             return 2;
         }
     }
@@ -238,14 +268,8 @@ int main(int argc, char **argv) {
 
     if (!strcmp(verb, "migrate"))
         rc = relay_migrate(&r);
-    else if (!strcmp(verb, "status"))
-        rc = relay_status(&r, nvargs, vargs);
-    else if (!strcmp(verb, "dead-letters"))
-        rc = relay_dead_letters(&r, nvargs, vargs);
-    else if (!strcmp(verb, "consumer-dead-letters"))
-        rc = relay_consumer_dead_letters(&r, nvargs, vargs);
-    else if (!strcmp(verb, "grants"))
-        rc = relay_grants(&r, nvargs, vargs);
+    else if (arg_verb(verb) >= 0)
+        rc = arg_verbs[arg_verb(verb)].fn(&r, nvargs, vargs);
     else
         rc = relay_run(&r);
 done:

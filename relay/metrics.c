@@ -77,6 +77,19 @@ static void render(relay_t *r, sbuf_t *b) {
     put(b, "# HELP outbox_relay_dead_letters_total Messages moved to dead_letters.\n"
            "# TYPE outbox_relay_dead_letters_total counter\noutbox_relay_dead_letters_total %lld\n",
         (long long)atomic_load(&m->dead_lettered));
+    put(b, "# HELP outbox_relay_parked_keys Partition keys parked by a message that failed permanently.\n"
+           "# TYPE outbox_relay_parked_keys gauge\noutbox_relay_parked_keys %lld\n",
+        (long long)atomic_load(&m->parked_keys));
+    put(b, "# HELP outbox_relay_parked_messages Messages held behind parked keys (parked_messages).\n"
+           "# TYPE outbox_relay_parked_messages gauge\noutbox_relay_parked_messages %lld\n",
+        (long long)atomic_load(&m->parked_messages));
+    put(b, "# HELP outbox_relay_parked_oldest_age_seconds Since when the oldest parked key is parked.\n"
+           "# TYPE outbox_relay_parked_oldest_age_seconds gauge\noutbox_relay_parked_oldest_age_seconds %lld\n",
+        (long long)atomic_load(&m->parked_oldest_s));
+    put(b, "# HELP outbox_relay_parked_overtaken_total Messages of a key acknowledged after an earlier one of "
+           "the key failed at the broker and parked it (they were already in flight).\n"
+           "# TYPE outbox_relay_parked_overtaken_total counter\noutbox_relay_parked_overtaken_total %lld\n",
+        (long long)atomic_load(&m->parked_overtaken));
     put(b, "# HELP outbox_backlog_messages Rows waiting in the outbox (exact below 10000, else the id range).\n"
            "# TYPE outbox_backlog_messages gauge\noutbox_backlog_messages %lld\n",
         (long long)atomic_load(&m->backlog));

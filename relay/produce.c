@@ -26,7 +26,8 @@
 /* A state that lasts is logged again at most this often. */
 #define REMIND_EVERY_MS 30000
 
-/* Errors that will not go away by retrying the same message: such rows are dead-lettered. */
+/* Errors that will not go away by retrying the same message: such rows park their key or are
+ * dead-lettered (relay.poison.policy). */
 static bool permanent(rd_kafka_resp_err_t err) {
     switch (err) {
     case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
@@ -66,6 +67,29 @@ static void mark_retry(relay_t *r, batch_t *b, int row, const char *what, const 
         r->prod.retry_err = err;
 }
 
+/* A row that failed permanently: under park-key, with a partition key, it parks its key and is
+ * held with it (park.c); else, or when the key cannot be recorded, it is dead-lettered. */
+static void mark_failed(relay_t *r, batch_t *b, int row, const char *fmt, ...) OUTBOX_PRINTF(4, 5);
+static void mark_failed(relay_t *r, batch_t *b, int row, const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    const relay_row_t *rw = &b->rows[row];
+    if (r->set.park_key && rw->key) {
+        if (!park_add(r, rw->key, rw->key_len, b->ids[row], rw->dest, buf)) {
+            mark_retry(r, b, row, "cannot park its key", "out_of_memory"); /* it stays in the table */
+            return;
+        }
+        b->state[row] = ROW_HELD;
+        free(b->error[row]);
+        b->error[row] = outbox_strdup(buf);
+        return;
+    }
+    mark_dead(b, row, "%s", buf);
+}
+
 void producer_retry_summary(relay_t *r) {
     if (r->prod.retries > 1)
         outbox_log(r->conf, 4, FAC, "msg=\"re-sending from the oldest unsettled message\" failed=%lld "
@@ -90,6 +114,13 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     }
     if (!m->err) {
         b->state[s->row] = ROW_ACKED;
+        if (r->park.n) {
+            /* A later row of a key that parked while this one was in flight: published ahead of
+             * the rows held before it (the README says so). */
+            const park_entry_t *e = park_find(r, b->rows[s->row].key, b->rows[s->row].key_len);
+            if (e && b->ids[s->row] > e->first_id)
+                atomic_fetch_add(&r->metrics.parked_overtaken, 1);
+        }
         /* Where the broker says it put the row: with this line a reader can tell a row the
          * broker acknowledged and then lost from one the relay never sent. */
         if (r->set.debug)
@@ -108,7 +139,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     }
     metrics_delivery_error(&r->metrics, m->err);
     if (permanent(m->err))
-        mark_dead(b, s->row, "kafka: %s (%s)", rd_kafka_err2name(m->err), rd_kafka_err2str(m->err));
+        mark_failed(r, b, s->row, "kafka: %s (%s)", rd_kafka_err2name(m->err), rd_kafka_err2str(m->err));
     else /* transient or local (purge, timeout): keep the row and re-send from it */
         mark_retry(r, b, s->row, "delivery failed", rd_kafka_err2name(m->err));
 }
@@ -198,7 +229,7 @@ static int add_header(const char *name, size_t nl, const char *value, size_t vl,
 
 /* The record's headers: id, type, the envelope's own headers, kind.  NULL when the envelope does
  * not decode (the row is then marked dead) or a header cannot be added. */
-static rd_kafka_headers_t *row_headers(batch_t *b, int i) {
+static rd_kafka_headers_t *row_headers(relay_t *r, batch_t *b, int i) {
     const relay_row_t *row = &b->rows[i];
     char id[OUTBOX_UUID_STR_LEN + 1];
     int kind;
@@ -211,7 +242,7 @@ static rd_kafka_headers_t *row_headers(batch_t *b, int i) {
     }
     if (outbox_envelope_scan(row->value, row->value_len, &kind, add_header, h)) {
         rd_kafka_headers_destroy(h);
-        mark_dead(b, i, "envelope is not a valid outbox.v1.Envelope protobuf (%zu bytes)", row->value_len);
+        mark_failed(r, b, i, "envelope is not a valid outbox.v1.Envelope protobuf (%zu bytes)", row->value_len);
         return NULL;
     }
     if (rd_kafka_header_add(h, "kind", 4, kind_name(kind), -1)) {
@@ -226,13 +257,17 @@ static rd_kafka_headers_t *row_headers(batch_t *b, int i) {
 static bool produce_row(relay_t *r, batch_t *b, int i) {
     const relay_row_t *row = &b->rows[i];
     char why[200];
-    if (!outbox_topic_valid(row->dest, why, sizeof(why))) {
-        mark_dead(b, i, "invalid destination: \"%.200s\" %s", row->dest, why);
+    if (r->park.n && park_find(r, row->key, row->key_len)) {
+        b->state[i] = ROW_HELD; /* its key is parked: it waits behind the failed row */
         return true;
     }
-    rd_kafka_headers_t *h = row_headers(b, i);
+    if (!outbox_topic_valid(row->dest, why, sizeof(why))) {
+        mark_failed(r, b, i, "invalid destination: \"%.200s\" %s", row->dest, why);
+        return true;
+    }
+    rd_kafka_headers_t *h = row_headers(r, b, i);
     if (!h) {
-        if (b->state[i] != ROW_DEAD)
+        if (b->state[i] != ROW_DEAD && b->state[i] != ROW_HELD)
             mark_retry(r, b, i, "cannot build the record's headers", "out_of_memory");
         return true;
     }
@@ -258,7 +293,7 @@ static bool produce_row(relay_t *r, batch_t *b, int i) {
         if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
             return false; /* stopping: this row and the rest of the batch stay in the source */
         if (permanent(err)) {
-            mark_dead(b, i, "kafka: %s (%s): %zu-byte envelope, kafka.message.max.bytes applies",
+            mark_failed(r, b, i, "kafka: %s (%s): %zu-byte envelope, kafka.message.max.bytes applies",
                       rd_kafka_err2name(err), rd_kafka_err2str(err), row->value_len);
             return true;
         }
@@ -356,7 +391,8 @@ int64_t producer_close(relay_t *r, int64_t wait_ms) {
     int64_t left = 0;
     for (int k = 0; k < r->inflight_cnt; k++)
         for (int i = 0; i < r->inflight[k]->n; i++)
-            left += r->inflight[k]->state[i] != ROW_ACKED && r->inflight[k]->state[i] != ROW_DEAD;
+            left += r->inflight[k]->state[i] != ROW_ACKED && r->inflight[k]->state[i] != ROW_DEAD &&
+                    r->inflight[k]->state[i] != ROW_HELD;
     r->src->rewind(r);
     batch_retire_all(r);
     producer_retry_summary(r);

@@ -39,12 +39,14 @@ typedef struct {
     int64_t reindex_check_ms;
     bool debug;                           /* log.level 7: one line per delivered row too */
     bool record_created;                  /* relay.record.timestamp = created */
+    bool park_key;                        /* relay.poison.policy = park-key */
 } relay_settings_t;
 
 /* ---- batches (batch.c) ---------------------------------------------------------------------- */
 
-/* Row states inside a batch. */
-enum { ROW_PENDING = 0, ROW_ACKED, ROW_DEAD, ROW_RETRY };
+/* Row states inside a batch.  ROW_HELD: its partition key is parked (park.c); the row moves to
+ * parked_messages when its batch settles. */
+enum { ROW_PENDING = 0, ROW_ACKED, ROW_DEAD, ROW_RETRY, ROW_HELD };
 
 typedef struct relay_s relay_t;
 typedef struct batch_s batch_t;
@@ -76,7 +78,7 @@ struct batch_s {
     int64_t *ids;         /* the source's position of each row (table: the outbox id), ascending */
     relay_row_t *rows;
     uint8_t *state;
-    char **error;         /* for ROW_DEAD rows: why (owned; NULL if out of memory) */
+    char **error;         /* for ROW_DEAD and failed ROW_HELD rows: why (owned; NULL if out of memory) */
     slot_t *slots;
     void *owner;          /* the source's storage, freed with owner_free */
     void (*owner_free)(void *owner);
@@ -139,6 +141,7 @@ extern const relay_source_t relay_table_source; /* claim.c */
 typedef struct {
     _Atomic int64_t published, dead_lettered, pg_reconnects, backlog, oldest_age_ms;
     _Atomic int64_t floor_held_ms;   /* how long outbox writers have held the claim floor */
+    _Atomic int64_t parked_keys, parked_messages, parked_oldest_s, parked_overtaken;
     _Atomic int64_t batch_buckets[METRICS_BUCKETS], batch_count, batch_sum_us;
     _Atomic int is_leader, pg_ok, kafka_ok;
     pthread_mutex_t lock; /* guards errs */
@@ -201,7 +204,7 @@ typedef struct {
     int64_t retry_ms;        /* no reconnect before then */
     int64_t backoff_ms;      /* the last reconnect's wait; 0 after a success */
     bool clean;              /* a batch settled with every row acknowledged: failures are over */
-    char sql_delete[384], sql_dead[1280];
+    char sql_delete[384], sql_dead[2560];
 } relay_settle_t;
 
 /* reindex.c: the session rebuilding the outbox's index (NULL: none). */
@@ -233,6 +236,27 @@ typedef struct {
     } errs[8];                 /* librdkafka errors logged lately: the same one is not repeated */
 } relay_producer_t;
 
+/* park.c: one parked partition key. */
+typedef struct {
+    uint8_t *key;
+    size_t key_len;
+    uint64_t hash;
+    int64_t first_id;        /* the row whose failure parked it */
+    char *dest, *error;
+} park_entry_t;
+
+/* park.c: the parked keys, as the leader knows them: every row of one is held, not produced. */
+typedef struct {
+    park_entry_t *e;         /* dense, n of them */
+    int n, cap;
+    int *slot;               /* open-addressing index into e (-1: empty), nslot a power of 2 */
+    int nslot;
+    bool reload;             /* read parked_keys again once nothing is in flight */
+    bool release;            /* an operator's request waits for the same */
+    int64_t next_poll_ms;
+    char sql_load[256], sql_poll[512], sql_release[2560];
+} relay_park_t;
+
 struct relay_s {
     outbox_conf_t *conf;
     relay_settings_t set;
@@ -248,6 +272,7 @@ struct relay_s {
     relay_settle_t settle;
     relay_reindex_t reindex;
     relay_producer_t prod;
+    relay_park_t park;
     batch_t **inflight;
     int inflight_cnt;
     bool rewind;                  /* a row failed transiently: drain, then deliver from the oldest */
@@ -300,6 +325,25 @@ void floor_advance(relay_t *r, const batch_t *b, int got, bool settled);
 void floor_settled_batch(relay_t *r, const batch_t *b);
 void floor_free(relay_t *r);
 
+/* ---- park.c ----------------------------------------------------------------------------------- */
+
+void park_build_sql(relay_t *r);
+/* The release statement of an operator's request on one key ($1: the key in hex), for the
+ * leader and for the parked verbs when no relay leads; schema_q is the quoted schema. */
+void park_release_sql(const char *schema_q, char *out, size_t size);
+/* The parked entry of this key, or NULL (fast when nothing is parked). */
+const park_entry_t *park_find(const relay_t *r, const void *key, size_t key_len);
+/* Parks key because row id failed (why); false when out of memory. */
+bool park_add(relay_t *r, const void *key, size_t key_len, int64_t id, const char *dest, const char *why);
+/* A new leadership: the parked keys are read again before the next claim. */
+void park_leader(relay_t *r);
+/* Before each claim: polls parked_keys every second for requests and figures; reloads it or
+ * carries out requests once nothing is in flight.  false: do not claim now. */
+bool park_before_claim(relay_t *r);
+void park_free(relay_t *r);
+/* Whether key is text an operator can type: printable UTF-8 without control characters. */
+bool park_key_is_text(const void *key, size_t len);
+
 /* ---- produce.c -------------------------------------------------------------------------------- */
 
 /* A new producer in r->prod.rk; -1 with the reason in err. */
@@ -344,6 +388,12 @@ int relay_status(relay_t *r, int argc, const char **argv);
 int relay_dead_letters(relay_t *r, int argc, const char **argv);
 int relay_consumer_dead_letters(relay_t *r, int argc, const char **argv);
 int relay_grants(relay_t *r, int argc, const char **argv);
+/* parked.c: the parked verbs (list, retry, drop). */
+int relay_parked(relay_t *r, int argc, const char **argv);
+/* The parked keys, oldest first (see parked.c for the columns). */
+PGresult *parked_query(const relay_t *r, PGconn *pg);
+/* Prints them as a JSON array, as a table, or as status's parked_key lines. */
+void parked_print(PGresult *res, bool json, bool status_lines);
 /* admin.c: writes s to stdout as a JSON string (quoted, escaped). */
 void admin_json_str(const char *s);
 int relay_migrate(relay_t *r);

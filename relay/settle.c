@@ -23,14 +23,24 @@ void settle_build_sql(relay_t *r) {
              "WITH acked AS (DELETE FROM %s.messages m USING unnest($1::bigint[], $2::bigint[]) AS g(lo, hi)"
              "  WHERE m.id BETWEEN g.lo AND g.hi),"
              " dead AS (DELETE FROM %s.messages m USING unnest($3::bigint[], $4::text[]) AS f(id, err)"
-             "  WHERE m.id = f.id RETURNING m.*, f.err)"
+             "  WHERE m.id = f.id RETURNING m.*, f.err),"
+             /* held rows of parked keys move to parked_messages, and their keys are recorded:
+              * $6..$9 are, for each key, its hex, destination, failed row and error (park.c) */
+             " held AS (DELETE FROM %s.messages m WHERE m.id = ANY($5::bigint[]) RETURNING m.*),"
+             " moved AS (INSERT INTO %s.parked_messages (id, message_id, destination, partition_key,"
+             "  message_type, envelope, created_at, attempts)"
+             "  SELECT id, message_id, destination, partition_key, message_type, envelope, created_at, attempts"
+             "  FROM held ON CONFLICT (id) DO NOTHING),"
+             " keys AS (INSERT INTO %s.parked_keys (partition_key, destination, first_id, error)"
+             "  SELECT decode(k, 'hex'), d, i, e FROM unnest($6::text[], $7::text[], $8::bigint[], $9::text[])"
+             "  AS p(k, d, i, e) ON CONFLICT (partition_key) DO NOTHING)"
              " INSERT INTO %s.dead_letters (id, message_id, destination, partition_key, message_type,"
              "  envelope, created_at, error, attempts)"
              /* a retried dead letter brings its count along in messages.attempts */
              " SELECT id, message_id, destination, partition_key, message_type, envelope, created_at, err,"
              "  coalesce(attempts, 0) + 1"
              " FROM dead ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now(),"
-             "  attempts = %s.dead_letters.attempts + 1", s, s, s, s);
+             "  attempts = %s.dead_letters.attempts + 1", s, s, s, s, s, s, s);
 }
 
 static const char *dead_reason(const batch_t *b, int i) {
@@ -92,26 +102,90 @@ static int dead_arrays(const batch_t *b, char **ids_txt, char **errs_txt) {
     return 0;
 }
 
-/* Settles b on the main session in one statement, so one transaction: deletes its acknowledged
- * rows and moves its dead rows to dead_letters.  0, or -1 to try again later. */
-static int settle_main(relay_t *r, batch_t *b, size_t dead) {
-    char *lo, *hi, *dead_ids = NULL, *dead_errs = NULL;
-    if (acked_runs(&b, 1, &lo, &hi))
+/* The held rows of b and their parked keys, as the array literals $5..$9 of outbox_settle_dead
+ * (see park.c).  A held row whose key is no longer parked (never, while releases and reloads wait
+ * for an empty pipeline; kept for safety) stays in the table and is sent again from the oldest.
+ * -1 when out of memory. */
+static int held_arrays(relay_t *r, batch_t *b, char *out[5]) {
+    size_t held = 0, text = 0;
+    const park_entry_t **keys = calloc((size_t)b->n, sizeof(*keys));
+    int nk = 0;
+    if (!keys)
         return -1;
-    if (dead && dead_arrays(b, &dead_ids, &dead_errs)) {
-        free(lo);
-        free(hi);
+    for (int i = 0; i < b->n; i++) {
+        if (b->state[i] != ROW_HELD)
+            continue;
+        const park_entry_t *e = park_find(r, b->rows[i].key, b->rows[i].key_len);
+        if (!e) {
+            b->state[i] = ROW_RETRY;
+            r->rewind = true;
+            continue;
+        }
+        held++;
+        int k = 0;
+        while (k < nk && keys[k] != e)
+            k++;
+        if (k == nk) {
+            keys[nk++] = e;
+            text += 2 * e->key_len + 2 * (strlen(e->dest) + strlen(e->error)) + 16;
+        }
+    }
+    idr_text_t ids, firsts;
+    char *hex = malloc(text + 3), *dests = malloc(text + 3), *errs = malloc(text + 3);
+    if (!hex || !dests || !errs || idr_text_init(&ids, held)) {
+        free(hex), free(dests), free(errs), free(keys);
         return -1;
     }
-    const char *p[4] = {lo, hi, dead_ids, dead_errs};
-    PGresult *res = dead ? session_exec(r, "outbox_settle_dead", 4, p, 0, PGRES_COMMAND_OK,
-                                        "moving dead rows to dead_letters")
-                         : session_exec(r, "outbox_settle", 2, p, 0, PGRES_COMMAND_OK,
-                                        "deleting acknowledged rows");
+    if (idr_text_init(&firsts, (size_t)nk)) {
+        free(ids.buf), free(hex), free(dests), free(errs), free(keys);
+        return -1;
+    }
+    for (int i = 0; i < b->n; i++)
+        if (b->state[i] == ROW_HELD)
+            idr_text_add(&ids, b->ids[i]);
+    char *h = hex, *d = dests, *e = errs;
+    *h++ = *d++ = *e++ = '{';
+    for (int k = 0; k < nk; k++) {
+        if (k)
+            *h++ = *d++ = *e++ = ',';
+        const uint8_t *key = keys[k]->key;
+        for (size_t j = 0; j < keys[k]->key_len; j++)
+            h += sprintf(h, "%02x", key[j]);
+        d += array_elem(d, keys[k]->dest);
+        e += array_elem(e, keys[k]->error);
+        idr_text_add(&firsts, keys[k]->first_id);
+    }
+    strcpy(h, "}"), strcpy(d, "}"), strcpy(e, "}");
+    idr_text_end(&ids);
+    idr_text_end(&firsts);
+    free(keys);
+    out[0] = ids.buf, out[1] = hex, out[2] = dests, out[3] = firsts.buf, out[4] = errs;
+    return 0;
+}
+
+/* Settles b on the main session in one statement, so one transaction: deletes its acknowledged
+ * rows, moves its dead rows to dead_letters and its held rows to parked_messages.  0, or -1 to
+ * try again later. */
+static int settle_main(relay_t *r, batch_t *b, size_t dead, size_t held) {
+    char *lo, *hi, *dead_ids = NULL, *dead_errs = NULL, *h[5] = {NULL};
+    if (acked_runs(&b, 1, &lo, &hi))
+        return -1;
+    if (((dead || held) && dead_arrays(b, &dead_ids, &dead_errs)) || (held && held_arrays(r, b, h))) {
+        free(lo), free(hi), free(dead_ids), free(dead_errs);
+        return -1;
+    }
+    const char *p[9] = {lo, hi, dead_ids, dead_errs, h[0] ? h[0] : "{}", h[1] ? h[1] : "{}",
+                        h[2] ? h[2] : "{}", h[3] ? h[3] : "{}", h[4] ? h[4] : "{}"};
+    PGresult *res = dead || held ? session_exec(r, "outbox_settle_dead", 9, p, 0, PGRES_COMMAND_OK,
+                                                "moving failed rows to dead_letters or parked_messages")
+                                 : session_exec(r, "outbox_settle", 2, p, 0, PGRES_COMMAND_OK,
+                                                "deleting acknowledged rows");
     free(lo);
     free(hi);
     free(dead_ids);
     free(dead_errs);
+    for (int k = 0; k < 5; k++)
+        free(h[k]);
     if (!res)
         return -1;
     PQclear(res);
@@ -132,7 +206,7 @@ static void settled(relay_t *r, batch_t *b) {
     bool all_acked = true, all_gone = true;
     for (int i = 0; i < b->n; i++) {
         all_acked = all_acked && b->state[i] == ROW_ACKED;
-        all_gone = all_gone && (b->state[i] == ROW_ACKED || b->state[i] == ROW_DEAD);
+        all_gone = all_gone && (b->state[i] == ROW_ACKED || b->state[i] == ROW_DEAD || b->state[i] == ROW_HELD);
     }
     if (all_acked)
         r->settle.clean = true;
@@ -279,20 +353,22 @@ static void settle_ready(relay_t *r) {
             k++;
             continue;
         }
-        size_t a = 0, dead = 0;
+        size_t a = 0, dead = 0, held = 0;
         for (int i = 0; i < b->n; i++) {
             a += b->state[i] == ROW_ACKED;
             dead += b->state[i] == ROW_DEAD;
+            held += b->state[i] == ROW_HELD;
             if (b->state[i] == ROW_RETRY)
                 r->settle.clean = false;
         }
-        if (!a && !dead) {
+        if (!a && !dead && !held) {
             settled(r, b);
             continue;
         }
-        if (dead || r->settle.busy || !settle_session(r)) {
-            /* Dead rows, or a busy or missing settle session: the main session settles it now. */
-            if ((dead || !r->settle.busy) && !session_lost(r) && settle_main(r, b, dead) == 0) {
+        if (dead || held || r->settle.busy || !settle_session(r)) {
+            /* Dead or held rows, or a busy or missing settle session: the main session settles
+             * it now. */
+            if ((dead || held || !r->settle.busy) && !session_lost(r) && settle_main(r, b, dead, held) == 0) {
                 settled(r, b);
                 continue;
             }

@@ -325,7 +325,7 @@ OUTBOX_API outbox_err_t outbox_send_batch(outbox_t *ob, PGconn *conn, const outb
 /* Schema                                                                                      */
 
 /** The schema version this library creates and expects. */
-#define OUTBOX_SCHEMA_VERSION 2
+#define OUTBOX_SCHEMA_VERSION 3
 
 /**
  * Creates or upgrades the outbox tables in schema outbox.schema, idempotently and safely when
