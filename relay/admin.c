@@ -173,6 +173,10 @@ int relay_status(relay_t *r, int argc, const char **argv) {
                     1, tp)))
         goto done;
     pk = parked_query(r, pg);
+    if (PQresultStatus(pk) != PGRES_TUPLES_OK && version < 3) {
+        PQclear(pk); /* a schema from before parking: nothing can be parked */
+        pk = PQmakeEmptyPGresult(pg, PGRES_TUPLES_OK);
+    }
     if (PQresultStatus(pk) != PGRES_TUPLES_OK) {
         fprintf(stderr, "outbox-relay: status: reading the parked keys failed: %s", PQresultErrorMessage(pk));
         goto done;

@@ -1,6 +1,7 @@
 /*
  * settle.c: the table source's settle stage: deletes exactly the acknowledged ids, and moves
- * rows that failed permanently to dead_letters in the same transaction.  Rows to re-send are left
+ * rows that failed permanently to dead_letters and the held rows of parked keys to parked_messages
+ * (park.c) in the same transaction.  Rows to re-send are left
  * alone.  Deletes of acknowledged rows go out on a second session without waiting, while the
  * first claims; deleting what the broker acknowledged is safe for any relay, leader or not.
  */
@@ -106,12 +107,16 @@ static int dead_arrays(const batch_t *b, char **ids_txt, char **errs_txt) {
  * (see park.c).  A held row whose key is no longer parked (never, while releases and reloads wait
  * for an empty pipeline; kept for safety) stays in the table and is sent again from the oldest.
  * -1 when out of memory. */
-static int held_arrays(relay_t *r, batch_t *b, char *out[5]) {
-    size_t held = 0, text = 0;
-    const park_entry_t **keys = calloc((size_t)b->n, sizeof(*keys));
+static int held_arrays(relay_t *r, batch_t *const *bs, int nb, char *out[5]) {
+    size_t held = 0, text = 0, rows = 0;
+    for (int k = 0; k < nb; k++)
+        rows += (size_t)bs[k]->n;
+    const park_entry_t **keys = calloc(rows ? rows : 1, sizeof(*keys));
     int nk = 0;
     if (!keys)
         return -1;
+    for (int bi = 0; bi < nb; bi++) {
+    batch_t *b = bs[bi];
     for (int i = 0; i < b->n; i++) {
         if (b->state[i] != ROW_HELD)
             continue;
@@ -130,6 +135,7 @@ static int held_arrays(relay_t *r, batch_t *b, char *out[5]) {
             text += 2 * e->key_len + 2 * (strlen(e->dest) + strlen(e->error)) + 16;
         }
     }
+    }
     idr_text_t ids, firsts;
     char *hex = malloc(text + 3), *dests = malloc(text + 3), *errs = malloc(text + 3);
     if (!hex || !dests || !errs || idr_text_init(&ids, held)) {
@@ -140,9 +146,10 @@ static int held_arrays(relay_t *r, batch_t *b, char *out[5]) {
         free(ids.buf), free(hex), free(dests), free(errs), free(keys);
         return -1;
     }
-    for (int i = 0; i < b->n; i++)
-        if (b->state[i] == ROW_HELD)
-            idr_text_add(&ids, b->ids[i]);
+    for (int bi = 0; bi < nb; bi++)
+        for (int i = 0; i < bs[bi]->n; i++)
+            if (bs[bi]->state[i] == ROW_HELD)
+                idr_text_add(&ids, bs[bi]->ids[i]);
     char *h = hex, *d = dests, *e = errs;
     *h++ = *d++ = *e++ = '{';
     for (int k = 0; k < nk; k++) {
@@ -170,7 +177,7 @@ static int settle_main(relay_t *r, batch_t *b, size_t dead, size_t held) {
     char *lo, *hi, *dead_ids = NULL, *dead_errs = NULL, *h[5] = {NULL};
     if (acked_runs(&b, 1, &lo, &hi))
         return -1;
-    if (((dead || held) && dead_arrays(b, &dead_ids, &dead_errs)) || (held && held_arrays(r, b, h))) {
+    if (((dead || held) && dead_arrays(b, &dead_ids, &dead_errs)) || (held && held_arrays(r, &b, 1, h))) {
         free(lo), free(hi), free(dead_ids), free(dead_errs);
         return -1;
     }
@@ -250,6 +257,10 @@ static PGconn *settle_session(relay_t *r) {
     PGconn *pg = relay_connect_quiet(r, err, sizeof(err));
     PGresult *res = pg ? outbox_pg_prepare(pg, &r->session.stmt_lim, "outbox_settle", s->sql_delete,
                                            err, sizeof(err)) : NULL;
+    if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+        PQclear(res);
+        res = outbox_pg_prepare(pg, &r->session.stmt_lim, "outbox_settle_dead", s->sql_dead, err, sizeof(err));
+    }
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         outbox_log(r->conf, 7, FAC, "msg=\"cannot open the settle session\" retry_ms=%lld error=\"%s\"",
                    (long long)s->backoff_ms,
@@ -314,23 +325,25 @@ static void settle_collect(relay_t *r, bool wait) {
     }
 }
 
-/* Sends one DELETE for every batch marked settling, on the settle session. */
-static void settle_send(relay_t *r) {
+/* Sends one statement for every batch marked settling, on the settle session: a DELETE, or with
+ * held rows among them the move of those to parked_messages too. */
+static void settle_send(relay_t *r, bool held) {
     batch_t **bs = malloc((size_t)r->inflight_cnt * sizeof(*bs));
     int nb = 0;
-    char *lo = NULL, *hi = NULL;
+    char *lo = NULL, *hi = NULL, *h[5] = {NULL};
     if (bs)
         for (int k = 0; k < r->inflight_cnt; k++)
             if (r->inflight[k]->settling)
                 bs[nb++] = r->inflight[k];
-    if (!bs || acked_runs(bs, nb, &lo, &hi)) {
-        free(bs);
+    if (!bs || acked_runs(bs, nb, &lo, &hi) || (held && held_arrays(r, bs, nb, h))) {
+        free(bs), free(lo), free(hi);
         unmark_settling(r);
         return;
     }
     free(bs);
-    const char *p[2] = {lo, hi};
-    if (!PQsendQueryPrepared(r->settle.pg, "outbox_settle", 2, p, NULL, NULL, 0)) {
+    const char *p[9] = {lo, hi, "{}", "{}", h[0], h[1], h[2], h[3], h[4]};
+    if (!PQsendQueryPrepared(r->settle.pg, held ? "outbox_settle_dead" : "outbox_settle", held ? 9 : 2, p, NULL,
+                             NULL, 0)) {
         settle_session_drop(r, PQerrorMessage(r->settle.pg));
     } else {
         r->settle.busy = true;
@@ -338,15 +351,17 @@ static void settle_send(relay_t *r) {
     }
     free(lo);
     free(hi);
+    for (int k = 0; k < 5; k++)
+        free(h[k]);
 }
 
-/* Settles every batch whose reports have all arrived.  Batches of acknowledged (and re-send)
- * rows are deleted together in one statement on the settle session, without waiting for it;
- * a batch with dead rows is settled on the main session, in one transaction with their move to
- * dead_letters. */
+/* Settles every batch whose reports have all arrived.  Batches of acknowledged, held (and
+ * re-send) rows are settled together in one statement on the settle session, without waiting for
+ * it; a batch with dead rows is settled on the main session, in one transaction with their move
+ * to dead_letters, and logged. */
 static void settle_ready(relay_t *r) {
     settle_collect(r, false);
-    size_t acked = 0;
+    size_t acked = 0, held_all = 0;
     for (int k = 0; k < r->inflight_cnt;) {
         batch_t *b = r->inflight[k];
         if (b->pending > 0 || b->settling) {
@@ -365,10 +380,9 @@ static void settle_ready(relay_t *r) {
             settled(r, b);
             continue;
         }
-        if (dead || held || r->settle.busy || !settle_session(r)) {
-            /* Dead or held rows, or a busy or missing settle session: the main session settles
-             * it now. */
-            if ((dead || held || !r->settle.busy) && !session_lost(r) && settle_main(r, b, dead, held) == 0) {
+        if (dead || r->settle.busy || !settle_session(r)) {
+            /* Dead rows, or a busy or missing settle session: the main session settles it now. */
+            if ((dead || !r->settle.busy) && !session_lost(r) && settle_main(r, b, dead, held) == 0) {
                 settled(r, b);
                 continue;
             }
@@ -377,10 +391,11 @@ static void settle_ready(relay_t *r) {
         }
         b->settling = true;
         acked += a;
+        held_all += held;
         k++;
     }
-    if (acked)
-        settle_send(r);
+    if (acked || held_all)
+        settle_send(r, held_all > 0);
 }
 
 void settle_table(relay_t *r, bool wait) {

@@ -211,7 +211,7 @@ START_TEST(test_metrics_after_a_drain) {
     insert_poison(&bad, "ops1.metrics", 0);
     int port = tn_free_port();
     char *listen = listen_setting(port);
-    start_relay(NULL, listen, NULL);
+    start_relay(NULL, "relay.poison.policy=dead-letter", listen, NULL);
 
     wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
     wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 5000);
@@ -486,7 +486,8 @@ START_TEST(test_help_lists_every_key_and_verb) {
     const char *wt = strstr(c.out, "when your service writes"), *ct = strstr(c.out, "in your consumer service");
     TF_CHECK(w && wt && wt < w && cg && ct && ct < cg && wt < ct, "writer.* and consumer.* keys are not under "
              "their readers:\n%s", c.out);
-    static const char *const verbs[] = {"run", "migrate", "status", "dead-letters", "consumer-dead-letters", "grants"};
+    static const char *const verbs[] = {"run", "migrate", "status", "dead-letters", "consumer-dead-letters",
+                                       "parked", "grants"};
     const char *body = strstr(c.out, "\n\n");
     ck_assert_ptr_nonnull(body);
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++) {
@@ -514,7 +515,7 @@ START_TEST(test_dead_letters_list_retry_drop) {
     poison_t bad[3];
     for (int i = 0; i < 3; i++)
         insert_poison(&bad[i], "ops4.fixed", i);
-    start_relay(NULL, NULL);
+    start_relay(NULL, "relay.poison.policy=dead-letter", NULL);
     wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 3, 30000);
     wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 5000);
 
@@ -702,7 +703,7 @@ START_TEST(test_dead_letters_retry_keeps_message_id_and_attempts) {
     tf_start_broker("--topic", "ops4.fixed:1", NULL);
     poison_t bad;
     insert_poison(&bad, "ops4.fixed", 0);
-    tk_proc_t *relay = start_relay(NULL, NULL);
+    tk_proc_t *relay = start_relay(NULL, "relay.poison.policy=dead-letter", NULL);
     wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 30000);
     char sql[256];
     snprintf(sql, sizeof(sql), "%s%lld", tf_q("SELECT attempts FROM @.dead_letters WHERE id = "), bad.id);
@@ -727,7 +728,7 @@ START_TEST(test_dead_letters_retry_keeps_message_id_and_attempts) {
 
     /* It fails again (its destination is still bad): the same message is dead-lettered again, and
      * its attempts go on from 4 to 5. */
-    start_relay(NULL, NULL);
+    start_relay(NULL, "relay.poison.policy=dead-letter", NULL);
     wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 30000);
     snprintf(sql, sizeof(sql), "%s'%s'", tf_q("SELECT count(*) FROM @.dead_letters WHERE message_id = "),
              bad.message_id);
@@ -1116,7 +1117,8 @@ START_TEST(test_each_role_starts_up) {
     cli_free(&c);
 
     /* Back to version 1, as a library upgrade finds it: only the owner may migrate. */
-    tu_exec(tf_conn, tf_q("ALTER TABLE @.messages DROP COLUMN attempts; DELETE FROM @.schema_version WHERE version > 1"));
+    tu_exec(tf_conn, tf_q("DROP TABLE @.parked_keys, @.parked_messages; ALTER TABLE @.messages DROP COLUMN attempts; "
+                          "DELETE FROM @.schema_version WHERE version > 1"));
     for (int k = 0; k < 3; k++) {
         outbox_err_t e = outbox_migrate(obs[k], conns[k]);
         const char *msg = outbox_errmsg(obs[k]);
@@ -1214,14 +1216,19 @@ START_TEST(test_least_privilege_roles) {
     outbox_destroy(w);
     PQfinish(wc);
 
-    /* The relay role publishes and dead-letters. */
+    /* The relay role publishes, parks the poison row's key and, asked to, drops it to dead_letters. */
     poison_t bad;
     insert_poison(&bad, "ops6.priv", 0);
     tf_start_broker("--topic", "ops6.priv:2", NULL);
     /* Any index is "too large" here: the relay, not the table's owner, may not rebuild it. */
     tk_proc_t *relay = start_relay(ci_r, "relay.reindex.min.bytes=1", "relay.reindex.check.ms=10", NULL);
     wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.parked_messages"), 1, 5000);
+    cli_t dropped = CLI(ci_r, "parked", "drop", "--key", "kp");
+    TF_CHECK(dropped.rc == 0, "parked drop as %s: exit %d: %s%s", role_r, dropped.rc, dropped.out, dropped.err);
+    cli_free(&dropped);
     wait_count(tf_q("SELECT count(*) FROM @.dead_letters"), 1, 5000);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.parked_keys")), 0);
     char sql[256];
     snprintf(sql, sizeof(sql), "%s'%s'", tf_q("SELECT count(*) FROM @.dead_letters WHERE message_id = "),
              bad.message_id);

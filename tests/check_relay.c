@@ -998,7 +998,7 @@ static char *dead_letter_error(long long id, const char *message_id, const char 
     return error;
 }
 
-START_TEST(test_poison_rows_go_to_dead_letters_and_others_flow) {
+START_TEST(test_dead_letter_policy_moves_poison_rows_and_others_flow) {
     enum { KEYS = 3, PER_KEY = 5 };
     tf_start_broker("--topic", "t8.events:2", NULL);
 
@@ -1020,7 +1020,7 @@ START_TEST(test_poison_rows_go_to_dead_letters_and_others_flow) {
     write_seq("t8.events", KEYS, 2, 4, NULL);
     long long bad_id = insert_raw(outbox_message_id(bad), "bad topic!", "k1", bad_env, bad_len);
     write_seq("t8.events", KEYS, 4, PER_KEY, NULL);
-    tf_start_relay(NULL);
+    tf_start_relay("relay.poison.policy=dead-letter", NULL); /* park-key (the default): check_park */
 
     wait_drained(30000);
     ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 2);
@@ -1218,7 +1218,7 @@ static Suite *relay_suite(void) {
     tcase_add_test(tc, test_late_commit_while_the_next_claim_is_sent_ahead);
     tcase_add_test(tc, test_drained_relay_shrinks_a_bloated_index);
     tcase_add_test(tc, test_per_key_order_with_concurrent_writers);
-    tcase_add_test(tc, test_poison_rows_go_to_dead_letters_and_others_flow);
+    tcase_add_test(tc, test_dead_letter_policy_moves_poison_rows_and_others_flow);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("faults");

@@ -11,7 +11,9 @@
  * With -L (long transactions), instead: the drain rate of a fresh relay with no transaction open,
  * then beside an unrelated session idle in a transaction, then beside one whose open transaction
  * sent an outbox message, two backlogs each, against the targets of their ratios to the first.
- * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L] CONNINFO BOOTSTRAP RELAY_BINARY
+ * With -P (parking), instead: the drain rate with no poison, with one parked key among the 1,000
+ * (its first row has an invalid destination), and beside 10,000 rows held by a key parked before.
+ * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P] CONNINFO BOOTSTRAP RELAY_BINARY
  *                    [MESSAGES=100000, with -L 300000] [RUNS=3] [RELAY_KEY=VALUE...]
  */
 #include <arpa/inet.h>
@@ -266,6 +268,7 @@ typedef struct {
     double rate, cpu_us, first10, last10;
     long rss_kb;
     long long published;
+    long held;     /* set by the caller: rows of parked keys the relay holds instead of publishing */
     sample_t *s;
     int ns, cap;
 } drain_t;
@@ -348,6 +351,7 @@ static void drain(PGconn *conn, const char *bootstrap, const char *relay, char *
     ex[n_extra] = listen;
     long long dead_before = sql_ll(conn, "SELECT count(*) FROM outbox.dead_letters");
 
+    n -= d->held; /* the messages to publish */
     double t0 = bench_now(), next_tick = TICK_S, last_check = 0, tick_t = 0, rate = 0;
     long long p = 0, dl = 0, tick_p = 0;
     pid_t pid = bench_start_relay(relay, bootstrap, ex, n_extra + 1);
@@ -558,6 +562,101 @@ static void longtx(const lt_ctx_t *x, outbox_t *ob, const char *conninfo, long n
     PQfinish(side);
 }
 
+/* ---- parking (-P) ------------------------------------------------------------------------------- */
+
+enum { PK_BASE, PK_ONE, PK_HELD, PK_PHASES };
+static const struct {
+    const char *name, *key;
+} pk_phase[PK_PHASES] = {
+    {"no poison", "base"},
+    {"one parked key among 1,000 (other keys)", "one_parked"},
+    {"10,000 rows held by a parked key", "held_10000"},
+};
+#define PK_HELD_ROWS 10000
+#define PK_TARGET 0.9
+
+static void pk_clear(PGconn *conn) {
+    sql(conn, "TRUNCATE outbox.parked_keys, outbox.parked_messages");
+}
+
+/* One run: base; the same backlog with key k0's first row poisoned; the same backlog beside
+ * PK_HELD_ROWS rows of a key parked (by the relay, for real) before it. */
+static void pk_run(const lt_ctx_t *x, long n, double *rate) {
+    PGconn *conn = x->fillers[0];
+    drain_t d = {0};
+    pk_clear(conn);
+    fill(x->fillers, x->env, x->len, n, 1);
+    drain(conn, x->bootstrap, x->relay, x->extra, x->n_extra, n, &d, NULL, 0, NULL);
+    rate[PK_BASE] = d.rate;
+    free(d.s);
+
+    fill(x->fillers, x->env, x->len, n, 1);
+    sql(conn, "UPDATE outbox.messages SET destination = 'bad topic!' WHERE id = (SELECT min(id) FROM "
+              "outbox.messages WHERE partition_key = 'k0')");
+    d = (drain_t){.held = (long)sql_ll(conn, "SELECT count(*) FROM outbox.messages WHERE partition_key = 'k0'")};
+    drain(conn, x->bootstrap, x->relay, x->extra, x->n_extra, n, &d, NULL, 0, NULL);
+    rate[PK_ONE] = d.rate;
+    free(d.s);
+    if (sql_ll(conn, "SELECT count(*) FROM outbox.parked_messages") != d.held)
+        die("parking", "the parked key does not hold exactly its rows");
+    pk_clear(conn);
+
+    /* A real park: a poison row and the rows after it of one key, held by a relay. */
+    sql(conn, "TRUNCATE outbox.messages");
+    char q[512];
+    snprintf(q, sizeof(q), "INSERT INTO outbox.messages (message_id, destination, partition_key, message_type, "
+             "envelope) SELECT gen_random_uuid(), CASE WHEN g = 1 THEN 'bad topic!' ELSE 'bench' END, "
+             "'held', 'bench.Held', '\\x' FROM generate_series(1, %d) g", PK_HELD_ROWS);
+    sql(conn, q);
+    d = (drain_t){.held = PK_HELD_ROWS};
+    drain(conn, x->bootstrap, x->relay, x->extra, x->n_extra, PK_HELD_ROWS, &d, NULL, 0, NULL);
+    free(d.s);
+    if (sql_ll(conn, "SELECT count(*) FROM outbox.parked_messages") != PK_HELD_ROWS)
+        die("parking", "the relay did not hold the 10,000 rows");
+    fill(x->fillers, x->env, x->len, n, 1);
+    d = (drain_t){0};
+    drain(conn, x->bootstrap, x->relay, x->extra, x->n_extra, n, &d, NULL, 0, NULL);
+    rate[PK_HELD] = d.rate;
+    free(d.s);
+    pk_clear(conn);
+}
+
+static void parking(const lt_ctx_t *x, long n, int runs) {
+    double rate[PK_PHASES][MAX_RUNS], ratio[PK_PHASES][MAX_RUNS];
+    for (int r = 0; r < runs; r++) {
+        double one[PK_PHASES];
+        pk_run(x, n, one);
+        fprintf(stderr, "run %d:", r + 1);
+        for (int p = 0; p < PK_PHASES; p++) {
+            rate[p][r] = one[p];
+            ratio[p][r] = one[p] / one[PK_BASE];
+            fprintf(stderr, " %s %.0f msg/s (%.3f)", pk_phase[p].key, one[p], ratio[p][r]);
+        }
+        fprintf(stderr, "\n");
+    }
+    printf("parking: a fresh relay draining a %ld-message backlog over 1,000 keys (%zu-byte envelopes), %d runs, "
+           "medians:\n", n, x->len, runs);
+    printf("  %-42s %9s %14s %7s %6s\n", "phase", "msg/s", "ratio to base", "target", "holds");
+    char json[1024];
+    int k = snprintf(json, sizeof(json), "{\"bench\":\"parking\",\"messages\":%ld,\"runs\":%d", n, runs);
+    int held = 0;
+    for (int p = 0; p < PK_PHASES; p++) {
+        double rm = median_of(rate[p], runs), qm = median_of(ratio[p], runs);
+        if (p == PK_BASE) {
+            printf("  %-42s %9.0f %14s %7s %6s\n", pk_phase[p].name, rm, "1", "-", "-");
+            k += snprintf(json + k, sizeof(json) - (size_t)k, ",\"%s\":%.0f", pk_phase[p].key, rm);
+            continue;
+        }
+        held += qm >= PK_TARGET;
+        printf("  %-42s %9.0f %14.3f %7.2f %6s\n", pk_phase[p].name, rm, qm, PK_TARGET,
+               qm >= PK_TARGET ? "yes" : "no");
+        k += snprintf(json + k, sizeof(json) - (size_t)k, ",\"%s\":%.0f,\"%s_ratio\":%.3f,\"%s_holds\":%s",
+                      pk_phase[p].key, rm, pk_phase[p].key, qm, pk_phase[p].key, qm >= PK_TARGET ? "true" : "false");
+    }
+    printf("  targets held: %d of %d\n", held, PK_PHASES - 1);
+    printf("%s,\"targets_held\":%d,\"targets\":%d}\n", json, held, PK_PHASES - 1);
+}
+
 /* Releases what main() set up, whichever benchmark it ran. */
 static void finish(PGconn **fillers, outbox_t *ob, outbox_message_t *m, void *env) {
     free(env);
@@ -568,15 +667,15 @@ static void finish(PGconn **fillers, outbox_t *ob, outbox_message_t *m, void *en
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L] CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES] "
+    fprintf(stderr, "usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P] CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES] "
                     "[RUNS] [RELAY_KEY=VALUE...]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *outdir = ".", *name = "drain";
-    int scale = 0, longtx_mode = 0, opt;
-    while ((opt = getopt(argc, argv, "+o:n:sL")) != -1) {
+    int scale = 0, longtx_mode = 0, park_mode = 0, opt;
+    while ((opt = getopt(argc, argv, "+o:n:sLP")) != -1) {
         if (opt == 'o')
             outdir = optarg;
         else if (opt == 'n')
@@ -585,12 +684,14 @@ int main(int argc, char **argv) {
             scale = 1;
         else if (opt == 'L')
             longtx_mode = 1;
+        else if (opt == 'P')
+            park_mode = 1;
         else
             usage();
     }
     argc -= optind - 1;
     argv += optind - 1;
-    if (argc < 4 || (scale && longtx_mode))
+    if (argc < 4 || scale + longtx_mode + park_mode > 1)
         usage();
     long n = argc > 4 ? atol(argv[4]) : longtx_mode ? 300000 : 100000;
     int runs = argc > 5 ? atoi(argv[5]) : 3;
@@ -632,9 +733,12 @@ int main(int argc, char **argv) {
     size_t len;
     outbox_message_encode(m, &env, &len);
 
-    if (longtx_mode) {
+    if (longtx_mode || park_mode) {
         lt_ctx_t x = {fillers, env, len, argv[2], argv[3], extra, n_extra};
-        longtx(&x, ob, argv[1], n, runs);
+        if (park_mode)
+            parking(&x, n, runs);
+        else
+            longtx(&x, ob, argv[1], n, runs);
         finish(fillers, ob, m, env);
         return 0;
     }

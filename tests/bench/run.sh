@@ -3,7 +3,7 @@
 # prints their tables, writes every figure to BUILD/bench/results.json, the drain's rate over time
 # and every latency to BUILD/bench/*.dat, and plots them to BUILD/bench/*.png (plot.sh).
 # Usage (through with-services.sh): run.sh BUILD_DIR quick|full [NAME...]
-# NAMEs (write drain drain_scale longtx consume latency) run only those benchmarks.
+# NAMEs (write drain drain_scale longtx parking consume latency) run only those benchmarks.
 set -euo pipefail
 B=$1 mode=${2:-full}
 shift $(($# < 2 ? $# : 2))
@@ -15,10 +15,10 @@ trap 'kill $mock 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do [ -s "$dir/mock.out" ] && break; sleep 0.05; done
 bootstrap=$(head -n 1 "$dir/mock.out")
 if [ "$mode" = quick ]; then
-    write_args=(8 2 3) drain_args=(100000 3) scale_args=(200000 1) consume_args=(10000 3) longtx_args=(50000 1)
+    write_args=(8 2 3) drain_args=(100000 3) scale_args=(200000 1) consume_args=(10000 3) longtx_args=(50000 1) parking_args=(100000 1)
     lat_fast=(1000 5) lat_slow=(10 10)
 else
-    write_args=(8 5 5) drain_args=(1000000 3) scale_args=(10000000 1) consume_args=(50000 3) longtx_args=(300000 3)
+    write_args=(8 5 5) drain_args=(1000000 3) scale_args=(10000000 1) consume_args=(50000 3) longtx_args=(300000 3) parking_args=(300000 3)
     lat_fast=(1000 30) lat_slow=(10 100)
 fi
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -40,6 +40,8 @@ bench drain_scale "$B/bench/bench_drain" -o "$B/bench" -n drain_scale -s "$OUTBO
     "${scale_args[@]}"
 # Long transactions: the drain beside an idle transaction and beside an open outbox writer.
 bench longtx "$B/bench/bench_drain" -L "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${longtx_args[@]}"
+# Parking: one parked key among 1,000, and 10,000 held rows, against a drain with no poison.
+bench parking "$B/bench/bench_drain" -P "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${parking_args[@]}"
 bench consume "$B/bench/bench_consume" "$OUTBOX_TEST_PG" "$bootstrap" "${consume_args[@]}"
 bench latency "$B/bench/bench_latency" -o "$B/bench" "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${lat_fast[@]}"
 bench latency "$B/bench/bench_latency" -o "$B/bench" "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${lat_slow[@]}"

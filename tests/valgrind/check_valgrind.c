@@ -20,7 +20,7 @@ static void teardown(void) {
 START_TEST(test_relay_drain_under_memcheck) {
     tf_start_broker("--topic", "vg.orders:4", NULL);
     /* The message shapes the relay handles differently: keyed, unkeyed, with headers, and a
-     * poison row it must park in dead_letters. */
+     * keyless poison row it must move to dead_letters, and a keyed one whose key it parks. */
     outbox_message_t **ms = calloc(MESSAGES, sizeof(*ms));
     for (int i = 0; i < MESSAGES; i++) {
         ms[i] = outbox_message_new(i % 3 == 2 ? OUTBOX_COMMAND : OUTBOX_EVENT, "vg.orders", "vg.Order");
@@ -40,6 +40,10 @@ START_TEST(test_relay_drain_under_memcheck) {
     free(ms);
     tu_exec(tf_conn, tf_q("INSERT INTO @.messages (message_id, destination, message_type, envelope)"
                           " VALUES (gen_random_uuid(), 'vg bad topic', 'vg.Poison', '\\x00')"));
+    /* A keyed poison row parks its key: it and the key's next row move to parked_messages. */
+    tu_exec(tf_conn, tf_q("INSERT INTO @.messages (message_id, destination, partition_key, message_type, envelope)"
+                          " VALUES (gen_random_uuid(), 'vg bad topic', 'vgp', 'vg.Poison', '\\x00'),"
+                          " (gen_random_uuid(), 'vg.orders', 'vgp', 'vg.Held', '\\x00')"));
 
     char *relay = tk_build_path("outbox-relay"), *vglog = tk_scratch_path("valgrind.log");
     char s_log[512], s_conn[1024], s_schema[128], s_boot[1100];
@@ -57,7 +61,10 @@ START_TEST(test_relay_drain_under_memcheck) {
     long long left = tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages"), 0, 600000);
     TF_CHECK(left == 0, "%lld rows left after 600 s under valgrind", left);
     long long parked = tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters"), 1, 10000);
-    TF_CHECK(parked == 1, "%lld dead letters, expected the 1 poison row", parked);
+    TF_CHECK(parked == 1, "%lld dead letters, expected the keyless poison row", parked);
+    long long held = tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.parked_messages"), 2, 10000);
+    TF_CHECK(held == 2, "%lld rows in parked_messages, expected the keyed poison row and the row after it", held);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.parked_keys")), 1);
 
     tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "vg.orders");
     size_t got = tk_consumer_poll(c, MESSAGES, tk_now_ms() + 60000);
