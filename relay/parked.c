@@ -227,8 +227,10 @@ int relay_parked(relay_t *r, int argc, const char **argv) {
             first_only = true;
         } else if ((!strcmp(argv[i], "--key") || !strcmp(argv[i], "--key-hex")) && i + 1 < argc &&
                    strcmp(cmd, "list")) {
-            *(argv[i][5] ? &key_hex : &key) = argv[i + 1];
-            i++;
+            if (!strcmp(argv[i], "--key"))
+                key = argv[++i];
+            else
+                key_hex = argv[++i];
         } else {
             fprintf(stderr, "outbox-relay: parked %s: unknown or misplaced argument \"%s\"; %s\n", cmd, argv[i],
                     USAGE);
