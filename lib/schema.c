@@ -79,7 +79,16 @@ static const char *const migrations[] = {
     "  attempts      integer,"
     "  held_at       timestamptz NOT NULL DEFAULT now()"
     ");"
-    "CREATE INDEX parked_messages_key_idx ON %1$s.parked_messages (partition_key, id);",
+    "CREATE INDEX parked_messages_key_idx ON %1$s.parked_messages (partition_key, id);"
+    /* A relay's role (the one that may DELETE outbox rows) gets the new tables too, so that an
+     * upgraded schema does not stop a least-privilege relay at its next claim. */
+    "DO $outbox_m3$ DECLARE r name; BEGIN"
+    "  FOR r IN SELECT rolname FROM pg_roles WHERE NOT rolsuper AND rolname <> current_user"
+    "   AND has_table_privilege(oid, $t$%1$s.messages$t$, 'DELETE') LOOP"
+    "    EXECUTE $g$GRANT SELECT, INSERT, UPDATE, DELETE ON %1$s.parked_keys TO $g$ || quote_ident(r);"
+    "    EXECUTE $g$GRANT SELECT, INSERT, DELETE ON %1$s.parked_messages TO $g$ || quote_ident(r);"
+    "  END LOOP;"
+    "END $outbox_m3$;",
 };
 
 #define MIGRATION_CNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -179,6 +179,10 @@ int relay_status(relay_t *r, int argc, const char **argv) {
     }
     if (PQresultStatus(pk) != PGRES_TUPLES_OK) {
         fprintf(stderr, "outbox-relay: status: reading the parked keys failed: %s", PQresultErrorMessage(pk));
+        if (!strcmp(PQresultErrorField(pk, PG_DIAG_SQLSTATE) ? PQresultErrorField(pk, PG_DIAG_SQLSTATE) : "",
+                    "42501"))
+            fprintf(stderr, "outbox-relay: status needs SELECT on %s.parked_keys and parked_messages: apply "
+                            "`outbox-relay grants --relay ROLE` again as the schema's owner\n", r->schema_q);
         goto done;
     }
     if (PQntuples(c))
