@@ -55,7 +55,7 @@ static const char *const migrations[] = {
      * id.  NULL (never failed) for every row a writer inserts: a NULL costs no byte in the tuple,
      * and adding a nullable column without a default rewrites nothing. */
     "ALTER TABLE %1$s.messages ADD COLUMN attempts integer;",
-    /* 3: per-key parking (relay.poison.policy = park-key).  A parked key's rows leave messages for
+    /* 3: per-key parking and the saved claim floor.  Per-key parking (relay.poison.policy = park-key).  A parked key's rows leave messages for
      * parked_messages, keeping their ids, so that claims never walk them (relay/park.c says why the
      * claim floor stays sound); parked_keys says why each key is parked and carries an operator's
      * request (retry, drop, drop-first) to the leader, which carries it out between batches. */
@@ -80,6 +80,15 @@ static const char *const migrations[] = {
     "  held_at       timestamptz NOT NULL DEFAULT now()"
     ");"
     "CREATE INDEX parked_messages_key_idx ON %1$s.parked_messages (partition_key, id);"
+    /* Where the last leader's claims could start (relay/floor.c): the next leader starts there
+     * instead of walking every deleted row the table still has. */
+    "CREATE TABLE %1$s.claim_state ("
+    "  singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+    "  floor         bigint NOT NULL,"
+    "  done_lo       bigint[] NOT NULL,"
+    "  done_hi       bigint[] NOT NULL,"
+    "  saved_at      timestamptz NOT NULL DEFAULT now()"
+    ");"
     /* A relay's role (the one that may DELETE outbox rows) gets the new tables too, so that an
      * upgraded schema does not stop a least-privilege relay at its next claim. */
     "DO $outbox_m3$ DECLARE r name; BEGIN"
@@ -87,6 +96,7 @@ static const char *const migrations[] = {
     "   AND has_table_privilege(oid, $t$%1$s.messages$t$, 'DELETE') LOOP"
     "    EXECUTE $g$GRANT SELECT, INSERT, UPDATE, DELETE ON %1$s.parked_keys TO $g$ || quote_ident(r);"
     "    EXECUTE $g$GRANT SELECT, INSERT, DELETE ON %1$s.parked_messages TO $g$ || quote_ident(r);"
+    "    EXECUTE $g$GRANT SELECT, INSERT, UPDATE, DELETE ON %1$s.claim_state TO $g$ || quote_ident(r);"
     "  END LOOP;"
     "END $outbox_m3$;",
 };

@@ -285,7 +285,8 @@ static const struct {
                 "consumer-dead-letters list|drop|prune, parked list|retry|drop",
      {{"SELECT, INSERT, DELETE", "messages"}, {"SELECT, INSERT, UPDATE, DELETE", "dead_letters"},
       {"SELECT, DELETE", "consumer_dead_letters"}, {"SELECT, INSERT, UPDATE, DELETE", "parked_keys"},
-      {"SELECT, INSERT, DELETE", "parked_messages"}, {"SELECT", "schema_version"}}},
+      {"SELECT, INSERT, DELETE", "parked_messages"}, {"SELECT, INSERT, UPDATE, DELETE", "claim_state"},
+      {"SELECT", "schema_version"}}},
     {"--consumer", "consumer: outbox_consumer_*() with outbox_reply(); outbox_migrate() on a current schema "
                    "(a check), outbox_schema_version()",
      {{"SELECT, INSERT, DELETE", "processed"}, {"INSERT", "consumer_dead_letters"}, {"INSERT", "messages"},

@@ -53,6 +53,7 @@ static void build_sql(relay_t *r) {
              "SELECT count(*) FROM %s.messages WHERE id BETWEEN $1::bigint AND $2::bigint", s);
     settle_build_sql(r);
     park_build_sql(r);
+    floor_build_sql(r);
 }
 
 /* Room for the name/SQL pairs of every statement prepared on the leader session, and the NULL. */
@@ -64,7 +65,8 @@ static void statements(const relay_t *r, const char *out[STATEMENTS_MAX]) {
     const char *own[] = {"outbox_claim", r->claim.sql, "outbox_sample", r->claim.sql_sample,
                          "outbox_count", r->claim.sql_count, "outbox_settle", r->settle.sql_delete,
                          "outbox_settle_dead", r->settle.sql_dead, "outbox_park_load", r->park.sql_load,
-                         "outbox_park_poll", r->park.sql_poll, "outbox_park_release", r->park.sql_release};
+                         "outbox_park_poll", r->park.sql_poll, "outbox_park_release", r->park.sql_release,
+                         "outbox_floor_save", r->floor.sql_save, "outbox_floor_load", r->floor.sql_load};
     for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
         out[n++] = own[i];
     for (int i = 0; floor_statements[i] && n < STATEMENTS_MAX - 1; i++)
@@ -185,6 +187,7 @@ static bool table_ready(relay_t *r) {
         return false;
     if (!was_leader) {
         floor_reset(r); /* a new session: what the last one knew of the table is gone */
+        floor_load(r);  /* but where the last leader's claims could start holds */
         park_leader(r); /* and parked keys may have been released meanwhile */
     }
     return true;
@@ -202,6 +205,8 @@ static int table_next(relay_t *r, batch_t **out) {
     int got = claim(r, out, &settled);
     if (got >= 0 && !session_lost(r))
         floor_advance(r, *out, got, settled);
+    if (got >= 0 && !session_lost(r))
+        floor_save(r);
     if (got < 0)
         return -1;
     relay_reindex_poll(r, r->session.pg, got == 0 && r->inflight_cnt == 0);

@@ -23,6 +23,15 @@
  *
  * An in-flight row below the floor that is not deleted (re-sent, or its producer or session
  * gone) resets the floor.
+ *
+ * The next leader: every second the leader saves min(floor, lowest id in flight) and the settled
+ * ranges above it in claim_state, and a new leader starts its claims there instead of from the
+ * lowest id, which would walk every row its predecessor deleted while a long transaction keeps
+ * them from VACUUM.  A saved state stays true forever: no id below the floor can appear (above),
+ * rows in flight are at or above the saved value and stay so if re-sent, and deleted rows never
+ * come back, except released parked rows, whose release deletes claim_state in its transaction
+ * (park.c).  The one thing that would break it, an identity sequence restarted below the saved
+ * floor, leaves rows below it: the load refuses a state with any row below its floor.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +39,11 @@
 #include "relay.h"
 
 #define FAC RELAY_FAC
+/* claim_state is saved at most this often. */
+#define FLOOR_SAVE_EVERY_MS 1000
+/* Settled ranges saved at most (the lowest ones): the rest only costs the next leader a walk. */
+#define FLOOR_SAVE_RANGES_MAX 1024
+
 /* The floor's statements run at most this often: each is a pg_locks scan. */
 #define FLOOR_QUERY_EVERY_MS 20
 /* Settled ranges remembered above the floor at most: forgetting one only costs claims a walk
@@ -182,4 +196,86 @@ void floor_settled_batch(relay_t *r, const batch_t *b) {
         }
         i = j;
     }
+}
+
+void floor_build_sql(relay_t *r) {
+    relay_floor_t *f = &r->floor;
+    snprintf(f->sql_save, sizeof(f->sql_save),
+             "INSERT INTO %s.claim_state (floor, done_lo, done_hi) VALUES ($1::bigint, $2::bigint[], $3::bigint[])"
+             " ON CONFLICT (singleton) DO UPDATE SET floor = EXCLUDED.floor, done_lo = EXCLUDED.done_lo,"
+             " done_hi = EXCLUDED.done_hi, saved_at = now()", r->schema_q);
+    /* A state with a row below its floor is wrong (an identity sequence restarted): it goes. */
+    snprintf(f->sql_load, sizeof(f->sql_load),
+             "WITH stale AS (DELETE FROM %1$s.claim_state c WHERE EXISTS (SELECT 1 FROM %1$s.messages m"
+             "  WHERE m.id < c.floor) RETURNING 1)"
+             " SELECT c.floor, u.lo, u.hi FROM %1$s.claim_state c"
+             " LEFT JOIN LATERAL unnest(c.done_lo, c.done_hi) AS u(lo, hi) ON true"
+             " WHERE NOT EXISTS (SELECT 1 FROM stale) ORDER BY u.lo", r->schema_q);
+}
+
+void floor_load(relay_t *r) {
+    relay_floor_t *f = &r->floor;
+    PGresult *res = session_exec(r, "outbox_floor_load", 0, NULL, 0, PGRES_TUPLES_OK, "reading the saved claim floor");
+    if (!res || PQntuples(res) == 0) {
+        PQclear(res);
+        return;
+    }
+    f->floor = atoll(PQgetvalue(res, 0, 0));
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (PQgetisnull(res, i, 1))
+            continue;
+        int64_t lo = atoll(PQgetvalue(res, i, 1)), hi = atoll(PQgetvalue(res, i, 2));
+        if (lo >= f->floor && lo <= hi && idr_set_add(&f->done, lo, hi)) {
+            f->done.n = 0; /* out of memory: claims step over those rows */
+            break;
+        }
+    }
+    PQclear(res);
+    f->saved_floor = f->floor;
+    f->saved_n = f->done.n;
+    f->saved_hi = f->done.n ? f->done.r[f->done.n - 1].hi : 0;
+    outbox_log(r->conf, 6, FAC, "msg=\"claims start where the last leader's could\" floor=%lld settled_ranges=%zu",
+               (long long)f->floor, f->done.n);
+}
+
+void floor_save(relay_t *r) {
+    relay_floor_t *f = &r->floor;
+    int64_t now = outbox_mono_ms();
+    if (now < f->next_save_ms)
+        return;
+    f->next_save_ms = now + FLOOR_SAVE_EVERY_MS;
+    int64_t base = f->floor;
+    for (int k = 0; k < r->inflight_cnt; k++) /* a batch's ids ascend, save a late commit's */
+        for (int i = 0; i < r->inflight[k]->n; i++)
+            if (r->inflight[k]->ids[i] < base)
+                base = r->inflight[k]->ids[i];
+    size_t n = f->done.n < FLOOR_SAVE_RANGES_MAX ? f->done.n : FLOOR_SAVE_RANGES_MAX;
+    int64_t hi = n ? f->done.r[n - 1].hi : 0;
+    if ((base == INT64_MIN && n == 0) || (base == f->saved_floor && n == f->saved_n && hi == f->saved_hi))
+        return;
+    idr_text_t lo_t, hi_t;
+    char from[24];
+    if (idr_text_init(&lo_t, n))
+        return;
+    if (idr_text_init(&hi_t, n)) {
+        free(lo_t.buf);
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        idr_text_add(&lo_t, f->done.r[k].lo);
+        idr_text_add(&hi_t, f->done.r[k].hi);
+    }
+    idr_text_end(&lo_t);
+    idr_text_end(&hi_t);
+    snprintf(from, sizeof(from), "%lld", (long long)base);
+    const char *p[3] = {from, lo_t.buf, hi_t.buf};
+    PGresult *res = session_exec(r, "outbox_floor_save", 3, p, 0, PGRES_COMMAND_OK, "saving the claim floor");
+    free(lo_t.buf);
+    free(hi_t.buf);
+    if (!res)
+        return;
+    PQclear(res);
+    f->saved_floor = base;
+    f->saved_n = n;
+    f->saved_hi = hi;
 }

@@ -64,7 +64,9 @@ void park_release_sql(const char *s, char *out, size_t size) {
              "   h.created_at, h.attempts"
              "  FROM held h JOIN firsts f USING (partition_key)"
              "  WHERE h.req = 'retry' OR (h.req = 'drop-first' AND h.id <> f.first)"
-             "  RETURNING partition_key)"
+             "  RETURNING partition_key),"
+             /* released rows are back below where the last leader's claims started */
+             " cs AS (DELETE FROM %1$s.claim_state)"
              " SELECT encode(k.partition_key, 'hex'), k.request,"
              "  (SELECT count(*) FROM held h WHERE h.partition_key = k.partition_key),"
              "  (SELECT count(*) FROM back b WHERE b.partition_key = k.partition_key)"

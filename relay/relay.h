@@ -176,6 +176,10 @@ typedef struct {
     uint64_t gen;            /* counts floor resets: a claim sent before one is stale */
     idr_set_t done;          /* ids from the floor up already settled: claims skip them */
     char table[160];         /* the outbox table, as SQL text for regclass */
+    int64_t next_save_ms;    /* no claim_state save before then */
+    int64_t saved_floor, saved_hi; /* what the last save wrote (floor, highest done id) */
+    size_t saved_n;
+    char sql_save[512], sql_load[640];
 } relay_floor_t;
 
 /* claim.c: what one claim covers: every id from the floor that is neither in flight nor
@@ -319,6 +323,11 @@ int64_t backoff_next(int64_t cur, int64_t max);
 /* The floor's statements, as name/SQL pairs for session_ensure_leader. */
 extern const char *const floor_statements[];
 void floor_reset(relay_t *r);
+void floor_build_sql(relay_t *r);
+/* A new leadership: claims start where the last leader's could (claim_state), when it is sound. */
+void floor_load(relay_t *r);
+/* Every second or so, when it changed: saves where claims could start for the next leader. */
+void floor_save(relay_t *r);
 void floor_check(relay_t *r);
 void floor_advance(relay_t *r, const batch_t *b, int got, bool settled);
 /* b settled with every row gone from the table: claims need not look at its ids again. */

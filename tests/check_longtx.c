@@ -2,6 +2,7 @@
  * outbox-relay beside long transactions: an unrelated session idle in a transaction, or an outbox
  * writer left open, must not cost a single message, however the relay's claim floor treats them.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -263,6 +264,64 @@ START_TEST(test_open_outbox_writer_is_published_after_its_commit) {
 }
 END_TEST
 
+
+/* The next leader starts its claims where the last one's could (claim_state), not from the lowest
+ * id: yet an outbox writer left open below that state's settled ranges is still published after
+ * its commit, and an identity sequence restarted below the saved floor makes the state be
+ * ignored, not rows skipped. */
+START_TEST(test_next_leader_starts_from_the_saved_floor) {
+    enum { KEYS = 8, STEPS = 120 };
+    tf_start_broker("--topic", "lt.next:4", NULL);
+    tk_proc_t *a = tf_start_relay(NULL);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "lt.next");
+    plan_t p;
+    plan_init(&p, "lt.next", KEYS, STEPS, 1);
+    late_t w = {.conn = tu_connect()};
+    w.ob = tu_outbox(w.conn, tf_schema);
+    late_begin(&p, &w, 0, 0);
+    for (int s = 0; s < STEPS / 2; s++)
+        write_step(&p, s);
+    wait_drained(30000);
+    /* Saved within a second or two: at or below the open writer's id, with settled ranges. */
+    long long saved = tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.claim_state WHERE "
+                                                   "cardinality(done_lo) > 0"), 1, 10000);
+    TF_CHECK(saved == 1, "no claim_state with settled ranges was saved");
+    char sql[256];
+    snprintf(sql, sizeof(sql), "%s%lld", tf_q("SELECT count(*) FROM @.claim_state WHERE floor <= "), w.id);
+    ck_assert_int_eq(tu_scalar(tf_conn, sql), 1);
+    tk_proc_signal(a, SIGTERM);
+    TF_CHECK(tk_proc_wait(a, 15000), "relay a did not stop");
+
+    for (int s = STEPS / 2; s < STEPS; s++)
+        write_step(&p, s);
+    tk_proc_t *b = tf_start_relay(NULL);
+    TF_CHECK(tk_wait_file_contains(b->err_path, "claims start where the last leader's could", 15000),
+             "the next leader did not start from the saved floor:\n%s", tk_file_tail(b->err_path, 2000));
+    late_commit(&w);
+    wait_drained(15000);
+    ck_assert_uint_eq(check_topic(&p, c, 1), (size_t)KEYS * STEPS + 1);
+
+    /* A sequence restarted below the saved floor: the state is refused and the row published. */
+    tk_proc_signal(b, SIGTERM);
+    TF_CHECK(tk_proc_wait(b, 15000), "relay b did not stop");
+    tu_exec(tf_conn, tf_q("ALTER TABLE @.messages ALTER COLUMN id RESTART WITH 1"));
+    outbox_message_t *m = msg("lt.next", "restarted", "r", (char[37]){0});
+    tu_exec(tf_conn, "BEGIN");
+    ck_assert_int_eq(outbox_send(tf_ob, tf_conn, m), OUTBOX_OK);
+    tu_exec(tf_conn, "COMMIT");
+    outbox_message_destroy(m);
+    tk_proc_t *c2 = tf_start_relay(NULL);
+    wait_drained(15000);
+    TF_CHECK(!tk_file_count(c2->err_path, "claims start where the last leader's could"),
+             "a saved floor above a restarted sequence's rows was used:\n%s", tk_file_tail(c2->err_path, 2000));
+
+    outbox_destroy(w.ob);
+    PQfinish(w.conn);
+    plan_free(&p);
+    tk_consumer_free(c);
+}
+END_TEST
+
 static Suite *longtx_suite(void) {
     Suite *s = suite_create("longtx");
     TCase *tc = tcase_create("open transactions");
@@ -270,6 +329,7 @@ static Suite *longtx_suite(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_late_low_ids_published_beside_an_unrelated_open_transaction);
     tcase_add_test(tc, test_open_outbox_writer_is_published_after_its_commit);
+    tcase_add_test(tc, test_next_leader_starts_from_the_saved_floor);
     suite_add_tcase(s, tc);
     return s;
 }
