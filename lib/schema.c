@@ -55,6 +55,27 @@ static const char *const migrations[] = {
      * id.  NULL (never failed) for every row a writer inserts: a NULL costs no byte in the tuple,
      * and adding a nullable column without a default rewrites nothing. */
     "ALTER TABLE %1$s.messages ADD COLUMN attempts integer;",
+    /* 3: the consumer's parked keys (consumer.reject.policy=park-key): a rejected message and
+     * every later message of its Kafka key in its partition wait here, in offset order, until
+     * released.  reason is set on the first row of a key only (why it parked); the rows held
+     * behind it have none.  released is the handshake with `outbox-relay consumer-parked retry`:
+     * the consumer retries a key once a row of it is released, or once its first row has no
+     * reason (the poison was dropped). */
+    "CREATE TABLE %1$s.consumer_parked ("
+    "  consumer        text NOT NULL,"
+    "  topic           text NOT NULL,"
+    "  kafka_partition integer NOT NULL,"
+    "  kafka_offset    bigint NOT NULL,"
+    "  kafka_key       bytea NOT NULL,"
+    "  message_id      text,"
+    "  raw             bytea,"
+    "  reason          text,"
+    "  released        boolean NOT NULL DEFAULT false,"
+    "  parked_at       timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (consumer, topic, kafka_partition, kafka_offset)"
+    ");"
+    "CREATE INDEX consumer_parked_key_idx ON %1$s.consumer_parked "
+    "(consumer, topic, kafka_partition, kafka_key, kafka_offset);",
 };
 
 #define MIGRATION_CNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -40,8 +40,8 @@ START_TEST(test_migrate_twice) {
     ck_assert_msg(outbox_migrate(ob, conn) == OUTBOX_OK, "%s", outbox_errmsg(ob));
     ck_assert_int_eq(outbox_schema_version(ob, conn, &v), OUTBOX_OK);
     ck_assert_int_eq(v, OUTBOX_SCHEMA_VERSION);
-    /* messages, dead_letters, processed, consumer_dead_letters, schema_version */
-    ck_assert_int_eq(table_count(conn, schema), 5);
+    /* messages, dead_letters, processed, consumer_dead_letters, consumer_parked, schema_version */
+    ck_assert_int_eq(table_count(conn, schema), 6);
     char sql[256];
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".schema_version", schema);
     ck_assert_int_eq(tu_scalar(conn, sql), OUTBOX_SCHEMA_VERSION);
