@@ -272,7 +272,21 @@ bool outbox_park_can_park(const outbox_park_t *p, const rd_kafka_message_t *m) {
 outbox_err_t outbox_park_store(outbox_park_t *p, PGconn *pg, const rd_kafka_message_t *m, const char *msg_id,
                                const char *reason) {
     const char *topic = rd_kafka_topic_name(m->rkt);
-    char part[16], off[24];
+    char part[16], off[24], hid[65];
+    if (!msg_id) {
+        /* A held message is not decoded: the record's "id" header names it in listings and in
+         * the dead letter a drop makes. */
+        rd_kafka_headers_t *h = NULL;
+        const void *val;
+        size_t vlen;
+        if (!rd_kafka_message_headers(m, &h) && !rd_kafka_header_get_last(h, "id", &val, &vlen) && val &&
+            vlen < sizeof(hid) && !memchr(val, 0, vlen)) {
+            memcpy(hid, val, vlen);
+            hid[vlen] = '\0';
+            if (outbox_utf8_invalid_at(hid) < 0)
+                msg_id = hid;
+        }
+    }
     snprintf(part, sizeof(part), "%d", (int)m->partition);
     snprintf(off, sizeof(off), "%lld", (long long)m->offset);
     const char *v[8] = {p->env.group, topic, part, off, m->key, msg_id, m->payload ? m->payload : "", reason};

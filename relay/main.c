@@ -47,7 +47,8 @@ static int key_group(const char *name) {
 static void usage(FILE *fp) {
     fprintf(fp,
             "usage: outbox-relay [-c FILE] [-X key=value]...\n"
-            "                    [run|migrate|status|dead-letters|consumer-dead-letters|grants] [ARGS]\n"
+            "                    [run|migrate|status|dead-letters|consumer-dead-letters|\n"
+            "                     consumer-parked|grants] [ARGS]\n"
             "       outbox-relay --help | --version\n"
             "\n"
             "Publishes the rows of a liboutbox outbox table to Kafka, in id order, deleting each\n"
@@ -74,6 +75,15 @@ static void usage(FILE *fp) {
             "  consumer-dead-letters drop ID|--all --group GROUP  (--all needs --yes)\n"
             "  consumer-dead-letters prune --older-than DURATION --group GROUP\n"
             "            the messages consumer group GROUP rejected (outbox.consumer_dead_letters)\n"
+            "  consumer-parked list --group GROUP [--key K | --key-hex H] [--json]\n"
+            "            the keys group GROUP parked (consumer.reject.policy=park-key): topic,\n"
+            "            partition, key (text, or hex:...), first held offset, messages held, since,\n"
+            "            state and the reason\n"
+            "  consumer-parked retry --group GROUP (--key K | --key-hex H | --all)\n"
+            "            release keys: the running consumer retries their messages in order\n"
+            "  consumer-parked drop --group GROUP (--key K | --key-hex H | --all --yes) [--first-only]\n"
+            "            move held messages to consumer_dead_letters; --first-only moves each key's\n"
+            "            first (the poison) and lets the rest through in order\n"
             "  grants [--writer ROLE] [--relay ROLE] [--consumer ROLE]\n"
             "            print SQL creating least-privilege roles for this schema: the relay's role\n"
             "            runs every verb above but migrate\n"
@@ -173,10 +183,12 @@ int main(int argc, char **argv) {
             i++;
         } else if (nvargs == 0 && strcmp(verb, "run") == 0 &&
                    (!strcmp(a, "run") || !strcmp(a, "migrate") || !strcmp(a, "status") ||
-                    !strcmp(a, "dead-letters") || !strcmp(a, "consumer-dead-letters") || !strcmp(a, "grants"))) {
+                    !strcmp(a, "dead-letters") || !strcmp(a, "consumer-dead-letters") || !strcmp(a, "consumer-parked") ||
+                    !strcmp(a, "grants"))) {
             verb = a;
         } else if (strcmp(verb, "status") == 0 || strcmp(verb, "dead-letters") == 0 ||
-                   strcmp(verb, "consumer-dead-letters") == 0 || strcmp(verb, "grants") == 0) {
+                   strcmp(verb, "consumer-dead-letters") == 0 || strcmp(verb, "consumer-parked") == 0 ||
+                   strcmp(verb, "grants") == 0) {
             if (nvargs == (int)(sizeof(vargs) / sizeof(vargs[0]))) {
                 fprintf(stderr, "outbox-relay: too many arguments for %s\n", verb);
                 return 2;
@@ -184,7 +196,8 @@ int main(int argc, char **argv) {
             vargs[nvargs++] = a; /* checked by the verb */
         } else {
             fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, or a verb: "
-                            "run, migrate, status, dead-letters, consumer-dead-letters, grants; see --help)\n", a);
+                            "run, migrate, status, dead-letters, consumer-dead-letters, consumer-parked, grants; "
+                            "see --help)\n", a);
             return 2;
         }
     }
@@ -244,6 +257,8 @@ int main(int argc, char **argv) {
         rc = relay_dead_letters(&r, nvargs, vargs);
     else if (!strcmp(verb, "consumer-dead-letters"))
         rc = relay_consumer_dead_letters(&r, nvargs, vargs);
+    else if (!strcmp(verb, "consumer-parked"))
+        rc = relay_consumer_parked(&r, nvargs, vargs);
     else if (!strcmp(verb, "grants"))
         rc = relay_grants(&r, nvargs, vargs);
     else
