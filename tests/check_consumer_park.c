@@ -3,6 +3,7 @@
  * mock Kafka broker: a rejected message parks its key, later messages of the key wait in order,
  * other keys flow, and a release (API or `outbox-relay consumer-parked`) or a drop lets them go.
  */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -479,6 +480,74 @@ START_TEST(test_grants_cover_the_parked_table) {
 }
 END_TEST
 
+/* ---- 8. a consumer killed in the middle of a retry: the rest goes through once each, in order -- */
+
+/* Starts build/test-consumer on this test's schema with park-key. */
+static tk_proc_t *start_test_consumer(const char *name, const char *group, const char *topic) {
+    char *prog = tk_build_path("test-consumer");
+    const char *argv[] = {prog, "--bootstrap", tf_broker->bootstrap, "--conninfo", getenv("OUTBOX_TEST_PG"),
+                          "--schema", tf_schema, "--group", group, "--topic", topic,
+                          "-X", "kafka.session.timeout.ms=3000", "-X", "kafka.heartbeat.interval.ms=300",
+                          "-X", "kafka.fetch.wait.max.ms=50", "-X", "consumer.reject.policy=park-key", NULL};
+    tk_proc_t *p = tf_spawn(name, argv);
+    free(prog);
+    return p;
+}
+
+START_TEST(test_kill_during_retry_keeps_exactly_once_and_order) {
+    start_broker("p8.events:1");
+    sent_t s[5];
+    produce(&s[0], "p8.events", "k1", "reject 1");
+    produce(&s[1], "p8.events", "k1", "ok 2");
+    produce(&s[2], "p8.events", "k1", "sleep:30000 3");
+    produce(&s[3], "p8.events", "k1", "ok 4");
+    produce(&s[4], "p8.events", "k2", "ok 5");
+    flush();
+    tk_proc_t *a = start_test_consumer("consumer-a", "g8", "p8.events");
+    ck_assert_int_eq(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.effects WHERE payload = 'ok 5'"), 1, 30000), 1);
+    ck_assert_int_eq(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_parked"), 4, 30000), 4);
+    /* Drop the poison alone: the rest is due, and the consumer starts through it. */
+    char sch[128];
+    snprintf(sch, sizeof(sch), "outbox.schema=%s", tf_schema);
+    tk_proc_t *p = tf_relay_cli("-X", sch, "consumer-parked", "drop", "--group", "g8", "--key", "k1", "--first-only",
+                                NULL);
+    TF_CHECK(tf_exit_code(p) == 0, "drop --first-only: %s", tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+    char sleeping[64];
+    snprintf(sleeping, sizeof(sleeping), "sleeping %s", s[2].id);
+    TF_CHECK(tk_wait_file_contains(a->out_path, sleeping, 30000), "the retry never reached the third message");
+    /* Killed inside the third message's transaction: its effect and its row's DELETE go together. */
+    tk_proc_signal(a, SIGKILL);
+    TF_CHECK(tk_proc_wait(a, 10000), "a SIGKILLed consumer did not exit");
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_parked")), 2);
+    tk_proc_t *b = start_test_consumer("consumer-b", "g8", "p8.events");
+    (void)b;
+    ck_assert_int_eq(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_parked"), 0, 60000), 0);
+    PGresult *res = PQexec(tf_conn, tf_q("SELECT string_agg(payload, ',' ORDER BY seq) FROM @.effects WHERE payload <> 'ok 5'"));
+    TF_CHECK(PQresultStatus(res) == PGRES_TUPLES_OK && !strcmp(PQgetvalue(res, 0, 0), "ok 2,sleep:30000 3,ok 4"),
+             "effects: %s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters WHERE message_id = '%s'",
+                                             s[0].id)), 1);
+    free_sent(s, 5);
+}
+END_TEST
+
+/* ---- 9. park-key on a schema without the table names the fix --------------------------------- */
+
+START_TEST(test_missing_table_names_the_fix) {
+    start_broker("p9.events:1");
+    tu_exec(tf_conn, tf_q("DROP TABLE @.consumer_parked"));
+    hctx_t h = {0};
+    outbox_consumer_t *c = consumer("g9", "p9.events", "park-key");
+    outbox_err_t err = outbox_consumer_poll(c, handler, &h, 100);
+    ck_assert_int_eq(err, OUTBOX_ERR_SCHEMA);
+    ck_assert_msg(strstr(outbox_consumer_errmsg(c), "outbox-relay migrate") &&
+                  strstr(outbox_consumer_errmsg(c), "consumer_parked"), "%s", outbox_consumer_errmsg(c));
+    outbox_consumer_destroy(c);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("consumer_park");
     TCase *tc = tcase_create("park");
@@ -491,6 +560,8 @@ int main(void) {
     tcase_add_test(tc, test_restart_keeps_parking_and_retry_keeps_order);
     tcase_add_test(tc, test_policy_key_is_validated_and_dead_letter_is_the_default);
     tcase_add_test(tc, test_grants_cover_the_parked_table);
+    tcase_add_test(tc, test_kill_during_retry_keeps_exactly_once_and_order);
+    tcase_add_test(tc, test_missing_table_names_the_fix);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
