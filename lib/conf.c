@@ -68,6 +68,11 @@ static const outbox_conf_prop_t props[] = {
      "highest schema major version accepted (0 = any)", NULL},
     {"consumer.retry.backoff.ms", CONF_INT, "500", 0, 3600000,
      "wait before redelivering a message whose handler asked to retry", NULL},
+    {"consumer.reject.policy", CONF_STR, "dead-letter", 0, 0,
+     "what a rejected message does (handler REJECT, or bytes that are no acceptable envelope): "
+     "dead-letter (record it in consumer_dead_letters and go on) or park-key (hold it and every later "
+     "message of its Kafka key in its partition in consumer_parked until released)",
+     "dead-letter|park-key"},
     {NULL, CONF_STR, NULL, 0, 0, NULL, NULL},
 };
 

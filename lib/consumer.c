@@ -10,6 +10,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "consumer_park.h"
 #include "outbox_int.h"
 
 /* The dedup record goes out in libpq's pipeline mode, new in libpq 14. */
@@ -53,6 +54,7 @@ struct outbox_consumer_s {
     char sql_dedup[256];
     char sql_reject[512];
     char errstr[OUTBOX_ERRSTR_SIZE];
+    outbox_park_t *park; /* consumer.reject.policy=park-key (consumer_park.c); NULL: dead-letter */
 };
 
 static const char *const consumer_defaults[] = {
@@ -98,12 +100,14 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
          * for a retry backoff and revoked would never fetch again.  Its retry starts afresh from
          * the committed offset, so resume it. */
         rd_kafka_resume_partitions(rk, parts);
+        outbox_park_assigned(c->park);
         outbox_log(c->conf, 6, FAC, "msg=\"partitions assigned\" count=%d", parts->cnt);
         return;
     }
     /* Revoked: commit what our committed transactions covered before another member takes over. */
     rd_kafka_commit(rk, NULL, 0);
     forget_paused(c, parts);
+    outbox_park_revoked(c->park, parts);
     if (cooperative)
         rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, parts));
     else
@@ -299,6 +303,13 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
     snprintf(c->sql_reject, sizeof(c->sql_reject),
              "INSERT INTO %s.consumer_dead_letters (consumer, message_id, reason, raw, topic, "
              "kafka_partition, kafka_offset) VALUES ($1, $2, $3, $4, $5, $6, $7)", c->schema_q);
+    bool nomem;
+    c->park = outbox_park_new(&(outbox_park_env_t){conf, c->group, c->schema_q, &c->lim, &c->stats, c->errstr,
+                                                   sizeof(c->errstr), c->major_max, c->retry_backoff_ms}, &nomem);
+    if (nomem) {
+        outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: out of memory");
+        goto fail;
+    }
     /* A server that cannot be reached fails here; a schema that is not migrated yet, or a role
      * without its grants, is logged and waited for: polls retry the setup with backoff, so a
      * consumer deployed before the migration starts working once it ran. */
@@ -346,6 +357,7 @@ fail:
     if (c->rk)
         rd_kafka_destroy(c->rk);
     PQfinish(c->pg);
+    outbox_park_destroy(c->park);
     free(c->group);
     free(c->conninfo);
     free(c->schema_q);
@@ -365,6 +377,7 @@ void outbox_consumer_destroy(outbox_consumer_t *c) {
     for (size_t i = 0; i < c->paused_cnt; i++)
         free(c->paused[i].topic);
     free(c->paused);
+    outbox_park_destroy(c->park);
     free(c->group);
     free(c->conninfo);
     free(c->schema_q);
@@ -670,6 +683,71 @@ static outbox_handler_result_t call_handler(outbox_consumer_t *c, const outbox_m
     return r;
 }
 
+/* ---- hooks of consumer_park.c (consumer.reject.policy=park-key) ------------------------------ */
+
+typedef enum { PARK_NO, PARK_HELD, PARK_FAILED } park_hold_t;
+
+/* A message of a parked key is stored behind it and its offset stored: the consumer moves on. */
+static park_hold_t park_hold(outbox_consumer_t *c, const rd_kafka_message_t *m) {
+    bool held = false;
+    if (!c->park)
+        return PARK_NO;
+    outbox_err_t err = outbox_park_held(c->park, c->pg, c->rk, m, &held);
+    if (!err && held)
+        err = outbox_park_store(c->park, c->pg, m, NULL, NULL);
+    if (err == OUTBOX_ERR_CONNECTION)
+        pg_drop(c);
+    if (err)
+        return PARK_FAILED;
+    if (held)
+        store_offset(c, m);
+    return held ? PARK_HELD : PARK_NO;
+}
+
+/* A rejected message parks its key under park-key; without a key, or under dead-letter, it is a
+ * dead letter as before.  Returns false when PostgreSQL failed. */
+static bool reject(outbox_consumer_t *c, const rd_kafka_message_t *m, const char *msg_id, bool valid_id,
+                   const char *reason) {
+    if (!outbox_park_can_park(c->park, m))
+        return record_rejected(c, m, msg_id, valid_id, reason);
+    outbox_err_t err = outbox_park_store(c->park, c->pg, m, msg_id, reason);
+    if (err == OUTBOX_ERR_CONNECTION)
+        pg_drop(c);
+    if (!err)
+        c->stats.rejected++;
+    return !err;
+}
+
+/* Retries the released keys before new messages are read. */
+static outbox_err_t park_poll(outbox_consumer_t *c, outbox_handler_cb handler, void *opaque) {
+    if (!c->park)
+        return OUTBOX_OK;
+    if (!pg_ensure(c))
+        return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
+    outbox_err_t err = outbox_park_poll(c->park, c->pg, c->rk, handler, opaque);
+    if (err == OUTBOX_ERR_CONNECTION)
+        pg_drop(c);
+    return err;
+}
+
+outbox_err_t outbox_consumer_parked_retry(outbox_consumer_t *c, const void *key, size_t len) {
+    if (!c)
+        return OUTBOX_ERR_INVALID_ARG;
+    if (!key && len)
+        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: key is NULL but len is %zu", len);
+    if (!c->park)
+        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: consumer.reject.policy is not "
+                    "park-key: this consumer parks no key");
+    if (len > INT_MAX)
+        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: len %zu is not a key length", len);
+    if (!pg_ensure(c))
+        return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
+    outbox_err_t err = outbox_park_release(c->park, c->pg, key, len);
+    if (err == OUTBOX_ERR_CONNECTION)
+        pg_drop(c);
+    return err;
+}
+
 static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, outbox_handler_cb handler,
                             void *opaque) {
     if (!pg_ensure(c)) {
@@ -678,12 +756,20 @@ static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, o
         redeliver(c, m, due > c->retry_backoff_ms ? (int)due : c->retry_backoff_ms);
         return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
     }
+    switch (park_hold(c, m)) {
+    case PARK_HELD:
+        return OUTBOX_OK;
+    case PARK_FAILED:
+        return pg_failed(c, m);
+    case PARK_NO:
+        break;
+    }
     rd_kafka_headers_t *headers = NULL;
     if (rd_kafka_message_headers(m, &headers))
         headers = NULL; /* none, or unparsable: then there is no "id" header to fall back on */
     outbox_verdict_t v;
     if (!outbox_consumer_verdict(m->payload, m->len, headers, c->major_max, &v)) {
-        if (!record_rejected(c, m, v.dead_id, v.dead_id_valid, v.reason))
+        if (!reject(c, m, v.dead_id, v.dead_id_valid, v.reason))
             return pg_failed(c, m);
         store_offset(c, m);
         return OUTBOX_OK;
@@ -726,7 +812,7 @@ static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, o
         store_offset(c, m);
     } else if (r == OUTBOX_HANDLER_REJECT) {
         rollback(c);
-        if (record_rejected(c, m, msg->id, true, "rejected by the handler"))
+        if (reject(c, m, msg->id, true, "rejected by the handler"))
             store_offset(c, m);
         else
             err = pg_failed(c, m);
@@ -754,7 +840,9 @@ outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handle
         return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_poll: handler is NULL");
     c->errstr[0] = '\0';
     resume_due(c);
-    outbox_err_t err = OUTBOX_OK;
+    outbox_err_t err = park_poll(c, handler, opaque);
+    if (err)
+        return err;
     int done = 0;
     rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, timeout_ms < 0 ? 0 : timeout_ms);
     while (m) {

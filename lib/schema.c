@@ -89,14 +89,40 @@ static const char *const migrations[] = {
     "  done_hi       bigint[] NOT NULL,"
     "  saved_at      timestamptz NOT NULL DEFAULT now()"
     ");"
-    /* A relay's role (the one that may DELETE outbox rows) gets the new tables too, so that an
-     * upgraded schema does not stop a least-privilege relay at its next claim. */
+    /* The consumer's parked keys (consumer.reject.policy=park-key): a rejected message and
+     * every later message of its Kafka key in its partition wait here, in offset order, until
+     * released.  reason is set on the first row of a key only (why it parked); the rows held
+     * behind it have none.  released is the handshake with `outbox-relay consumer-parked retry`:
+     * the consumer retries a key once a row of it is released, or once its first row has no
+     * reason (the poison was dropped). */
+    "CREATE TABLE %1$s.consumer_parked ("
+    "  consumer        text NOT NULL,"
+    "  topic           text NOT NULL,"
+    "  kafka_partition integer NOT NULL,"
+    "  kafka_offset    bigint NOT NULL,"
+    "  kafka_key       bytea NOT NULL,"
+    "  message_id      text,"
+    "  raw             bytea,"
+    "  reason          text,"
+    "  released        boolean NOT NULL DEFAULT false,"
+    "  parked_at       timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (consumer, topic, kafka_partition, kafka_offset)"
+    ");"
+    "CREATE INDEX consumer_parked_key_idx ON %1$s.consumer_parked "
+    "(consumer, topic, kafka_partition, kafka_key, kafka_offset);"
+    /* A relay's role (the one that may DELETE outbox rows) and a consumer's (the one that may
+     * INSERT into processed) get the new tables too, so that an upgraded schema does not stop a
+     * least-privilege relay at its next claim or a consumer at its next rejection. */
     "DO $outbox_m3$ DECLARE r name; BEGIN"
     "  FOR r IN SELECT rolname FROM pg_roles WHERE NOT rolsuper AND rolname <> current_user"
     "   AND has_table_privilege(oid, $t$%1$s.messages$t$, 'DELETE') LOOP"
     "    EXECUTE $g$GRANT SELECT, INSERT, UPDATE, DELETE ON %1$s.parked_keys TO $g$ || quote_ident(r);"
     "    EXECUTE $g$GRANT SELECT, INSERT, DELETE ON %1$s.parked_messages TO $g$ || quote_ident(r);"
     "    EXECUTE $g$GRANT SELECT, INSERT, UPDATE, DELETE ON %1$s.claim_state TO $g$ || quote_ident(r);"
+    "  END LOOP;"
+    "  FOR r IN SELECT rolname FROM pg_roles WHERE NOT rolsuper AND rolname <> current_user"
+    "   AND has_table_privilege(oid, $t$%1$s.processed$t$, 'INSERT') LOOP"
+    "    EXECUTE $g$GRANT SELECT, INSERT, UPDATE, DELETE ON %1$s.consumer_parked TO $g$ || quote_ident(r);"
     "  END LOOP;"
     "END $outbox_m3$;",
 };

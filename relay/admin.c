@@ -277,20 +277,21 @@ static void print_role(const char *role, const char *q, const char *what) {
  * grant).  A consumer records processed messages and rejections and may reply through the outbox. */
 static const struct {
     const char *flag, *comment;
-    const char *grants[8][2]; /* {privileges, table} */
+    const char *grants[10][2]; /* {privileges, table} */
 } role_specs[] = {
     {"--writer", "writer: outbox_send(); outbox_migrate() on a current schema (a check), outbox_schema_version()",
      {{"INSERT", "messages"}, {"SELECT", "schema_version"}}},
     {"--relay", "relay: outbox-relay run, status, dead-letters list|retry|drop|prune, "
-                "consumer-dead-letters list|drop|prune, parked list|retry|drop",
+                "consumer-dead-letters list|drop|prune, parked list|retry|drop, consumer-parked list|retry|drop",
      {{"SELECT, INSERT, DELETE", "messages"}, {"SELECT, INSERT, UPDATE, DELETE", "dead_letters"},
-      {"SELECT, DELETE", "consumer_dead_letters"}, {"SELECT, INSERT, UPDATE, DELETE", "parked_keys"},
+      {"SELECT, INSERT, DELETE", "consumer_dead_letters"}, {"SELECT, INSERT, UPDATE, DELETE", "parked_keys"},
       {"SELECT, INSERT, DELETE", "parked_messages"}, {"SELECT, INSERT, UPDATE, DELETE", "claim_state"},
+      {"SELECT, UPDATE, DELETE", "consumer_parked"},
       {"SELECT", "schema_version"}}},
     {"--consumer", "consumer: outbox_consumer_*() with outbox_reply(); outbox_migrate() on a current schema "
                    "(a check), outbox_schema_version()",
      {{"SELECT, INSERT, DELETE", "processed"}, {"INSERT", "consumer_dead_letters"}, {"INSERT", "messages"},
-      {"SELECT", "schema_version"}}},
+      {"SELECT, INSERT, UPDATE, DELETE", "consumer_parked"}, {"SELECT", "schema_version"}}},
 };
 #define ROLE_KINDS ((int)(sizeof(role_specs) / sizeof(role_specs[0])))
 
@@ -336,7 +337,7 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
             continue;
         print_role(names[k], q, role_specs[k].comment);
         printf("GRANT USAGE ON SCHEMA %s TO %s;\n", s, q);
-        for (int g = 0; g < 8 && role_specs[k].grants[g][0]; g++)
+        for (int g = 0; g < 10 && role_specs[k].grants[g][0]; g++)
             printf("GRANT %s ON %s.%s TO %s;\n", role_specs[k].grants[g][0], s, role_specs[k].grants[g][1], q);
     }
     printf("COMMIT;\n");

@@ -47,7 +47,8 @@ static int key_group(const char *name) {
 static void usage(FILE *fp) {
     fprintf(fp,
             "usage: outbox-relay [-c FILE] [-X key=value]...\n"
-            "                    [run|migrate|status|dead-letters|consumer-dead-letters|parked|grants] [ARGS]\n"
+            "                    [run|migrate|status|dead-letters|consumer-dead-letters|parked|\n"
+            "                     consumer-parked|grants] [ARGS]\n"
             "       outbox-relay --help | --version\n"
             "\n"
             "Publishes the rows of a liboutbox outbox table to Kafka, in id order, deleting each\n"
@@ -85,6 +86,15 @@ static void usage(FILE *fp) {
             "  parked drop --key K|--key-hex H [--first-only]\n"
             "            move a parked key's held messages to dead_letters; --first-only moves only\n"
             "            the one that failed and publishes the rest in order\n"
+            "  consumer-parked list --group GROUP [--key K | --key-hex H] [--json]\n"
+            "            the keys group GROUP parked (consumer.reject.policy=park-key): topic,\n"
+            "            partition, key (text, or hex:...), first held offset, messages held, since,\n"
+            "            state and the reason\n"
+            "  consumer-parked retry --group GROUP (--key K | --key-hex H | --all)\n"
+            "            release keys: the running consumer retries their messages in order\n"
+            "  consumer-parked drop --group GROUP (--key K | --key-hex H | --all --yes) [--first-only]\n"
+            "            move held messages to consumer_dead_letters; --first-only moves each key's\n"
+            "            first (the poison) and lets the rest through in order\n"
             "  grants [--writer ROLE] [--relay ROLE] [--consumer ROLE]\n"
             "            print SQL creating least-privilege roles for this schema: the relay's role\n"
             "            runs every verb above but migrate\n"
@@ -170,6 +180,7 @@ static const struct {
     {"dead-letters", relay_dead_letters},
     {"consumer-dead-letters", relay_consumer_dead_letters},
     {"parked", relay_parked},
+    {"consumer-parked", relay_consumer_parked},
     {"grants", relay_grants},
 };
 #define ARG_VERBS ((int)(sizeof(arg_verbs) / sizeof(arg_verbs[0])))
@@ -214,7 +225,8 @@ int main(int argc, char **argv) {
             vargs[nvargs++] = a; /* checked by the verb */
         } else {
             fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, or a verb: "
-                            "run, migrate, status, dead-letters, consumer-dead-letters, parked, grants; see --help)\n", a);
+                            "run, migrate, status, dead-letters, consumer-dead-letters, parked, consumer-parked, "
+                            "grants; see --help)\n", a);
             return 2;
         }
     }
@@ -268,8 +280,6 @@ int main(int argc, char **argv) {
 
     if (!strcmp(verb, "migrate"))
         rc = relay_migrate(&r);
-    else if (arg_verb(verb) >= 0)
-        rc = arg_verbs[arg_verb(verb)].fn(&r, nvargs, vargs);
     else
         rc = relay_run(&r);
 done:

@@ -396,6 +396,8 @@ void metrics_delivery_error(relay_metrics_t *m, int err);
 int relay_status(relay_t *r, int argc, const char **argv);
 int relay_dead_letters(relay_t *r, int argc, const char **argv);
 int relay_consumer_dead_letters(relay_t *r, int argc, const char **argv);
+/* consumerparked.c: the consumer-parked verbs. */
+int relay_consumer_parked(relay_t *r, int argc, const char **argv);
 int relay_grants(relay_t *r, int argc, const char **argv);
 /* parked.c: the parked verbs (list, retry, drop). */
 int relay_parked(relay_t *r, int argc, const char **argv);

@@ -423,6 +423,22 @@ OUTBOX_API outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const ch
 OUTBOX_API outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handler, void *opaque,
                                              int timeout_ms);
 
+/**
+ * Releases a key parked under consumer.reject.policy=park-key: at the next poll the messages of
+ * Kafka key (len bytes) that this consumer group holds in <schema>.consumer_parked, in every
+ * topic and partition assigned to c, are handed to the handler again, in offset order, each with
+ * the usual exactly-once effect (a message already processed is skipped) and each removed from
+ * the table in the transaction that applies it.  If the first is rejected again the key stays
+ * parked, with the new reason.  `outbox-relay consumer-parked retry --group G --key K` does the
+ * same from another process; a running consumer notices within about a second.  Marks the key's
+ * rows released at once (one UPDATE on c's own session), so a restart or another member of the
+ * group carries the retry out too.  A key that is not parked is no error.  Returns OUTBOX_OK,
+ * OUTBOX_ERR_INVALID_ARG (key NULL with len > 0, or park-key is not the policy),
+ * OUTBOX_ERR_CONNECTION or OUTBOX_ERR_PG (retriable).  key is borrowed for the call.
+ * Call it from the thread that polls c.
+ */
+OUTBOX_API outbox_err_t outbox_consumer_parked_retry(outbox_consumer_t *c, const void *key, size_t len);
+
 /** Copies the counters into *stats. */
 OUTBOX_API void outbox_consumer_stats(const outbox_consumer_t *c, outbox_consumer_stats_t *stats);
 
