@@ -39,6 +39,8 @@ typedef struct {
     int64_t reindex_check_ms;
     bool debug;                           /* log.level 7: one line per delivered row too */
     bool record_created;                  /* relay.record.timestamp = created */
+    bool cloudevents;                     /* relay.format = cloudevents */
+    char ce_source[512];                  /* relay.cloudevents.source, or its default */
 } relay_settings_t;
 
 /* ---- batches (batch.c) ---------------------------------------------------------------------- */
@@ -299,6 +301,14 @@ void floor_advance(relay_t *r, const batch_t *b, int got, bool settled);
 /* b settled with every row gone from the table: claims need not look at its ids again. */
 void floor_settled_batch(relay_t *r, const batch_t *b);
 void floor_free(relay_t *r);
+
+/* ---- cloudevents.c: relay.format = cloudevents ----------------------------------------------- */
+
+/* The record for row i of b in binary-mode CloudEvents: its headers (caller owns) and its value,
+ * pointing into the row.  NULL when the row cannot be one (marked dead, reason in *dead) or out of
+ * memory (*dead NULL). */
+rd_kafka_headers_t *ce_row_headers(relay_t *r, batch_t *b, int i, const void **value, size_t *value_len,
+                                   char *dead, size_t dead_size);
 
 /* ---- produce.c -------------------------------------------------------------------------------- */
 
