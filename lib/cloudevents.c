@@ -448,7 +448,8 @@ int outbox_ce_record(const void *envelope, size_t len, const char *source, const
         outbox_snprintf(why, why_size, "cloudevents: cannot add a header (out of memory)");
         return -2;
     }
-    *payload = f.payload.set ? f.payload.p : NULL;
+    /* Never a null value, even for no payload: a null is a tombstone to a compacted topic. */
+    *payload = f.payload.set ? f.payload.p : (const uint8_t *)envelope;
     *payload_len = f.payload.n;
     return 0;
 }

@@ -149,7 +149,8 @@ int outbox_ce_time_format(int64_t us, char out[32]);
 /* An RFC 3339 date-time (any offset) of n bytes as microseconds since the epoch: 0, or -1. */
 int outbox_ce_time_parse(const char *s, size_t n, int64_t *us);
 /* Adds to h the binary-mode headers of the record for an encoded envelope (attributes, content-type,
- * the message's own headers) and points *payload into envelope (NULL when it has none).  key is
+ * the message's own headers) and points *payload into envelope (length 0 when it has none: an
+ * empty value, never a null one, which compaction reads as a tombstone).  key is
  * the record key (ce_subject when printable UTF-8).  0; -1 when the envelope cannot be such a
  * record (why says why: dead-letter it); -2 when out of memory. */
 int outbox_ce_record(const void *envelope, size_t len, const char *source, const void *key, size_t key_len,
