@@ -353,7 +353,7 @@ static int env_fields(const uint8_t *buf, size_t len, env_fields_t *f) {
 
 static const char *kind_text(uint64_t kind) {
     static const char *names[] = {"UNSPECIFIED", "EVENT", "COMMAND", "REPLY", "DOCUMENT"};
-    return kind <= 4 ? names[kind] : NULL;
+    return kind <= 4 ? names[kind] : "UNKNOWN";
 }
 
 int outbox_ce_time_format(int64_t us, char out[32]) {
@@ -398,7 +398,7 @@ int outbox_ce_record(const void *envelope, size_t len, const char *source, const
                      size_t why_size) {
     env_fields_t f;
     int kind;
-    if (env_fields(envelope, len, &f) || outbox_envelope_scan(envelope, len, &kind, NULL, NULL)) {
+    if (env_fields(envelope, len, &f)) {
         outbox_snprintf(why, why_size, "envelope is not a valid outbox.v1.Envelope protobuf (%zu bytes)", len);
         return -1;
     }
@@ -426,7 +426,7 @@ int outbox_ce_record(const void *envelope, size_t len, const char *source, const
         err = add(h, "ce_time", time, strlen(time));
     if (!err && key && printable_utf8(key, key_len))
         err = add(h, "ce_subject", key, key_len);
-    if (!err && kt)
+    if (!err) /* an unspecified or unknown kind too: the consumer refuses it, as it does in an envelope */
         err = add(h, "ce_outboxkind", kt, strlen(kt));
     if (!err && f.schema_version.n)
         err = add(h, "ce_schemaversion", f.schema_version.p, f.schema_version.n);
@@ -437,7 +437,12 @@ int outbox_ce_record(const void *envelope, size_t len, const char *source, const
     own_headers_t o = {h, f.content_type.n > 0, 0};
     if (!err && f.content_type.n)
         err = add(h, "content-type", f.content_type.p, f.content_type.n);
-    if (!err && outbox_envelope_scan(envelope, len, &kind, own_header, &o) == 0 && !o.failed && !f.content_type.n) {
+    /* The same scan as the envelope format's: what it refuses, no format publishes. */
+    if (!err && outbox_envelope_scan(envelope, len, &kind, own_header, &o)) {
+        outbox_snprintf(why, why_size, "envelope is not a valid outbox.v1.Envelope protobuf (%zu bytes)", len);
+        return -1;
+    }
+    if (!err && !o.failed && !f.content_type.n) {
         /* No content type in the envelope: a "content-type" header of its own, else the default. */
         const void *v;
         size_t vl;
