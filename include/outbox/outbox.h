@@ -219,8 +219,10 @@ OUTBOX_API outbox_err_t outbox_message_set_key(outbox_message_t *m, const void *
 OUTBOX_API outbox_err_t outbox_message_set_payload(outbox_message_t *m, const void *payload, size_t len);
 
 /** Sets (or replaces) a string header, both copied.  Refused: a NULL or empty name, a NULL value,
- *  a name or value that is not UTF-8 (proto3 strings), and the names "id", "type" and "kind",
- *  reserved for the Kafka headers the relay adds. */
+ *  a name or value that is not UTF-8 (proto3 strings), the names "id", "type" and "kind",
+ *  reserved for the Kafka headers the relay adds, and names starting "ce_", CloudEvents attributes
+ *  (relay.format=cloudevents).  For the W3C trace context, outbox_message_set_trace_context()
+ *  checks what it stores. */
 OUTBOX_API outbox_err_t outbox_message_set_header(outbox_message_t *m, const char *name, const char *value);
 
 /** Sets the payload's semantic schema version.  Refused unless "MAJOR.MINOR" with 1 to 9 digits
