@@ -146,16 +146,23 @@ const char *outbox_uri_reference_problem(const char *s, char *why, size_t why_si
 void outbox_ce_source_default(const char *schema, char *out, size_t size);
 /* RFC 3339 UTC with microseconds, "2026-11-30T13:11:52.123456Z": 0, or -1 outside years 0-9999. */
 int outbox_ce_time_format(int64_t us, char out[32]);
+/* The same with the last second's date and time kept in cache (the caller's, zeroed at first). */
+typedef struct {
+    int64_t secs;
+    int valid;
+    char prefix[20];
+} outbox_ce_time_cache_t;
+int outbox_ce_time_format_cached(int64_t us, char out[32], outbox_ce_time_cache_t *cache);
 /* An RFC 3339 date-time (any offset) of n bytes as microseconds since the epoch: 0, or -1. */
 int outbox_ce_time_parse(const char *s, size_t n, int64_t *us);
 /* Adds to h the binary-mode headers of the record for an encoded envelope (attributes, content-type,
  * the message's own headers) and points *payload into envelope (length 0 when it has none: an
  * empty value, never a null one, which compaction reads as a tombstone).  key is
- * the record key (ce_subject when printable UTF-8).  0; -1 when the envelope cannot be such a
+ * the record key (ce_subject when printable UTF-8); cache (may be NULL) speeds up ce_time.  0; -1 when the envelope cannot be such a
  * record (why says why: dead-letter it); -2 when out of memory. */
 int outbox_ce_record(const void *envelope, size_t len, const char *source, const void *key, size_t key_len,
                      struct rd_kafka_headers_s *h, const void **payload, size_t *payload_len, char *why,
-                     size_t why_size);
+                     size_t why_size, outbox_ce_time_cache_t *cache);
 /* 1 if the record's headers mark a binary-mode CloudEvent (a ce_specversion header). */
 int outbox_ce_is_binary(const struct rd_kafka_headers_s *h);
 /* Reads a binary-mode CloudEvent received on topic into *out (caller owns): 0; -1 rejected, with

@@ -12,7 +12,7 @@ rd_kafka_headers_t *ce_row_headers(relay_t *r, batch_t *b, int i, const void **v
     /* Room for the attributes (up to 9), content-type and a few of the message's own headers. */
     rd_kafka_headers_t *h = rd_kafka_headers_new(16);
     int rc = outbox_ce_record(row->value, row->value_len, r->set.ce_source, row->key, row->key_len, h, value,
-                              value_len, dead, dead_size);
+                              value_len, dead, dead_size, &r->set.ce_time);
     if (rc == 0)
         return h;
     rd_kafka_headers_destroy(h);

@@ -41,6 +41,7 @@ typedef struct {
     bool record_created;                  /* relay.record.timestamp = created */
     bool cloudevents;                     /* relay.format = cloudevents */
     char ce_source[512];                  /* relay.cloudevents.source, or its default */
+    outbox_ce_time_cache_t ce_time;       /* ce_time's last second, formatted */
 } relay_settings_t;
 
 /* ---- batches (batch.c) ---------------------------------------------------------------------- */

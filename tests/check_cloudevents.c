@@ -42,7 +42,7 @@ static rd_kafka_headers_t *record_of(const outbox_message_t *m, void **env, cons
     const void *key = outbox_message_key(m, &key_len);
     rd_kafka_headers_t *h = rd_kafka_headers_new(8);
     char why[300];
-    int rc = outbox_ce_record(*env, env_len, "/outbox/test", key, key_len, h, value, value_len, why, sizeof(why));
+    int rc = outbox_ce_record(*env, env_len, "/outbox/test", key, key_len, h, value, value_len, why, sizeof(why), NULL);
     ck_assert_msg(rc == 0, "outbox_ce_record: %d %s", rc, why);
     return h;
 }

@@ -90,7 +90,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             const void *pl;
             size_t pl_len;
             char why[300];
-            int rc = outbox_ce_record(env, env_len, "/fuzz", m->key, m->key_len, h2, &pl, &pl_len, why, sizeof(why));
+            int rc = outbox_ce_record(env, env_len, "/fuzz", m->key, m->key_len, h2, &pl, &pl_len, why, sizeof(why), NULL);
             FUZZ_CHECK(rc == 0, "an accepted message cannot be re-published: %s", why);
             outbox_verdict_t v2;
             FUZZ_CHECK(outbox_consumer_verdict(pl, pl_len, m->key, m->key_len, "fuzz", h2, major_max, &v2),
