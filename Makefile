@@ -65,6 +65,7 @@ FREEZE_PROXY := $(B)/freeze-proxy
 TEST_CONSUMER := $(B)/test-consumer
 TEST_SRCS := $(wildcard tests/check_*.c)
 TESTS     := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRCS))
+JS_READER := $(B)/js/ce_read.mjs
 TESTLIB_SRCS := $(wildcard tests/support/testutil*.c)
 BENCH_SRCS := $(wildcard tests/bench/*.c)
 BENCHES   := $(patsubst tests/bench/%.c,$(B)/bench/%,$(BENCH_SRCS))
@@ -192,7 +193,18 @@ examples: $(EXAMPLES)
 $(TEST_CONSUMER): tests/support/test-consumer.c $(STLIB)
 	$(CC) $(PROG_CFLAGS) -o $@ $< $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
 
-tests: all $(FREEZE_PROXY) $(TESTS) $(if $(wildcard tests/support/test-consumer.c),$(TEST_CONSUMER))
+tests: all $(FREEZE_PROXY) $(TESTS) $(if $(wildcard tests/support/test-consumer.c),$(TEST_CONSUMER)) $(JS_READER)
+
+# check_cloudevents reads the relay's records with the official CloudEvents JavaScript SDK: the npm
+# packages of tests/js/package.json go into build/js (Node.js 20 and the npm registry needed).
+$(B)/js/node_modules/.installed: tests/js/package.json
+	@mkdir -p $(@D)
+	cp tests/js/package.json $(B)/js/
+	cd $(B)/js && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(JS_READER): tests/js/ce_read.mjs $(B)/js/node_modules/.installed
+	cp $< $@
 
 # ---- fuzzing -----------------------------------------------------------------------------
 # tests/fuzz/fuzz_<target>.c are libFuzzer targets for the parsers of untrusted bytes.  `make check`

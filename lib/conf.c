@@ -53,6 +53,13 @@ static const outbox_conf_prop_t props[] = {
      "a message that fails permanently: park-key (it and every later message of its partition key "
      "wait, in order, for `outbox-relay parked retry|drop`; other keys flow) or dead-letter (move it "
      "to dead_letters and go on with its key's later messages)", "park-key|dead-letter"},
+    {"relay.format", CONF_STR, "envelope", 0, 0,
+     "Kafka record format: envelope (value = the outbox.v1.Envelope protobuf) or cloudevents "
+     "(CloudEvents 1.0 Kafka binding, binary mode: value = payload, attributes as ce_ headers)",
+     "envelope|cloudevents"},
+    {"relay.cloudevents.source", CONF_STR, "", 0, 400,
+     "ce_source of relay.format=cloudevents records, a URI-reference (empty = /outbox/<outbox.schema>)",
+     NULL},
     {"relay.floor.warn.ms", CONF_INT, "60000", 100, 86400000,
      "warn, naming it, about an open transaction that wrote to the outbox and held the claim floor "
      "this long (and again as often)", NULL},
@@ -325,6 +332,15 @@ outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const ch
             outbox_snprintf(errstr, errstr_size,
                             "invalid value for \"%s\": not valid UTF-8 (byte 0x%02x at offset %td)",
                             key, (unsigned char)value[bad], bad);
+            return OUTBOX_CONF_INVALID;
+        }
+        /* The one key with a grammar of its own: refused here, not at the first record. */
+        char why[160];
+        if (!strcmp(p->name, "relay.cloudevents.source") && *value &&
+            outbox_uri_reference_problem(value, why, sizeof(why))) {
+            outbox_snprintf(errstr, errstr_size, "invalid value \"%s\" for \"%s\": not a URI-reference "
+                            "(RFC 3986): %s; use e.g. \"https://example.com/orders\" or \"/orders-service\"",
+                            shown(value, vb), key, why);
             return OUTBOX_CONF_INVALID;
         }
         break;

@@ -540,14 +540,20 @@ static const char *reason_text(const char *s, char out[101]) {
     return out;
 }
 
-bool outbox_consumer_verdict(const void *value, size_t len, const rd_kafka_headers_t *headers,
-                             int major_max, outbox_verdict_t *v) {
+bool outbox_consumer_verdict(const void *value, size_t len, const void *key, size_t key_len, const char *topic,
+                             const rd_kafka_headers_t *headers, int major_max, outbox_verdict_t *v) {
     v->msg = NULL;
     v->dead_id = NULL;
     v->dead_id_valid = false;
     v->id_buf[0] = v->reason[0] = '\0';
     outbox_message_t *msg;
-    if (outbox_message_decode(&msg, value, len, v->reason, sizeof(v->reason)) != OUTBOX_OK) {
+    /* A binary-mode CloudEvent (relay.format=cloudevents) or, by default, an envelope. */
+    if (outbox_ce_is_binary(headers)) {
+        if (outbox_ce_decode(value, len, key, key_len, headers, topic, &msg, v->reason, sizeof(v->reason), v->id_buf)) {
+            v->dead_id = *v->id_buf ? v->id_buf : NULL;
+            return false;
+        }
+    } else if (outbox_message_decode(&msg, value, len, v->reason, sizeof(v->reason)) != OUTBOX_OK) {
         v->dead_id = header_id(headers, v->id_buf);
         return false;
     }
@@ -768,7 +774,8 @@ static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, o
     if (rd_kafka_message_headers(m, &headers))
         headers = NULL; /* none, or unparsable: then there is no "id" header to fall back on */
     outbox_verdict_t v;
-    if (!outbox_consumer_verdict(m->payload, m->len, headers, c->major_max, &v)) {
+    if (!outbox_consumer_verdict(m->payload, m->len, m->key, m->key_len, rd_kafka_topic_name(m->rkt),
+                                 headers, c->major_max, &v)) {
         if (!reject(c, m, v.dead_id, v.dead_id_valid, v.reason))
             return pg_failed(c, m);
         store_offset(c, m);
@@ -887,6 +894,9 @@ outbox_err_t outbox_reply(outbox_t *ob, PGconn *conn, const outbox_message_t *re
         err = outbox_message_set_key(r, request->key, request->key_len);
     if (!err)
         err = outbox_message_set_payload(r, payload, len);
+    const char *tp, *ts;
+    if (!err && outbox_message_trace_context(request, &tp, &ts)) /* the trace goes on in the reply */
+        err = outbox_message_set_trace_context(r, tp, ts);
     if (err) {
         outbox_message_destroy(r);
         if (err == OUTBOX_ERR_NOMEM)

@@ -384,8 +384,8 @@ static outbox_err_t retry_first(outbox_park_t *p, PGconn *pg, park_key_t *k, out
     if (hdrs)
         rd_kafka_header_add(hdrs, "id", -1, id, -1);
     outbox_verdict_t verdict;
-    bool ok = outbox_consumer_verdict(PQgetvalue(row, 0, 2), (size_t)PQgetlength(row, 0, 2), hdrs,
-                                      p->env.major_max, &verdict);
+    bool ok = outbox_consumer_verdict(PQgetvalue(row, 0, 2), (size_t)PQgetlength(row, 0, 2), k->key, k->key_len,
+                                      k->topic, hdrs, p->env.major_max, &verdict);
     if (hdrs)
         rd_kafka_headers_destroy(hdrs);
     PQclear(row);

@@ -118,6 +118,7 @@ void outbox_message_destroy(outbox_message_t *m) {
     free(m->headers);
     free(m->correlation_id);
     free(m->reply_to);
+    free(m->content_type);
     msg_errmsg_free(m);
     free(m);
 }
@@ -280,7 +281,97 @@ outbox_err_t outbox_message_set_header(outbox_message_t *m, const char *name, co
         return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: name %s is reserved (\"id\", \"type\" and \"kind\" are "
                        "the Kafka headers the relay adds from the message itself); choose another name, "
                        "e.g. \"x-%s\"", fn, shown(name, v), name);
+    if (!strncmp(name, "ce_", 3))
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: name %s is reserved (\"ce_\" names are CloudEvents "
+                       "attributes, which relay.format=cloudevents writes from the message itself); choose "
+                       "another name, e.g. \"x-%s\"", fn, shown(name, v), name + 3);
     return header_put(m, name, value);
+}
+
+/* Removes header name if m has it, keeping the others' order. */
+static void header_remove(outbox_message_t *m, const char *name) {
+    for (size_t i = 0; i < m->header_cnt; i++) {
+        if (strcmp(m->headers[i].name, name))
+            continue;
+        free(m->headers[i].name);
+        free(m->headers[i].value);
+        memmove(&m->headers[i], &m->headers[i + 1], (m->header_cnt - i - 1) * sizeof(*m->headers));
+        m->header_cnt--;
+        return;
+    }
+}
+
+const char *outbox_content_type_problem(const char *s) {
+    size_t n = strlen(s);
+    if (n > 255)
+        return "is longer than 255 bytes";
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+            return "has a byte that is not printable ASCII";
+    const char *slash = strchr(s, '/');
+    if (n && (!slash || slash == s || !slash[1]))
+        return "is not a media type \"type/subtype\"";
+    return NULL;
+}
+
+outbox_err_t outbox_message_set_content_type(outbox_message_t *m, const char *content_type) {
+    static const char fn[] = "outbox_message_set_content_type";
+    if (!m)
+        return OUTBOX_ERR_INVALID_ARG;
+    msg_clear(m);
+    char v[64];
+    if (!content_type)
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: content_type is NULL; pass a media type, e.g. "
+                       "\"application/json\", or \"\" for the default (" OUTBOX_CONTENT_TYPE_DEFAULT ")", fn);
+    const char *problem = outbox_content_type_problem(content_type);
+    if (problem)
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: content_type %s %s; pass a media type (RFC 2046) of "
+                       "printable ASCII, e.g. \"application/json\" or \"application/protobuf\"", fn,
+                       shown(content_type, v), problem);
+    if (!*content_type) {
+        free(m->content_type);
+        m->content_type = NULL;
+        return OUTBOX_OK;
+    }
+    return set_str(m, fn, &m->content_type, content_type);
+}
+
+outbox_err_t outbox_message_set_trace_context(outbox_message_t *m, const char *traceparent,
+                                              const char *tracestate) {
+    static const char fn[] = "outbox_message_set_trace_context";
+    if (!m)
+        return OUTBOX_ERR_INVALID_ARG;
+    msg_clear(m);
+    char v[64], why[160];
+    if (!traceparent)
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: traceparent is NULL; pass the W3C traceparent of the "
+                       "current span, e.g. \"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"", fn);
+    if (outbox_traceparent_problem(traceparent, why, sizeof(why)))
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: traceparent %s is not a W3C traceparent: %s; pass "
+                       "\"00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>\", lowercase", fn,
+                       shown(traceparent, v), why);
+    if (tracestate && *tracestate && outbox_tracestate_problem(tracestate, why, sizeof(why)))
+        return msg_err(m, OUTBOX_ERR_INVALID_ARG, "%s: tracestate %s is not a W3C tracestate: %s; pass at "
+                       "most 32 \"key=value\" members separated by commas, or NULL", fn, shown(tracestate, v),
+                       why);
+    /* Both or neither: a tracestate left from another traceparent would describe another trace. */
+    const char *old_tp = outbox_message_header(m, "traceparent");
+    char *keep = old_tp ? outbox_strdup(old_tp) : NULL;
+    if (old_tp && !keep)
+        return msg_err(m, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
+    outbox_err_t err = header_put(m, "traceparent", traceparent);
+    if (!err && tracestate && *tracestate)
+        err = header_put(m, "tracestate", tracestate);
+    else if (!err)
+        header_remove(m, "tracestate");
+    if (err) { /* put back what was there */
+        if (keep)
+            header_put(m, "traceparent", keep);
+        else
+            header_remove(m, "traceparent");
+    }
+    free(keep);
+    return err;
 }
 
 outbox_err_t outbox_message_set_schema_version(outbox_message_t *m, const char *ver) {
@@ -410,6 +501,27 @@ int64_t outbox_message_created_at_us(const outbox_message_t *m) {
     return m ? m->created_at_us : 0;
 }
 
+const char *outbox_message_content_type(const outbox_message_t *m) {
+    if (!m)
+        return NULL;
+    return m->content_type ? m->content_type : OUTBOX_CONTENT_TYPE_DEFAULT;
+}
+
+int outbox_message_trace_context(const outbox_message_t *m, const char **traceparent, const char **tracestate) {
+    char why[160];
+    const char *tp = outbox_message_header(m, "traceparent");
+    const char *ts = outbox_message_header(m, "tracestate");
+    if (tp && outbox_traceparent_problem(tp, why, sizeof(why)))
+        tp = NULL;
+    if (!tp || (ts && (!*ts || outbox_tracestate_problem(ts, why, sizeof(why)))))
+        ts = NULL;
+    if (traceparent)
+        *traceparent = tp;
+    if (tracestate)
+        *tracestate = ts;
+    return tp != NULL;
+}
+
 outbox_err_t outbox_message_encode(const outbox_message_t *m, void **buf, size_t *len) {
     if (!m || !buf || !len)
         return OUTBOX_ERR_INVALID_ARG;
@@ -427,6 +539,8 @@ outbox_err_t outbox_message_encode(const outbox_message_t *m, void **buf, size_t
     env.created_at_unix_us = m->created_at_us;
     env.correlation_id = m->correlation_id;
     env.reply_to = m->reply_to;
+    /* Unset stays off the wire: envelopes without one are byte for byte what they were. */
+    env.content_type = m->content_type ? m->content_type : (char *)"";
 
     Outbox__V1__Envelope__HeadersEntry *entries = NULL, **ptrs = NULL;
     if (m->header_cnt) {
@@ -487,6 +601,8 @@ static const char *envelope_problem(const Outbox__V1__Envelope *e, char *why, si
         return "schema_version is not MAJOR.MINOR";
     if (e->reply_to && *e->reply_to && !outbox_topic_valid(e->reply_to, NULL, 0))
         return "reply_to is not a valid topic name";
+    if (e->content_type && outbox_content_type_problem(e->content_type))
+        return "content_type is not a media type of printable ASCII";
     for (size_t i = 0; i < e->n_headers; i++) {
         const char *name = e->headers[i]->key, *value = e->headers[i]->value;
         if (!name || !*name)
@@ -621,6 +737,8 @@ outbox_err_t outbox_message_decode(outbox_message_t **out, const void *buf, size
         err = set_str(m, "outbox_message_decode", &m->correlation_id, e->correlation_id);
     if (!err && e->reply_to)
         err = set_str(m, "outbox_message_decode", &m->reply_to, e->reply_to);
+    if (!err && e->content_type && *e->content_type)
+        err = set_str(m, "outbox_message_decode", &m->content_type, e->content_type);
     if (!err)
         err = put_wire_headers(m, e->headers, e->n_headers);
     outbox__v1__envelope__free_unpacked(e, NULL);

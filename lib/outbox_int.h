@@ -116,6 +116,7 @@ struct outbox_message_s {
     size_t header_cnt, header_cap;
     char *correlation_id;
     char *reply_to;
+    char *content_type; /* NULL: none set (application/octet-stream) */
     int64_t created_at_us;
     char *errmsg; /* why the last setter call refused (NULL: it did not); outbox_message_errmsg() */
     /* Where a consumer received the message (outbox_message_kafka_*): borrowed from the record,
@@ -124,6 +125,52 @@ struct outbox_message_s {
     int32_t kafka_partition;
     int64_t kafka_offset;
 };
+
+/* The default media type of a payload (CloudEvents' datacontenttype when absent). */
+#define OUTBOX_CONTENT_TYPE_DEFAULT "application/octet-stream"
+/* NULL if s is a valid W3C traceparent (version 00) or tracestate (level 1), else what is wrong
+ * (written into why, which is returned). */
+const char *outbox_traceparent_problem(const char *s, char *why, size_t why_size);
+const char *outbox_tracestate_problem(const char *s, char *why, size_t why_size);
+/* NULL if s is acceptable as a content type, else what is wrong. */
+const char *outbox_content_type_problem(const char *s);
+
+/* ---- CloudEvents binary mode and URI references (cloudevents.c) ---- */
+
+struct rd_kafka_headers_s;
+/* Our extension attribute names (without "ce_"), NULL-terminated. */
+const char *const *outbox_ce_extension_names(void);
+/* NULL if s is an RFC 3986 URI-reference (non-empty), else what is wrong (written into why). */
+const char *outbox_uri_reference_problem(const char *s, char *why, size_t why_size);
+/* The default ce_source of an outbox schema: "/outbox/<schema, percent-encoded>". */
+void outbox_ce_source_default(const char *schema, char *out, size_t size);
+/* RFC 3339 UTC with microseconds, "2026-11-30T13:11:52.123456Z": 0, or -1 outside years 0-9999. */
+int outbox_ce_time_format(int64_t us, char out[32]);
+/* The same with the last second's date and time kept in cache (the caller's, zeroed at first). */
+typedef struct {
+    int64_t secs;
+    int valid;
+    char prefix[20];
+} outbox_ce_time_cache_t;
+int outbox_ce_time_format_cached(int64_t us, char out[32], outbox_ce_time_cache_t *cache);
+/* An RFC 3339 date-time (any offset) of n bytes as microseconds since the epoch: 0, or -1. */
+int outbox_ce_time_parse(const char *s, size_t n, int64_t *us);
+/* Adds to h the binary-mode headers of the record for an encoded envelope (attributes, content-type,
+ * the message's own headers) and points *payload into envelope (length 0 when it has none: an
+ * empty value, never a null one, which compaction reads as a tombstone).  key is
+ * the record key (ce_subject when printable UTF-8); cache (may be NULL) speeds up ce_time.  0; -1 when the envelope cannot be such a
+ * record (why says why: dead-letter it); -2 when out of memory. */
+int outbox_ce_record(const void *envelope, size_t len, const char *source, const void *key, size_t key_len,
+                     struct rd_kafka_headers_s *h, const void **payload, size_t *payload_len, char *why,
+                     size_t why_size, outbox_ce_time_cache_t *cache);
+/* 1 if the record's headers mark a binary-mode CloudEvent (a ce_specversion header). */
+int outbox_ce_is_binary(const struct rd_kafka_headers_s *h);
+/* Reads a binary-mode CloudEvent received on topic into *out (caller owns): 0; -1 rejected, with
+ * why (naming a missing required attribute); -2 out of memory.  id_out gets ce_id when it is plain
+ * printable ASCII of at most 64 bytes, else "". */
+int outbox_ce_decode(const void *value, size_t len, const void *key, size_t key_len,
+                     const struct rd_kafka_headers_s *h, const char *topic, outbox_message_t **out,
+                     char *why, size_t why_size, char id_out[65]);
 
 /* ---- envelope scan (envscan.c) ---- */
 
@@ -152,10 +199,11 @@ typedef struct {
 
 /* Decides whether a record's value becomes a message (true, v->msg set) or a dead letter (false,
  * v->reason set).  headers (may be NULL) are the record's Kafka headers, whose "id" names a dead
- * letter whose value is no envelope.  major_max is consumer.schema.major.max (0 = any).  The
- * record key is not consulted: the envelope carries its own. */
-bool outbox_consumer_verdict(const void *value, size_t len, const struct rd_kafka_headers_s *headers,
-                             int major_max, outbox_verdict_t *v);
+ * letter whose value is no envelope.  major_max is consumer.schema.major.max (0 = any).  A record
+ * with a ce_specversion header is a binary-mode CloudEvent: its key (may be NULL) is the message's
+ * and its topic the destination; an envelope carries its own key and destination. */
+bool outbox_consumer_verdict(const void *value, size_t len, const void *key, size_t key_len, const char *topic,
+                             const struct rd_kafka_headers_s *headers, int major_max, outbox_verdict_t *v);
 
 /* ---- Kafka client configuration (kafka.c) ---- */
 

@@ -47,6 +47,11 @@ static void settings_read(relay_t *r) {
     s->debug = outbox_conf_int(c, "log.level") >= 7;
     s->record_created = !strcmp(outbox_conf_str(c, "relay.record.timestamp"), "created");
     s->park_key = !strcmp(outbox_conf_str(c, "relay.poison.policy"), "park-key");
+    s->cloudevents = !strcmp(outbox_conf_str(c, "relay.format"), "cloudevents");
+    if (*outbox_conf_str(c, "relay.cloudevents.source"))
+        outbox_snprintf(s->ce_source, sizeof(s->ce_source), "%s", outbox_conf_str(c, "relay.cloudevents.source"));
+    else
+        outbox_ce_source_default(outbox_conf_str(c, "outbox.schema"), s->ce_source, sizeof(s->ce_source));
 }
 
 /* The loop's own pacing: how long to wait when there is nothing to do. */

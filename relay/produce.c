@@ -265,7 +265,15 @@ static bool produce_row(relay_t *r, batch_t *b, int i) {
         mark_failed(r, b, i, "invalid destination: \"%.200s\" %s", row->dest, why);
         return true;
     }
-    rd_kafka_headers_t *h = row_headers(r, b, i);
+    const void *value = row->value;
+    size_t value_len = row->value_len;
+    char dead[300] = "";
+    rd_kafka_headers_t *h = r->set.cloudevents ? ce_row_headers(r, b, i, &value, &value_len, dead, sizeof(dead))
+                                               : row_headers(r, b, i);
+    if (!h && *dead) {
+        mark_failed(r, b, i, "%s", dead); /* not a record it can be: parks its key, or dead-lettered */
+        return true;
+    }
     if (!h) {
         if (b->state[i] != ROW_DEAD && b->state[i] != ROW_HELD)
             mark_retry(r, b, i, "cannot build the record's headers", "out_of_memory");
@@ -277,7 +285,7 @@ static bool produce_row(relay_t *r, batch_t *b, int i) {
     for (;;) {
         rd_kafka_resp_err_t err = rd_kafka_producev(
             r->prod.rk, RD_KAFKA_V_TOPIC(row->dest), RD_KAFKA_V_KEY(row->key, row->key_len),
-            RD_KAFKA_V_VALUE((void *)row->value, row->value_len), RD_KAFKA_V_MSGFLAGS(0),
+            RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_MSGFLAGS(0),
             RD_KAFKA_V_TIMESTAMP(row->timestamp_ms),
             RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(slot), RD_KAFKA_V_END);
         if (!err) {

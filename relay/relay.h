@@ -40,6 +40,9 @@ typedef struct {
     bool debug;                           /* log.level 7: one line per delivered row too */
     bool record_created;                  /* relay.record.timestamp = created */
     bool park_key;                        /* relay.poison.policy = park-key */
+    bool cloudevents;                     /* relay.format = cloudevents */
+    char ce_source[512];                  /* relay.cloudevents.source, or its default */
+    outbox_ce_time_cache_t ce_time;       /* ce_time's last second, formatted */
 } relay_settings_t;
 
 /* ---- batches (batch.c) ---------------------------------------------------------------------- */
@@ -352,6 +355,14 @@ bool park_before_claim(relay_t *r);
 void park_free(relay_t *r);
 /* Whether key is text an operator can type: printable UTF-8 without control characters. */
 bool park_key_is_text(const void *key, size_t len);
+
+/* ---- cloudevents.c: relay.format = cloudevents ----------------------------------------------- */
+
+/* The record for row i of b in binary-mode CloudEvents: its headers (caller owns) and its value,
+ * pointing into the row.  NULL when the row cannot be one (the reason in dead: a permanent
+ * failure) or out of memory (dead empty). */
+rd_kafka_headers_t *ce_row_headers(relay_t *r, batch_t *b, int i, const void **value, size_t *value_len,
+                                   char *dead, size_t dead_size);
 
 /* ---- produce.c -------------------------------------------------------------------------------- */
 

@@ -421,6 +421,21 @@ static const row_t rows[] = {
     {"outbox_message_set_reply_to", "249 characters (the limit)", REP("r", 249), .expect = OUTBOX_OK, .re = "^r{249}$"},
     {"outbox_message_set_reply_to", "250 characters", REP("r", 250), .expect = OUTBOX_ERR_INVALID_ARG, .re = "^$"},
     {"outbox_message_set_reply_to", "1 MiB", REP("r", MIB), .expect = OUTBOX_ERR_INVALID_ARG, .re = "^$"},
+    {"outbox_message_set_content_type", "m NULL", S("a/b"), .flags = F_NULL_H, .expect = OUTBOX_ERR_INVALID_ARG},
+    {"outbox_message_set_content_type", "NULL", ANULL, .expect = OUTBOX_ERR_INVALID_ARG, .re = "^application/octet-stream$"},
+    {"outbox_message_set_content_type", "empty: the default", S(""), .expect = OUTBOX_OK, .re = "^application/octet-stream$"},
+    {"outbox_message_set_content_type", "SQL-looking", S(SQL_IDENT), .expect = OUTBOX_ERR_INVALID_ARG, .re = "^application/octet-stream$"},
+    {"outbox_message_set_content_type", "not UTF-8", S("a/" NON_UTF8), .expect = OUTBOX_ERR_INVALID_ARG, .re = "^application/octet-stream$"},
+    {"outbox_message_set_content_type", "1 MiB", REP("a/", MIB / 2), .expect = OUTBOX_ERR_INVALID_ARG, .re = "^application/octet-stream$"},
+    {"outbox_message_set_content_type", "a media type", S("application/json; charset=utf-8"), .expect = OUTBOX_OK, .re = "^application/json; charset=utf-8$"},
+    {"outbox_message_set_trace_context", "m NULL", S("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ANULL, .flags = F_NULL_H, .expect = OUTBOX_ERR_INVALID_ARG},
+    {"outbox_message_set_trace_context", "traceparent NULL", ANULL, ANULL, .expect = OUTBOX_ERR_INVALID_ARG, .re = "^$"},
+    {"outbox_message_set_trace_context", "SQL-looking", S(SQL_IDENT), ANULL, .expect = OUTBOX_ERR_INVALID_ARG, .re = "^$"},
+    {"outbox_message_set_trace_context", "not UTF-8", S(NON_UTF8), ANULL, .expect = OUTBOX_ERR_INVALID_ARG, .re = "^$"},
+    {"outbox_message_set_trace_context", "1 MiB", REP("0", MIB), ANULL, .expect = OUTBOX_ERR_INVALID_ARG, .re = "^$"},
+    {"outbox_message_set_trace_context", "hostile tracestate", S("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), S(SQL_IDENT), .expect = OUTBOX_ERR_INVALID_ARG, .re = "^$"},
+    {"outbox_message_set_trace_context", "1 MiB tracestate", S("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), REP("a=b,", MIB / 4), .expect = OUTBOX_ERR_INVALID_ARG, .re = "^$"},
+    {"outbox_message_set_trace_context", "valid, no tracestate", S("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ANULL, .expect = OUTBOX_OK, .re = "^00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01$"},
     {"outbox_message_destroy", "NULL", .flags = F_NULL_H, .expect = R_VOID},
     {"outbox_message_destroy", "a message holding 1 MiB in every field", .expect = R_VOID},
 
@@ -469,6 +484,10 @@ static const row_t rows[] = {
     {"outbox_message_correlation_id", "absent: \"\" not NULL", .msg = MS_EVENT, .expect = R_PTR, .re = "^$"},
     {"outbox_message_reply_to", "NULL", .flags = F_NULL_H, .expect = R_NULL},
     {"outbox_message_reply_to", "absent: \"\" not NULL", .msg = MS_EVENT, .expect = R_PTR, .re = "^$"},
+    {"outbox_message_content_type", "NULL", .flags = F_NULL_H, .expect = R_NULL},
+    {"outbox_message_content_type", "absent: the default", .msg = MS_EVENT, .expect = R_PTR, .re = "^application/octet-stream$"},
+    {"outbox_message_trace_context", "NULL", .flags = F_NULL_H, .expect = 0},
+    {"outbox_message_trace_context", "absent", .msg = MS_EVENT, .expect = 0},
     {"outbox_message_created_at_us", "NULL: 0", .flags = F_NULL_H, .expect = 0},
     {"outbox_message_created_at_us", "a new message: now", .msg = MS_EVENT, .expect = 1, .re = "^within a minute of now$"},
     {"outbox_message_errmsg", "NULL: a static message", .flags = F_NULL_H, .expect = R_PTR, .re = "^message is NULL$"},
@@ -1475,6 +1494,26 @@ static int h_set_reply_to(val_t a, val_t b, char *msg, size_t msz) {
     return r;
 }
 
+static int h_set_content_type(val_t a, val_t b, char *msg, size_t msz) {
+    (void)b;
+    outbox_message_t *m = setter_msg();
+    int r = outbox_message_set_content_type(m, a.p);
+    snprintf(msg, msz, "%.300s", m ? outbox_message_content_type(m) : "");
+    outbox_message_destroy(m);
+    return r;
+}
+
+static int h_set_trace_context(val_t a, val_t b, char *msg, size_t msz) {
+    outbox_message_t *m = setter_msg();
+    int r = outbox_message_set_trace_context(m, a.p, b.p);
+    const char *tp = NULL;
+    if (m)
+        outbox_message_trace_context(m, &tp, NULL);
+    snprintf(msg, msz, "%.300s", tp ? tp : "");
+    outbox_message_destroy(m);
+    return r;
+}
+
 static int h_message_destroy(val_t a, val_t b, char *msg, size_t msz) {
     (void)a, (void)b, (void)msg, (void)msz;
     if (cur->flags & F_NULL_H) {
@@ -1623,6 +1662,24 @@ static int h_message_reply_to(val_t a, val_t b, char *msg, size_t msz) {
     (void)a, (void)b;
     outbox_message_t *m = getter_msg();
     int r = str_result(outbox_message_reply_to(m), msg, msz);
+    outbox_message_destroy(m);
+    return r;
+}
+
+static int h_message_content_type(val_t a, val_t b, char *msg, size_t msz) {
+    (void)a, (void)b;
+    outbox_message_t *m = getter_msg();
+    int r = str_result(outbox_message_content_type(m), msg, msz);
+    outbox_message_destroy(m);
+    return r;
+}
+
+static int h_message_trace_context(val_t a, val_t b, char *msg, size_t msz) {
+    (void)a, (void)b;
+    outbox_message_t *m = getter_msg();
+    const char *tp = "x", *ts = "x";
+    int r = outbox_message_trace_context(m, &tp, &ts);
+    snprintf(msg, msz, "%s %s", tp ? tp : "(null)", ts ? ts : "(null)");
     outbox_message_destroy(m);
     return r;
 }
@@ -2058,6 +2115,8 @@ static const struct {
     {"outbox_message_set_schema_version", h_set_schema_version},
     {"outbox_message_set_correlation_id", h_set_correlation_id},
     {"outbox_message_set_reply_to", h_set_reply_to},
+    {"outbox_message_set_content_type", h_set_content_type},
+    {"outbox_message_set_trace_context", h_set_trace_context},
     {"outbox_message_destroy", h_message_destroy},
     {"outbox_message_id", h_message_id},
     {"outbox_message_kind", h_message_kind},
@@ -2071,6 +2130,8 @@ static const struct {
     {"outbox_message_header_at", h_message_header_at},
     {"outbox_message_correlation_id", h_message_correlation_id},
     {"outbox_message_reply_to", h_message_reply_to},
+    {"outbox_message_content_type", h_message_content_type},
+    {"outbox_message_trace_context", h_message_trace_context},
     {"outbox_message_created_at_us", h_message_created_at_us},
     {"outbox_message_errmsg", h_message_errmsg},
     {"outbox_message_kafka_topic", h_message_kafka_topic},

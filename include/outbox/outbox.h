@@ -219,8 +219,10 @@ OUTBOX_API outbox_err_t outbox_message_set_key(outbox_message_t *m, const void *
 OUTBOX_API outbox_err_t outbox_message_set_payload(outbox_message_t *m, const void *payload, size_t len);
 
 /** Sets (or replaces) a string header, both copied.  Refused: a NULL or empty name, a NULL value,
- *  a name or value that is not UTF-8 (proto3 strings), and the names "id", "type" and "kind",
- *  reserved for the Kafka headers the relay adds. */
+ *  a name or value that is not UTF-8 (proto3 strings), the names "id", "type" and "kind",
+ *  reserved for the Kafka headers the relay adds, and names starting "ce_", CloudEvents attributes
+ *  (relay.format=cloudevents).  For the W3C trace context, outbox_message_set_trace_context()
+ *  checks what it stores. */
 OUTBOX_API outbox_err_t outbox_message_set_header(outbox_message_t *m, const char *name, const char *value);
 
 /** Sets the payload's semantic schema version.  Refused unless "MAJOR.MINOR" with 1 to 9 digits
@@ -233,6 +235,23 @@ OUTBOX_API outbox_err_t outbox_message_set_correlation_id(outbox_message_t *m, c
 /** Sets the reply channel (for a COMMAND).  Copied.  Refused: NULL, or not a valid Kafka topic
  *  name ([a-zA-Z0-9._-], 1 to 249 characters, not "." or ".."). */
 OUTBOX_API outbox_err_t outbox_message_set_reply_to(outbox_message_t *m, const char *channel);
+
+/** Sets the payload's media type (RFC 2046 "type/subtype", parameters allowed, e.g.
+ *  "application/json; charset=utf-8"), carried in the Envelope's content_type and, with
+ *  relay.format=cloudevents, in the record's content-type header.  Copied.  "" clears it.
+ *  Refused: NULL, more than 255 bytes, anything but printable ASCII, no '/'. */
+OUTBOX_API outbox_err_t outbox_message_set_content_type(outbox_message_t *m, const char *content_type);
+
+/**
+ * Sets the W3C Trace Context (level 1) of m: the headers "traceparent" and "tracestate".  Copied.
+ * traceparent must be version 00, "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>", lowercase,
+ * with neither id all zeros.  tracestate may be NULL or "" (then m carries none, and an older one is
+ * removed); otherwise a list of at most 32 "key=value" members separated by commas (optional blanks
+ * around them), keys and values per the W3C grammar, no key twice.  Refused (OUTBOX_ERR_INVALID_ARG,
+ * m unchanged) with what is wrong in outbox_message_errmsg(m).
+ */
+OUTBOX_API outbox_err_t outbox_message_set_trace_context(outbox_message_t *m, const char *traceparent,
+                                                         const char *tracestate);
 
 /**
  * Why the last setter call on m refused its arguments, e.g.
@@ -271,6 +290,18 @@ OUTBOX_API const char *outbox_message_correlation_id(const outbox_message_t *m);
 OUTBOX_API const char *outbox_message_reply_to(const outbox_message_t *m);
 /** Creation time in microseconds since the Unix epoch. */
 OUTBOX_API int64_t outbox_message_created_at_us(const outbox_message_t *m);
+/** The payload's media type; "application/octet-stream" when none was set. */
+OUTBOX_API const char *outbox_message_content_type(const outbox_message_t *m);
+
+/**
+ * The W3C trace context m carries (a message received by a consumer: the one its writer set), for
+ * a handler to continue the trace: *traceparent and *tracestate (either pointer may be NULL) are
+ * set to the header values, borrowed from m.  Returns 1 when m has a valid traceparent; 0 when it
+ * has none or an invalid one (both then read NULL, as the W3C spec says to start a new trace).
+ * *tracestate is NULL when m has no valid tracestate.
+ */
+OUTBOX_API int outbox_message_trace_context(const outbox_message_t *m, const char **traceparent,
+                                           const char **tracestate);
 
 /**
  * Where the consumer received m: the Kafka topic, partition and offset of its record (what
@@ -451,7 +482,8 @@ OUTBOX_API void outbox_consumer_destroy(outbox_consumer_t *c);
 
 /**
  * Sends, through the outbox and so inside the handler's transaction on conn, a REPLY to request's
- * reply_to channel with correlation_id = the request's id and the request's key (type and payload
+ * reply_to channel with correlation_id = the request's id, the request's key and its W3C trace
+ * context (traceparent, tracestate), so the trace goes on through the reply (type and payload
  * copied).  OUTBOX_ERR_INVALID_ARG if request is not a COMMAND or has no reply_to.
  */
 OUTBOX_API outbox_err_t outbox_reply(outbox_t *ob, PGconn *conn, const outbox_message_t *request,

@@ -8,12 +8,15 @@
  * counter read from its /metrics endpoint every 250 ms, written to OUTDIR/NAME.dat.
  * With -s (scale), also the table and index sizes before the drain, right after it, once the
  * relay has rebuilt its index (relay.reindex.min.bytes), and after a plain VACUUM.
+ * With -F (formats), instead: the drain rate with relay.format=envelope and =cloudevents, alternating
+ * in the same process (the order swapped every run), and the ratio of their medians.
  * With -L (long transactions), instead: the drain rate of a fresh relay with no transaction open,
  * then beside an unrelated session idle in a transaction, then beside one whose open transaction
  * sent an outbox message, two backlogs each, against the targets of their ratios to the first.
  * With -P (parking), instead: the drain rate with no poison, with one parked key among the 1,000
  * (its first row has an invalid destination), and beside 10,000 rows held by a key parked before.
- * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P] CONNINFO BOOTSTRAP RELAY_BINARY
+ * With -F (formats), instead: relay.format=envelope against cloudevents, alternating.
+ * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P | -F] CONNINFO BOOTSTRAP RELAY_BINARY
  *                    [MESSAGES=100000, with -L 300000] [RUNS=3] [RELAY_KEY=VALUE...]
  */
 #include <arpa/inet.h>
@@ -666,16 +669,53 @@ static void finish(PGconn **fillers, outbox_t *ob, outbox_message_t *m, void *en
         PQfinish(fillers[i]);
 }
 
+/* -F: envelope against cloudevents, alternating, medians and their ratio. */
+static void formats(PGconn **fillers, const char *bootstrap, const char *relay, char **extra, int n_extra,
+                    const void *env, size_t len, long n, int runs) {
+    static const char *const fmt[2] = {"relay.format=envelope", "relay.format=cloudevents"};
+    char *args[64];
+    if (n_extra > 62)
+        die("arguments", "too many RELAY_KEY=VALUE");
+    memcpy(args, extra, (size_t)n_extra * sizeof(*args));
+    double rate[2][MAX_RUNS], cpu[2][MAX_RUNS];
+    for (int r = 0; r < runs; r++) {
+        for (int k = 0; k < 2; k++) {
+            int f = (r + k) % 2; /* envelope first in even runs, cloudevents first in odd ones */
+            drain_t d = {0};
+            double reindex_s = 0;
+            fill(fillers, env, len, n, 1);
+            args[n_extra] = (char *)fmt[f];
+            drain(fillers[0], bootstrap, relay, args, n_extra + 1, n, &d, NULL, 0, &reindex_s);
+            rate[f][r] = d.rate;
+            cpu[f][r] = d.cpu_us;
+            free(d.s);
+            fprintf(stderr, "run %d: %s drain %.0f msg/s, relay CPU %.2f us/msg\n", r + 1, fmt[f] + 13, d.rate,
+                    d.cpu_us);
+        }
+    }
+    double env_m = median_of(rate[0], runs), ce_m = median_of(rate[1], runs);
+    double env_c = median_of(cpu[0], runs), ce_c = median_of(cpu[1], runs);
+    printf("drain of a %ld-message backlog (%zu-byte envelopes) per record format, %d runs each, medians:\n", n, len,
+           runs);
+    printf("  relay.format=envelope      %9.0f msg/s   relay CPU %.2f us/msg\n", env_m, env_c);
+    printf("  relay.format=cloudevents   %9.0f msg/s   relay CPU %.2f us/msg\n", ce_m, ce_c);
+    printf("  cloudevents / envelope     %9.3f (target >= 0.90)\n", ce_m / env_m);
+    printf("{\"bench\":\"drain_formats\",\"messages\":%ld,\"runs\":%d,\"envelope\":%.0f,\"cloudevents\":%.0f,"
+           "\"ratio\":%.3f,\"envelope_cpu_us_per_msg\":%.2f,\"cloudevents_cpu_us_per_msg\":%.2f}\n",
+           n, runs, env_m, ce_m, ce_m / env_m, env_c, ce_c);
+}
+
 static void usage(void) {
-    fprintf(stderr, "usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P] CONNINFO BOOTSTRAP RELAY_BINARY [MESSAGES] "
+    fprintf(stderr, "usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P | -F] CONNINFO BOOTSTRAP RELAY_BINARY "
+                    "[MESSAGES] "
                     "[RUNS] [RELAY_KEY=VALUE...]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *outdir = ".", *name = "drain";
-    int scale = 0, longtx_mode = 0, park_mode = 0, opt;
-    while ((opt = getopt(argc, argv, "+o:n:sLP")) != -1) {
+    int scale = 0, longtx_mode = 0, park_mode = 0, formats_mode = 0, opt;
+    while ((opt = getopt(argc, argv, "+o:n:sLPF")) != -1) {
         if (opt == 'o')
             outdir = optarg;
         else if (opt == 'n')
@@ -686,12 +726,14 @@ int main(int argc, char **argv) {
             longtx_mode = 1;
         else if (opt == 'P')
             park_mode = 1;
+        else if (opt == 'F')
+            formats_mode = 1;
         else
             usage();
     }
     argc -= optind - 1;
     argv += optind - 1;
-    if (argc < 4 || scale + longtx_mode + park_mode > 1)
+    if (argc < 4 || scale + longtx_mode + park_mode + formats_mode > 1)
         usage();
     long n = argc > 4 ? atol(argv[4]) : longtx_mode ? 300000 : 100000;
     int runs = argc > 5 ? atoi(argv[5]) : 3;
@@ -729,10 +771,20 @@ int main(int argc, char **argv) {
     char payload[200];
     memset(payload, 'p', sizeof(payload));
     outbox_message_set_payload(m, payload, sizeof(payload));
+    if (formats_mode) { /* what a traced service sends: both formats carry these */
+        outbox_message_set_key(m, "customer-1234", 13);
+        outbox_message_set_content_type(m, "application/protobuf");
+        outbox_message_set_trace_context(m, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", NULL);
+    }
     void *env;
     size_t len;
     outbox_message_encode(m, &env, &len);
 
+    if (formats_mode) {
+        formats(fillers, argv[2], argv[3], extra, n_extra, env, len, n, runs);
+        finish(fillers, ob, m, env);
+        return 0;
+    }
     if (longtx_mode || park_mode) {
         lt_ctx_t x = {fillers, env, len, argv[2], argv[3], extra, n_extra};
         if (park_mode)

@@ -3,7 +3,7 @@
 # prints their tables, writes every figure to BUILD/bench/results.json, the drain's rate over time
 # and every latency to BUILD/bench/*.dat, and plots them to BUILD/bench/*.png (plot.sh).
 # Usage (through with-services.sh): run.sh BUILD_DIR quick|full [NAME...]
-# NAMEs (write drain drain_scale longtx parking consume latency) run only those benchmarks.
+# NAMEs (write drain drain_scale drain_formats longtx parking consume latency) run only those benchmarks.
 set -euo pipefail
 B=$1 mode=${2:-full}
 shift $(($# < 2 ? $# : 2))
@@ -38,6 +38,8 @@ bench drain "$B/bench/bench_drain" -o "$B/bench" -n drain "$OUTBOX_TEST_PG" "$bo
 # Scale: a larger backlog once, with the table's size before, right after and after VACUUM.
 bench drain_scale "$B/bench/bench_drain" -o "$B/bench" -n drain_scale -s "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" \
     "${scale_args[@]}"
+# Record formats: relay.format=envelope against cloudevents, alternating in the same run.
+bench drain_formats "$B/bench/bench_drain" -F "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${drain_args[@]}"
 # Long transactions: the drain beside an idle transaction and beside an open outbox writer.
 bench longtx "$B/bench/bench_drain" -L "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${longtx_args[@]}"
 # Parking: one parked key among 1,000, and 10,000 held rows, against a drain with no poison.
