@@ -122,13 +122,15 @@ static const char *pg_primary(const PGresult *res) {
 }
 
 /* Checks, on a new session, that the consumer can work in its schema: that <schema>.processed and
- * <schema>.consumer_dead_letters exist and that the session's role may INSERT into them.  A
+ * <schema>.consumer_dead_letters exist and that the session's role may INSERT into them (and DELETE
+ * from processed: a batch deletes the records of messages it hands back for redelivery).  A
  * failure names the cause and the fix: a missing table means a schema that was never migrated,
  * a missing privilege a role without the consumer's grants. */
 static outbox_err_t session_check(outbox_consumer_t *c, const char *schema) {
     static const char sql[] =
         "SELECT p IS NOT NULL, d IS NOT NULL, "
         "CASE WHEN p IS NULL THEN false ELSE has_table_privilege(p, 'INSERT') END, "
+        "CASE WHEN p IS NULL THEN false ELSE has_table_privilege(p, 'DELETE') END, "
         "CASE WHEN d IS NULL THEN false ELSE has_table_privilege(d, 'INSERT') END, current_user "
         "FROM (SELECT to_regclass($1) AS p, to_regclass($2) AS d) AS t";
     char p_name[160], d_name[160], why[256];
@@ -151,14 +153,20 @@ static outbox_err_t session_check(outbox_consumer_t *c, const char *schema) {
         return err;
     }
     bool has_p = *PQgetvalue(res, 0, 0) == 't', has_d = *PQgetvalue(res, 0, 1) == 't';
-    bool ins_p = *PQgetvalue(res, 0, 2) == 't', ins_d = *PQgetvalue(res, 0, 3) == 't';
+    bool ins_p = *PQgetvalue(res, 0, 2) == 't', del_p = *PQgetvalue(res, 0, 3) == 't';
+    bool ins_d = *PQgetvalue(res, 0, 4) == 't';
     char role[128];
-    snprintf(role, sizeof(role), "%s", PQgetvalue(res, 0, 4));
+    snprintf(role, sizeof(role), "%s", PQgetvalue(res, 0, 5));
     PQclear(res);
     if (!has_p || !has_d)
         return outbox_cons_err(c, OUTBOX_ERR_SCHEMA, "schema \"%s\" is not migrated (it has no %s table): run "
                     "`outbox-relay migrate` (or outbox_migrate()) with outbox.schema=%s, or correct "
                     "outbox.schema", schema, !has_p ? "processed" : "consumer_dead_letters", schema);
+    /* A batch deletes the records of the messages it hands back for redelivery (a RETRY). */
+    if (ins_p && ins_d && !del_p)
+        return outbox_cons_err(c, OUTBOX_ERR_PG, "role \"%s\" lacks DELETE on \"%s\".processed: grant the "
+                               "consumer's privileges, `outbox-relay grants --consumer %s` prints them", role, schema,
+                               role);
     if (!ins_p || !ins_d)
         return outbox_cons_err(c, OUTBOX_ERR_PG, "role \"%s\" lacks INSERT on \"%s\".%s: grant the consumer's "
                     "privileges, `outbox-relay grants --consumer %s` prints them", role, schema,

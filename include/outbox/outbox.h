@@ -392,10 +392,13 @@ typedef struct {
 /**
  * Creates a consumer.  conf needs consumer.group.id, pg.conninfo (or OUTBOX_PG_CONNINFO) and
  * kafka.bootstrap.servers; optional: outbox.schema, consumer.schema.major.max,
- * consumer.retry.backoff.ms, pg.timeout.ms, any kafka.* key (defaults: enable.auto.commit=false,
+ * consumer.retry.backoff.ms, consumer.batch.max, consumer.batch.linger.ms,
+ * consumer.processed.retention.s (this group's dedup records older than that are deleted by the
+ * consumer between batches; a redelivery older than it is not detected), pg.timeout.ms, any kafka.* key (defaults: enable.auto.commit=false,
  * auto.offset.reset=earliest).  Connects to PostgreSQL at once: a server that cannot be reached
  * fails the call.  Each new session is then checked: <schema>.processed and
- * consumer_dead_letters must exist and the role must be allowed to INSERT into them.  If not, the
+ * consumer_dead_letters must exist and the role must be allowed to INSERT into them (and DELETE
+ * from processed).  If not, the
  * consumer is still created; the error, naming the cause and the fix (run `outbox-relay migrate`,
  * or grant what `outbox-relay grants --consumer ROLE` prints), is logged and returned by polls
  * (OUTBOX_ERR_SCHEMA or OUTBOX_ERR_PG) while messages wait, and session setup is retried after a
