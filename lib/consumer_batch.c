@@ -275,7 +275,8 @@ static bool apply_failure(batch_t *b, outbox_cons_entry_t *e, outbox_handler_res
  * batch is delivered again once its records are deleted (by the final DELETE, in a new
  * transaction); if the records are gone, so is the work: the whole batch is delivered again.
  * Returns false when PostgreSQL failed. */
-static bool handler_ended_tx(batch_t *b, outbox_cons_entry_t *e) {
+static bool handler_ended_tx(batch_t *b, outbox_cons_entry_t **list, int k) {
+    outbox_cons_entry_t *e = list[k - 1];
     outbox_consumer_t *c = b->c;
     char sql[320], why[256];
     outbox_log(c->conf, 4, FAC, "msg=\"handler ended the transaction itself; the rest of the batch is "
@@ -304,8 +305,9 @@ static bool handler_ended_tx(batch_t *b, outbox_cons_entry_t *e) {
         }
     }
     if (committed) {
-        e->state = E_HANDLED;
-        b->processed++;
+        for (int i = 0; i < k; i++)
+            list[i]->state = E_HANDLED;
+        b->processed += k;
     } else {
         for (int i = 0; i < b->n; i++)
             c->batch[i].is_new = false; /* their records went with the ROLLBACK */
@@ -348,7 +350,7 @@ static int run_set(batch_t *b, outbox_cons_entry_t **list, int k, bool *failed_t
         return -1;
     call_handler(b, list, k, &ts);
     if (ts == PQTRANS_IDLE)
-        return handler_ended_tx(b, list[k - 1]) ? 2 : -1;
+        return handler_ended_tx(b, list, k) ? 2 : -1;
     if (ts != PQTRANS_INTRANS && ts != PQTRANS_INERROR) {
         outbox_cons_err(b->c, OUTBOX_ERR_CONNECTION, "the session broke in the handler: %s", PQerrorMessage(b->c->pg));
         outbox_cons_pg_drop(b->c);
