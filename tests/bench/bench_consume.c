@@ -6,6 +6,7 @@
  * statement's cost on a large processed table.
  * Usage: bench_consume CONNINFO BOOTSTRAP [MESSAGES=20000] [RUNS=3] [PROCESSED_ROWS=10000000]
  *                      [LATENCY_SECONDS=10]
+ * BENCH_CONSUME_ONLY=M runs mode M alone once (0 per-message, 1 batched, 2 batch handler), to profile.
  */
 #include <pthread.h>
 #include <stdbool.h>
@@ -391,6 +392,16 @@ int main(int argc, char **argv) {
              "INSERT INTO public.bench_consume_effects (message_id, payload) "
              "SELECT unnest($1::uuid[]), convert_to(unnest($2::text[]), 'UTF8')");
     produce(argv[2], "bench.consume", n);
+    /* BENCH_CONSUME_ONLY=0|1|2: that mode once, e.g. under perf to profile it. */
+    if (getenv("BENCH_CONSUME_ONLY")) {
+        int m = atoi(getenv("BENCH_CONSUME_ONLY"));
+        if (m < 0 || m > 2)
+            die("BENCH_CONSUME_ONLY", "0 (per-message), 1 (batched) or 2 (batch handler)");
+        char group[32];
+        snprintf(group, sizeof(group), "only-%d-%ld", m, (long)getpid());
+        printf("%s: %.0f msg/s\n", mode_names[m], outbox_rate(argv[1], argv[2], "bench.consume", group, n, (mode_t_)m));
+        return 0;
+    }
     double raw[20], ours[3][20];
     for (int r = 0; r < runs; r++) {
         char group[32];
