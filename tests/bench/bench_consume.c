@@ -183,8 +183,12 @@ static outbox_consumer_t *new_consumer(const char *conninfo, const char *bootstr
     outbox_conf_set(conf, "log.level", "4", err, sizeof(err));
     if (mode == MODE_SINGLE)
         outbox_conf_set(conf, "consumer.batch.max", "1", err, sizeof(err));
-    if (latency_mode)
+    if (latency_mode) {
+        /* As bench_latency: no broker-side wait for more data to fill a fetch. */
         outbox_conf_set(conf, "kafka.auto.offset.reset", "latest", err, sizeof(err));
+        outbox_conf_set(conf, "kafka.fetch.wait.max.ms", "1", err, sizeof(err));
+        outbox_conf_set(conf, "kafka.fetch.error.backoff.ms", "1", err, sizeof(err));
+    }
     outbox_consumer_t *c = outbox_consumer_new(conf, err, sizeof(err));
     if (!c)
         die("consumer", err);
@@ -276,6 +280,8 @@ static double latency_p99(const char *conninfo, const lat_producer_t *lp, const 
         rd_kafka_conf_set(kc, "bootstrap.servers", lp->bootstrap, err, sizeof(err));
         rd_kafka_conf_set(kc, "group.id", group, err, sizeof(err));
         rd_kafka_conf_set(kc, "auto.offset.reset", "latest", err, sizeof(err));
+        rd_kafka_conf_set(kc, "fetch.wait.max.ms", "1", err, sizeof(err));
+        rd_kafka_conf_set(kc, "fetch.error.backoff.ms", "1", err, sizeof(err));
         rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, err, sizeof(err));
         rd_kafka_poll_set_consumer(rk);
         rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
