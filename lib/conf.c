@@ -80,6 +80,13 @@ static const outbox_conf_prop_t props[] = {
      "dead-letter (record it in consumer_dead_letters and go on) or park-key (hold it and every later "
      "message of its Kafka key in its partition in consumer_parked until released)",
      "dead-letter|park-key"},
+    {"consumer.batch.max", CONF_INT, "500", 1, 10000,
+     "most messages processed in one PostgreSQL transaction (1 = one transaction per message)", NULL},
+    {"consumer.batch.linger.ms", CONF_INT, "5", 0, 10000,
+     "longest wait for more messages to fill a batch once one arrived", NULL},
+    {"consumer.processed.retention.s", CONF_INT, "0", 0, 157788000000LL,
+     "the consumer deletes its group's dedup records older than this, off the hot path (0 = never); "
+     "a redelivery older than it is not detected as a duplicate", NULL},
     {NULL, CONF_STR, NULL, 0, 0, NULL, NULL},
 };
 

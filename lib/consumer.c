@@ -10,6 +10,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "consumer_int.h"
 #include "consumer_park.h"
 #include "outbox_int.h"
 
@@ -19,43 +20,11 @@
 #endif
 
 #define FAC "CONSUMER"
-#define MAX_PER_POLL 1000
 /* Session setup retries wait consumer.retry.backoff.ms at first but never less than this, so that
  * retry.backoff.ms=0 (redeliver at once) does not turn a missing schema into a connection storm... */
 #define SETUP_BACKOFF_MIN_MS 100
 /* ... and double up to this: a schema migrated or a grant given later is noticed within 30 s. */
 #define SETUP_BACKOFF_MAX_MS 30000
-
-typedef struct {
-    char *topic;
-    int32_t partition;
-    int64_t resume_ms;
-} paused_t;
-
-struct outbox_consumer_s {
-    outbox_conf_t *conf;
-    char *group;
-    char *conninfo;
-    char *schema_q;
-    PGconn *pg;              /* NULL after a session was dropped: pg_ensure connects again */
-    outbox_pg_limits_t lim; /* pg.timeout.ms: the deadline of the library's own statements */
-    rd_kafka_t *rk;
-    outbox_consumer_stats_t stats;
-    paused_t *paused;
-    size_t paused_cnt, paused_cap;
-    int major_max;
-    int retry_backoff_ms;
-    /* Session setup (connect, then check the schema and privileges) backs off after a failure:
-     * no attempt before setup_next_ms, and each failure doubles the wait. */
-    int64_t setup_next_ms;
-    int setup_backoff_ms;   /* the wait after the next failure; 0: the last setup succeeded */
-    outbox_err_t setup_err; /* the last failure, reported while waiting */
-    char setup_errstr[OUTBOX_ERRSTR_SIZE];
-    char sql_dedup[256];
-    char sql_reject[512];
-    char errstr[OUTBOX_ERRSTR_SIZE];
-    outbox_park_t *park; /* consumer.reject.policy=park-key (consumer_park.c); NULL: dead-letter */
-};
 
 static const char *const consumer_defaults[] = {
     "enable.auto.commit", "false",
@@ -65,9 +34,7 @@ static const char *const consumer_defaults[] = {
     NULL,
 };
 
-static outbox_err_t cerr(outbox_consumer_t *c, outbox_err_t err, const char *fmt, ...)
-    OUTBOX_PRINTF(3, 4);
-static outbox_err_t cerr(outbox_consumer_t *c, outbox_err_t err, const char *fmt, ...) {
+outbox_err_t outbox_cons_err(outbox_consumer_t *c, outbox_err_t err, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(c->errstr, sizeof(c->errstr), fmt, ap);
@@ -158,13 +125,15 @@ static const char *pg_primary(const PGresult *res) {
 }
 
 /* Checks, on a new session, that the consumer can work in its schema: that <schema>.processed and
- * <schema>.consumer_dead_letters exist and that the session's role may INSERT into them.  A
+ * <schema>.consumer_dead_letters exist and that the session's role may INSERT into them (and DELETE
+ * from processed: a batch deletes the records of messages it hands back for redelivery).  A
  * failure names the cause and the fix: a missing table means a schema that was never migrated,
  * a missing privilege a role without the consumer's grants. */
 static outbox_err_t session_check(outbox_consumer_t *c, const char *schema) {
     static const char sql[] =
         "SELECT p IS NOT NULL, d IS NOT NULL, "
         "CASE WHEN p IS NULL THEN false ELSE has_table_privilege(p, 'INSERT') END, "
+        "CASE WHEN p IS NULL THEN false ELSE has_table_privilege(p, 'DELETE') END, "
         "CASE WHEN d IS NULL THEN false ELSE has_table_privilege(d, 'INSERT') END, current_user "
         "FROM (SELECT to_regclass($1) AS p, to_regclass($2) AS d) AS t";
     char p_name[160], d_name[160], why[256];
@@ -173,30 +142,36 @@ static outbox_err_t session_check(outbox_consumer_t *c, const char *schema) {
     const char *params[2] = {p_name, d_name};
     PGresult *res = outbox_pg_exec(c->pg, &c->lim, sql, 2, params, NULL, NULL, 0, why, sizeof(why));
     if (!res)
-        return cerr(c, OUTBOX_ERR_CONNECTION, "checking schema \"%s\" failed: %s", schema, why);
+        return outbox_cons_err(c, OUTBOX_ERR_CONNECTION, "checking schema \"%s\" failed: %s", schema, why);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         outbox_err_t err;
         if (state && !strcmp(state, "42501")) /* no USAGE on the schema */
-            err = cerr(c, OUTBOX_ERR_PG, "%s: the role lacks USAGE on schema \"%s\"; grant the consumer's "
+            err = outbox_cons_err(c, OUTBOX_ERR_PG, "%s: the role lacks USAGE on schema \"%s\"; grant the consumer's "
                        "privileges, `outbox-relay grants --consumer ROLE` prints them", pg_primary(res), schema);
         else
-            err = cerr(c, PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION,
+            err = outbox_cons_err(c, PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION,
                        "checking schema \"%s\" failed: %s", schema, pg_primary(res));
         PQclear(res);
         return err;
     }
     bool has_p = *PQgetvalue(res, 0, 0) == 't', has_d = *PQgetvalue(res, 0, 1) == 't';
-    bool ins_p = *PQgetvalue(res, 0, 2) == 't', ins_d = *PQgetvalue(res, 0, 3) == 't';
+    bool ins_p = *PQgetvalue(res, 0, 2) == 't', del_p = *PQgetvalue(res, 0, 3) == 't';
+    bool ins_d = *PQgetvalue(res, 0, 4) == 't';
     char role[128];
-    snprintf(role, sizeof(role), "%s", PQgetvalue(res, 0, 4));
+    snprintf(role, sizeof(role), "%s", PQgetvalue(res, 0, 5));
     PQclear(res);
     if (!has_p || !has_d)
-        return cerr(c, OUTBOX_ERR_SCHEMA, "schema \"%s\" is not migrated (it has no %s table): run "
+        return outbox_cons_err(c, OUTBOX_ERR_SCHEMA, "schema \"%s\" is not migrated (it has no %s table): run "
                     "`outbox-relay migrate` (or outbox_migrate()) with outbox.schema=%s, or correct "
                     "outbox.schema", schema, !has_p ? "processed" : "consumer_dead_letters", schema);
+    /* A batch deletes the records of the messages it hands back for redelivery (a RETRY). */
+    if (ins_p && ins_d && !del_p)
+        return outbox_cons_err(c, OUTBOX_ERR_PG, "role \"%s\" lacks DELETE on \"%s\".processed: grant the "
+                               "consumer's privileges, `outbox-relay grants --consumer %s` prints them", role, schema,
+                               role);
     if (!ins_p || !ins_d)
-        return cerr(c, OUTBOX_ERR_PG, "role \"%s\" lacks INSERT on \"%s\".%s: grant the consumer's "
+        return outbox_cons_err(c, OUTBOX_ERR_PG, "role \"%s\" lacks INSERT on \"%s\".%s: grant the consumer's "
                     "privileges, `outbox-relay grants --consumer %s` prints them", role, schema,
                     !ins_p ? "processed" : "consumer_dead_letters", role);
     return OUTBOX_OK;
@@ -207,7 +182,7 @@ static outbox_err_t session_check(outbox_consumer_t *c, const char *schema) {
  * transaction it had open when it notices.  The message in hand is redelivered (its offset is
  * stored only after a COMMIT that answered), and the dedup record decides on redelivery whether
  * a COMMIT that went unanswered took effect. */
-static void pg_drop(outbox_consumer_t *c) {
+void outbox_cons_pg_drop(outbox_consumer_t *c) {
     PQfinish(c->pg);
     c->pg = NULL;
 }
@@ -220,26 +195,26 @@ static void pg_drop(outbox_consumer_t *c) {
  * message.  The session stays non-blocking, so that the deadline covers sending our statements
  * as well as waiting for their answers; the handler alone gets it in blocking mode (see
  * call_handler). */
-static bool pg_ensure(outbox_consumer_t *c) {
+bool outbox_cons_pg_ensure(outbox_consumer_t *c) {
     if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
         return true;
-    pg_drop(c);
+    outbox_cons_pg_drop(c);
     int64_t now = outbox_mono_ms();
     if (c->setup_backoff_ms && now < c->setup_next_ms) {
-        cerr(c, c->setup_err, "%s (next attempt in %lld ms)", c->setup_errstr, (long long)(c->setup_next_ms - now));
+        outbox_cons_err(c, c->setup_err, "%s (next attempt in %lld ms)", c->setup_errstr, (long long)(c->setup_next_ms - now));
         return false;
     }
     char why[OUTBOX_ERRSTR_SIZE - 64];
     outbox_err_t err;
     if (!(c->pg = outbox_pg_connect(c->conninfo, NULL, &c->lim, why, sizeof(why)))) {
-        err = cerr(c, OUTBOX_ERR_CONNECTION, "cannot connect to PostgreSQL: %s", why);
+        err = outbox_cons_err(c, OUTBOX_ERR_CONNECTION, "cannot connect to PostgreSQL: %s", why);
     } else {
         PQsetNoticeReceiver(c->pg, notice_cb, c);
         if (!(err = session_check(c, outbox_conf_str(c->conf, "outbox.schema")))) {
             c->setup_backoff_ms = 0;
             return true;
         }
-        pg_drop(c);
+        outbox_cons_pg_drop(c);
     }
     int wait = c->setup_backoff_ms ? c->setup_backoff_ms
                : c->retry_backoff_ms > SETUP_BACKOFF_MIN_MS ? c->retry_backoff_ms
@@ -290,6 +265,9 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
     c->schema_q = outbox_quote_ident(outbox_conf_str(conf, "outbox.schema"));
     c->major_max = (int)outbox_conf_int(conf, "consumer.schema.major.max");
     c->retry_backoff_ms = (int)outbox_conf_int(conf, "consumer.retry.backoff.ms");
+    c->batch_max = (int)outbox_conf_int(conf, "consumer.batch.max");
+    c->linger_ms = (int)outbox_conf_int(conf, "consumer.batch.linger.ms");
+    c->retention_s = outbox_conf_int(conf, "consumer.processed.retention.s");
     /* The consumer sets no statement_timeout: pg.timeout.ms bounds its own statements (BEGIN, the
      * dedup and dead-letter INSERTs, COMMIT, ROLLBACK), never the handler's. */
     c->lim.timeout_ms = outbox_conf_int(conf, "pg.timeout.ms");
@@ -300,6 +278,17 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
     snprintf(c->sql_dedup, sizeof(c->sql_dedup),
              "INSERT INTO %s.processed (consumer, message_id) VALUES ($1, $2::uuid) ON CONFLICT DO NOTHING",
              c->schema_q);
+    /* The batch's dedup: one statement, one round trip; the ids it returns are the new messages. */
+    snprintf(c->sql_dedup_batch, sizeof(c->sql_dedup_batch),
+             "INSERT INTO %s.processed (consumer, message_id) SELECT $1, unnest($2::uuid[]) "
+             "ON CONFLICT DO NOTHING RETURNING message_id::text", c->schema_q);
+    snprintf(c->sql_undo, sizeof(c->sql_undo),
+             "DELETE FROM %s.processed WHERE consumer = $1 AND message_id = ANY ($2::uuid[])", c->schema_q);
+    /* Small chunks keep each prune short (see outbox_processed_prune). */
+    snprintf(c->sql_prune, sizeof(c->sql_prune),
+             "DELETE FROM %s.processed WHERE ctid = ANY (ARRAY(SELECT ctid FROM %s.processed "
+             "WHERE consumer = $1 AND processed_at < now() - $2::bigint * interval '1 second' LIMIT $3))",
+             c->schema_q, c->schema_q);
     snprintf(c->sql_reject, sizeof(c->sql_reject),
              "INSERT INTO %s.consumer_dead_letters (consumer, message_id, reason, raw, topic, "
              "kafka_partition, kafka_offset) VALUES ($1, $2, $3, $4, $5, $6, $7)", c->schema_q);
@@ -313,7 +302,7 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
     /* A server that cannot be reached fails here; a schema that is not migrated yet, or a role
      * without its grants, is logged and waited for: polls retry the setup with backoff, so a
      * consumer deployed before the migration starts working once it ran. */
-    if (!pg_ensure(c) && c->setup_err == OUTBOX_ERR_CONNECTION) {
+    if (!outbox_cons_pg_ensure(c) && c->setup_err == OUTBOX_ERR_CONNECTION) {
         outbox_snprintf(errstr, errstr_size, "outbox_consumer_new: %s", c->errstr);
         goto fail;
     }
@@ -374,6 +363,7 @@ void outbox_consumer_destroy(outbox_consumer_t *c) {
         rd_kafka_destroy(c->rk);
     }
     PQfinish(c->pg);
+    outbox_cons_batch_free(c);
     for (size_t i = 0; i < c->paused_cnt; i++)
         free(c->paused[i].topic);
     free(c->paused);
@@ -398,17 +388,17 @@ outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const char *const *
     if (!c)
         return OUTBOX_ERR_INVALID_ARG;
     if (!topics || !n)
-        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: no topics given");
+        return outbox_cons_err(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: no topics given");
     /* Every name is checked before librdkafka sizes a list by n: a huge n (a negative count) made
      * it abort on the allocation even when the first topic was already invalid. */
     for (size_t i = 0; i < n; i++) {
         char why[160];
         if (!topics[i] || !outbox_topic_valid(topics[i], why, sizeof(why)))
-            return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: topic %zu \"%.300s\" %s", i,
+            return outbox_cons_err(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: topic %zu \"%.300s\" %s", i,
                         topics[i] ? topics[i] : "(null)", topics[i] ? why : "is NULL");
     }
     if (n > INT_MAX)
-        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: n is %zu, more topics than "
+        return outbox_cons_err(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_subscribe: n is %zu, more topics than "
                     "librdkafka takes", n);
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
     for (size_t i = 0; i < n; i++)
@@ -416,22 +406,15 @@ outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const char *const *
     rd_kafka_resp_err_t err = rd_kafka_subscribe(c->rk, l);
     rd_kafka_topic_partition_list_destroy(l);
     if (err)
-        return cerr(c, OUTBOX_ERR_KAFKA, "outbox_consumer_subscribe: %s", rd_kafka_err2str(err));
+        return outbox_cons_err(c, OUTBOX_ERR_KAFKA, "outbox_consumer_subscribe: %s", rd_kafka_err2str(err));
     return OUTBOX_OK;
 }
 
 /* ---- per-message processing ----------------------------------------------------------------- */
 
-static void store_offset(outbox_consumer_t *c, const rd_kafka_message_t *m) {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(m->rkt), m->partition)->offset = m->offset + 1;
-    rd_kafka_offsets_store(c->rk, l);
-    rd_kafka_topic_partition_list_destroy(l);
-}
-
 /* Rewinds the message's partition to it, so it is delivered again (and nothing after it first);
  * with pause_ms > 0 the partition also rests that long. */
-static void redeliver(outbox_consumer_t *c, const rd_kafka_message_t *m, int pause_ms) {
+void outbox_cons_redeliver(outbox_consumer_t *c, const rd_kafka_message_t *m, int pause_ms) {
     const char *topic = rd_kafka_topic_name(m->rkt);
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, topic, m->partition)->offset = m->offset;
@@ -483,34 +466,34 @@ static void resume_due(outbox_consumer_t *c) {
 /* The outcome of one of our statements: res as an outbox_pg_* call returned it (NULL: no answer,
  * why says why), freed here.  On failure the error is recorded as "<what> failed: ..." and a
  * session that gave no answer, or broke, is dropped. */
-static bool stmt_ok(outbox_consumer_t *c, PGresult *res, const char *why, const char *what) {
+bool outbox_cons_stmt_ok(outbox_consumer_t *c, PGresult *res, const char *why, const char *what) {
     bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!ok) {
         bool lost = !res || PQstatus(c->pg) != CONNECTION_OK;
-        cerr(c, lost ? OUTBOX_ERR_CONNECTION : OUTBOX_ERR_PG, "%s failed: %s", what,
+        outbox_cons_err(c, lost ? OUTBOX_ERR_CONNECTION : OUTBOX_ERR_PG, "%s failed: %s", what,
              res ? PQresultErrorMessage(res) : why);
         if (lost)
-            pg_drop(c);
+            outbox_cons_pg_drop(c);
     }
     PQclear(res);
     return ok;
 }
 
-static bool exec_ok(outbox_consumer_t *c, const char *sql) {
+bool outbox_cons_exec_ok(outbox_consumer_t *c, const char *sql) {
     char why[256];
     if (!c->pg)
         return false; /* dropped earlier in this message: the error is recorded */
-    return stmt_ok(c, outbox_pg_exec_simple(c->pg, &c->lim, sql, why, sizeof(why)), why, sql);
+    return outbox_cons_stmt_ok(c, outbox_pg_exec_simple(c->pg, &c->lim, sql, why, sizeof(why)), why, sql);
 }
 
 /* Ends the open transaction, if the session is still there; a failure is recorded only if no
  * earlier error of this poll was, since that one is what made us roll back. */
-static void rollback(outbox_consumer_t *c) {
+void outbox_cons_rollback(outbox_consumer_t *c) {
     char why[256], keep[sizeof(c->errstr)];
     if (!c->pg)
         return;
     memcpy(keep, c->errstr, sizeof(keep));
-    if (!stmt_ok(c, outbox_pg_exec_simple(c->pg, &c->lim, "ROLLBACK", why, sizeof(why)), why, "ROLLBACK") &&
+    if (!outbox_cons_stmt_ok(c, outbox_pg_exec_simple(c->pg, &c->lim, "ROLLBACK", why, sizeof(why)), why, "ROLLBACK") &&
         *keep)
         memcpy(c->errstr, keep, sizeof(keep));
 }
@@ -572,167 +555,35 @@ bool outbox_consumer_verdict(const void *value, size_t len, const void *key, siz
     return true;
 }
 
-/* Records a rejected message (with its raw bytes) and, when it has a valid id, marks it processed
- * so a redelivery is skipped; one transaction.  Returns false when PostgreSQL failed. */
-static bool record_rejected(outbox_consumer_t *c, const rd_kafka_message_t *m, const char *msg_id,
-                            bool valid_id, const char *reason) {
-    char part[16], off[24];
-    snprintf(part, sizeof(part), "%d", (int)m->partition);
-    snprintf(off, sizeof(off), "%lld", (long long)m->offset);
-    const char *p[7] = {c->group, msg_id, reason, m->payload ? m->payload : "", rd_kafka_topic_name(m->rkt),
-                        part, off};
-    int lens[7] = {0, 0, 0, (int)m->len, 0, 0, 0};
-    int fmts[7] = {0, 0, 0, 1, 0, 0, 0};
-    char why[256];
-    if (!exec_ok(c, "BEGIN"))
-        return false;
-    bool ok = stmt_ok(c, outbox_pg_exec(c->pg, &c->lim, c->sql_reject, 7, p, lens, fmts, 0, why, sizeof(why)),
-                      why, "recording a rejected message");
-    if (ok && valid_id) {
-        const char *d[2] = {c->group, msg_id};
-        ok = stmt_ok(c, outbox_pg_exec(c->pg, &c->lim, c->sql_dedup, 2, d, NULL, NULL, 0, why, sizeof(why)),
-                     why, "recording a rejected message as processed");
-    }
-    if (!ok) {
-        rollback(c);
-        return false;
-    }
-    if (!exec_ok(c, "COMMIT"))
-        return false;
-    c->stats.rejected++;
-    char rsn[512];
-    outbox_log(c->conf, 4, FAC, "msg=\"rejected a message\" topic=%s partition=%d offset=%lld id=%s "
-               "reason=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
-               msg_id ? msg_id : "-", outbox_logfmt_value(reason, rsn, sizeof(rsn)));
-    return true;
-}
-
-/* A PostgreSQL failure while processing m: roll back, redeliver m later, report the error. */
-static outbox_err_t pg_failed(outbox_consumer_t *c, const rd_kafka_message_t *m) {
-    if (c->pg && PQstatus(c->pg) == CONNECTION_OK)
-        rollback(c);
-    redeliver(c, m, c->retry_backoff_ms);
-    char why[sizeof(c->errstr)];
-    outbox_log(c->conf, 3, FAC, "msg=\"processing failed, will redeliver\" topic=%s partition=%d "
-               "offset=%lld error=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition,
-               (long long)m->offset, outbox_logfmt_value(c->errstr, why, sizeof(why)));
-    return c->pg && PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION;
-}
-
-/* BEGIN and the dedup record's INSERT, sent as one pipeline: one round trip, within pg.timeout.ms.
- * Returns the INSERT's result (its row count says whether the record is new), or NULL with the
- * error recorded; a session that gave no answer, or whose pipeline cannot be read to its end, is
- * dropped. */
-static PGresult *begin_and_record(outbox_consumer_t *c, const char *id) {
-    const char *d[2] = {c->group, id};
-    static const char *const what[2] = {"BEGIN", "recording the message as processed"};
-    PGresult *res[2] = {NULL, NULL}, *sync;
-    char why[256] = "";
-    const char *step = "sending BEGIN";
-    if (!PQenterPipelineMode(c->pg) || !PQsendQueryParams(c->pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0))
-        goto lost;
-    step = "sending the dedup record's INSERT";
-    if (!PQsendQueryParams(c->pg, c->sql_dedup, 2, NULL, d, NULL, NULL, 0))
-        goto lost;
-    step = "sending the pipeline's Sync";
-    if (!PQpipelineSync(c->pg))
-        goto lost;
-    /* The server holds a pipeline's answers until the Sync: they come together, so a wait that
-     * ends without one is the pipeline's, not BEGIN's alone. */
-    step = "BEGIN and the dedup record's INSERT";
-    for (int q = 0; q < 2; q++)
-        if (!(res[q] = outbox_pg_result(c->pg, &c->lim, why, sizeof(why))))
-            goto lost;
-    step = "the pipeline's Sync";
-    if (outbox_pg_wait(c->pg, &c->lim, why, sizeof(why)))
-        goto lost;
-    sync = PQgetResult(c->pg);
-    bool synced = PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
-    PQclear(sync);
-    if (!synced || !PQexitPipelineMode(c->pg))
-        goto lost;
-    for (int q = 0; q < 2; q++) {
-        if (PQresultStatus(res[q]) != PGRES_COMMAND_OK) {
-            cerr(c, PQstatus(c->pg) == CONNECTION_OK ? OUTBOX_ERR_PG : OUTBOX_ERR_CONNECTION,
-                 "%s for message %s failed: %s", what[q], id, PQresultErrorMessage(res[q]));
-            PQclear(res[0]);
-            PQclear(res[1]);
-            return NULL;
-        }
-    }
-    PQclear(res[0]);
-    return res[1];
-lost:
-    cerr(c, OUTBOX_ERR_CONNECTION, "%s for message %s failed: %s", step, id, *why ? why : PQerrorMessage(c->pg));
-    PQclear(res[0]);
-    PQclear(res[1]);
-    pg_drop(c); /* results that cannot be read: start afresh on a new session */
-    return NULL;
-}
-
-/* Runs the handler with the session in libpq's default, blocking mode.  Non-blocking mode changes
- * what some synchronous calls mean: PQexec and friends still wait (PQgetResult waits for the
- * socket itself), but PQputCopyData may return 0 ("not queued, try again"), PQputnbytes fails,
- * and PQfn, under every lo_* large-object call, fails as soon as its request does not fit the
- * socket at once.  The handler's statements are its own business, unbounded by pg.timeout.ms.
- * Our statements go back to non-blocking mode afterwards.  Returns the handler's verdict;
- * *ts gets the transaction status it left. */
-static outbox_handler_result_t call_handler(outbox_consumer_t *c, const outbox_message_t *msg,
-                                            outbox_handler_cb handler, void *opaque,
-                                            PGTransactionStatusType *ts) {
-    PQsetnonblocking(c->pg, 0); /* cannot fail: our statements left nothing unsent */
-    outbox_handler_result_t r = handler(msg, c->pg, opaque);
-    *ts = PQtransactionStatus(c->pg);
-    /* Flushes what the handler left unsent; fails only on a broken session, which our next
-     * statement reports. */
-    PQsetnonblocking(c->pg, 1);
-    return r;
-}
-
 /* ---- hooks of consumer_park.c (consumer.reject.policy=park-key) ------------------------------ */
 
-typedef enum { PARK_NO, PARK_HELD, PARK_FAILED } park_hold_t;
+/* The retries of released keys go through the per-message handler; a consumer with only a batch
+ * handler gets them as batches of one. */
+typedef struct {
+    outbox_consumer_t *c;
+    outbox_handler_cb handler;
+    void *opaque;
+} park_handler_t;
 
-/* A message of a parked key is stored behind it and its offset stored: the consumer moves on. */
-static park_hold_t park_hold(outbox_consumer_t *c, const rd_kafka_message_t *m) {
-    bool held = false;
-    if (!c->park)
-        return PARK_NO;
-    outbox_err_t err = outbox_park_held(c->park, c->pg, c->rk, m, &held);
-    if (!err && held)
-        err = outbox_park_store(c->park, c->pg, m, NULL, NULL);
-    if (err == OUTBOX_ERR_CONNECTION)
-        pg_drop(c);
-    if (err)
-        return PARK_FAILED;
-    if (held)
-        store_offset(c, m);
-    return held ? PARK_HELD : PARK_NO;
-}
-
-/* A rejected message parks its key under park-key; without a key, or under dead-letter, it is a
- * dead letter as before.  Returns false when PostgreSQL failed. */
-static bool reject(outbox_consumer_t *c, const rd_kafka_message_t *m, const char *msg_id, bool valid_id,
-                   const char *reason) {
-    if (!outbox_park_can_park(c->park, m))
-        return record_rejected(c, m, msg_id, valid_id, reason);
-    outbox_err_t err = outbox_park_store(c->park, c->pg, m, msg_id, reason);
-    if (err == OUTBOX_ERR_CONNECTION)
-        pg_drop(c);
-    if (!err)
-        c->stats.rejected++;
-    return !err;
+static outbox_handler_result_t park_handler(const outbox_message_t *m, PGconn *conn, void *opaque) {
+    park_handler_t *h = opaque;
+    if (h->handler)
+        return h->handler(m, conn, h->opaque);
+    outbox_handler_result_t r = OUTBOX_HANDLER_OK;
+    h->c->batch_cb(&m, 1, conn, &r, h->c->batch_opaque);
+    return r;
 }
 
 /* Retries the released keys before new messages are read. */
 static outbox_err_t park_poll(outbox_consumer_t *c, outbox_handler_cb handler, void *opaque) {
     if (!c->park)
         return OUTBOX_OK;
-    if (!pg_ensure(c))
+    if (!outbox_cons_pg_ensure(c))
         return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
-    outbox_err_t err = outbox_park_poll(c->park, c->pg, c->rk, handler, opaque);
+    park_handler_t h = {c, handler, opaque};
+    outbox_err_t err = outbox_park_poll(c->park, c->pg, c->rk, park_handler, &h);
     if (err == OUTBOX_ERR_CONNECTION)
-        pg_drop(c);
+        outbox_cons_pg_drop(c);
     return err;
 }
 
@@ -740,137 +591,43 @@ outbox_err_t outbox_consumer_parked_retry(outbox_consumer_t *c, const void *key,
     if (!c)
         return OUTBOX_ERR_INVALID_ARG;
     if (!key && len)
-        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: key is NULL but len is %zu", len);
-    if (!c->park)
-        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: consumer.reject.policy is not "
-                    "park-key: this consumer parks no key");
+        return outbox_cons_err(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: key is NULL but len is %zu",
+                               len);
     if (len > INT_MAX)
-        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: len %zu is not a key length", len);
-    if (!pg_ensure(c))
+        return outbox_cons_err(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: len %zu is not a key length",
+                               len);
+    if (!c->park)
+        return outbox_cons_err(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: consumer.reject.policy is "
+                               "not park-key: this consumer parks no key");
+    if (!outbox_cons_pg_ensure(c))
         return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
     outbox_err_t err = outbox_park_release(c->park, c->pg, key, len);
     if (err == OUTBOX_ERR_CONNECTION)
-        pg_drop(c);
+        outbox_cons_pg_drop(c);
     return err;
 }
 
-static outbox_err_t process(outbox_consumer_t *c, const rd_kafka_message_t *m, outbox_handler_cb handler,
-                            void *opaque) {
-    if (!pg_ensure(c)) {
-        /* The partition rests until the next setup attempt is due, at least retry.backoff.ms. */
-        int64_t due = c->setup_next_ms - outbox_mono_ms();
-        redeliver(c, m, due > c->retry_backoff_ms ? (int)due : c->retry_backoff_ms);
-        return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
-    }
-    switch (park_hold(c, m)) {
-    case PARK_HELD:
-        return OUTBOX_OK;
-    case PARK_FAILED:
-        return pg_failed(c, m);
-    case PARK_NO:
-        break;
-    }
-    rd_kafka_headers_t *headers = NULL;
-    if (rd_kafka_message_headers(m, &headers))
-        headers = NULL; /* none, or unparsable: then there is no "id" header to fall back on */
-    outbox_verdict_t v;
-    if (!outbox_consumer_verdict(m->payload, m->len, m->key, m->key_len, rd_kafka_topic_name(m->rkt),
-                                 headers, c->major_max, &v)) {
-        if (!reject(c, m, v.dead_id, v.dead_id_valid, v.reason))
-            return pg_failed(c, m);
-        store_offset(c, m);
-        return OUTBOX_OK;
-    }
-    outbox_message_t *msg = v.msg;
-    /* Borrowed from the record, which outlives the handler call (outbox_message_kafka_topic). */
-    msg->kafka_topic = rd_kafka_topic_name(m->rkt);
-    msg->kafka_partition = m->partition;
-    msg->kafka_offset = m->offset;
-    PGresult *res = begin_and_record(c, msg->id);
-    if (!res) {
-        outbox_message_destroy(msg);
-        return pg_failed(c, m);
-    }
-    bool duplicate = strcmp(PQcmdTuples(res), "1") != 0;
-    PQclear(res);
-    if (duplicate) {
-        rollback(c);
-        c->stats.duplicates++;
-        outbox_log(c->conf, 7, FAC, "msg=\"duplicate skipped\" id=%s", msg->id);
-        outbox_message_destroy(msg);
-        store_offset(c, m);
-        return OUTBOX_OK;
-    }
-    PGTransactionStatusType ts;
-    outbox_handler_result_t r = call_handler(c, msg, handler, opaque, &ts);
-    outbox_err_t err = OUTBOX_OK;
-    if (r == OUTBOX_HANDLER_OK && ts == PQTRANS_INTRANS) {
-        if (exec_ok(c, "COMMIT")) {
-            c->stats.processed++;
-            store_offset(c, m);
-        } else {
-            c->stats.retried++;
-            err = pg_failed(c, m);
-        }
-    } else if (r == OUTBOX_HANDLER_OK && ts == PQTRANS_IDLE) {
-        /* The handler committed itself: its work and the dedup record went together. */
-        outbox_log(c->conf, 4, FAC, "msg=\"handler ended the transaction itself\" id=%s", msg->id);
-        c->stats.processed++;
-        store_offset(c, m);
-    } else if (r == OUTBOX_HANDLER_REJECT) {
-        rollback(c);
-        if (reject(c, m, msg->id, true, "rejected by the handler"))
-            store_offset(c, m);
-        else
-            err = pg_failed(c, m);
-    } else {
-        /* RETRY, or OK with a failed transaction: roll back and deliver this message again. */
-        if (r == OUTBOX_HANDLER_OK)
-            outbox_log(c->conf, 4, FAC, "msg=\"handler returned OK but its transaction failed; "
-                       "retrying\" id=%s", msg->id);
-        if (ts != PQTRANS_IDLE)
-            rollback(c);
-        c->stats.retried++;
-        redeliver(c, m, c->retry_backoff_ms);
-        if (!c->pg)
-            err = OUTBOX_ERR_CONNECTION; /* the ROLLBACK went unanswered: the session was dropped */
-    }
-    outbox_message_destroy(msg);
-    return err;
+outbox_err_t outbox_consumer_set_batch_handler(outbox_consumer_t *c, outbox_batch_handler_cb cb, void *opaque) {
+    if (!c)
+        return OUTBOX_ERR_INVALID_ARG;
+    c->batch_cb = cb;
+    c->batch_opaque = cb ? opaque : NULL;
+    return OUTBOX_OK;
 }
 
 outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handler, void *opaque,
                                   int timeout_ms) {
     if (!c)
         return OUTBOX_ERR_INVALID_ARG;
-    if (!handler)
-        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_poll: handler is NULL");
+    if (!handler && !c->batch_cb)
+        return outbox_cons_err(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_poll: handler is NULL and no batch "
+                               "handler is set");
     c->errstr[0] = '\0';
     resume_due(c);
     outbox_err_t err = park_poll(c, handler, opaque);
     if (err)
         return err;
-    int done = 0;
-    rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, timeout_ms < 0 ? 0 : timeout_ms);
-    while (m) {
-        if (m->err) {
-            char why[512];
-            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                outbox_log(c->conf, 4, FAC, "msg=\"consumer error\" error=%s reason=\"%s\"",
-                           rd_kafka_err2name(m->err),
-                           outbox_logfmt_value(rd_kafka_message_errstr(m), why, sizeof(why)));
-        } else {
-            err = process(c, m, handler, opaque);
-            done++;
-        }
-        rd_kafka_message_destroy(m);
-        if (err || done >= MAX_PER_POLL)
-            break;
-        m = rd_kafka_consumer_poll(c->rk, 0);
-    }
-    if (done)
-        rd_kafka_commit(c->rk, NULL, 1); /* the offsets stored after each committed transaction */
-    return err;
+    return outbox_cons_poll_batch(c, handler, opaque, timeout_ms);
 }
 
 /* ---- replies and retention ------------------------------------------------------------------ */

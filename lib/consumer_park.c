@@ -474,3 +474,8 @@ outbox_err_t outbox_park_poll(outbox_park_t *p, PGconn *pg, rd_kafka_t *rk, outb
     }
     return OUTBOX_OK;
 }
+
+void outbox_park_forget(outbox_park_t *p) {
+    if (p)
+        p->stale = true;
+}

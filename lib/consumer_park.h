@@ -65,6 +65,10 @@ outbox_err_t outbox_park_store(outbox_park_t *p, PGconn *pg, const rd_kafka_mess
 outbox_err_t outbox_park_poll(outbox_park_t *p, PGconn *pg, rd_kafka_t *rk, outbox_handler_cb handler,
                               void *opaque);
 
+/* The transaction that stored rows went back: the set is loaded again before the next look-up.
+ * p may be NULL. */
+void outbox_park_forget(outbox_park_t *p);
+
 /* Marks every held row of key (len bytes) of the group released, on pg (autocommit), and asks
  * for a refresh at the next poll. */
 outbox_err_t outbox_park_release(outbox_park_t *p, PGconn *pg, const void *key, size_t len);

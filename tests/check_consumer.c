@@ -451,7 +451,11 @@ START_TEST(test_kill_after_pg_commit_redelivers_without_rerunning_handler) {
     produce_cmd(&k1, "tb.events", "acct-1", "sleep:30000");
     flush_produced();
 
-    tk_proc_t *c1 = start_consumer("consumer1", tf_schema, "tb", "tb.events", NULL);
+    /* One message per transaction (consumer.batch.max=1): k commits before k+1's handler runs.
+     * Its offset commit, sent right after, gets its answer only after 60 s: the kill below comes
+     * between k's PostgreSQL COMMIT and its offset commit. */
+    tk_broker_cmd(tf_broker, "broker-errors 1 OffsetCommit NO_ERROR 60000 1");
+    tk_proc_t *c1 = start_consumer("consumer1", tf_schema, "tb", "tb.events", "-X", "consumer.batch.max=1", NULL);
     TF_CHECK(wait_effects(tf_schema, k.id, 1, 30000) == 1, "message k was not processed within 30 s");
     char line[80];
     snprintf(line, sizeof(line), "sleeping %s", k1.id);

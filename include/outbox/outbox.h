@@ -423,10 +423,13 @@ typedef struct {
 /**
  * Creates a consumer.  conf needs consumer.group.id, pg.conninfo (or OUTBOX_PG_CONNINFO) and
  * kafka.bootstrap.servers; optional: outbox.schema, consumer.schema.major.max,
- * consumer.retry.backoff.ms, pg.timeout.ms, any kafka.* key (defaults: enable.auto.commit=false,
+ * consumer.retry.backoff.ms, consumer.batch.max, consumer.batch.linger.ms,
+ * consumer.processed.retention.s (this group's dedup records older than that are deleted by the
+ * consumer between batches; a redelivery older than it is not detected), pg.timeout.ms, any kafka.* key (defaults: enable.auto.commit=false,
  * auto.offset.reset=earliest).  Connects to PostgreSQL at once: a server that cannot be reached
  * fails the call.  Each new session is then checked: <schema>.processed and
- * consumer_dead_letters must exist and the role must be allowed to INSERT into them.  If not, the
+ * consumer_dead_letters must exist and the role must be allowed to INSERT into them (and DELETE
+ * from processed).  If not, the
  * consumer is still created; the error, naming the cause and the fix (run `outbox-relay migrate`,
  * or grant what `outbox-relay grants --consumer ROLE` prints), is logged and returned by polls
  * (OUTBOX_ERR_SCHEMA or OUTBOX_ERR_PG) while messages wait, and session setup is retried after a
@@ -444,10 +447,19 @@ OUTBOX_API outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *err
 OUTBOX_API outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const char *const *topics, size_t n);
 
 /**
- * Waits up to timeout_ms for messages and processes every message that is ready (at most 1000
- * per call), calling handler for each new one.  Returns OUTBOX_OK, or an error when PostgreSQL or
- * Kafka failed (the message in hand is redelivered; call again to continue, it reconnects, with
- * the backoff described at outbox_consumer_new()): OUTBOX_ERR_CONNECTION, OUTBOX_ERR_PG,
+ * Waits up to timeout_ms for a first message, then gathers what librdkafka has already fetched, up
+ * to consumer.batch.max messages (default 500), waiting at most consumer.batch.linger.ms (default
+ * 5) for more, and processes them as one batch in one PostgreSQL transaction: BEGIN and one dedup
+ * INSERT for the whole batch; for each new message, in order, a SAVEPOINT, the handler, and a
+ * RELEASE on OK (REJECT: back to the savepoint and a dead letter; RETRY: back to the savepoint,
+ * and that message and the rest of its partition in the batch are delivered again after
+ * consumer.retry.backoff.ms); one COMMIT; then the offsets, per partition, up to the last message
+ * whose effect committed.  What batching means for a handler: its work commits with the rest of
+ * the batch, not on its own; a statement of its that fails is contained by its savepoint (the
+ * consumer rolls back to it and retries the message).  consumer.batch.max=1 processes one message
+ * per transaction.  Returns OUTBOX_OK, or an error when PostgreSQL or Kafka failed (the whole
+ * batch is redelivered, and dedup skips what had committed; call again to continue, it
+ * reconnects, with the backoff described at outbox_consumer_new()): OUTBOX_ERR_CONNECTION, OUTBOX_ERR_PG,
  * OUTBOX_ERR_SCHEMA (the schema is not migrated), with the reason in outbox_consumer_errmsg().
  * Bad input on the topic never fails the call: it is recorded as rejected and skipped.
  */
@@ -469,6 +481,30 @@ OUTBOX_API outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handle
  * Call it from the thread that polls c.
  */
 OUTBOX_API outbox_err_t outbox_consumer_parked_retry(outbox_consumer_t *c, const void *key, size_t len);
+
+/**
+ * Handles a batch's new messages together, for set-based work (one multi-row INSERT instead of one
+ * per message).  msgs[0..n) are the messages of the batch that are not duplicates, in the order
+ * received (each partition's in offset order), all inside the consumer's open transaction on conn,
+ * within one savepoint.  The handler sets results[i] for each msgs[i] (they start as
+ * OUTBOX_HANDLER_OK) and returns.  If every result is OK and the transaction did not fail, the
+ * work commits with the batch.  Otherwise the consumer rolls back to the savepoint, calls the
+ * handler again with the messages before the first one that was not OK, applies that one's
+ * result as the per-message handler's would be (RETRY, REJECT; OK with a failed transaction counts
+ * as RETRY, tried alone) and goes on with the rest, so a batch handler must give the same result
+ * for the same message when called again.  msgs, each message and conn are borrowed for the call.
+ * Do not BEGIN/COMMIT/ROLLBACK on conn.  Called from the thread in outbox_consumer_poll().
+ */
+typedef void (*outbox_batch_handler_cb)(const outbox_message_t *const *msgs, size_t n, PGconn *conn,
+                                        outbox_handler_result_t *results, void *opaque);
+
+/**
+ * Sets (cb non-NULL) or clears (NULL) a batch handler: while it is set, outbox_consumer_poll()
+ * calls it instead of its per-message handler (which may then be NULL).  opaque is passed to cb.
+ * Set it before the first poll.  Returns OUTBOX_ERR_INVALID_ARG if c is NULL.
+ */
+OUTBOX_API outbox_err_t outbox_consumer_set_batch_handler(outbox_consumer_t *c, outbox_batch_handler_cb cb,
+                                                          void *opaque);
 
 /** Copies the counters into *stats. */
 OUTBOX_API void outbox_consumer_stats(const outbox_consumer_t *c, outbox_consumer_stats_t *stats);

@@ -9,16 +9,16 @@ B=$1 mode=${2:-full}
 shift $(($# < 2 ? $# : 2))
 only=" $* "
 dir=$OUTBOX_TEST_DIR
-"$B/mock-kafka" --brokers 1 --topic bench:4 --topic bench.consume:4 --topic bench.latency:4 >"$dir/mock.out" 2>"$dir/mock.err" &
+"$B/mock-kafka" --brokers 1 --topic bench:4 --topic bench.consume:4 --topic bench.latency:4 --topic bench.consume.lat:4 >"$dir/mock.out" 2>"$dir/mock.err" &
 mock=$!
 trap 'kill $mock 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do [ -s "$dir/mock.out" ] && break; sleep 0.05; done
 bootstrap=$(head -n 1 "$dir/mock.out")
 if [ "$mode" = quick ]; then
-    write_args=(8 2 3) drain_args=(100000 3) scale_args=(200000 1) consume_args=(10000 3) longtx_args=(50000 1) parking_args=(100000 1)
+    write_args=(8 2 3) drain_args=(100000 3) scale_args=(200000 1) consume_args=(10000 3 1000000 5) longtx_args=(50000 1) parking_args=(100000 1)
     lat_fast=(1000 5) lat_slow=(10 10)
 else
-    write_args=(8 5 5) drain_args=(1000000 3) scale_args=(10000000 1) consume_args=(50000 3) longtx_args=(300000 3) parking_args=(300000 3)
+    write_args=(8 5 5) drain_args=(1000000 3) scale_args=(10000000 1) consume_args=(50000 3 10000000 10) longtx_args=(300000 3) parking_args=(300000 3)
     lat_fast=(1000 30) lat_slow=(10 100)
 fi
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"

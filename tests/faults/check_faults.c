@@ -6,7 +6,7 @@
  *   OUTBOX_TEST_PG, OUTBOX_TEST_PGCTL, OUTBOX_BUILD_DIR   the cluster, pg_ctl, the built programs
  *   OUTBOX_FAULT_SEED     the seed (required: the runner draws and prints it)
  *   OUTBOX_FAULT_MESSAGES committed messages to write (default 100000)
- *   OUTBOX_FAULT_COUNT    faults to inject (default 20)
+ *   OUTBOX_FAULT_COUNT    faults to inject (default: every type once, plus 3)
  *   OUTBOX_FAULT_JSON     file to append the result to as one JSON line (optional)
  *   OUTBOX_FAULT_TYPES    only these fault types, by number in fault_types[] (e.g. "2,5"; to chase
  *                         one failure)
@@ -96,6 +96,10 @@ typedef enum {
     F_POISON,
     F_CONSUMER_KILLED,
     F_PG_PARTITION,
+    F_CONSUMER_KILLED_MID_BATCH,
+    F_PG_RESTART_MID_BATCH,
+    F_RETRY_MID_BATCH,
+    F_REJECT_MID_BATCH,
     F__CNT
 } fault_type_t;
 
@@ -123,6 +127,13 @@ static const struct {
      * on their sessions and retry while the partition lasts. */
     [F_PG_PARTITION] = {"PostgreSQL partition", STMT_TIMEOUT_MS + PG_TIMEOUT_MS + 1000,
                         STMT_TIMEOUT_MS + PG_TIMEOUT_MS + 5000},
+    /* The consumer's batches: the handler is slowed (test-consumer --fault-file) so that the fault
+     * lands while a batch's transaction holds handled but uncommitted messages. */
+    [F_CONSUMER_KILLED_MID_BATCH] = {"consumer SIGKILLed mid-batch", 500, 2000},
+    [F_PG_RESTART_MID_BATCH] = {"PostgreSQL restart mid-batch", 0, 0},
+    /* One message in 16 RETRYs (once) or is REJECTed by the handler while this lasts. */
+    [F_RETRY_MID_BATCH] = {"handler RETRY mid-batch", 2000, 5000},
+    [F_REJECT_MID_BATCH] = {"handler REJECT mid-batch", 1000, 3000},
 };
 
 typedef struct {
@@ -151,6 +162,7 @@ static tn_proxy_t *pgproxy;
 static char relay_conninfo[1200];
 static const char *pg_timeout_arg; /* "pg.timeout.ms=..." or NULL while the relay lacks the key */
 static long unexpected_exits; /* relays or consumers that ended without being told to */
+static char consumer_fault_path[1024]; /* test-consumer --fault-file */
 
 /* Writers share these. */
 static atomic_long committed, issued;
@@ -382,7 +394,7 @@ static void start_consumer(void) {
     char *prog = tk_build_path("test-consumer");
     const char *argv[] = {prog, "--bootstrap", broker->bootstrap, "--conninfo", conninfo, "--schema", schema,
                           "--group", "faults", "--topic", TOPIC, "--effects", "effects", "--no-sleep",
-                          "--log-level", "4", NULL};
+                          "--log-level", "4", "--fault-file", consumer_fault_path, NULL};
     tk_proc_free(consumer);
     consumer = tk_proc_start("consumer", argv);
     free(prog);
@@ -452,6 +464,34 @@ static const char *const retriable_errs[] = {"NOT_ENOUGH_REPLICAS", "REQUEST_TIM
                                              "NOT_LEADER_FOR_PARTITION", "_TRANSPORT"};
 
 /* Applies a fault; returns after its hold time, with the fault cleared. */
+/* Tells test-consumer's handler how to behave ("" = normally). */
+static void consumer_fault(const char *word) {
+    FILE *f = fopen(consumer_fault_path, "w");
+    ck_assert_msg(f != NULL, "cannot write %s", consumer_fault_path);
+    fprintf(f, "%s\n", word);
+    fclose(f);
+}
+
+/* How long a consumer fault waits for the consumer to handle messages: a SIGKILLed consumer's
+ * successor gets its partitions only once the dead member's session timed out (45 s). */
+#define CONSUMER_WAIT_MS 60000
+static long consumer_faults_missed; /* mid-batch faults that found no batch to hit */
+
+/* Slows the consumer's handler and waits until it handles a message, i.e. until a batch's
+ * transaction is open with work in it: the moment for a mid-batch fault.  Returns whether it came
+ * within CONSUMER_WAIT_MS. */
+static int wait_mid_batch(void) {
+    int before = tk_file_count(consumer->out_path, "slow ");
+    consumer_fault("slow");
+    int64_t deadline = tk_now_ms() + CONSUMER_WAIT_MS;
+    while (tk_now_ms() < deadline) {
+        if (tk_file_count(consumer->out_path, "slow ") > before)
+            return 1;
+        tk_sleep_ms(5);
+    }
+    return 0;
+}
+
 static void run_fault(fault_t *f) {
     PGconn *locker = NULL;
     f->start_wall = wall_ms();
@@ -577,6 +617,43 @@ static void run_fault(fault_t *f) {
         tn_proxy_thaw(pgproxy);
         snprintf(f->detail, sizeof(f->detail), "%d relay connections silenced%s", conns,
                  pg_timeout_arg ? "" : " (relay without pg.timeout.ms)");
+        break;
+    }
+    case F_CONSUMER_KILLED_MID_BATCH: {
+        int mid = wait_mid_batch();
+        tk_proc_signal(consumer, SIGKILL);
+        consumer_fault("");
+        consumer_faults_missed += !mid;
+        snprintf(f->detail, sizeof(f->detail), "%s", mid ? "in a batch's handler" : "no batch within 60 s");
+        tk_sleep_ms(f->hold_ms);
+        start_consumer();
+        break;
+    }
+    case F_PG_RESTART_MID_BATCH: {
+        int mid = wait_mid_batch();
+        pgctl(f->arg % 2 ? "fast" : "immediate");
+        consumer_fault("");
+        consumer_faults_missed += !mid;
+        snprintf(f->detail, sizeof(f->detail), "%s, %s", f->arg % 2 ? "fast" : "immediate",
+                 mid ? "in a batch's handler" : "no batch within 60 s");
+        break;
+    }
+    case F_RETRY_MID_BATCH:
+    case F_REJECT_MID_BATCH: {
+        const char *word = f->type == F_RETRY_MID_BATCH ? "retry" : "reject";
+        const char *line = f->type == F_RETRY_MID_BATCH ? "retrying " : "rejecting ";
+        int before = tk_file_count(consumer->out_path, line);
+        consumer_fault(word);
+        /* At least hold_ms, and until a few messages were hit (the consumer may be rejoining). */
+        int64_t t0 = tk_now_ms();
+        while (tk_now_ms() - t0 < f->hold_ms ||
+               (tk_file_count(consumer->out_path, line) - before < 3 && tk_now_ms() - t0 < CONSUMER_WAIT_MS))
+            tk_sleep_ms(50);
+        consumer_fault("");
+        int hit = tk_file_count(consumer->out_path, line) - before;
+        consumer_faults_missed += hit == 0;
+        snprintf(f->detail, sizeof(f->detail), "%d messages %s by the handler", hit,
+                 f->type == F_RETRY_MID_BATCH ? "retried" : "rejected");
         break;
     }
     case F__CNT:
@@ -1249,7 +1326,7 @@ START_TEST(test_fault_scenario) {
     ck_assert_msg(conninfo && s, "run through tests/faults/run.sh (OUTBOX_TEST_PG and OUTBOX_FAULT_SEED)");
     seed = strtoull(s, NULL, 10);
     target_messages = getenv("OUTBOX_FAULT_MESSAGES") ? atol(getenv("OUTBOX_FAULT_MESSAGES")) : 100000;
-    fault_count = getenv("OUTBOX_FAULT_COUNT") ? atoi(getenv("OUTBOX_FAULT_COUNT")) : 20;
+    fault_count = getenv("OUTBOX_FAULT_COUNT") ? atoi(getenv("OUTBOX_FAULT_COUNT")) : F__CNT + 3;
     long backlog = target_messages / 5 < BACKLOG ? target_messages / 5 : BACKLOG;
     uint64_t rng = seed;
     snprintf(schema, sizeof(schema), "faults_%llu", (unsigned long long)seed);
@@ -1307,7 +1384,12 @@ START_TEST(test_fault_scenario) {
     PQclear(mon_exec(q("INSERT INTO @.agg (k) SELECT generate_series(1, " STR(KEYS) ")"), 0, NULL));
     PQclear(mon_exec(q("CREATE TABLE @.orders (message_id uuid PRIMARY KEY, k int NOT NULL, seq int NOT NULL,"
                        " outbox_id bigint NOT NULL)"), 0, NULL));
-    PQclear(mon_exec(q("CREATE TABLE @.effects (message_id uuid NOT NULL, payload text)"), 0, NULL));
+    /* seq: the order the consumer applied the effects in, checked per key against commit order. */
+    PQclear(mon_exec(q("CREATE TABLE @.effects (seq bigint GENERATED ALWAYS AS IDENTITY, message_id uuid NOT NULL,"
+                       " payload text)"), 0, NULL));
+    snprintf(consumer_fault_path, sizeof(consumer_fault_path), "%s/consumer-fault",
+             getenv("OUTBOX_TEST_DIR") ? getenv("OUTBOX_TEST_DIR") : "/tmp");
+    unlink(consumer_fault_path);
     const char *bargs[] = {"--brokers", STR(BROKERS), "--topic", TOPIC ":" STR(PARTITIONS), NULL};
     broker = tk_broker_start(bargs);
 
@@ -1377,14 +1459,41 @@ START_TEST(test_fault_scenario) {
     }
     PQclear(orders);
 
-    /* The consumer has applied every committed message's effect (but those dropped on purpose). */
+    /* The consumer has applied every committed message's effect (but those dropped on purpose),
+     * except those its handler rejected (F_REJECT_MID_BATCH), which are in consumer_dead_letters. */
     park_record_drops();
     long long effects_expected = park_effects_expected(n_orders);
     int64_t deadline = tk_now_ms() + 300000;
-    while (mon_scalar(q("SELECT count(DISTINCT message_id) FROM @.effects"), 0, NULL) < effects_expected &&
-           tk_now_ms() < deadline)
+    const char *accounted = q("SELECT (SELECT count(DISTINCT message_id) FROM @.effects) + "
+                              "(SELECT count(DISTINCT message_id) FROM @.consumer_dead_letters)");
+    while (mon_scalar(accounted, 0, NULL) < effects_expected && tk_now_ms() < deadline)
         tk_sleep_ms(1000); /* the count costs the server a scan: don't ask often */
     long long effects_distinct = mon_scalar(q("SELECT count(DISTINCT message_id) FROM @.effects"), 0, NULL);
+    long long consumer_rejected =
+        mon_scalar(q("SELECT count(DISTINCT message_id) FROM @.consumer_dead_letters"), 0, NULL);
+    long long rejected_with_effect =
+        mon_scalar(q("SELECT count(*) FROM @.effects e WHERE EXISTS (SELECT 1 FROM @.consumer_dead_letters d"
+                     " WHERE d.message_id = e.message_id::text)"), 0, NULL);
+    /* Each key's effects in the order its messages committed (seq of the writer's aggregate). */
+    long effect_order_violations = 0;
+    {
+        PGresult *er = mon_exec(q("SELECT payload FROM @.effects ORDER BY seq"), 0, NULL);
+        int *last = calloc(KEYS + 1, sizeof(int));
+        for (int i = 0; i < PQntuples(er); i++) {
+            int k = 0, sq = 0;
+            if (sscanf(PQgetvalue(er, i, 0), "ok k=%d s=%d", &k, &sq) != 2 || k < 1 || k > KEYS)
+                continue;
+            if (sq <= last[k]) {
+                if (effect_order_violations < 5)
+                    printf("consumer effect order violation: key k%d seq %d applied after seq %d\n", k, sq, last[k]);
+                effect_order_violations++;
+            }
+            if (sq > last[k])
+                last[k] = sq;
+        }
+        free(last);
+        PQclear(er);
+    }
     long long effects_twice = mon_scalar(
         q("SELECT count(*) FROM (SELECT message_id FROM @.effects GROUP BY message_id HAVING count(*) > 1) d"), 0,
         NULL);
@@ -1514,8 +1623,14 @@ START_TEST(test_fault_scenario) {
     park_report_t pr;
     park_check_finish(&pc, &pr);
     violations += park_check_rows(&pc, &pr);
-    ROW("consumer effects applied", effects_distinct, effects_distinct != (long long)(seen.n - (size_t)foreign));
+    long long effects_due = (long long)(seen.n - (size_t)foreign);
+    ROW("consumer effects applied", effects_distinct, effects_distinct != effects_due - consumer_rejected);
+    ROW("messages rejected by the consumer's handler", consumer_rejected, 0);
+    ROW("consumer effects lost (neither applied nor rejected)", effects_due - effects_distinct - consumer_rejected,
+        effects_due - effects_distinct - consumer_rejected != 0);
+    ROW("rejected messages whose effect stayed", rejected_with_effect, rejected_with_effect != 0);
     ROW("consumer effects applied twice", effects_twice, effects_twice != 0);
+    ROW("consumer effects out of per-key order", effect_order_violations, effect_order_violations != 0);
     ROW("consumer effects of uncommitted messages", effects_foreign, effects_foreign != 0);
     ROW("records on the topic", (long long)n_recs, 0);
     ROW("duplicates on the topic", dups, 0);
@@ -1526,6 +1641,7 @@ START_TEST(test_fault_scenario) {
         unrecovered += faults[f].recovery_ms < 0;
     ROW("faults not recovered from within 120 s", unrecovered, unrecovered != 0);
     ROW("relay or consumer exits nobody asked for", unexpected_exits, unexpected_exits != 0);
+    ROW("mid-batch consumer faults that found no batch", consumer_faults_missed, consumer_faults_missed != 0);
     printf("  %-46s %10.0f msg/s\n", "drain without faults (backlog)", clean_rate);
     printf("  %-46s %10.0f msg/s (offered %.0f tx/s)\n", "delivered during the faulted phase", faulted_rate, rate);
     printf("\n  %-30s %5s %10s %10s %10s %10s\n", "fault type", "count", "dups", "worst", "rec p50", "rec p99");

@@ -1,7 +1,7 @@
 /* test-consumer: a consumer process for tests/check_consumer.c; its handler obeys the command in each payload. */
 /*
  * Usage: test-consumer --bootstrap B --conninfo C --schema S --group G --topic T [--topic T2 ...]
- *                      [--effects TABLE] [--log-level N] [--no-sleep] [-X key=value ...]
+ *                      [--effects TABLE] [--log-level N] [--no-sleep] [--fault-file PATH] [-X key=value ...]
  *
  * The payload's first word is a command; anything after the first space is ignored by the
  * interpreter (tests put sequence numbers there) but stored with the effect:
@@ -10,6 +10,11 @@
  *   retry:N     return RETRY the first N times this process sees the message id, then as "ok"
  *   reject      insert the effect, return REJECT (the consumer must roll the effect back)
  *   reply       for a COMMAND: outbox_reply(..., "test.Reply", "pong", 4), then as "ok"
+ * --fault-file PATH (tests/faults): while PATH holds one of these words, messages whose payload is
+ * "ok ..." are handled differently, so that faults land in the middle of a batch:
+ *   slow        insert the effect, print "slow <id>", sleep 5 ms, return OK
+ *   retry       RETRY one message in 16 (by id) the first time this process sees it
+ *   reject      one message in 16 (by id): insert the effect, print "rejecting <id>", REJECT
  * The effect is one row (message_id, payload) in "<schema>"."<effects>" (default "effects"),
  * which the test creates.  Lines on stdout, flushed at once, let tests wait on progress:
  *   handled <id> <payload>      the handler returns OK (the consumer commits right after)
@@ -47,11 +52,46 @@ typedef struct {
     int no_sleep;
     attempt_t *attempts; /* per message id: how often "retry:N" was seen by this process */
     size_t n_attempts, cap_attempts;
+    const char *fault_file;
+    char fault[16];      /* the word in fault_file, read at most every 50 ms */
+    long long fault_read_ms;
 } ctx_t;
+
+static long long mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The word in --fault-file ("" if none). */
+static const char *fault_mode(ctx_t *ctx) {
+    if (!ctx->fault_file)
+        return "";
+    long long now = mono_ms();
+    if (now - ctx->fault_read_ms >= 50) {
+        ctx->fault_read_ms = now;
+        ctx->fault[0] = '\0';
+        FILE *f = fopen(ctx->fault_file, "r");
+        if (f) {
+            if (fscanf(f, "%15s", ctx->fault) != 1)
+                ctx->fault[0] = '\0';
+            fclose(f);
+        }
+    }
+    return ctx->fault;
+}
+
+/* A stable 1-in-16 choice of message ids: the last hex digit. */
+static int id_bucket(const char *id) {
+    size_t n = strlen(id);
+    char c = n ? id[n - 1] : '0';
+    return c >= '0' && c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+}
 
 static void usage(FILE *out) {
     fputs("usage: test-consumer --bootstrap B --conninfo C --schema S --group G --topic T...\n"
-          "                     [--effects TABLE] [--log-level N] [--no-sleep] [-X key=value]...\n",
+          "                     [--effects TABLE] [--log-level N] [--no-sleep] [--fault-file PATH]\n"
+          "                     [-X key=value]...\n",
           out);
 }
 
@@ -131,8 +171,20 @@ static outbox_handler_result_t handle(const outbox_message_t *msg, PGconn *conn,
             r = OUTBOX_HANDLER_RETRY;
         }
     } else if (!strcmp(cmd, "ok")) {
-        if (!effect(ctx, conn, id, payload))
+        const char *fm = fault_mode(ctx);
+        if (!strcmp(fm, "retry") && id_bucket(id) == 0 && bump_attempt(ctx, id) == 1) {
+            printf("retrying %s 1\n", id);
             r = OUTBOX_HANDLER_RETRY;
+        } else if (!effect(ctx, conn, id, payload)) {
+            r = OUTBOX_HANDLER_RETRY;
+        } else if (!strcmp(fm, "reject") && id_bucket(id) == 1) {
+            printf("rejecting %s\n", id);
+            r = OUTBOX_HANDLER_REJECT;
+        } else if (!strcmp(fm, "slow")) {
+            printf("slow %s\n", id);
+            fflush(stdout);
+            sleep_ms(5);
+        }
     } else if (!strncmp(cmd, "sleep:", 6)) {
         if (!effect(ctx, conn, id, payload)) {
             r = OUTBOX_HANDLER_RETRY;
@@ -180,7 +232,7 @@ static int set(outbox_conf_t *conf, const char *key, const char *value) {
 
 int main(int argc, char **argv) {
     const char *bootstrap = NULL, *conninfo = NULL, *schema = "outbox", *group = NULL;
-    const char *effects = "effects", *log_level = NULL;
+    const char *effects = "effects", *log_level = NULL, *fault_file = NULL;
     const char *topics[MAX_TOPICS], *settings[MAX_SETTINGS];
     size_t n_topics = 0, n_settings = 0;
     int no_sleep = 0;
@@ -212,6 +264,8 @@ int main(int argc, char **argv) {
             effects = v;
         else if (!strcmp(a, "--log-level"))
             log_level = v;
+        else if (!strcmp(a, "--fault-file"))
+            fault_file = v;
         else if (!strcmp(a, "--topic") && n_topics < MAX_TOPICS)
             topics[n_topics++] = v;
         else if (!strcmp(a, "-X") && n_settings < MAX_SETTINGS && strchr(v, '='))
@@ -238,6 +292,7 @@ int main(int argc, char **argv) {
 
     ctx_t ctx = {0};
     ctx.no_sleep = no_sleep;
+    ctx.fault_file = fault_file;
     char *sq = quote_ident(schema), *tq = quote_ident(effects);
     if (!sq || !tq || asprintf(&ctx.effects_sql, "INSERT INTO %s.%s (message_id, payload) VALUES ($1, $2)",
                                sq, tq) < 0) {
