@@ -301,7 +301,10 @@ START_TEST(test_next_leader_starts_from_the_saved_floor) {
     wait_drained(15000);
     ck_assert_uint_eq(check_topic(&p, c, 1), (size_t)KEYS * STEPS + 1);
 
-    /* A sequence restarted below the saved floor: the state is refused and the row published. */
+    /* A sequence restarted below the saved floor: the state is refused and the row published.
+     * The floor rises past the writer's id once it is published: wait for that to be saved. */
+    snprintf(sql, sizeof(sql), "%s%lld", tf_q("SELECT count(*) FROM @.claim_state WHERE floor > "), w.id + 1);
+    TF_CHECK(tk_wait_scalar(tf_conn, sql, 1, 15000) == 1, "the saved floor did not rise past id %lld", w.id + 1);
     tk_proc_signal(b, SIGTERM);
     TF_CHECK(tk_proc_wait(b, 15000), "relay b did not stop");
     tu_exec(tf_conn, tf_q("ALTER TABLE @.messages ALTER COLUMN id RESTART WITH 1"));
