@@ -242,32 +242,35 @@ int relay_parked(relay_t *r, int argc, const char **argv) {
         fprintf(stderr, "outbox-relay: parked: unknown command \"%s\"; %s\n", cmd, USAGE);
         return 2;
     }
-    char hex[2 * 1024 + 1];
     if (!listing && (!!key + !!key_hex + all) != 1) {
         fprintf(stderr, "outbox-relay: parked %s: name exactly one of --key K, --key-hex H%s; %s\n", cmd,
                 !strcmp(cmd, "retry") ? ", --all" : "", USAGE);
         return 2;
     }
-    if (key_hex && !hex_arg(key_hex, hex, sizeof(hex))) {
-        fprintf(stderr, "outbox-relay: parked %s: --key-hex \"%s\" is not an even number of hex digits "
-                        "(at most %zu); `outbox-relay parked list` shows each key's key_hex\n",
-                cmd, key_hex, sizeof(hex) - 1);
+    /* A key has no length limit (partition_key is bytea), so neither has its hex. */
+    size_t hex_size = 2 * (key ? strlen(key) : key_hex ? strlen(key_hex) : 0) + 1;
+    char *hex = malloc(hex_size);
+    if (!hex) {
+        fprintf(stderr, "outbox-relay: parked %s: out of memory\n", cmd);
+        return 1;
+    }
+    if (key_hex && !hex_arg(key_hex, hex, hex_size)) {
+        fprintf(stderr, "outbox-relay: parked %s: --key-hex \"%s\" is not an even number of hex digits; "
+                        "`outbox-relay parked list` shows each key's key_hex\n", cmd, key_hex);
+        free(hex);
         return 2;
     }
     if (key) {
         size_t n = strlen(key);
-        if (2 * n >= sizeof(hex)) {
-            fprintf(stderr, "outbox-relay: parked %s: --key is %zu bytes, more than %zu\n", cmd, n,
-                    (sizeof(hex) - 1) / 2);
-            return 2;
-        }
         for (size_t i = 0; i < n; i++)
             sprintf(hex + 2 * i, "%02x", (unsigned char)key[i]);
         hex[2 * n] = '\0';
     }
     PGconn *pg = relay_connect(r);
-    if (!pg)
+    if (!pg) {
+        free(hex);
         return 1;
+    }
     int rc;
     if (listing) {
         PGresult *res = parked_query(r, pg);
@@ -286,5 +289,6 @@ int relay_parked(relay_t *r, int argc, const char **argv) {
         rc = request(r, pg, cmd, req, all ? NULL : hex, key ? key : key_hex);
     }
     PQfinish(pg);
+    free(hex);
     return rc;
 }

@@ -21,8 +21,9 @@ static void teardown(void) {
 
 /* ---- keys and messages ------------------------------------------------------------------------ */
 
-/* Key indexes 0..BIN_KEY-1 are the text "k<i>"; BIN_KEY is bytes that are no UTF-8 (with a NUL). */
-enum { BIN_KEY = 9, NKEYS = 10, MAX_SEQ = 64 };
+/* Key indexes 0..LONG_KEY-1 are the text "k<i>"; BIN_KEY is bytes that are no UTF-8 (with a NUL);
+ * LONG_KEY is LONG_KEY_LEN bytes of text: keys have no length limit. */
+enum { LONG_KEY = 8, BIN_KEY = 9, NKEYS = 10, MAX_SEQ = 64, LONG_KEY_LEN = 1500, KEY_MAX = 2048 };
 static const unsigned char bin_key[] = {0xc3, 0x28, 0x00, 0xff, 0x6b};
 static const char bin_key_hex[] = "c32800ff6b";
 
@@ -33,6 +34,11 @@ static size_t key_bytes(int k, char *buf, size_t size) {
         memcpy(buf, bin_key, sizeof(bin_key));
         return sizeof(bin_key);
     }
+    if (k == LONG_KEY) {
+        ck_assert_uint_gt(size, LONG_KEY_LEN);
+        memset(buf, 'L', LONG_KEY_LEN);
+        return LONG_KEY_LEN;
+    }
     int n = snprintf(buf, size, "k%d", k);
     ck_assert(n > 0 && (size_t)n < size);
     return (size_t)n;
@@ -42,7 +48,7 @@ static size_t key_bytes(int k, char *buf, size_t size) {
 static outbox_message_t *seq_msg(const char *topic, int k, int seq) {
     outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, topic, "test.Sequenced");
     ck_assert_ptr_nonnull(m);
-    char buf[32];
+    char buf[KEY_MAX];
     size_t n = key_bytes(k, buf, sizeof(buf));
     ck_assert_int_eq(outbox_message_set_key(m, buf, n), OUTBOX_OK);
     int len = snprintf(buf, sizeof(buf), "%d:%d", k, seq);
@@ -114,7 +120,7 @@ static long long insert_poison(const char *topic, int k, int seq, poison_kind_t 
     } else {
         ck_assert_int_eq(outbox_message_encode(m, &env, &env_len), OUTBOX_OK);
     }
-    char key[32];
+    char key[KEY_MAX];
     size_t key_len = key_bytes(k, key, sizeof(key));
     long long id = insert_raw(outbox_message_id(m), kind == P_BAD_DEST ? "bad topic!" : topic, keyless ? NULL : key,
                               keyless ? 0 : key_len, env, env_len);
@@ -156,7 +162,7 @@ static void record_seq(const tk_record_t *r, int *key, int *seq) {
     const char *id = tk_record_header(r, "id");
     TF_CHECK(id && !strcmp(id, outbox_message_id(m)), "header id %s, envelope id %s", id ? id : "(none)",
              outbox_message_id(m));
-    char kbuf[32];
+    char kbuf[KEY_MAX];
     size_t klen = key_bytes(*key, kbuf, sizeof(kbuf));
     TF_CHECK(r->key && r->key_len == klen && !memcmp(r->key, kbuf, klen), "record %s has the wrong Kafka key", buf);
     outbox_message_destroy(m);
@@ -192,8 +198,9 @@ static int key_progress(tk_consumer_t *c, int k, const expect_t *e) {
 }
 
 /* Reads until every key in keys (-1 terminated) shows exactly exp[key] (in order) or timeout_ms
- * passes, then a second longer to catch anything more, and checks again. */
-static void expect_topic(tk_consumer_t *c, const int *keys, const expect_t *exp, int timeout_ms) {
+ * passes, then a second longer to catch anything more, and checks again.  strict: no record of
+ * another key may be on the topic. */
+static void expect_topic_ex(tk_consumer_t *c, const int *keys, const expect_t *exp, int timeout_ms, int strict) {
     int64_t deadline = tk_now_ms() + timeout_ms;
     for (;;) {
         int done = 1, k;
@@ -215,6 +222,8 @@ static void expect_topic(tk_consumer_t *c, const int *keys, const expect_t *exp,
     tk_consumer_poll(c, n + 1, tk_now_ms() + 1000);
     for (const int *kp = keys; *kp >= 0; kp++)
         TF_CHECK(key_progress(c, *kp, &exp[*kp]) == exp[*kp].n, "key %d changed", *kp);
+    if (!strict)
+        return;
     /* Nothing of a key not named was published either. */
     const tk_record_t *recs = tk_consumer_records(c, &n);
     for (size_t i = 0; i < n; i++) {
@@ -224,6 +233,10 @@ static void expect_topic(tk_consumer_t *c, const int *keys, const expect_t *exp,
             named |= *kp == rk;
         TF_CHECK(named, "message %d:%d of an unexpected key was published", rk, s);
     }
+}
+
+static void expect_topic(tk_consumer_t *c, const int *keys, const expect_t *exp, int timeout_ms) {
+    expect_topic_ex(c, keys, exp, timeout_ms, 1);
 }
 
 /* ---- SQL -------------------------------------------------------------------------------------- */
@@ -246,6 +259,8 @@ static void wait_count(const char *sql, long long want, int timeout_ms) {
 static const char *key_sql(int k) {
     static char bufs[4][96];
     static int next;
+    if (k == LONG_KEY)
+        return "convert_to(repeat('L', 1500), 'UTF8')"; /* its hex would not fit tf_q() */
     char key[32];
     size_t n = key_bytes(k, key, sizeof(key));
     char *out = bufs[next++ % 4];
@@ -913,6 +928,171 @@ START_TEST(test_standby_takes_over_the_parked_key) {
 }
 END_TEST
 
+
+/* ---- 13. a broker error with later rows of the key in flight ------------------------------------ */
+
+/* The number of records of key k read so far (duplicates count). */
+static int records_of(tk_consumer_t *c, int k, int min_seq) {
+    size_t n;
+    const tk_record_t *recs = tk_consumer_records(c, &n);
+    int cnt = 0;
+    for (size_t i = 0; i < n; i++) {
+        int rk, s;
+        record_seq(&recs[i], &rk, &s);
+        cnt += rk == k && s >= min_seq;
+    }
+    return cnt;
+}
+
+static double metric_now(int port, const char *name) {
+    char *text = NULL;
+    double v = -1;
+    int st = tn_http_get(port, "/metrics", &text);
+    TF_CHECK(st == 200 && metric(text, name, &v), "/metrics (%d) has no %s:\n%s", st, name, text ? text : "");
+    free(text);
+    return v;
+}
+
+START_TEST(test_broker_error_with_rows_in_flight) {
+    enum { PER_KEY = 20 };
+    static const int all[] = {1, 0, -1};
+    const char *topic = "p13.events";
+    tf_start_broker("--topic", "p13.events:1", NULL);
+    write_keys(topic, all, 0, PER_KEY);
+    tk_broker_cmd(tf_broker, "produce-errors 1 INVALID_RECORD");
+    int port = tn_free_port();
+    char *listen;
+    ck_assert(asprintf(&listen, "metrics.listen=127.0.0.1:%d", port) > 0);
+    /* One record per Produce request, several requests in flight: k1:0 fails alone. */
+    tf_start_relay(listen, "kafka.batch.num.messages=1", "kafka.linger.ms=0", NULL);
+    wait_count(tf_q("SELECT count(*) FROM @.parked_keys WHERE partition_key = %s", key_sql(1)), 1, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
+    char *err = sql_text(tf_q("SELECT error FROM @.parked_keys"));
+    TF_CHECK(tf_matches(err, "INVALID_RECORD"), "parked with error '%s'", err);
+    free(err);
+    ck_assert_int_eq(count_of("parked_keys"), 1);
+
+    expect_t exp[NKEYS] = {0};
+    exp_range(&exp[0], 0, PER_KEY);
+    static const int k0[] = {0, -1};
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topic);
+    expect_topic_ex(c, k0, exp, 30000, 0);
+    int overtaken = records_of(c, 1, 1);
+    long long held = held_of(1);
+    TF_CHECK(records_of(c, 1, 0) == overtaken, "k1:0, the failed row, was published");
+    TF_CHECK(overtaken + held == PER_KEY, "%d rows of k1 published ahead, %lld held, of %d", overtaken, held, PER_KEY);
+    /* The counter says how many went ahead of the failed row. */
+    int64_t deadline = tk_now_ms() + 5000;
+    double m;
+    while ((m = metric_now(port, "outbox_relay_parked_overtaken_total")) != overtaken && tk_now_ms() < deadline)
+        tk_sleep_ms(200);
+    TF_CHECK(m == overtaken, "outbox_relay_parked_overtaken_total %g, but %d rows of k1 were published after k1:0 "
+             "failed", m, overtaken);
+
+    /* After a retry every row of k1 is on the topic. */
+    CLI_OK("parked", "retry", "--key", "k1");
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 30000);
+    ck_assert_int_eq(count_of("parked_keys"), 0);
+    deadline = tk_now_ms() + 30000;
+    for (;;) {
+        size_t n;
+        tk_consumer_records(c, &n);
+        tk_consumer_poll(c, n + 1, tk_now_ms() + 300);
+        int seen[PER_KEY] = {0}, distinct = 0;
+        const tk_record_t *recs = tk_consumer_records(c, &n);
+        for (size_t i = 0; i < n; i++) {
+            int rk, s;
+            record_seq(&recs[i], &rk, &s);
+            if (rk == 1 && !seen[s]++)
+                distinct++;
+        }
+        if (distinct == PER_KEY)
+            break;
+        TF_CHECK(tk_now_ms() < deadline, "%d of %d rows of k1 on the topic 30 s after the retry", distinct, PER_KEY);
+    }
+    free(listen);
+    tk_consumer_free(c);
+}
+END_TEST
+
+/* ---- 14. a second poison row behind the first --------------------------------------------------- */
+
+START_TEST(test_retry_parks_again_at_the_next_poison_row) {
+    static const int all[] = {0, 1, -1}, k0[] = {0, -1};
+    const char *topic = "p14.events";
+    tf_start_broker("--topic", "p14.events:2", NULL);
+    write_keys(topic, all, 0, 2);
+    long long bad = insert_poison(topic, 1, 2, P_BAD_DEST, 0);
+    write_keys(topic, k0, 2, 3);
+    write_keys(topic, all, 3, 5);
+    long long bad2 = insert_poison(topic, 1, 5, P_BAD_ENVELOPE, 0);
+    write_keys(topic, k0, 5, 6);
+    write_keys(topic, all, 6, 8);
+    tf_start_relay(NULL);
+    wait_parked(1, 6, 30000);
+    check_parked(1, bad, 6, "destination|topic");
+
+    /* The first is fixed: it and the rows up to the second poison row go out, in order; the key
+     * parks again at the second, which names the new error. */
+    tu_exec(tf_conn, tf_q("UPDATE @.parked_messages SET destination = '%s' WHERE id = %lld", topic, bad));
+    CLI_OK("parked", "retry", "--key", "k1");
+    expect_t exp[NKEYS] = {0};
+    exp_range(&exp[0], 0, 8);
+    exp_range(&exp[1], 0, 5);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topic);
+    expect_topic(c, all, exp, 30000);
+    wait_parked(1, 3, 30000);
+    check_parked(1, bad2, 3, "envelope");
+
+    CLI_OK("parked", "drop", "--key", "k1", "--first-only");
+    exp_range(&exp[1], 6, 8);
+    expect_topic(c, all, exp, 30000);
+    ck_assert_int_eq(count_of("parked_keys"), 0);
+    ck_assert_int_eq(count_of("dead_letters"), 1);
+    tk_consumer_free(c);
+}
+END_TEST
+
+/* ---- 15. a key longer than a kilobyte ---------------------------------------------------------- */
+
+START_TEST(test_long_key_can_be_retried_and_dropped) {
+    static const int all[] = {0, LONG_KEY, -1}, k0[] = {0, -1};
+    const char *topic = "p15.events";
+    tf_start_broker("--topic", "p15.events:2", NULL);
+    write_keys(topic, all, 0, 1);
+    long long bad = insert_poison(topic, LONG_KEY, 1, P_BAD_DEST, 0);
+    write_keys(topic, k0, 1, 2);
+    write_keys(topic, all, 2, 3);
+    tf_start_relay(NULL);
+    wait_parked(LONG_KEY, 2, 30000);
+
+    char key[LONG_KEY_LEN + 1], hex[2 * LONG_KEY_LEN + 1];
+    key_bytes(LONG_KEY, key, sizeof(key));
+    key[LONG_KEY_LEN] = '\0';
+    for (int i = 0; i < LONG_KEY_LEN; i++)
+        sprintf(hex + 2 * i, "%02x", (unsigned char)key[i]);
+    cli_t l = CLI("parked", "list", "--json");
+    TF_CHECK(l.rc == 0 && strstr(l.out, hex), "parked list --json has not the key's hex: exit %d\n%.300s", l.rc, l.out);
+    cli_free(&l);
+
+    tu_exec(tf_conn, tf_q("UPDATE @.parked_messages SET destination = '%s' WHERE id = %lld", topic, bad));
+    CLI_OK("parked", "retry", "--key", key);
+    expect_t exp[NKEYS] = {0};
+    exp_range(&exp[0], 0, 3);
+    exp_range(&exp[LONG_KEY], 0, 3);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topic);
+    expect_topic(c, all, exp, 30000);
+
+    long long bad2 = insert_poison(topic, LONG_KEY, 3, P_BAD_DEST, 0);
+    write_keys(topic, all, 4, 5);
+    wait_parked(LONG_KEY, 2, 30000);
+    CLI_OK("parked", "drop", "--key-hex", hex);
+    ck_assert_int_eq(count_of("parked_keys"), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters WHERE id >= %lld", bad2)), 2);
+    tk_consumer_free(c);
+}
+END_TEST
+
 static Suite *park_suite(void) {
     Suite *s = suite_create("park");
     TCase *tc = tcase_create("park");
@@ -935,11 +1115,24 @@ static Suite *park_suite(void) {
     tcase_add_test(tc, test_standby_takes_over_the_parked_key);
     suite_add_tcase(s, tc);
 
+    tc = tcase_create("edges");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_retry_parks_again_at_the_next_poison_row);
+    tcase_add_test(tc, test_long_key_can_be_retried_and_dropped);
+    suite_add_tcase(s, tc);
+
     tc = tcase_create("ops");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, test_list_status_metrics_and_readiness);
     tcase_add_test(tc, test_bad_arguments);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("inflight");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_broker_error_with_rows_in_flight);
     suite_add_tcase(s, tc);
     return s;
 }
