@@ -280,6 +280,8 @@ int main(int argc, char **argv) {
 
     if (!strcmp(verb, "migrate"))
         rc = relay_migrate(&r);
+    else if (arg_verb(verb) >= 0)
+        rc = arg_verbs[arg_verb(verb)].fn(&r, nvargs, vargs);
     else
         rc = relay_run(&r);
 done:
