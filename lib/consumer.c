@@ -735,11 +735,11 @@ outbox_err_t outbox_consumer_parked_retry(outbox_consumer_t *c, const void *key,
         return OUTBOX_ERR_INVALID_ARG;
     if (!key && len)
         return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: key is NULL but len is %zu", len);
+    if (len > INT_MAX)
+        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: len %zu is not a key length", len);
     if (!c->park)
         return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: consumer.reject.policy is not "
                     "park-key: this consumer parks no key");
-    if (len > INT_MAX)
-        return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_parked_retry: len %zu is not a key length", len);
     if (!pg_ensure(c))
         return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
     outbox_err_t err = outbox_park_release(c->park, c->pg, key, len);

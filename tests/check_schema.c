@@ -101,7 +101,7 @@ START_TEST(test_migrate_concurrently) {
         for (int i = 0; i < T; i++)
             ck_assert_msg(jobs[i].err == OUTBOX_OK, "migrator %d: %s", i, jobs[i].msg);
         PGconn *conn = tu_connect();
-        ck_assert_int_eq(table_count(conn, schema), 5);
+        ck_assert_int_eq(table_count(conn, schema), 6);
         char sql[256];
         snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".schema_version", schema);
         ck_assert_int_eq(tu_scalar(conn, sql), OUTBOX_SCHEMA_VERSION);
@@ -119,7 +119,7 @@ START_TEST(test_hostile_schema_name_is_quoted) {
     ck_assert_msg(outbox_migrate(ob, conn) == OUTBOX_OK, "%s", outbox_errmsg(ob));
     ck_assert_int_eq(tu_scalar(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
                                      "AND tablename = 't'"), 1);
-    ck_assert_int_eq(table_count(conn, hostile), 5);
+    ck_assert_int_eq(table_count(conn, hostile), 6);
     outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, "orders", "orders.OrderCreated");
     tu_exec(conn, "BEGIN");
     ck_assert_msg(outbox_send(ob, conn, m) == OUTBOX_OK, "%s", outbox_errmsg(ob));
