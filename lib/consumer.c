@@ -840,9 +840,9 @@ outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handle
         return cerr(c, OUTBOX_ERR_INVALID_ARG, "outbox_consumer_poll: handler is NULL");
     c->errstr[0] = '\0';
     resume_due(c);
-    outbox_err_t err = park_poll(c, handler, opaque);
-    if (err)
-        return err;
+    /* A failed retry of a released key does not stop the poll: the other keys flow, and the
+     * set in memory still holds back the parked ones. */
+    outbox_err_t park_err = park_poll(c, handler, opaque), err = OUTBOX_OK;
     int done = 0;
     rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, timeout_ms < 0 ? 0 : timeout_ms);
     while (m) {
@@ -863,7 +863,7 @@ outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handle
     }
     if (done)
         rd_kafka_commit(c->rk, NULL, 1); /* the offsets stored after each committed transaction */
-    return err;
+    return err ? err : park_err;
 }
 
 /* ---- replies and retention ------------------------------------------------------------------ */
