@@ -134,11 +134,13 @@ START_TEST(test_hostile_schema_name_is_quoted) {
 }
 END_TEST
 
-/* A schema at version 1, as an older liboutbox left it: version 2 added messages.attempts. */
+/* A schema at version 1, as an older liboutbox left it: version 2 added messages.attempts,
+ * version 3 consumer_parked. */
 static void downgrade_to_1(PGconn *conn, const char *schema) {
     char sql[512];
     snprintf(sql, sizeof(sql), "ALTER TABLE \"%s\".messages DROP COLUMN attempts; "
-             "DELETE FROM \"%s\".schema_version WHERE version > 1", schema, schema);
+             "DROP TABLE \"%s\".consumer_parked; "
+             "DELETE FROM \"%s\".schema_version WHERE version > 1", schema, schema, schema);
     tu_exec(conn, sql);
 }
 
