@@ -624,10 +624,11 @@ outbox_err_t outbox_consumer_poll(outbox_consumer_t *c, outbox_handler_cb handle
                                "handler is set");
     c->errstr[0] = '\0';
     resume_due(c);
-    outbox_err_t err = park_poll(c, handler, opaque);
-    if (err)
-        return err;
-    return outbox_cons_poll_batch(c, handler, opaque, timeout_ms);
+    /* A failed retry of a released key does not stop the poll: the other keys flow, and the
+     * set in memory still holds back the parked ones. */
+    outbox_err_t park_err = park_poll(c, handler, opaque);
+    outbox_err_t err = outbox_cons_poll_batch(c, handler, opaque, timeout_ms);
+    return err ? err : park_err;
 }
 
 /* ---- replies and retention ------------------------------------------------------------------ */

@@ -695,6 +695,14 @@ static const row_t rows[] = {
      .flags = F_VARIANT, .schema = SQL_IDENT, .n = 200, .expect = OUTBOX_OK,
      .re = "^processed=1 rejected=1 dedup=\\['; select 1; --\\] dead=\\[not an envelope: [0-9]+ bytes are not a "
            "valid outbox\\.v1\\.Envelope protobuf\\] type='; select 1; -- header='; select 1; --$"},
+    {"outbox_consumer_parked_retry", "c NULL", S("k"), .flags = F_NULL_H, .expect = OUTBOX_ERR_INVALID_ARG,
+     .re = "^consumer handle is NULL$"},
+    {"outbox_consumer_parked_retry", "key NULL, len 3", ANULL, .n = 3, .flags = F_LEN,
+     .expect = OUTBOX_ERR_INVALID_ARG, .re = "^outbox_consumer_parked_retry: key is NULL but len is 3$"},
+    {"outbox_consumer_parked_retry", "len (size_t)-1", S("k"), .n = -1, .flags = F_LEN,
+     .expect = OUTBOX_ERR_INVALID_ARG, .re = "len 18446744073709551615 is not a key length$"},
+    {"outbox_consumer_parked_retry", "policy dead-letter (the default)", BUF("k\0\xff"),
+     .expect = OUTBOX_ERR_INVALID_ARG, .re = "consumer\\.reject\\.policy is not park-key"},
     {"outbox_consumer_stats", "c NULL: stats left alone", .flags = F_NULL_H, .expect = R_VOID,
      .re = "^processed=7 duplicates=7 retried=7 rejected=7$"},
     {"outbox_consumer_stats", "stats NULL", .flags = F_NULL_OUT, .expect = R_VOID},
@@ -1921,6 +1929,15 @@ static int h_consumer_subscribe(val_t a, val_t b, char *msg, size_t msz) {
     return r;
 }
 
+static int h_consumer_parked_retry(val_t a, val_t b, char *msg, size_t msz) {
+    (void)b;
+    outbox_consumer_t *c = cur->flags & F_NULL_H ? NULL : make_consumer();
+    int r = outbox_consumer_parked_retry(c, a.p, cur->flags & F_LEN ? (size_t)cur->n : a.len);
+    snprintf(msg, msz, "%s", outbox_consumer_errmsg(c));
+    outbox_consumer_destroy(c);
+    return r;
+}
+
 static outbox_handler_result_t noop_handler(const outbox_message_t *m, PGconn *conn, void *opaque) {
     (void)m, (void)conn, (void)opaque;
     return OUTBOX_HANDLER_OK;
@@ -2145,6 +2162,7 @@ static const struct {
     {"outbox_schema_version", h_schema_version},
     {"outbox_consumer_new", h_consumer_new},
     {"outbox_consumer_subscribe", h_consumer_subscribe},
+    {"outbox_consumer_parked_retry", h_consumer_parked_retry},
     {"outbox_consumer_poll", h_consumer_poll},
     {"outbox_consumer_stats", h_consumer_stats},
     {"outbox_consumer_errmsg", h_consumer_errmsg},
