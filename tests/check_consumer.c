@@ -452,9 +452,11 @@ START_TEST(test_kill_after_pg_commit_redelivers_without_rerunning_handler) {
     flush_produced();
 
     /* One message per transaction (consumer.batch.max=1): k commits before k+1's handler runs.
-     * Its offset commit, sent right after, gets its answer only after 60 s: the kill below comes
-     * between k's PostgreSQL COMMIT and its offset commit. */
-    tk_broker_cmd(tf_broker, "broker-errors 1 OffsetCommit NO_ERROR 60000 1");
+     * Its offset commit, sent right after, fails (a non-retriable error, so librdkafka does not
+     * send it again): the kill below comes between k's PostgreSQL COMMIT and a committed offset.
+     * (A delayed answer would not do: the mock applies the commit before it delays the answer.) */
+    const char *reply = tk_broker_cmd(tf_broker, "broker-errors 1 OffsetCommit OFFSET_METADATA_TOO_LARGE 0 1");
+    ck_assert_msg(reply && !strncmp(reply, "ok", 2), "mock broker: %s", reply ? reply : "(no reply)");
     tk_proc_t *c1 = start_consumer("consumer1", tf_schema, "tb", "tb.events", "-X", "consumer.batch.max=1", NULL);
     TF_CHECK(wait_effects(tf_schema, k.id, 1, 30000) == 1, "message k was not processed within 30 s");
     char line[80];

@@ -53,8 +53,8 @@ static void produce_cmd(sent_t *s, const char *topic, const char *key, const cha
 
 /* Produces the same envelope again (a duplicate on the topic, as a relay retry makes). */
 static void produce_again(const sent_t *s, const char *topic, const char *key) {
-    int64_t off;
-    int32_t part;
+    static int64_t off; /* written by the delivery report, at the flush: must outlive this call */
+    static int32_t part;
     tk_produce(producer, topic, -1, key, strlen(key), s->env, s->env_len, s->id, &off, &part);
 }
 
