@@ -197,13 +197,21 @@ START_TEST(test_reject_parks_key_holds_later_others_flow_then_api_retry_in_order
     hctx_t h = {0};
     outbox_consumer_t *c = consumer("g1", "p1.events", "park-key");
     ck_assert_int_eq(poll_until(c, &h, tf_q("SELECT count(*) FROM @.effects WHERE k = 'k2'"), 2), 2);
-    poll_until(c, &h, tf_q("SELECT count(*) FROM @.consumer_parked"), 4);
+    /* s[4], a duplicate of s[2], is held behind it when a later batch reads it; read in the same
+     * batch, the batch's dedup already skips it.  Either way s[2]'s retry applies the effect once. */
+    poll_until(c, &h, tf_q("SELECT count(*) FROM @.consumer_parked WHERE kafka_offset <> %lld", (long long)s[4].offset),
+               3);
     EXPECT_STR(effects_of("k1"), "ok 1");
     EXPECT_STR(effects_of("k2"), "ok 4,ok 6");
-    char want[256];
+    char want[256], want_batched[256];
     snprintf(want, sizeof(want), "%lld:rejected by the handler,%lld:-,%lld:-,%lld:-", (long long)s[1].offset,
              (long long)s[2].offset, (long long)s[4].offset, (long long)s[5].offset);
-    EXPECT_STR(parked_rows("g1", "k1"), want);
+    snprintf(want_batched, sizeof(want_batched), "%lld:rejected by the handler,%lld:-,%lld:-", (long long)s[1].offset,
+             (long long)s[2].offset, (long long)s[5].offset);
+    char *rows = parked_rows("g1", "k1");
+    TF_CHECK(!strcmp(rows, want) || !strcmp(rows, want_batched), "parked rows of k1: got \"%s\", want \"%s\" or "
+             "\"%s\"", rows, want, want_batched);
+    free(rows);
     ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters")), 0);
     /* The poison is not marked processed: a retry must run it. */
     ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed WHERE message_id = '%s'", s[1].id)), 0);
