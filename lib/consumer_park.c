@@ -11,6 +11,7 @@
  * --first-only`, or every row was dropped while new ones were being held): its rows are then
  * handed to the handler in offset order until none is left.
  */
+#include <endian.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,7 +70,8 @@ outbox_park_t *outbox_park_new(const outbox_park_env_t *env, bool *nomem) {
     const char *s = env->schema_q;
     snprintf(p->sql_store, sizeof(p->sql_store),
              "INSERT INTO %s.consumer_parked (consumer, topic, kafka_partition, kafka_offset, kafka_key, "
-             "message_id, raw, reason) VALUES ($1, $2, $3::int, $4::bigint, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+             "message_id, raw, reason, headers) VALUES ($1, $2, $3::int, $4::bigint, $5, $6, $7, $8, $9) "
+             "ON CONFLICT DO NOTHING",
              s);
     /* One row per key: where it starts, and whether it is due (see the top of this file). */
     snprintf(p->sql_load, sizeof(p->sql_load),
@@ -77,7 +79,7 @@ outbox_park_t *outbox_park_new(const outbox_park_env_t *env, bool *nomem) {
              "(bool_or(released) OR (array_agg(reason ORDER BY kafka_offset))[1] IS NULL)::text "
              "FROM %s.consumer_parked WHERE consumer = $1 GROUP BY topic, kafka_partition, kafka_key", s);
     snprintf(p->sql_first, sizeof(p->sql_first),
-             "SELECT kafka_offset::text, message_id, raw FROM %s.consumer_parked WHERE consumer = $1 "
+             "SELECT kafka_offset::text, message_id, raw, headers FROM %s.consumer_parked WHERE consumer = $1 "
              "AND topic = $2 AND kafka_partition = $3::int AND kafka_key = $4 ORDER BY kafka_offset LIMIT 1", s);
     snprintf(p->sql_delete, sizeof(p->sql_delete),
              "DELETE FROM %s.consumer_parked WHERE consumer = $1 AND topic = $2 AND kafka_partition = $3::int "
@@ -269,6 +271,70 @@ bool outbox_park_can_park(const outbox_park_t *p, const rd_kafka_message_t *m) {
     return p && m->key && m->key_len > 0;
 }
 
+/* The record's Kafka headers, kept with it so that its retry reads the same record (a CloudEvent
+ * is all headers): per header a big-endian u32 name length, the name, a u32 value length
+ * (0xffffffff: a NULL value) and the value.  NULL (no headers, or out of memory) in *out. */
+static void headers_pack(const rd_kafka_message_t *m, char **out, size_t *len) {
+    rd_kafka_headers_t *h = NULL;
+    const char *name;
+    const void *val;
+    size_t size, n = 0;
+    *out = NULL;
+    *len = 0;
+    if (rd_kafka_message_headers(m, &h) || !h)
+        return;
+    for (size_t i = 0; !rd_kafka_header_get_all(h, i, &name, &val, &size); i++)
+        n += 8 + strlen(name) + (val ? size : 0);
+    char *buf = n ? malloc(n) : NULL, *w = buf;
+    if (!buf)
+        return;
+    for (size_t i = 0; !rd_kafka_header_get_all(h, i, &name, &val, &size); i++) {
+        uint32_t nl = htobe32((uint32_t)strlen(name)), vl = htobe32(val ? (uint32_t)size : 0xffffffffu);
+        memcpy(w, &nl, 4);
+        memcpy(w + 4, name, strlen(name));
+        w += 4 + strlen(name);
+        memcpy(w, &vl, 4);
+        w += 4;
+        if (val) {
+            memcpy(w, val, size);
+            w += size;
+        }
+    }
+    *out = buf;
+    *len = n;
+}
+
+/* The headers headers_pack wrote; NULL when they do not parse or out of memory. */
+static rd_kafka_headers_t *headers_unpack(const char *buf, size_t len) {
+    rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+    size_t at = 0;
+    while (h && at < len) {
+        uint32_t nl, vl;
+        if (len - at < 4)
+            goto bad;
+        memcpy(&nl, buf + at, 4);
+        nl = be32toh(nl);
+        at += 4;
+        if (len - at < (size_t)nl + 4)
+            goto bad;
+        const char *name = buf + at;
+        at += nl;
+        memcpy(&vl, buf + at, 4);
+        vl = be32toh(vl);
+        at += 4;
+        if (vl != 0xffffffffu && len - at < vl)
+            goto bad;
+        if (rd_kafka_header_add(h, name, (ssize_t)nl, vl == 0xffffffffu ? NULL : buf + at,
+                                vl == 0xffffffffu ? 0 : (ssize_t)vl))
+            goto bad;
+        at += vl == 0xffffffffu ? 0 : vl;
+    }
+    return h;
+bad:
+    rd_kafka_headers_destroy(h);
+    return NULL;
+}
+
 outbox_err_t outbox_park_store(outbox_park_t *p, PGconn *pg, const rd_kafka_message_t *m, const char *msg_id,
                                const char *reason) {
     const char *topic = rd_kafka_topic_name(m->rkt);
@@ -289,12 +355,16 @@ outbox_err_t outbox_park_store(outbox_park_t *p, PGconn *pg, const rd_kafka_mess
     }
     snprintf(part, sizeof(part), "%d", (int)m->partition);
     snprintf(off, sizeof(off), "%lld", (long long)m->offset);
-    const char *v[8] = {p->env.group, topic, part, off, m->key, msg_id, m->payload ? m->payload : "", reason};
-    int l[8] = {0, 0, 0, 0, (int)m->key_len, 0, (int)m->len, 0};
-    int f[8] = {0, 0, 0, 0, 1, 0, 1, 0};
+    char *hdrs;
+    size_t hdrs_len;
+    headers_pack(m, &hdrs, &hdrs_len);
+    const char *v[9] = {p->env.group, topic, part, off, m->key, msg_id, m->payload ? m->payload : "", reason, hdrs};
+    int l[9] = {0, 0, 0, 0, (int)m->key_len, 0, (int)m->len, 0, (int)hdrs_len};
+    int f[9] = {0, 0, 0, 0, 1, 0, 1, 0, 1};
     outbox_err_t err = OUTBOX_OK;
-    PGresult *res = run(p, pg, p->sql_store, 8, v, l, f, 0, PGRES_COMMAND_OK,
+    PGresult *res = run(p, pg, p->sql_store, 9, v, l, f, 0, PGRES_COMMAND_OK,
                         reason ? "parking a rejected message's key" : "holding a message behind its parked key", &err);
+    free(hdrs);
     if (!res)
         return err;
     PQclear(res);
@@ -379,9 +449,12 @@ static outbox_err_t retry_first(outbox_park_t *p, PGconn *pg, park_key_t *k, out
     bool has_id = !PQgetisnull(row, 0, 1);
     if (has_id)
         snprintf(id, sizeof(id), "%.*s", PQgetlength(row, 0, 1), PQgetvalue(row, 0, 1));
-    /* The record's "id" header, which names a value that is no envelope, is all we kept of them. */
-    rd_kafka_headers_t *hdrs = has_id ? rd_kafka_headers_new(1) : NULL;
-    if (hdrs)
+    /* The record's own headers (a CloudEvent's attributes); for a row stored without them, the
+     * "id" header, which names a value that is no envelope. */
+    rd_kafka_headers_t *hdrs = NULL;
+    if (!PQgetisnull(row, 0, 3))
+        hdrs = headers_unpack(PQgetvalue(row, 0, 3), (size_t)PQgetlength(row, 0, 3));
+    if (!hdrs && has_id && (hdrs = rd_kafka_headers_new(1)))
         rd_kafka_header_add(hdrs, "id", -1, id, -1);
     outbox_verdict_t verdict;
     bool ok = outbox_consumer_verdict(PQgetvalue(row, 0, 2), (size_t)PQgetlength(row, 0, 2), k->key, k->key_len,

@@ -103,6 +103,7 @@ static const char *const migrations[] = {
     "  kafka_key       bytea NOT NULL,"
     "  message_id      text,"
     "  raw             bytea,"
+    "  headers         bytea,"
     "  reason          text,"
     "  released        boolean NOT NULL DEFAULT false,"
     "  parked_at       timestamptz NOT NULL DEFAULT now(),"

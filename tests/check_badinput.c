@@ -703,6 +703,9 @@ static const row_t rows[] = {
      .expect = OUTBOX_ERR_INVALID_ARG, .re = "len 18446744073709551615 is not a key length$"},
     {"outbox_consumer_parked_retry", "policy dead-letter (the default)", BUF("k\0\xff"),
      .expect = OUTBOX_ERR_INVALID_ARG, .re = "consumer\\.reject\\.policy is not park-key"},
+    {"outbox_consumer_set_batch_handler", "c NULL", .flags = F_NULL_H, .expect = OUTBOX_ERR_INVALID_ARG,
+     .re = "^consumer handle is NULL$"},
+    {"outbox_consumer_set_batch_handler", "cb NULL: clears it", .flags = F_NULL_OUT, .expect = OUTBOX_OK, .re = "^$"},
     {"outbox_consumer_stats", "c NULL: stats left alone", .flags = F_NULL_H, .expect = R_VOID,
      .re = "^processed=7 duplicates=7 retried=7 rejected=7$"},
     {"outbox_consumer_stats", "stats NULL", .flags = F_NULL_OUT, .expect = R_VOID},
@@ -1938,6 +1941,20 @@ static int h_consumer_parked_retry(val_t a, val_t b, char *msg, size_t msz) {
     return r;
 }
 
+static void noop_batch_handler(const outbox_message_t *const *msgs, size_t n, PGconn *conn,
+                               outbox_handler_result_t *results, void *opaque) {
+    (void)msgs, (void)n, (void)conn, (void)results, (void)opaque;
+}
+
+static int h_consumer_set_batch_handler(val_t a, val_t b, char *msg, size_t msz) {
+    (void)a, (void)b;
+    outbox_consumer_t *c = cur->flags & F_NULL_H ? NULL : make_consumer();
+    int r = outbox_consumer_set_batch_handler(c, cur->flags & F_NULL_OUT ? NULL : noop_batch_handler, NULL);
+    snprintf(msg, msz, "%s", outbox_consumer_errmsg(c));
+    outbox_consumer_destroy(c);
+    return r;
+}
+
 static outbox_handler_result_t noop_handler(const outbox_message_t *m, PGconn *conn, void *opaque) {
     (void)m, (void)conn, (void)opaque;
     return OUTBOX_HANDLER_OK;
@@ -2163,6 +2180,7 @@ static const struct {
     {"outbox_consumer_new", h_consumer_new},
     {"outbox_consumer_subscribe", h_consumer_subscribe},
     {"outbox_consumer_parked_retry", h_consumer_parked_retry},
+    {"outbox_consumer_set_batch_handler", h_consumer_set_batch_handler},
     {"outbox_consumer_poll", h_consumer_poll},
     {"outbox_consumer_stats", h_consumer_stats},
     {"outbox_consumer_errmsg", h_consumer_errmsg},

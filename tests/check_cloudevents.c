@@ -611,6 +611,79 @@ START_TEST(test_consumer_round_trip_in_both_formats_with_dedup) {
 }
 END_TEST
 
+/* Rejects a message whose payload is "bad" until accept is set; records the rest as on_msg. */
+typedef struct {
+    seen_t seen;
+    int accept, rejected;
+} picky_t;
+
+static outbox_handler_result_t on_picky(const outbox_message_t *m, PGconn *conn, void *opaque) {
+    picky_t *p = opaque;
+    size_t len;
+    const void *pl = outbox_message_payload(m, &len);
+    if (!p->accept && len == 3 && !memcmp(pl, "bad", 3)) {
+        p->rejected++;
+        return OUTBOX_HANDLER_REJECT;
+    }
+    return on_msg(m, conn, &p->seen);
+}
+
+/* Under consumer.reject.policy=park-key a CloudEvents record is held with its headers (its
+ * attributes): released, it is read back as the same message, trace context and type included. */
+START_TEST(test_parked_cloudevent_is_retried_as_the_same_message) {
+    tf_start_broker("--topic", "ce.park:1", NULL);
+    tf_start_relay("relay.format=cloudevents", NULL);
+    outbox_message_t *m1 = outbox_message_new(OUTBOX_EVENT, "ce.park", "orders.Created");
+    ck_assert_int_eq(outbox_message_set_key(m1, "k1", 2), OUTBOX_OK);
+    ck_assert_int_eq(outbox_message_set_payload(m1, "bad", 3), OUTBOX_OK);
+    ck_assert_int_eq(outbox_message_set_trace_context(m1, TP, TS), OUTBOX_OK);
+    ck_assert_int_eq(outbox_message_set_content_type(m1, "text/plain"), OUTBOX_OK);
+    outbox_message_t *m2 = outbox_message_new(OUTBOX_EVENT, "ce.park", "orders.Paid");
+    ck_assert_int_eq(outbox_message_set_key(m2, "k1", 2), OUTBOX_OK);
+    ck_assert_int_eq(outbox_message_set_payload(m2, "two", 3), OUTBOX_OK);
+    send_one(m1);
+    send_one(m2);
+
+    char err[512];
+    outbox_conf_t *conf = outbox_conf_new();
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "pg.conninfo", getenv("OUTBOX_TEST_PG"), err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "consumer.group.id", "ce-park", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "consumer.reject.policy", "park-key", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "kafka.bootstrap.servers", tf_broker->bootstrap, err, sizeof(err)),
+                     OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "kafka.fetch.wait.max.ms", "50", err, sizeof(err)), OUTBOX_CONF_OK);
+    outbox_consumer_t *c = outbox_consumer_new(conf, err, sizeof(err));
+    ck_assert_msg(c != NULL, "outbox_consumer_new: %s", err);
+    const char *topics[] = {"ce.park"};
+    ck_assert_msg(outbox_consumer_subscribe(c, topics, 1) == OUTBOX_OK, "%s", outbox_consumer_errmsg(c));
+
+    picky_t p = {0};
+    int64_t deadline = tk_now_ms() + 30000;
+    while (tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_parked")) < 2 && tk_now_ms() < deadline)
+        TF_CHECK(outbox_consumer_poll(c, on_picky, &p, 200) == OUTBOX_OK, "%s", outbox_consumer_errmsg(c));
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_parked WHERE headers IS NOT NULL")), 2);
+    ck_assert_int_eq(p.rejected, 1);
+    ck_assert_int_eq(p.seen.calls, 0);
+
+    p.accept = 1;
+    ck_assert_msg(outbox_consumer_parked_retry(c, "k1", 2) == OUTBOX_OK, "%s", outbox_consumer_errmsg(c));
+    deadline = tk_now_ms() + 30000;
+    while (p.seen.calls < 2 && tk_now_ms() < deadline)
+        TF_CHECK(outbox_consumer_poll(c, on_picky, &p, 200) == OUTBOX_OK, "%s", outbox_consumer_errmsg(c));
+    outbox_consumer_destroy(c);
+    ck_assert_int_eq(p.seen.calls, 2);
+    ck_assert_str_eq(p.seen.id[0], outbox_message_id(m1));
+    ck_assert_str_eq(p.seen.tp[0], TP);
+    ck_assert_str_eq(p.seen.ts[0], TS);
+    ck_assert_str_eq(p.seen.ctype[0], "text/plain");
+    ck_assert_str_eq(p.seen.id[1], outbox_message_id(m2));
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_parked")), 0);
+    outbox_message_destroy(m1);
+    outbox_message_destroy(m2);
+}
+END_TEST
+
 /* A CloudEvent without its type is dead-lettered with the attribute named; the consumer goes on. */
 START_TEST(test_incomplete_cloudevent_is_dead_lettered) {
     tf_start_broker("--topic", "ce.bad:1", NULL);
@@ -726,6 +799,7 @@ static Suite *cloudevents_suite(void) {
     tcase_add_test(tc, test_trace_context_survives_writer_relay_consumer_reply);
     tcase_add_test(tc, test_consumer_round_trip_in_both_formats_with_dedup);
     tcase_add_test(tc, test_incomplete_cloudevent_is_dead_lettered);
+    tcase_add_test(tc, test_parked_cloudevent_is_retried_as_the_same_message);
     tcase_add_test(tc, test_cloudevents_sdk_reads_the_relay_records);
     suite_add_tcase(s, tc);
     return s;
