@@ -321,6 +321,12 @@ void produce_batch(relay_t *r, batch_t *b) {
     for (; i < b->n && !r->prod.fatal; i++) {
         if (!produce_row(r, b, i))
             break;
+        if (b->state[i] == ROW_RETRY) {
+            /* Refused before it left (a topic unknown for a moment, say): a later row of its key
+             * must not go out ahead of it, so the rest of the batch waits for the rewind too. */
+            i++;
+            break;
+        }
         if (r->src->pump && i % PUMP_EVERY_ROWS == PUMP_EVERY_ROWS - 1)
             r->src->pump(r);
     }
