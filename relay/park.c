@@ -173,7 +173,7 @@ static bool entry_add(relay_park_t *p, const void *key, size_t key_len, int64_t 
     return true;
 }
 
-static void hex_of(const void *key, size_t len, char *out, size_t size) {
+size_t park_hex(const void *key, size_t len, char *out, size_t size) {
     static const char digits[] = "0123456789abcdef";
     const uint8_t *k = key;
     size_t i = 0;
@@ -182,6 +182,7 @@ static void hex_of(const void *key, size_t len, char *out, size_t size) {
         out[2 * i + 1] = digits[k[i] & 15];
     }
     out[2 * i] = '\0';
+    return 2 * i;
 }
 
 bool park_add(relay_t *r, const void *key, size_t key_len, int64_t id, const char *dest, const char *why) {
@@ -190,7 +191,7 @@ bool park_add(relay_t *r, const void *key, size_t key_len, int64_t id, const cha
     if (!entry_add(&r->park, key, key_len, id, dest, why))
         return false;
     char hex[129], safe[512];
-    hex_of(key, key_len, hex, sizeof(hex));
+    park_hex(key, key_len, hex, sizeof(hex));
     outbox_log(r->conf, 3, FAC, "msg=\"parked a partition key: its messages wait for outbox-relay parked "
                "retry|drop\" id=%lld key_hex=%s%s destination=\"%s\" error=\"%s\"", (long long)id, hex,
                key_len > 64 ? "..." : "", dest, outbox_logfmt_value(why, safe, sizeof(safe)));
@@ -218,8 +219,7 @@ static int unhex(char c) {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
-/* hex (as encode(..., 'hex') writes it) into out; its length, or -1. */
-static ssize_t hex_decode(const char *hex, uint8_t *out, size_t size) {
+ssize_t park_unhex(const char *hex, uint8_t *out, size_t size) {
     size_t n = strlen(hex);
     if (n % 2 || n / 2 > size)
         return -1;
@@ -236,7 +236,7 @@ static void park_remove_hex(relay_t *r, const char *hex) {
     relay_park_t *p = &r->park;
     size_t n = strlen(hex) / 2;
     uint8_t *key = malloc(n ? n : 1);
-    ssize_t len = key ? hex_decode(hex, key, n) : -1;
+    ssize_t len = key ? park_unhex(hex, key, n) : -1;
     const park_entry_t *e = len >= 0 ? park_find(r, key, (size_t)len) : NULL;
     free(key);
     if (!e)
@@ -273,7 +273,7 @@ static bool park_load(relay_t *r) {
         const char *hex = PQgetvalue(res, i, 0);
         size_t cap = strlen(hex) / 2;
         uint8_t *key = malloc(cap ? cap : 1);
-        ssize_t len = key ? hex_decode(hex, key, cap) : -1;
+        ssize_t len = key ? park_unhex(hex, key, cap) : -1;
         bool ok = len >= 0 && entry_add(&r->park, key, (size_t)len, atoll(PQgetvalue(res, i, 1)),
                                         PQgetvalue(res, i, 2), PQgetvalue(res, i, 3));
         free(key);

@@ -35,17 +35,11 @@ PGresult *parked_query(const relay_t *r, PGconn *pg) {
 
 /* The key of a row of parked_query as text, into out (NULL when it is not printable text). */
 static const char *key_text(const char *hex, char *out, size_t size) {
-    size_t n = strlen(hex) / 2;
-    if (n >= size)
+    ssize_t n = park_unhex(hex, (uint8_t *)out, size - 1);
+    if (n < 0)
         return NULL;
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
-            return NULL;
-        out[i] = (char)v;
-    }
     out[n] = '\0';
-    return park_key_is_text(out, n) ? out : NULL;
+    return park_key_is_text(out, (size_t)n) ? out : NULL;
 }
 
 void parked_print(PGresult *res, bool json, bool status_lines) {
@@ -261,10 +255,7 @@ int relay_parked(relay_t *r, int argc, const char **argv) {
         return 2;
     }
     if (key) {
-        size_t n = strlen(key);
-        for (size_t i = 0; i < n; i++)
-            sprintf(hex + 2 * i, "%02x", (unsigned char)key[i]);
-        hex[2 * n] = '\0';
+        park_hex(key, strlen(key), hex, hex_size);
     }
     PGconn *pg = relay_connect(r);
     if (!pg) {

@@ -156,8 +156,7 @@ static int held_arrays(relay_t *r, batch_t *const *bs, int nb, char *out[5]) {
         if (k)
             *h++ = *d++ = *e++ = ',';
         const uint8_t *key = keys[k]->key;
-        for (size_t j = 0; j < keys[k]->key_len; j++)
-            h += sprintf(h, "%02x", key[j]);
+        h += park_hex(key, keys[k]->key_len, h, 2 * keys[k]->key_len + 1);
         d += array_elem(d, keys[k]->dest);
         e += array_elem(e, keys[k]->error);
         idr_text_add(&firsts, keys[k]->first_id);
