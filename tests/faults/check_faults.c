@@ -1265,11 +1265,23 @@ static void park_check_finish(const park_check_t *pc, park_report_t *pr) {
             pr->poison_lost += !pc->seen[i] && !pc->dropped[i];
 }
 
+/* The rows that broke the contract, "label=value; ...": the run's last line repeats them, since a
+ * CI log may keep only its tail. */
+static char violated[1024];
+
+static void note_violation(const char *label, long long value) {
+    size_t n = strlen(violated);
+    if (n < sizeof(violated) - 1)
+        snprintf(violated + n, sizeof(violated) - n, "%s%s=%lld", n ? "; " : "", label, value);
+}
+
 static long park_check_rows(const park_check_t *pc, const park_report_t *pr) {
     long violations = 0;
 #define PROW(label, value, bad)                                                                              \
     do {                                                                                                     \
         printf("  %-46s %10lld%s\n", label, (long long)(value), (bad) ? "   <-- VIOLATION" : "");         \
+        if (bad)                                                                                             \
+            note_violation(label, (long long)(value));                                                       \
         violations += (bad) ? 1 : 0;                                                                         \
     } while (0)
     PROW("poison injected at writers' keys", pr->keyed, 0);
@@ -1613,6 +1625,8 @@ START_TEST(test_fault_scenario) {
 #define ROW(label, value, bad)                                                                               \
     do {                                                                                                     \
         printf("  %-46s %10lld%s\n", label, (long long)(value), (bad) ? "   <-- VIOLATION" : "");         \
+        if (bad)                                                                                             \
+            note_violation(label, (long long)(value));                                                       \
         violations += (bad) ? 1 : 0;                                                                         \
     } while (0)
     printf("\nseed %llu results\n", (unsigned long long)seed);
@@ -1723,8 +1737,8 @@ START_TEST(test_fault_scenario) {
             printf("could not keep the logs\n");
     }
     PQfinish(mon);
-    ck_assert_msg(violations == 0, "seed %llu: %ld violations of the delivery contract (table above)",
-                  (unsigned long long)seed, violations);
+    ck_assert_msg(violations == 0, "seed %llu: %ld violations of the delivery contract (table above): %s",
+                  (unsigned long long)seed, violations, violated);
 }
 END_TEST
 
