@@ -182,6 +182,23 @@ typedef int(outbox_envscan_header_cb)(const char *name, size_t name_len, const c
 int outbox_envelope_scan(const uint8_t *buf, size_t len, int *kind, outbox_envscan_header_cb *cb,
                          void *opaque);
 
+/* The fields of an encoded envelope the WAL source routes by, borrowed from the buffer (strings are
+ * not NUL-terminated; absent fields have length 0 and NULL pointers). */
+typedef struct {
+    int kind;
+    const char *id;           /* the message id as text */
+    size_t id_len;
+    const char *type;
+    size_t type_len;
+    const char *destination;
+    size_t destination_len;
+    const uint8_t *key;       /* NULL: no partition key */
+    size_t key_len;
+    int64_t created_at_unix_us;
+} outbox_envelope_fields_t;
+/* Reads those fields of an encoded envelope without allocating.  0, or -1 if malformed. */
+int outbox_envelope_fields(const uint8_t *buf, size_t len, outbox_envelope_fields_t *f);
+
 /* ---- what the consumer makes of a received record (consumer.c) ---- */
 
 struct rd_kafka_headers_s;
