@@ -255,6 +255,10 @@ typedef struct {
  * non-blocking.  NULL with the reason in err on failure.  Caller owns; PQfinish it. */
 PGconn *outbox_pg_connect(const char *conninfo, const char *app_name, const outbox_pg_limits_t *lim,
                           char *err, size_t err_size);
+/* The same as a replication connection: replication is libpq's keyword value ("database" for a
+ * logical stream), or NULL for a normal session. */
+PGconn *outbox_pg_connect_as(const char *conninfo, const char *app_name, const char *replication,
+                             const outbox_pg_limits_t *lim, char *err, size_t err_size);
 /* Flushes what was sent and waits until a result can be read without blocking: 0, or -1 with the
  * reason in err when the connection failed or the deadline passed.  After -1 the session is in
  * an unknown state: finish it. */

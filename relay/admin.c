@@ -40,6 +40,8 @@ int relay_migrate(relay_t *r) {
     if (outbox_schema_version(ob, pg, &before) != OUTBOX_OK || outbox_migrate(ob, pg) != OUTBOX_OK) {
         fprintf(stderr, "outbox-relay: migrate failed: %s\n", outbox_errmsg(ob));
         rc = 1;
+    } else if (!strcmp(outbox_conf_str(r->conf, "outbox.mode"), "wal") && wal_migrate(r, pg)) {
+        rc = 1; /* the schema is current; what the stream needs was named above */
     } else if (before == OUTBOX_SCHEMA_VERSION) {
         printf("schema %s is at version %d (already current; nothing changed)\n", r->schema_q, before);
     } else {
