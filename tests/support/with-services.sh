@@ -56,6 +56,9 @@ unix_socket_directories = '$tmp'
 max_connections = 300
 shared_buffers = 256MB
 max_wal_size = 4GB
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
 log_min_messages = warning
 client_min_messages = error
 CONF
