@@ -304,6 +304,63 @@ START_TEST(test_missing_slot_and_replication_attribute_are_named) {
 }
 END_TEST
 
+
+/* A slot that fell behind max_slot_wal_keep_size is lost: the relay says so and publishes nothing,
+ * and only slot-recreate --accept-loss replaces it, saying which positions were lost. */
+START_TEST(test_a_lost_slot_is_reported_and_recreated_only_on_request) {
+    tf_start_broker("--topic", "w8.seq:1", NULL);
+    wal_migrate();
+    tu_exec(tf_conn, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
+    tu_exec(tf_conn, "SELECT pg_reload_conf()");
+    tu_exec(tf_conn, tf_q("CREATE TABLE @.filler (x text)"));
+    for (int i = 0; i < 4 && tu_scalar(tf_conn, tf_q("SELECT (wal_status = 'lost')::int FROM pg_replication_slots "
+                                                     "WHERE slot_name = '%s'", slot_name())) == 0; i++) {
+        tu_exec(tf_conn, tf_q("INSERT INTO @.filler SELECT repeat(md5(g::text), 32) FROM generate_series(1, 20000) g"));
+        tu_exec(tf_conn, "SELECT pg_switch_wal()");
+        tu_exec(tf_conn, "CHECKPOINT");
+    }
+    tu_exec(tf_conn, "ALTER SYSTEM RESET max_slot_wal_keep_size");
+    tu_exec(tf_conn, "SELECT pg_reload_conf()");
+    TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT (wal_status = 'lost')::int FROM pg_replication_slots WHERE slot_name = '%s'",
+                                     slot_name())) == 1, "could not make the slot lost");
+    tk_proc_t *relay = start_wal_relay(NULL);
+    TF_CHECK(tk_wait_file_contains(relay->err_path, "is lost", 15000), "the relay did not report the lost slot");
+    TF_CHECK(tk_file_count(relay->err_path, "slot-recreate") > 0, "the lost slot's error does not name the fix");
+    TF_CHECK(tk_proc_running(relay), "the relay exited on a lost slot: %s", tk_status_str(relay->status));
+    TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT (wal_status = 'lost')::int FROM pg_replication_slots WHERE slot_name = '%s'",
+                                     slot_name())) == 1, "the relay replaced the lost slot by itself");
+    char schema[160];
+    snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
+    tk_proc_t *p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "slot-recreate", NULL);
+    TF_CHECK(tf_exit_code(p) == 2 && strstr(tk_file_tail(p->err_path, 2000), "--accept-loss"),
+             "slot-recreate without --accept-loss: %s", tk_status_str(p->status));
+    tk_proc_free(p);
+    p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "slot-recreate", "--accept-loss", NULL);
+    TF_CHECK(tf_exit_code(p) == 1 && strstr(tk_file_tail(p->err_path, 2000), "a relay leads"),
+             "slot-recreate while a relay leads: %s", tk_status_str(p->status));
+    tk_proc_free(p);
+    tk_proc_signal(relay, SIGTERM);
+    TF_CHECK(tk_proc_wait(relay, 20000), "the relay did not stop on SIGTERM");
+    p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "slot-recreate", "--accept-loss", NULL);
+    char *out = strdup(tk_file_tail(p->out_path, 2000));
+    TF_CHECK(tf_exit_code(p) == 0 && strstr(out, "LOST: messages committed after"), "slot-recreate --accept-loss: %s: %s",
+             tk_status_str(p->status), out);
+    free(out);
+    tk_proc_free(p);
+    TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT (wal_status <> 'lost')::int FROM pg_replication_slots WHERE slot_name = '%s'",
+                                     slot_name())) == 1, "the slot is still lost after slot-recreate");
+    /* The new slot works. */
+    start_wal_relay(NULL);
+    emit_seq("w8.seq", 3, 0, 5, 15);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "w8.seq");
+    seqstate_t st;
+    seq_init(&st, 3, 5);
+    seq_read_all(&st, c, 30000);
+    seq_free(&st);
+    tk_consumer_free(c);
+}
+END_TEST
+
 static Suite *wal_suite(void) {
     Suite *s = suite_create("wal");
     TCase *tc = tcase_create("wal");
@@ -316,6 +373,7 @@ static Suite *wal_suite(void) {
     tcase_add_test(tc, test_rows_left_in_the_table_go_first);
     tcase_add_test(tc, test_broker_down_freezes_the_slot_then_drains);
     tcase_add_test(tc, test_missing_slot_and_replication_attribute_are_named);
+    tcase_add_test(tc, test_a_lost_slot_is_reported_and_recreated_only_on_request);
     suite_add_tcase(s, tc);
     return s;
 }
