@@ -349,7 +349,8 @@ static int wal_next(relay_t *r, batch_t **out) {
             wal_stream_close(r, "lost the leader session");
         return -1;
     }
-    if (!w->table_phase && !w->repl && !r->inflight_cnt && outbox_mono_ms() >= w->next_table_ms) {
+    if (!w->table_phase && !r->inflight_cnt && outbox_mono_ms() >= w->next_table_ms) {
+        /* Between batches of the stream (nothing in flight): rows that reached the table since. */
         w->next_table_ms = outbox_mono_ms() + TABLE_CHECK_MS;
         w->table_phase = wal_table_has_rows(r) > 0;
     }
