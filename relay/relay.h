@@ -449,6 +449,8 @@ void wal_sample(relay_t *r);
 /* migrate's part in outbox.mode=wal: checks wal_level, the slots, senders and the REPLICATION
  * attribute, then creates the publication and slot if missing.  0, or 1 with each problem printed. */
 int wal_migrate(relay_t *r, PGconn *pg);
+/* status's lines (or JSON members, each led by a comma) about the slot, in outbox.mode=wal. */
+void wal_status_print(relay_t *r, PGconn *pg, bool json);
 /* The slot-recreate verb: replaces a lost (or missing) slot, saying which positions were lost. */
 int relay_slot_recreate(relay_t *r, int argc, const char **argv);
 

@@ -155,3 +155,36 @@ out:
     PQfinish(pg);
     return rc;
 }
+
+void wal_status_print(relay_t *r, PGconn *pg, bool json) {
+    char slot[64];
+    outbox_wal_slot_name(r->conf, slot, sizeof(slot));
+    const char *p[1] = {slot};
+    PGresult *res = PQexecParams(pg, "SELECT coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, ''),"
+                                 " coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, 0),"
+                                 " coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, 0),"
+                                 " coalesce(active_pid::text, '')"
+                                 " FROM pg_replication_slots WHERE slot_name = $1", 1, NULL, p, NULL, NULL, 0);
+    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    if (json) {
+        printf(",\"mode\":\"wal\",\"wal_slot\":");
+        if (ok) {
+            printf("{\"name\":");
+            admin_json_str(slot);
+            printf(",\"wal_status\":\"%s\",\"confirmed_lsn\":\"%s\",\"lag_bytes\":%s,\"retained_bytes\":%s,"
+                   "\"active_pid\":%s}", PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+                   PQgetvalue(res, 0, 3), *PQgetvalue(res, 0, 4) ? PQgetvalue(res, 0, 4) : "null");
+        } else {
+            printf("null");
+        }
+    } else if (ok) {
+        printf("mode:            wal\n");
+        printf("wal_slot:        name=%s wal_status=%s confirmed_lsn=%s lag_bytes=%s retained_bytes=%s "
+               "active_pid=%s\n", slot, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2),
+               PQgetvalue(res, 0, 3), *PQgetvalue(res, 0, 4) ? PQgetvalue(res, 0, 4) : "none");
+    } else {
+        printf("mode:            wal\nwal_slot:        %s does not exist: run outbox-relay -X outbox.mode=wal "
+               "migrate\n", slot);
+    }
+    PQclear(res);
+}

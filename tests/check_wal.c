@@ -157,6 +157,18 @@ START_TEST(test_commit_order_and_rollback) {
                                                  "< 65536)::int FROM pg_replication_slots WHERE slot_name = '%s'",
                                                  slot_name()), 1, 20000);
     TF_CHECK(lag == 1, "the slot's confirmed position stays %lld bytes behind after the drain", slot_lag());
+    char schema[160];
+    snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
+    tk_proc_t *p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "status", NULL);
+    char *out = strdup(tk_file_tail(p->out_path, 4000));
+    TF_CHECK(tf_exit_code(p) == 0 && strstr(out, "mode:            wal") && strstr(out, "wal_status=reserved") &&
+             strstr(out, "active_pid=") && !strstr(out, "active_pid=none"), "status in wal mode: %s", out);
+    free(out);
+    tk_proc_free(p);
+    p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "grants", "--relay", "r_wal", NULL);
+    TF_CHECK(strstr(tk_file_tail(p->out_path, 4000), "ALTER ROLE r_wal REPLICATION;"), "grants in wal mode: %s",
+             tk_file_tail(p->out_path, 4000));
+    tk_proc_free(p);
 }
 END_TEST
 
