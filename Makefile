@@ -160,6 +160,10 @@ $(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(
 TEST_EXTRA_check_idranges := relay/idranges.c
 $(B)/tests/check_idranges: relay/idranges.c relay/idranges.h
 
+# The replication stream suite links the relay's pure walproto.c.
+TEST_EXTRA_check_walproto := relay/walproto.c
+$(B)/tests/check_walproto: relay/walproto.c relay/walproto.h
+
 # check_install runs `make install` on this very build and links a program to the installed library,
 # which when sanitized needs the same compiler and sanitizer runtime: tell it which those are.
 $(B)/tests/check_install: PROG_CFLAGS += -DCHECK_INSTALL_BUILD='"$(B)"' -DCHECK_INSTALL_CC='"$(CC)"' \
