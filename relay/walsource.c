@@ -126,6 +126,9 @@ static int add_message(relay_t *r, wbuild_t *b, const walp_msg_t *m) {
     w->lsn = m->lsn;
     if (outbox_envelope_fields(m->content, m->content_len, &f))
         snprintf(why, sizeof(why), "envelope is not a valid outbox.v1.Envelope protobuf (%zu bytes)", m->content_len);
+    else if (memchr(f.destination ? f.destination : "", '\0', f.destination_len) ||
+             memchr(f.type ? f.type : "", '\0', f.type_len))
+        snprintf(why, sizeof(why), "envelope destination or type contains a NUL byte");
     else if (uuid_bin(f.id, f.id_len, w->uuid))
         snprintf(why, sizeof(why), "envelope id \"%.*s\" is not a uuid", (int)(f.id_len > 64 ? 64 : f.id_len),
                  f.id ? f.id : "");
