@@ -17,8 +17,6 @@
 static const outbox_conf_prop_t props[] = {
     {"outbox.schema", CONF_STR, "outbox", 1, OUTBOX_IDENT_MAX,
      "schema of the outbox tables (always quoted in SQL)", NULL},
-    {"outbox.mode", CONF_STR, "table", 1, 16, "TEMP", NULL},
-    {"relay.slot.name", CONF_STR, "", 0, 63, "TEMP", NULL},
     {"pg.conninfo", CONF_STR, "", 0, 0,
      "libpq connection string (relay, consumer); env OUTBOX_PG_CONNINFO if empty", NULL},
     {"pg.timeout.ms", CONF_INT, "10000", 100, 3600000,
