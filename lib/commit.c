@@ -167,6 +167,10 @@ outbox_err_t outbox_send_commit(outbox_t *ob, PGconn *conn, const outbox_message
     outcome_t o = {0};
     run_pipeline(ob, conn, &w, &o);
     outbox_write_free(&w);
+    /* A server error that came with the connection's end (e.g. the backend terminated) is, for the
+     * caller, a lost connection, as outbox_send() reports it. */
+    if (o.err == OUTBOX_ERR_PG && PQstatus(conn) != CONNECTION_OK)
+        o.err = ob->err = OUTBOX_ERR_CONNECTION;
     if (o.committed) {
         ob->errstr[0] = '\0';
         return OUTBOX_OK;
