@@ -40,7 +40,7 @@ int relay_migrate(relay_t *r) {
     if (outbox_schema_version(ob, pg, &before) != OUTBOX_OK || outbox_migrate(ob, pg) != OUTBOX_OK) {
         fprintf(stderr, "outbox-relay: migrate failed: %s\n", outbox_errmsg(ob));
         rc = 1;
-    } else if (!strcmp(outbox_conf_str(r->conf, "outbox.mode"), "wal") && wal_migrate(r, pg)) {
+    } else if (outbox_conf_wal(r->conf) && wal_migrate(r, pg)) {
         rc = 1; /* the schema is current; what the stream needs was named above */
     } else if (before == OUTBOX_SCHEMA_VERSION) {
         printf("schema %s is at version %d (already current; nothing changed)\n", r->schema_q, before);
@@ -189,7 +189,7 @@ int relay_status(relay_t *r, int argc, const char **argv) {
     }
     if (PQntuples(c))
         leader_parse(PQgetvalue(c, 0, 0), &ld);
-    bool wal = !strcmp(outbox_conf_str(r->conf, "outbox.mode"), "wal");
+    bool wal = outbox_conf_wal(r->conf);
     if (json) {
         printf("{\"schema\":");
         admin_json_str(r->schema);
@@ -333,7 +333,7 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
         }
     }
     const char *s = r->schema_q;
-    bool wal = !strcmp(outbox_conf_str(r->conf, "outbox.mode"), "wal");
+    bool wal = outbox_conf_wal(r->conf);
     printf("-- Least-privilege roles for the outbox in schema %s (liboutbox %s).\n"
            "-- Apply as the owner of the schema, e.g.: outbox-relay grants ... | psql\n"
            "-- The owner runs `outbox-relay migrate` (or outbox_migrate() on an older schema); every\n"

@@ -189,7 +189,7 @@ int relay_run(relay_t *r) {
     }
     settings_read(r);
     session_init(r);
-    r->src = strcmp(outbox_conf_str(r->conf, "outbox.mode"), "wal") ? &relay_table_source : &relay_wal_source;
+    r->src = outbox_conf_wal(r->conf) ? &relay_wal_source : &relay_table_source;
     if (r->src == &relay_wal_source && r->set.park_key) {
         /* Parked messages are stored by table id; the stream has none yet. */
         outbox_log(r->conf, 4, FAC, "msg=\"relay.poison.policy=park-key is not available in wal mode yet: a "

@@ -272,7 +272,7 @@ typedef struct {
 /* walsource.c: the logical replication stream of the WAL source. */
 typedef struct {
     PGconn *repl;            /* the replication connection, streaming; NULL: none */
-    char slot[64], publication[64], prefix[160];
+    char slot[OUTBOX_WAL_NAME_SIZE], publication[OUTBOX_WAL_NAME_SIZE], prefix[OUTBOX_WAL_NAME_SIZE];
     size_t prefix_len;
     void *build;             /* the batch being read from the stream (walsource.c) */
     bool in_txn;             /* between a Begin and its Commit */

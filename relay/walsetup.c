@@ -9,10 +9,6 @@
 #include "relay.h"
 #include "walproto.h"
 
-/* TEMPORARY: the writer branch declares these in outbox_int.h. */
-void outbox_wal_slot_name(const outbox_conf_t *c, char *out, size_t size);
-void outbox_wal_publication(const char *schema, char *out, size_t size);
-
 /* Runs sql with params; the result if it has tuples or is a command, else NULL and the error
  * printed after what. */
 static PGresult *run(PGconn *pg, const char *sql, int n, const char *const *p, const char *what) {
@@ -57,7 +53,7 @@ static int preconditions(PGconn *pg) {
 }
 
 int wal_migrate(relay_t *r, PGconn *pg) {
-    char slot[64], pub[64], sql[256];
+    char slot[OUTBOX_WAL_NAME_SIZE], pub[OUTBOX_WAL_NAME_SIZE], sql[256];
     outbox_wal_slot_name(r->conf, slot, sizeof(slot));
     outbox_wal_publication(r->schema, pub, sizeof(pub));
     if (preconditions(pg))
@@ -106,7 +102,7 @@ int wal_migrate(relay_t *r, PGconn *pg) {
 }
 
 int relay_slot_recreate(relay_t *r, int argc, const char **argv) {
-    char slot[64], lock[256], confirmed[32], lost_to[32];
+    char slot[OUTBOX_WAL_NAME_SIZE], lock[256], confirmed[32], lost_to[32];
     if (argc != 1 || strcmp(argv[0], "--accept-loss")) {
         fprintf(stderr, "outbox-relay: slot-recreate drops the outbox's replication slot and creates a new "
                 "one at the current WAL position: every message between the old slot's position and now is "
@@ -157,7 +153,7 @@ out:
 }
 
 void wal_status_print(relay_t *r, PGconn *pg, bool json) {
-    char slot[64];
+    char slot[OUTBOX_WAL_NAME_SIZE];
     outbox_wal_slot_name(r->conf, slot, sizeof(slot));
     const char *p[1] = {slot};
     PGresult *res = PQexecParams(pg, "SELECT coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, ''),"

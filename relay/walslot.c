@@ -9,11 +9,6 @@
 #include "relay.h"
 #include "walproto.h"
 
-/* TEMPORARY: the writer branch declares these in outbox_int.h. */
-void outbox_wal_prefix(const char *schema, char *out, size_t size);
-void outbox_wal_slot_name(const outbox_conf_t *c, char *out, size_t size);
-void outbox_wal_publication(const char *schema, char *out, size_t size);
-
 #define FAC "WAL"
 #define SAMPLE_EVERY_MS 2000
 /* A broken slot is logged again at most this often. */

@@ -166,7 +166,7 @@ START_TEST(test_commit_order_and_rollback) {
     free(out);
     tk_proc_free(p);
     p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "grants", "--relay", "r_wal", NULL);
-    TF_CHECK(strstr(tk_file_tail(p->out_path, 4000), "ALTER ROLE r_wal REPLICATION;"), "grants in wal mode: %s",
+    TF_CHECK(strstr(tk_file_tail(p->out_path, 4000), "ALTER ROLE \"r_wal\" REPLICATION;"), "grants in wal mode: %s",
              tk_file_tail(p->out_path, 4000));
     tk_proc_free(p);
 }
@@ -373,12 +373,53 @@ START_TEST(test_a_lost_slot_is_reported_and_recreated_only_on_request) {
 }
 END_TEST
 
+/* The library's own wal-mode writer, end to end: outbox_send and outbox_send_commit emit logical
+ * messages (no rows), which the relay publishes in order. */
+START_TEST(test_wal_writer_end_to_end) {
+    enum { KEYS = 5, PER_KEY = 40 };
+    char err[512];
+    tf_start_broker("--topic", "w9.seq:2", NULL);
+    wal_migrate();
+    outbox_conf_t *conf = outbox_conf_new();
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.mode", "wal", err, sizeof(err)), OUTBOX_CONF_OK);
+    outbox_t *ob = outbox_new(conf, err, sizeof(err));
+    ck_assert_msg(ob != NULL, "outbox_new: %s", err);
+    start_wal_relay(NULL);
+    for (int s = 0; s < PER_KEY; s++) {
+        outbox_message_t *ms[KEYS];
+        for (int k = 0; k < KEYS; k++)
+            ms[k] = seq_msg("w9.seq", k, s);
+        tu_exec(tf_conn, "BEGIN");
+        if (s % 2) {
+            ck_assert_msg(outbox_send_commit(ob, tf_conn, (const outbox_message_t *const *)ms, KEYS) == OUTBOX_OK,
+                          "outbox_send_commit: %s", outbox_errmsg(ob));
+        } else {
+            for (int k = 0; k < KEYS; k++)
+                ck_assert_msg(outbox_send(ob, tf_conn, ms[k]) == OUTBOX_OK, "outbox_send: %s", outbox_errmsg(ob));
+            tu_exec(tf_conn, "COMMIT");
+        }
+        for (int k = 0; k < KEYS; k++)
+            outbox_message_destroy(ms[k]);
+    }
+    TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.messages")) == 0, "the wal writer left table rows");
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "w9.seq");
+    seqstate_t st;
+    seq_init(&st, KEYS, PER_KEY);
+    seq_read_all(&st, c, 30000);
+    seq_free(&st);
+    tk_consumer_free(c);
+    outbox_destroy(ob);
+}
+END_TEST
+
 static Suite *wal_suite(void) {
     Suite *s = suite_create("wal");
     TCase *tc = tcase_create("wal");
     tcase_set_timeout(tc, 300);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_commit_order_and_rollback);
+    tcase_add_test(tc, test_wal_writer_end_to_end);
     tcase_add_test(tc, test_kill_and_restart_resends_never_gaps);
     tcase_add_test(tc, test_a_200k_message_transaction_arrives_whole_in_order);
     tcase_add_test(tc, test_idle_outbox_retains_little_wal);
