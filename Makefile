@@ -160,6 +160,10 @@ $(B)/tests/%: tests/%.c $(TESTLIB_SRCS) $(wildcard tests/support/testutil*.h) $(
 TEST_EXTRA_check_idranges := relay/idranges.c
 $(B)/tests/check_idranges: relay/idranges.c relay/idranges.h
 
+# The replication stream suite links the relay's pure walproto.c.
+TEST_EXTRA_check_walproto := relay/walproto.c
+$(B)/tests/check_walproto: relay/walproto.c relay/walproto.h
+
 # check_install runs `make install` on this very build and links a program to the installed library,
 # which when sanitized needs the same compiler and sanitizer runtime: tell it which those are.
 $(B)/tests/check_install: PROG_CFLAGS += -DCHECK_INSTALL_BUILD='"$(B)"' -DCHECK_INSTALL_CC='"$(CC)"' \
@@ -216,8 +220,9 @@ FUZZ_REPLAYS := $(patsubst %,$(B)/tests/fuzz_replay_%,$(FUZZ_TARGETS))
 FUZZERS      := $(patsubst %,$(B)/fuzz_%,$(FUZZ_TARGETS))
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
-# The configuration target links the relay's file parser.
+# The configuration target links the relay's file parser, the stream target its pure parser.
 FUZZ_EXTRA_conf := relay/conffile.c
+FUZZ_EXTRA_walproto := relay/walproto.c
 
 .PHONY: fuzz fuzz-build
 tests: $(FUZZ_REPLAYS)
@@ -231,6 +236,7 @@ $(B)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(STLIB)
 	$(CC) $(PROG_CFLAGS) -Irelay -fsanitize=fuzzer -o $@ $< $(FUZZ_EXTRA_$*) $(STLIB) $(LINK_FLAGS) $(PKG_LIBS)
 
 $(B)/tests/fuzz_replay_conf $(B)/fuzz_conf: relay/conffile.c relay/relay.h
+$(B)/tests/fuzz_replay_walproto $(B)/fuzz_walproto: relay/walproto.c relay/walproto.h
 
 # Internal: run by `make fuzz` with the variables below.
 fuzz-build: $(FUZZERS)

@@ -17,6 +17,14 @@
 static const outbox_conf_prop_t props[] = {
     {"outbox.schema", CONF_STR, "outbox", 1, OUTBOX_IDENT_MAX,
      "schema of the outbox tables (always quoted in SQL)", NULL},
+    {"outbox.mode", CONF_STR, "table", 0, 0,
+     "how a message travels: table (outbox_send() INSERTs a row into <outbox.schema>.messages, the "
+     "relay polls and deletes it) or wal (outbox_send() writes a transactional logical decoding "
+     "message, prefix outbox:<outbox.schema>, which the relay reads from a replication slot; needs "
+     "wal_level=logical)", "table|wal"},
+    {"relay.slot.name", CONF_STR, "", 0, OUTBOX_IDENT_MAX,
+     "outbox.mode=wal: the logical replication slot the relay reads (lower-case letters, digits and "
+     "_, at most 63 bytes; empty = outbox_<outbox.schema>, lower-cased, other characters as _)", NULL},
     {"pg.conninfo", CONF_STR, "", 0, 0,
      "libpq connection string (relay, consumer); env OUTBOX_PG_CONNINFO if empty", NULL},
     {"pg.timeout.ms", CONF_INT, "10000", 100, 3600000,
@@ -341,8 +349,15 @@ outbox_conf_res_t outbox_conf_set(outbox_conf_t *conf, const char *key, const ch
                             key, (unsigned char)value[bad], bad);
             return OUTBOX_CONF_INVALID;
         }
-        /* The one key with a grammar of its own: refused here, not at the first record. */
+        /* Keys with a grammar of their own: refused here, not at the first record or slot. */
         char why[160];
+        if (!strcmp(p->name, "relay.slot.name") && *value &&
+            outbox_wal_slot_name_problem(value, why, sizeof(why))) {
+            outbox_snprintf(errstr, errstr_size, "invalid value \"%s\" for \"%s\": %s; use e.g. "
+                            "\"outbox_orders\", or leave it empty for outbox_<outbox.schema>",
+                            shown(value, vb), key, why);
+            return OUTBOX_CONF_INVALID;
+        }
         if (!strcmp(p->name, "relay.cloudevents.source") && *value &&
             outbox_uri_reference_problem(value, why, sizeof(why))) {
             outbox_snprintf(errstr, errstr_size, "invalid value \"%s\" for \"%s\": not a URI-reference "
@@ -407,6 +422,10 @@ long long outbox_conf_int(const outbox_conf_t *conf, const char *key) {
 
 bool outbox_conf_bool(const outbox_conf_t *conf, const char *key) {
     return !strcmp(outbox_conf_str(conf, key), "true");
+}
+
+bool outbox_conf_wal(const outbox_conf_t *conf) {
+    return !strcmp(outbox_conf_str(conf, "outbox.mode"), "wal");
 }
 
 void outbox_conf_set_log_cb(outbox_conf_t *conf, outbox_log_cb *cb) {

@@ -29,6 +29,7 @@ const char *outbox_err2str(outbox_err_t err) {
     case OUTBOX_ERR_STATE: return "invalid state";
     case OUTBOX_ERR_KAFKA: return "Kafka error";
     case OUTBOX_ERR_SCHEMA_TOO_NEW: return "outbox schema newer than this library";
+    case OUTBOX_ERR_COMMIT_UNKNOWN: return "commit outcome unknown";
     }
     return "unknown error";
 }
@@ -54,6 +55,8 @@ outbox_t *outbox_new(outbox_conf_t *conf, char *errstr, size_t errstr_size) {
         goto nomem;
     }
     ob->conf = conf;
+    ob->wal = outbox_conf_wal(conf);
+    outbox_wal_prefix(outbox_conf_str(conf, "outbox.schema"), ob->wal_prefix, sizeof(ob->wal_prefix));
     return ob;
 nomem:
     outbox_conf_destroy(own);

@@ -59,6 +59,25 @@ const outbox_conf_prop_t *outbox_conf_props(void);
 const char *outbox_conf_str(const outbox_conf_t *conf, const char *key);
 long long outbox_conf_int(const outbox_conf_t *conf, const char *key);
 bool outbox_conf_bool(const outbox_conf_t *conf, const char *key);
+/* true when outbox.mode=wal (messages as logical decoding messages), false for table. */
+bool outbox_conf_wal(const outbox_conf_t *conf);
+
+/* ---- outbox.mode=wal names (wal.c), shared with the relay's WAL source ---- */
+
+/* Room for any result of the three functions below, NUL included. */
+#define OUTBOX_WAL_NAME_SIZE 72
+/* The prefix of the outbox's logical decoding messages: "outbox:<schema>", schema verbatim.
+ * Written into out (size bytes, cut to fit, NUL-terminated; OUTBOX_WAL_NAME_SIZE always fits). */
+void outbox_wal_prefix(const char *schema, char *out, size_t size);
+/* The replication slot of conf's outbox: relay.slot.name if set, else outbox_wal_publication()'s
+ * derivation of outbox.schema.  Written into out as above; the result is unquoted, valid as is. */
+void outbox_wal_slot_name(const outbox_conf_t *conf, char *out, size_t size);
+/* The publication of schema's outbox: "outbox_<schema>" lower-cased, each byte outside [a-z0-9_]
+ * replaced by '_', cut to 63 bytes.  Two schemas may derive the same name (e.g. "A" and "a"). */
+void outbox_wal_publication(const char *schema, char *out, size_t size);
+/* NULL if s is a valid slot name (1 to 63 of [a-z0-9_], PostgreSQL's rule), else what is wrong
+ * (written into why, which is returned). */
+const char *outbox_wal_slot_name_problem(const char *s, char *why, size_t why_size);
 
 /* ---- logging (log.c) ---- */
 
@@ -182,6 +201,23 @@ typedef int(outbox_envscan_header_cb)(const char *name, size_t name_len, const c
 int outbox_envelope_scan(const uint8_t *buf, size_t len, int *kind, outbox_envscan_header_cb *cb,
                          void *opaque);
 
+/* The fields of an encoded envelope the WAL source routes by, borrowed from the buffer (strings are
+ * not NUL-terminated; absent fields have length 0 and NULL pointers). */
+typedef struct {
+    int kind;
+    const char *id;           /* the message id as text */
+    size_t id_len;
+    const char *type;
+    size_t type_len;
+    const char *destination;
+    size_t destination_len;
+    const uint8_t *key;       /* NULL: no partition key */
+    size_t key_len;
+    int64_t created_at_unix_us;
+} outbox_envelope_fields_t;
+/* Reads those fields of an encoded envelope without allocating.  0, or -1 if malformed. */
+int outbox_envelope_fields(const uint8_t *buf, size_t len, outbox_envelope_fields_t *f);
+
 /* ---- what the consumer makes of a received record (consumer.c) ---- */
 
 struct rd_kafka_headers_s;
@@ -238,6 +274,10 @@ typedef struct {
  * non-blocking.  NULL with the reason in err on failure.  Caller owns; PQfinish it. */
 PGconn *outbox_pg_connect(const char *conninfo, const char *app_name, const outbox_pg_limits_t *lim,
                           char *err, size_t err_size);
+/* The same as a replication connection: replication is libpq's keyword value ("database" for a
+ * logical stream), or NULL for a normal session. */
+PGconn *outbox_pg_connect_as(const char *conninfo, const char *app_name, const char *replication,
+                             const outbox_pg_limits_t *lim, char *err, size_t err_size);
 /* Flushes what was sent and waits until a result can be read without blocking: 0, or -1 with the
  * reason in err when the connection failed or the deadline passed.  After -1 the session is in
  * an unknown state: finish it. */
@@ -262,10 +302,47 @@ PGresult *outbox_pg_prepare(PGconn *pg, const outbox_pg_limits_t *lim, const cha
 struct outbox_s {
     outbox_conf_t *conf;
     char *schema_q; /* quoted schema identifier */
+    bool wal;       /* outbox.mode=wal */
+    char wal_prefix[OUTBOX_WAL_NAME_SIZE]; /* outbox_wal_prefix() of outbox.schema */
     char errstr[OUTBOX_ERRSTR_SIZE];
     char sqlstate[6];
     outbox_err_t err; /* the code of the last error recorded in errstr */
 };
+
+/* ---- the writer's statements (writer.c; pipelined with a COMMIT by commit.c) ---- */
+
+/* One statement of a write, ready for PQexecParams or PQsendQueryParams (text results).  Every
+ * pointer is owned by the outbox_write_t that holds it. */
+typedef struct {
+    char *sql;
+    int nparams;
+    const Oid *types; /* NULL: inferred by the server */
+    const char **values;
+    int *lengths;
+    int *formats;
+    char *arr; /* wal mode, several messages: the binary bytea[] parameter values[1] points to */
+} outbox_wstmt_t;
+
+struct outbox_wrow_s;
+/* The statements that write a batch of messages, in order; they point into the messages, which
+ * must outlive it. */
+typedef struct {
+    struct outbox_wrow_s *rows;
+    size_t n;
+    outbox_wstmt_t *stmts;
+    size_t nstmts;
+    const char *what; /* what the statements do, for error messages */
+} outbox_write_t;
+
+/* Checks and encodes ms[0..n) (n >= 1) for ob's mode and builds their statements into *w: every
+ * message is checked before any statement exists, so one bad message refuses the batch.  On
+ * error (recorded in ob, fn naming the public function) *w is empty.  Free with outbox_write_free(). */
+outbox_err_t outbox_write_build(outbox_t *ob, const outbox_message_t *const *ms, size_t n, const char *fn,
+                                outbox_write_t *w);
+/* Frees what outbox_write_build() allocated; an empty or freed *w is a no-op. */
+void outbox_write_free(outbox_write_t *w);
+/* 1 if res is the success of one of the writer's statements. */
+int outbox_write_res_ok(const PGresult *res);
 
 /* Records the handle's last error and returns err, so callers can `return outbox_seterr(...)`. */
 outbox_err_t outbox_seterr(outbox_t *ob, outbox_err_t err, const char *fmt, ...) OUTBOX_PRINTF(3, 4);

@@ -44,6 +44,11 @@ static int wait_socket(int fd, short events, int64_t ms) {
 
 PGconn *outbox_pg_connect(const char *conninfo, const char *app_name, const outbox_pg_limits_t *lim,
                           char *err, size_t err_size) {
+    return outbox_pg_connect_as(conninfo, app_name, NULL, lim, err, err_size);
+}
+
+PGconn *outbox_pg_connect_as(const char *conninfo, const char *app_name, const char *replication,
+                             const outbox_pg_limits_t *lim, char *err, size_t err_size) {
     char connect_s[24], user_ms[24];
     int64_t t = lim->timeout_ms > 0 ? lim->timeout_ms : 0;
     /* libpq reads connect_timeout in whole seconds, and takes 1 as 2. */
@@ -63,6 +68,10 @@ PGconn *outbox_pg_connect(const char *conninfo, const char *app_name, const outb
     }
     keys[n] = "dbname";
     vals[n++] = conninfo;
+    if (replication) { /* after the conninfo: it wins over a replication= written there */
+        keys[n] = "replication";
+        vals[n++] = replication;
+    }
     keys[n] = NULL;
     vals[n] = NULL;
     PGconn *pg = PQconnectStartParams(keys, vals, 1);

@@ -1,6 +1,7 @@
 /*
- * The writer: outbox_send() and outbox_send_batch() insert envelope rows inside the caller's
- * transaction, with every value passed as a parameter (bytea in binary).
+ * The writer: outbox_send() and outbox_send_batch() write envelopes inside the caller's
+ * transaction, as rows (outbox.mode=table) or as transactional logical decoding messages (wal),
+ * with every value passed as a parameter (bytea in binary).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,26 @@
 #define COLS_PER_ROW 6
 /* 6 parameters a row stays well under the protocol's 65535 parameters per statement. */
 #define ROWS_PER_INSERT 5000
+/* Envelope bytes per statement: far below the 1 GB a protocol message (and a bytea[]) may hold,
+ * and the int lengths of libpq's parameters.  A statement always takes at least one message. */
+#define BYTES_PER_STATEMENT (64 * 1024 * 1024)
+
+/* Type OIDs of pg_type.h (stable across releases): the wal statements name their types so that
+ * the binary parameters need no cast and pick the bytea overload of pg_logical_emit_message. */
+#define TEXTOID 25
+#define BYTEAOID 17
+#define BYTEAARRAYOID 1001
+
+/* One message, transactional (decoded only if the caller's transaction commits). */
+static const char wal_one_sql[] = "SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)";
+/* Several, in array order: the ORDER BY is met by the ordinality scan itself (no Sort), and if a
+ * Sort were ever planned PostgreSQL evaluates volatile output expressions after it (9.6+), so the
+ * messages are emitted, and decoded, in the order of the batch. */
+static const char wal_many_sql[] =
+    "SELECT pg_catalog.pg_logical_emit_message(true, $1, t.e) "
+    "FROM unnest($2::bytea[]) WITH ORDINALITY AS t(e, n) ORDER BY t.n";
+static const Oid wal_one_types[2] = {TEXTOID, BYTEAOID};
+static const Oid wal_many_types[2] = {TEXTOID, BYTEAARRAYOID};
 
 /* Checks the handle, connection and transaction state shared by both entry points. */
 static outbox_err_t check_conn(outbox_t *ob, PGconn *conn, const char *fn) {
@@ -47,7 +68,7 @@ static outbox_err_t check_conn(outbox_t *ob, PGconn *conn, const char *fn) {
 }
 
 /* One encoded row: its parameters point into the message and these binary fields. */
-typedef struct {
+typedef struct outbox_wrow_s {
     void *env;
     size_t env_len;
     uint8_t uuid[16];   /* binary uuid */
@@ -116,47 +137,130 @@ static char *insert_sql(const char *schema_q, size_t n) {
     return sql;
 }
 
-static outbox_err_t insert_chunk(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
-                                 const row_t *rows, size_t n) {
-    size_t np = n * COLS_PER_ROW;
-    const char **values = malloc(np * sizeof(*values));
-    int *lengths = malloc(np * sizeof(*lengths));
-    int *formats = malloc(np * sizeof(*formats));
-    char *sql = insert_sql(ob->schema_q, n);
-    outbox_err_t err = OUTBOX_OK;
-    if (!values || !lengths || !formats || !sql) {
-        err = outbox_seterr(ob, OUTBOX_ERR_NOMEM, "outbox_send: out of memory");
-        goto done;
-    }
+/* Allocates a statement's parameter arrays for np parameters: 0, or -1 when out of memory. */
+static int stmt_alloc(outbox_wstmt_t *st, size_t np) {
+    st->nparams = (int)np;
+    st->values = calloc(np, sizeof(*st->values));
+    st->lengths = calloc(np, sizeof(*st->lengths));
+    st->formats = calloc(np, sizeof(*st->formats));
+    return st->values && st->lengths && st->formats ? 0 : -1;
+}
+
+/* The multi-row INSERT of n rows. */
+static int insert_stmt(outbox_t *ob, const outbox_message_t *const *ms, const row_t *rows, size_t n,
+                       outbox_wstmt_t *st) {
+    if (stmt_alloc(st, n * COLS_PER_ROW) || !(st->sql = insert_sql(ob->schema_q, n)))
+        return -1;
     for (size_t i = 0; i < n; i++) {
         const outbox_message_t *m = ms[i];
         size_t p = i * COLS_PER_ROW;
-        values[p] = (const char *)rows[i].uuid;
-        values[p + 1] = m->destination;
-        values[p + 2] = m->key_len ? (const char *)m->key : NULL; /* NULL = no key */
-        values[p + 3] = m->type;
-        values[p + 4] = rows[i].env;
-        values[p + 5] = (const char *)&rows[i].created;
+        st->values[p] = (const char *)rows[i].uuid;
+        st->values[p + 1] = m->destination;
+        st->values[p + 2] = m->key_len ? (const char *)m->key : NULL; /* NULL = no key */
+        st->values[p + 3] = m->type;
+        st->values[p + 4] = rows[i].env;
+        st->values[p + 5] = (const char *)&rows[i].created;
         static const int fmt[COLS_PER_ROW] = {1, 0, 1, 0, 1, 1};
-        for (size_t k = 0; k < COLS_PER_ROW; k++) {
-            lengths[p + k] = 0;
-            formats[p + k] = fmt[k];
-        }
-        lengths[p] = 16;
-        lengths[p + 2] = (int)m->key_len;
-        lengths[p + 4] = (int)rows[i].env_len;
-        lengths[p + 5] = 8;
+        for (size_t k = 0; k < COLS_PER_ROW; k++)
+            st->formats[p + k] = fmt[k];
+        st->lengths[p] = 16;
+        st->lengths[p + 2] = (int)m->key_len;
+        st->lengths[p + 4] = (int)rows[i].env_len;
+        st->lengths[p + 5] = 8;
     }
-    PGresult *res = PQexecParams(conn, sql, (int)np, NULL, values, lengths, formats, 0);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        err = outbox_seterr_pg(ob, conn, res, "insert into the outbox");
-    PQclear(res);
-done:
-    free(values);
-    free(lengths);
-    free(formats);
-    free(sql);
+    return 0;
+}
+
+static char *put_be32(char *p, uint32_t v) {
+    v = htobe32(v);
+    memcpy(p, &v, 4);
+    return p + 4;
+}
+
+/* pg_logical_emit_message of n envelopes with ob's prefix: one message alone, several through a
+ * bytea[] in PostgreSQL's binary array format (array_recv: ndim, has-null flag, element type,
+ * then per dimension its size and lower bound, then per element its length and bytes). */
+static int emit_stmt(outbox_t *ob, const row_t *rows, size_t n, outbox_wstmt_t *st) {
+    if (stmt_alloc(st, 2))
+        return -1;
+    st->values[0] = ob->wal_prefix;
+    st->formats[1] = 1;
+    if (n == 1) {
+        st->sql = outbox_strdup(wal_one_sql);
+        st->types = wal_one_types;
+        st->values[1] = rows[0].env;
+        st->lengths[1] = (int)rows[0].env_len;
+        return st->sql ? 0 : -1;
+    }
+    size_t len = 20;
+    for (size_t i = 0; i < n; i++)
+        len += 4 + rows[i].env_len;
+    st->sql = outbox_strdup(wal_many_sql);
+    st->types = wal_many_types;
+    if (!st->sql || !(st->arr = malloc(len)))
+        return -1;
+    char *p = put_be32(st->arr, 1);
+    p = put_be32(p, 0);
+    p = put_be32(p, BYTEAOID);
+    p = put_be32(p, (uint32_t)n);
+    p = put_be32(p, 1);
+    for (size_t i = 0; i < n; i++) {
+        p = put_be32(p, (uint32_t)rows[i].env_len);
+        memcpy(p, rows[i].env, rows[i].env_len);
+        p += rows[i].env_len;
+    }
+    st->values[1] = st->arr;
+    st->lengths[1] = (int)len;
+    return 0;
+}
+
+void outbox_write_free(outbox_write_t *w) {
+    for (size_t i = 0; w->rows && i < w->n; i++)
+        free(w->rows[i].env);
+    for (size_t i = 0; w->stmts && i < w->nstmts; i++) {
+        outbox_wstmt_t *st = &w->stmts[i];
+        free(st->sql);
+        free(st->values);
+        free(st->lengths);
+        free(st->formats);
+        free(st->arr);
+    }
+    free(w->rows);
+    free(w->stmts);
+    memset(w, 0, sizeof(*w));
+}
+
+outbox_err_t outbox_write_build(outbox_t *ob, const outbox_message_t *const *ms, size_t n, const char *fn,
+                                outbox_write_t *w) {
+    memset(w, 0, sizeof(*w));
+    w->what = ob->wal ? "emit the outbox messages (pg_logical_emit_message)" : "insert into the outbox";
+    outbox_err_t err = OUTBOX_OK;
+    /* One statement per message at most. */
+    if (!(w->rows = calloc(n, sizeof(*w->rows))) || !(w->stmts = calloc(n, sizeof(*w->stmts)))) {
+        outbox_write_free(w);
+        return outbox_seterr(ob, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
+    }
+    w->n = n;
+    /* Encode and check everything first: a bad message refuses the batch before any write. */
+    for (size_t i = 0; !err && i < n; i++)
+        err = encode_row(ob, ms[i], i, fn, &w->rows[i]);
+    for (size_t off = 0, k; !err && off < n; off += k) {
+        size_t bytes = w->rows[off].env_len;
+        for (k = 1; off + k < n && k < ROWS_PER_INSERT &&
+                    bytes + w->rows[off + k].env_len <= BYTES_PER_STATEMENT; k++)
+            bytes += w->rows[off + k].env_len;
+        outbox_wstmt_t *st = &w->stmts[w->nstmts++];
+        if (ob->wal ? emit_stmt(ob, w->rows + off, k, st) : insert_stmt(ob, ms + off, w->rows + off, k, st))
+            err = outbox_seterr(ob, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
+    }
+    if (err)
+        outbox_write_free(w);
     return err;
+}
+
+int outbox_write_res_ok(const PGresult *res) {
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
 }
 
 static outbox_err_t send_many(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
@@ -164,19 +268,18 @@ static outbox_err_t send_many(outbox_t *ob, PGconn *conn, const outbox_message_t
     outbox_err_t err = check_conn(ob, conn, fn);
     if (err)
         return err;
-    row_t *rows = calloc(n, sizeof(*rows));
-    if (!rows)
-        return outbox_seterr(ob, OUTBOX_ERR_NOMEM, "%s: out of memory", fn);
-    /* Encode and check everything first: a bad message refuses the batch before any write. */
-    for (size_t i = 0; !err && i < n; i++)
-        err = encode_row(ob, ms[i], i, fn, &rows[i]);
-    for (size_t off = 0; !err && off < n; off += ROWS_PER_INSERT) {
-        size_t k = n - off < ROWS_PER_INSERT ? n - off : ROWS_PER_INSERT;
-        err = insert_chunk(ob, conn, ms + off, rows + off, k);
+    outbox_write_t w;
+    if ((err = outbox_write_build(ob, ms, n, fn, &w)))
+        return err;
+    for (size_t i = 0; !err && i < w.nstmts; i++) {
+        const outbox_wstmt_t *st = &w.stmts[i];
+        PGresult *res = PQexecParams(conn, st->sql, st->nparams, st->types, st->values, st->lengths,
+                                     st->formats, 0);
+        if (!outbox_write_res_ok(res))
+            err = outbox_seterr_pg(ob, conn, res, w.what);
+        PQclear(res);
     }
-    for (size_t i = 0; i < n; i++)
-        free(rows[i].env);
-    free(rows);
+    outbox_write_free(&w);
     if (!err)
         ob->errstr[0] = '\0';
     return err;

@@ -40,6 +40,8 @@ int relay_migrate(relay_t *r) {
     if (outbox_schema_version(ob, pg, &before) != OUTBOX_OK || outbox_migrate(ob, pg) != OUTBOX_OK) {
         fprintf(stderr, "outbox-relay: migrate failed: %s\n", outbox_errmsg(ob));
         rc = 1;
+    } else if (outbox_conf_wal(r->conf) && wal_migrate(r, pg)) {
+        rc = 1; /* the schema is current; what the stream needs was named above */
     } else if (before == OUTBOX_SCHEMA_VERSION) {
         printf("schema %s is at version %d (already current; nothing changed)\n", r->schema_q, before);
     } else {
@@ -187,6 +189,7 @@ int relay_status(relay_t *r, int argc, const char **argv) {
     }
     if (PQntuples(c))
         leader_parse(PQgetvalue(c, 0, 0), &ld);
+    bool wal = outbox_conf_wal(r->conf);
     if (json) {
         printf("{\"schema\":");
         admin_json_str(r->schema);
@@ -218,6 +221,8 @@ int relay_status(relay_t *r, int argc, const char **argv) {
         }
         printf("],\"parked_keys\":");
         parked_print(pk, true, false);
+        if (wal)
+            wal_status_print(r, pg, true);
         printf("}\n");
     } else {
         /* The same names as the JSON fields; open_writer is one element of open_writers. */
@@ -232,6 +237,8 @@ int relay_status(relay_t *r, int argc, const char **argv) {
                    PQgetvalue(c, 0, 1), PQgetvalue(c, 0, 2));
         else
             printf("leader:          none\n");
+        if (wal)
+            wal_status_print(r, pg, false);
         printf("parked_keys:     %d\n", PQntuples(pk));
         parked_print(pk, false, true);
         /* An open writer holds the claim floor: claims then step over more deleted rows. */
@@ -326,6 +333,7 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
         }
     }
     const char *s = r->schema_q;
+    bool wal = outbox_conf_wal(r->conf);
     printf("-- Least-privilege roles for the outbox in schema %s (liboutbox %s).\n"
            "-- Apply as the owner of the schema, e.g.: outbox-relay grants ... | psql\n"
            "-- The owner runs `outbox-relay migrate` (or outbox_migrate() on an older schema); every\n"
@@ -339,6 +347,9 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
         printf("GRANT USAGE ON SCHEMA %s TO %s;\n", s, q);
         for (int g = 0; g < 10 && role_specs[k].grants[g][0]; g++)
             printf("GRANT %s ON %s.%s TO %s;\n", role_specs[k].grants[g][0], s, role_specs[k].grants[g][1], q);
+        if (wal && !strcmp(role_specs[k].flag, "--relay"))
+            printf("-- outbox.mode=wal: the relay streams from a replication slot (needs a superuser to apply)\n"
+                   "ALTER ROLE %s REPLICATION;\n", q);
     }
     printf("COMMIT;\n");
 done:

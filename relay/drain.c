@@ -100,7 +100,10 @@ static void pace(relay_t *r, pace_t *p, int got) {
     } else {
         /* A trickle keeps the waits short (its next message is likely soon); a quiet second
          * lets them grow to poll.max, where an idle relay costs least. */
-        relay_sleep(r, p->idle_ms);
+        if (r->src->wait)
+            r->src->wait(r, p->idle_ms); /* wakes when input arrives */
+        else
+            relay_sleep(r, p->idle_ms);
         int64_t cap = outbox_mono_ms() - p->last_rows_ms < QUIET_MS ? r->set.poll_active_ms
                                                                      : r->set.poll_max_ms;
         p->idle_ms = p->idle_ms * 2 > cap ? cap : (p->idle_ms ? p->idle_ms * 2 : 1);
@@ -186,7 +189,13 @@ int relay_run(relay_t *r) {
     }
     settings_read(r);
     session_init(r);
-    r->src = &relay_table_source;
+    r->src = outbox_conf_wal(r->conf) ? &relay_wal_source : &relay_table_source;
+    if (r->src == &relay_wal_source && r->set.park_key) {
+        /* Parked messages are stored by table id; the stream has none yet. */
+        outbox_log(r->conf, 4, FAC, "msg=\"relay.poison.policy=park-key is not available in wal mode yet: a "
+                   "message that fails permanently is dead-lettered instead\"");
+        r->set.park_key = false;
+    }
     r->inflight = calloc((size_t)r->set.inflight_max, sizeof(*r->inflight));
     if (!r->inflight || pthread_mutex_init(&r->metrics.lock, NULL) != 0) {
         fprintf(stderr, "outbox-relay: out of memory starting the relay\n");

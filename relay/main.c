@@ -48,7 +48,7 @@ static void usage(FILE *fp) {
     fprintf(fp,
             "usage: outbox-relay [-c FILE] [-X key=value]...\n"
             "                    [run|migrate|status|dead-letters|consumer-dead-letters|parked|\n"
-            "                     consumer-parked|grants] [ARGS]\n"
+            "                     consumer-parked|grants|slot-recreate] [ARGS]\n"
             "       outbox-relay --help | --version\n"
             "\n"
             "Publishes the rows of a liboutbox outbox table to Kafka, in id order, deleting each\n"
@@ -57,7 +57,9 @@ static void usage(FILE *fp) {
             "Verbs (the role that runs each is the one `grants` creates, except migrate):\n"
             "  run       publish until SIGTERM/SIGINT (the default); needs kafka.bootstrap.servers\n"
             "  migrate   create or upgrade the outbox schema, then exit; run it as the schema's owner\n"
-            "            (any granted role may run it on a current schema: it then only checks)\n"
+            "            (any granted role may run it on a current schema: it then only checks); with\n"
+            "            outbox.mode=wal it also checks wal_level, the slot and sender limits and the\n"
+            "            REPLICATION attribute, and creates the publication and the logical slot\n"
             "  status [--json]\n"
             "            the schema version, backlog, oldest message's age, dead letters, the leader\n"
             "            relay (its pid and host) and transactions that hold the claim floor\n"
@@ -98,6 +100,10 @@ static void usage(FILE *fp) {
             "  grants [--writer ROLE] [--relay ROLE] [--consumer ROLE]\n"
             "            print SQL creating least-privilege roles for this schema: the relay's role\n"
             "            runs every verb above but migrate\n"
+            "  slot-recreate --accept-loss\n"
+            "            outbox.mode=wal: replace a lost replication slot with a new one at the current\n"
+            "            WAL position, with no relay running; prints the positions whose messages are\n"
+            "            lost (the relay never re-creates a slot by itself)\n"
             "\n"
             "Options:\n"
             "  -c FILE   read key=value lines ('#' starts a comment)\n"
@@ -182,6 +188,7 @@ static const struct {
     {"parked", relay_parked},
     {"consumer-parked", relay_consumer_parked},
     {"grants", relay_grants},
+    {"slot-recreate", relay_slot_recreate},
 };
 #define ARG_VERBS ((int)(sizeof(arg_verbs) / sizeof(arg_verbs[0])))
 
@@ -226,7 +233,7 @@ int main(int argc, char **argv) {
         } else {
             fprintf(stderr, "outbox-relay: unknown argument \"%s\" (expected -c FILE, -X key=value, or a verb: "
                             "run, migrate, status, dead-letters, consumer-dead-letters, parked, consumer-parked, "
-                            "grants; see --help)\n", a);
+                            "grants, slot-recreate; see --help)\n", a);
             return 2;
         }
     }

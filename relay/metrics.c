@@ -96,6 +96,24 @@ static void render(relay_t *r, sbuf_t *b) {
     put(b, "# HELP outbox_oldest_message_age_seconds Age of the oldest row in the outbox.\n"
            "# TYPE outbox_oldest_message_age_seconds gauge\noutbox_oldest_message_age_seconds %.3f\n",
         (double)atomic_load(&m->oldest_age_ms) / 1000.0);
+    if (atomic_load(&m->wal_mode)) {
+        put(b, "# HELP outbox_relay_wal_lag_bytes WAL between the server's current position and the slot's "
+               "confirmed one.\n# TYPE outbox_relay_wal_lag_bytes gauge\noutbox_relay_wal_lag_bytes %lld\n",
+            (long long)atomic_load(&m->wal_lag_bytes));
+        put(b, "# HELP outbox_relay_wal_retained_bytes WAL the slot keeps the server from removing.\n"
+               "# TYPE outbox_relay_wal_retained_bytes gauge\noutbox_relay_wal_retained_bytes %lld\n",
+            (long long)atomic_load(&m->wal_retained_bytes));
+        put(b, "# HELP outbox_relay_wal_confirmed_lsn The slot's confirmed position (everything before it is "
+               "published).\n# TYPE outbox_relay_wal_confirmed_lsn gauge\noutbox_relay_wal_confirmed_lsn %lld\n",
+            (long long)atomic_load(&m->wal_confirmed_lsn));
+        put(b, "# HELP outbox_relay_wal_last_commit_timestamp_seconds Commit time of the last transaction read "
+               "from the stream.\n# TYPE outbox_relay_wal_last_commit_timestamp_seconds gauge\n"
+               "outbox_relay_wal_last_commit_timestamp_seconds %.3f\n",
+            (double)atomic_load(&m->wal_last_commit_ms) / 1000.0);
+        put(b, "# HELP outbox_relay_wal_slot_broken 1 while the slot is missing or lost: nothing is published.\n"
+               "# TYPE outbox_relay_wal_slot_broken gauge\noutbox_relay_wal_slot_broken %d\n",
+            atomic_load(&m->wal_broken));
+    }
     put(b, "# HELP outbox_relay_is_leader 1 while this relay holds the leadership lock.\n"
            "# TYPE outbox_relay_is_leader gauge\noutbox_relay_is_leader %d\n", atomic_load(&m->is_leader));
     put(b, "# HELP outbox_relay_pg_reconnects_total Connections to PostgreSQL made after the first.\n"
@@ -181,13 +199,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return reply_text(conn, 200, "ok\n");
     if (!strcmp(url, "/readyz")) {
         int pg = atomic_load(&r->metrics.pg_ok), kafka = atomic_load(&r->metrics.kafka_ok);
-        int leader = atomic_load(&r->metrics.is_leader);
-        char *body = malloc(128);
+        int leader = atomic_load(&r->metrics.is_leader), slot_ok = !atomic_load(&r->metrics.wal_broken);
+        char *body = malloc(160);
         int n = 0;
+        bool ready = pg && kafka && slot_ok;
         if (body)
-            n = snprintf(body, 128, "%s postgresql=%s kafka=%s role=%s\n", pg && kafka ? "ready" : "not ready",
-                         pg ? "up" : "down", kafka ? "up" : "down", leader ? "leader" : "standby");
-        return reply(conn, pg && kafka ? 200 : 503, "text/plain", body, (size_t)n);
+            n = snprintf(body, 160, "%s postgresql=%s kafka=%s role=%s%s\n", ready ? "ready" : "not ready",
+                         pg ? "up" : "down", kafka ? "up" : "down", leader ? "leader" : "standby",
+                         slot_ok ? "" : " slot=broken (see the log)");
+        return reply(conn, ready ? 200 : 503, "text/plain", body, (size_t)n);
     }
     return reply_text(conn, 404, "not found: try /metrics, /healthz, /readyz\n");
 }

@@ -261,6 +261,13 @@ static bool produce_row(relay_t *r, batch_t *b, int i) {
         b->state[i] = ROW_HELD; /* its key is parked: it waits behind the failed row */
         return true;
     }
+    if (b->error[i] && b->state[i] == ROW_PENDING) {
+        /* The source found it unpublishable (a WAL message whose envelope does not decode). */
+        char reason[300];
+        outbox_snprintf(reason, sizeof(reason), "%s", b->error[i]);
+        mark_failed(r, b, i, "%s", reason);
+        return true;
+    }
     if (!outbox_topic_valid(row->dest, why, sizeof(why))) {
         mark_failed(r, b, i, "invalid destination: \"%.200s\" %s", row->dest, why);
         return true;

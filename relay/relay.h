@@ -131,9 +131,12 @@ typedef struct {
     int64_t (*left)(relay_t *r);
     /* Releases every session and buffer. */
     void (*close)(relay_t *r);
+    /* Optional: waits up to ms for input, serving delivery reports meanwhile (NULL: sleep). */
+    void (*wait)(relay_t *r, int64_t ms);
 } relay_source_t;
 
 extern const relay_source_t relay_table_source; /* claim.c */
+extern const relay_source_t relay_wal_source;   /* walsource.c */
 
 /* ---- state by concern ----------------------------------------------------------------------- */
 
@@ -147,6 +150,8 @@ typedef struct {
     _Atomic int64_t parked_keys, parked_messages, parked_oldest_s, parked_overtaken;
     _Atomic int64_t batch_buckets[METRICS_BUCKETS], batch_count, batch_sum_us;
     _Atomic int is_leader, pg_ok, kafka_ok;
+    _Atomic int wal_mode, wal_broken;   /* wal_broken: the slot is missing or lost (not ready) */
+    _Atomic int64_t wal_lag_bytes, wal_retained_bytes, wal_confirmed_lsn, wal_last_commit_ms;
     pthread_mutex_t lock; /* guards errs */
     struct {
         int code;
@@ -264,6 +269,34 @@ typedef struct {
     char sql_load[256], sql_poll[512], sql_release[2560];
 } relay_park_t;
 
+/* walsource.c: the logical replication stream of the WAL source. */
+typedef struct {
+    PGconn *repl;            /* the replication connection, streaming; NULL: none */
+    char slot[OUTBOX_WAL_NAME_SIZE], publication[OUTBOX_WAL_NAME_SIZE], prefix[OUTBOX_WAL_NAME_SIZE];
+    size_t prefix_len;
+    void *build;             /* the batch being read from the stream (walsource.c) */
+    bool in_txn;             /* between a Begin and its Commit */
+    int64_t seq;             /* the position given to the next message read */
+    uint64_t confirmed;      /* the end of what Kafka acknowledged entirely (flushed) */
+    uint64_t reported;       /* what the last status update carried */
+    int64_t next_status_ms;
+    bool status_asked;       /* the server asked for a status update */
+    bool restart;            /* a message is to be sent again: restart from the slot */
+    bool table_phase;        /* rows left in the table (table mode, retried dead letters) first */
+    bool warned_untx;        /* a non-transactional message with the prefix was logged */
+    int64_t next_table_ms, next_sample_ms, next_broken_log_ms;
+    int64_t backoff_ms;      /* before the next attempt to start the stream */
+    char sql_dead[1024], sql_slot[512], sql_rows[256];
+} relay_wal_t;
+
+/* walsource.c: a batch's storage: every byte its rows point to, and where it ends. */
+typedef struct {
+    char *arena;             /* destinations, keys, envelopes, types, errors */
+    uint8_t *uuids;          /* 16 bytes a row */
+    uint64_t *lsn;           /* each row's message LSN (dead letters are recorded under -lsn) */
+    uint64_t confirm;        /* the end of the last transaction this batch completes; 0: none */
+} wal_owner_t;
+
 struct relay_s {
     outbox_conf_t *conf;
     relay_settings_t set;
@@ -280,6 +313,7 @@ struct relay_s {
     relay_reindex_t reindex;
     relay_producer_t prod;
     relay_park_t park;
+    relay_wal_t wal;
     batch_t **inflight;
     int inflight_cnt;
     bool rewind;                  /* a row failed transiently: drain, then deliver from the oldest */
@@ -391,6 +425,34 @@ void producer_probe(relay_t *r);
 void settle_build_sql(relay_t *r);
 void settle_table(relay_t *r, bool wait);
 void settle_close(relay_t *r);
+
+/* ---- walslot.c: the WAL source's slot, stream connection, dead letters and figures ---------- */
+
+/* The slot, publication and prefix names and the statements, from the settings. */
+void wal_build_sql(relay_t *r);
+/* Checks the slot and publication on the leader session, connects for replication and starts
+ * streaming from the slot's confirmed position: 0, or -1 (logged; retried after a backoff). */
+int wal_stream_start(relay_t *r);
+/* Closes the stream; why (may be NULL) is logged. */
+void wal_stream_close(relay_t *r, const char *why);
+/* The server ended the stream: logs its reason and closes it. */
+void wal_stream_end(relay_t *r);
+/* Whether the outbox table holds rows: 1, 0, or -1 when it cannot be told. */
+int wal_table_has_rows(relay_t *r);
+/* Records the batch's dead rows in dead_letters (id: the message's LSN, negated): 0, or -1. */
+int wal_dead_letters(relay_t *r, batch_t *b);
+/* Every 2 s: the slot's lag, retained WAL and health, for metrics and readiness. */
+void wal_sample(relay_t *r);
+
+/* ---- walsetup.c --------------------------------------------------------------------------- */
+
+/* migrate's part in outbox.mode=wal: checks wal_level, the slots, senders and the REPLICATION
+ * attribute, then creates the publication and slot if missing.  0, or 1 with each problem printed. */
+int wal_migrate(relay_t *r, PGconn *pg);
+/* status's lines (or JSON members, each led by a comma) about the slot, in outbox.mode=wal. */
+void wal_status_print(relay_t *r, PGconn *pg, bool json);
+/* The slot-recreate verb: replaces a lost (or missing) slot, saying which positions were lost. */
+int relay_slot_recreate(relay_t *r, int argc, const char **argv);
 
 /* ---- reindex.c -------------------------------------------------------------------------------- */
 

@@ -127,8 +127,8 @@ static const row_t rows[] = {
     /* ---- version and errors ---- */
     {"outbox_version_str", "no arguments", .expect = R_PTR, .re = "^[0-9]+\\.[0-9]+\\.[0-9]+$"},
     {"outbox_err2str", "OUTBOX_OK", .n = 0, .expect = R_PTR, .re = "^success$"},
-    {"outbox_err2str", "the last code", .n = OUTBOX_ERR_SCHEMA_TOO_NEW, .expect = R_PTR, .re = "newer than this library"},
-    {"outbox_err2str", "one past the last code", .n = -14, .expect = R_PTR, .re = "^unknown error$"},
+    {"outbox_err2str", "the last code", .n = OUTBOX_ERR_COMMIT_UNKNOWN, .expect = R_PTR, .re = "^commit outcome unknown$"},
+    {"outbox_err2str", "one past the last code", .n = -15, .expect = R_PTR, .re = "^unknown error$"},
     {"outbox_err2str", "a positive code", .n = 1, .expect = R_PTR, .re = "^unknown error$"},
     {"outbox_err2str", "INT_MIN", .n = INT_MIN, .expect = R_PTR, .re = "^unknown error$"},
     {"outbox_err2str", "INT_MAX", .n = INT_MAX, .expect = R_PTR, .re = "^unknown error$"},
@@ -599,6 +599,36 @@ static const row_t rows[] = {
      .re = "^outbox_send_batch: the connection is bad"},
     {"outbox_send_batch", "SQL-looking schema and message fields", .conn = CN_TX, .msg = MS_HOSTILE,
      .schema = SQL_IDENT, .expect = OUTBOX_OK, .re = "^ok \\| rows=1 dest=\\[orders\\] types=\\['; select 1; --\\]"},
+
+    {"outbox_send_commit", "ob NULL", .conn = CN_TX, .msg = MS_EVENT, .flags = F_NULL_H,
+     .expect = OUTBOX_ERR_INVALID_ARG, .re = "^outbox handle is NULL \\| tx=INTRANS rows=0 "},
+    {"outbox_send_commit", "conn NULL", .conn = CN_NULL, .msg = MS_EVENT, .expect = OUTBOX_ERR_INVALID_ARG,
+     .re = "^outbox_send_commit: conn is NULL; pass the PGconn .* \\| tx=none rows=0 "},
+    {"outbox_send_commit", "ms NULL, n 3", .conn = CN_TX, .msg = MS_NULL, .n = 3, .flags = F_LEN,
+     .expect = OUTBOX_ERR_INVALID_ARG,
+     .re = "^outbox_send_commit: ms is NULL but n is 3; nothing was sent and the transaction was rolled back \\| tx=IDLE rows=0 "},
+    {"outbox_send_commit", "ms NULL, n 0: just COMMIT", .conn = CN_TX, .msg = MS_NULL, .n = 0, .flags = F_LEN,
+     .expect = OUTBOX_OK, .re = "^ok \\| tx=IDLE rows=0 "},
+    {"outbox_send_commit", "a NULL message in the batch", .conn = CN_TX, .msg = MS_BATCH_WITH_NULL,
+     .expect = OUTBOX_ERR_INVALID_ARG, .re = "^outbox_send_commit: message 1 is NULL; .*rolled back \\| tx=IDLE rows=0 "},
+    {"outbox_send_commit", "one message too large refuses all", .conn = CN_TX, .msg = MS_BATCH_WITH_BIG,
+     .expect = OUTBOX_ERR_MSG_TOO_LARGE, .re = "encodes to 1000001 bytes.*rolled back \\| tx=IDLE rows=0 "},
+    {"outbox_send_commit", "n (size_t)-1", .conn = CN_TX, .msg = MS_BATCH_WITH_NULL, .n = -1, .flags = F_LEN,
+     .expect = OUTBOX_ERR_INVALID_ARG, .re = "^outbox_send_commit: n is 18446744073709551615.* \\| tx=IDLE rows=0 "},
+    {"outbox_send_commit", "no transaction", .conn = CN_IDLE, .msg = MS_EVENT, .expect = OUTBOX_ERR_NOT_IN_TRANSACTION,
+     .re = "not inside a transaction block.*nothing was sent \\| tx=IDLE rows=0 "},
+    {"outbox_send_commit", "a failed transaction", .conn = CN_FAILED, .msg = MS_EVENT,
+     .expect = OUTBOX_ERR_TRANSACTION_ABORTED, .re = "COMMIT rolled it back.* \\| tx=IDLE rows=0 "},
+    {"outbox_send_commit", "a bad connection", .conn = CN_BAD, .msg = MS_EVENT, .expect = OUTBOX_ERR_CONNECTION,
+     .re = "^outbox_send_commit: the connection is bad"},
+    {"outbox_send_commit", "a connection busy with a query", .conn = CN_BUSY, .msg = MS_EVENT, .expect = OUTBOX_ERR_STATE,
+     .re = "busy with another query.*nothing was sent \\| tx=ACTIVE rows=0 "},
+    {"outbox_send_commit", "a terminated backend", .conn = CN_KILLED, .msg = MS_EVENT, .expect = OUTBOX_ERR_CONNECTION,
+     .re = "(terminat|closed).* \\| tx=.* rows=0 "},
+    {"outbox_send_commit", "schema not migrated", .conn = CN_TX, .msg = MS_EVENT, .flags = F_NOMIGRATE,
+     .expect = OUTBOX_ERR_SCHEMA, .re = "not migrated.*nothing was committed.* \\| tx=IDLE rows=\\?$"},
+    {"outbox_send_commit", "SQL-looking schema and message fields", .conn = CN_TX, .msg = MS_HOSTILE,
+     .schema = SQL_IDENT, .expect = OUTBOX_OK, .re = "^ok \\| tx=IDLE rows=1 dest=\\[orders\\] types=\\['; select 1; --\\]"},
 
     /* ---- schema ---- */
     {"outbox_migrate", "ob NULL", .conn = CN_IDLE, .flags = F_NULL_H, .expect = OUTBOX_ERR_INVALID_ARG,
@@ -1847,6 +1877,34 @@ static int h_send_batch(val_t a, val_t b, char *msg, size_t msz) {
     return r;
 }
 
+static int h_send_commit(val_t a, val_t b, char *msg, size_t msz) {
+    (void)a, (void)b;
+    outbox_t *own = row_ob(), *ob = cur->flags & F_NULL_H ? NULL : own;
+    PGconn *c = make_conn(cur->conn);
+    outbox_message_t *ms[2] = {NULL, NULL};
+    size_t n = 1;
+    switch (cur->msg) {
+    case MS_NULL: n = 0; break;
+    case MS_BATCH_WITH_NULL: ms[0] = build_msg(MS_EVENT), n = 2; break;
+    case MS_BATCH_WITH_BIG: ms[0] = build_msg(MS_EVENT), ms[1] = build_msg(MS_OVER_LIMIT), n = 2; break;
+    default: ms[0] = build_msg(cur->msg); break;
+    }
+    if (cur->flags & F_LEN)
+        n = (size_t)cur->n;
+    int r = outbox_send_commit(ob, c, cur->msg == MS_NULL ? NULL : (const outbox_message_t *const *)ms, n);
+    char err[600];
+    snprintf(err, sizeof(err), "%s", r ? outbox_errmsg(ob) : "ok");
+    /* The transaction state it left, before finish_tx() ends one it left open. */
+    const char *tx = c && PQstatus(c) == CONNECTION_OK ? tx_name(c) : c ? "dead" : "none";
+    finish_tx(c);
+    snprintf(msg, msz, "%s | tx=%s %s", err, tx, describe_rows());
+    outbox_message_destroy(ms[0]);
+    outbox_message_destroy(ms[1]);
+    free_conn(c);
+    outbox_destroy(own);
+    return r;
+}
+
 static int h_migrate(val_t a, val_t b, char *msg, size_t msz) {
     (void)a, (void)b;
     char err[512];
@@ -2175,6 +2233,7 @@ static const struct {
     {"outbox_message_decode", h_message_decode},
     {"outbox_send", h_send},
     {"outbox_send_batch", h_send_batch},
+    {"outbox_send_commit", h_send_commit},
     {"outbox_migrate", h_migrate},
     {"outbox_schema_version", h_schema_version},
     {"outbox_consumer_new", h_consumer_new},

@@ -94,6 +94,32 @@ START_TEST(test_valid_values_stored) {
 }
 END_TEST
 
+START_TEST(test_wal_keys) {
+    ck_assert_str_eq(get("outbox.mode"), "table");
+    ck_assert_str_eq(get("relay.slot.name"), "");
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.mode", "wal", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_str_eq(get("outbox.mode"), "wal");
+    ck_assert_int_eq(outbox_conf_set(conf, "outbox.mode", "WAL", err, sizeof(err)), OUTBOX_CONF_INVALID);
+    ck_assert_str_eq(err, "invalid value \"WAL\" for \"outbox.mode\": expected one of table|wal");
+    ck_assert_str_eq(get("outbox.mode"), "wal");
+    ck_assert_int_eq(outbox_conf_set(conf, "relay.slot.name", "orders_outbox_1", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_str_eq(get("relay.slot.name"), "orders_outbox_1");
+    ck_assert_int_eq(outbox_conf_set(conf, "relay.slot.name", "", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "relay.slot.name", "Orders-1", err, sizeof(err)), OUTBOX_CONF_INVALID);
+    ck_assert_msg(strstr(err, "\"Orders-1\"") && strstr(err, "\"relay.slot.name\"") &&
+                      strstr(err, "lower-case letters, digits and _ (byte 0 is 0x4f)") &&
+                      strstr(err, "use e.g. \"outbox_orders\""), "%s", err);
+    char longname[80];
+    memset(longname, 'a', 64);
+    longname[64] = '\0';
+    ck_assert_int_eq(outbox_conf_set(conf, "relay.slot.name", longname, err, sizeof(err)), OUTBOX_CONF_INVALID);
+    ck_assert_ptr_nonnull(strstr(err, "0 to 63 bytes, got 64"));
+    longname[63] = '\0';
+    ck_assert_int_eq(outbox_conf_set(conf, "relay.slot.name", longname, err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_str_eq(get("relay.slot.name"), longname);
+}
+END_TEST
+
 START_TEST(test_version) {
     char expect[32];
     snprintf(expect, sizeof(expect), "%d.%d.%d", OUTBOX_VERSION_MAJOR, OUTBOX_VERSION_MINOR,
@@ -115,6 +141,7 @@ static Suite *conf_suite(void) {
     tcase_add_test(tc, test_unknown_key_named);
     tcase_add_test(tc, test_invalid_values_named);
     tcase_add_test(tc, test_valid_values_stored);
+    tcase_add_test(tc, test_wal_keys);
     tcase_add_test(tc, test_version);
     suite_add_tcase(s, tc);
     return s;

@@ -9,8 +9,9 @@
  *  - Functions return outbox_err_t: OUTBOX_OK (0) or a negative error code (outbox_err2str()).
  *    The handle passed in keeps a human-readable message about its last error (outbox_errmsg()).
  *  - Ownership is stated per function.  The library borrows the caller's PGconn: it never begins,
- *    commits, rolls back or closes a transaction or connection it was handed (the one documented
- *    exception is outbox_migrate() on an idle connection, which runs its own transaction).
+ *    commits, rolls back or closes a transaction or connection it was handed (the documented
+ *    exceptions: outbox_migrate() on an idle connection, which runs its own transaction, and
+ *    outbox_send_commit(), which commits the caller's transaction because it was asked to).
  *  - Destroy functions accept NULL.
  */
 #ifndef OUTBOX_OUTBOX_H
@@ -73,6 +74,9 @@ typedef enum {
     OUTBOX_ERR_KAFKA = -12,
     /** The schema in the database is newer than this library understands. */
     OUTBOX_ERR_SCHEMA_TOO_NEW = -13,
+    /** outbox_send_commit(): the connection was lost after the COMMIT was sent, so whether the
+     *  transaction committed is unknown.  Not retriable as such: look for its effects first. */
+    OUTBOX_ERR_COMMIT_UNKNOWN = -14,
 } outbox_err_t;
 
 /** A short static description of an error code, e.g. "not in a transaction".  Never NULL. */
@@ -108,6 +112,11 @@ OUTBOX_API outbox_conf_t *outbox_conf_new(void);
  * Sets key to value, both borrowed (copied).  Keys:
  *   outbox.schema               schema of the outbox tables, default "outbox" (always quoted in SQL;
  *                               UTF-8, 1 to 63 bytes)
+ *   outbox.mode                 table|wal, default table: how outbox_send() carries a message, as a
+ *                               row of <schema>.messages or as a transactional logical decoding
+ *                               message with prefix "outbox:<schema>" (wal needs wal_level=logical)
+ *   relay.slot.name             wal mode: the relay's replication slot, 1 to 63 of [a-z0-9_];
+ *                               default "" = outbox_<schema> lower-cased, other bytes as '_'
  *   writer.allow.autocommit     true|false, default false: allow outbox_send() outside a transaction
  *   writer.max.message.bytes    largest encoded envelope, default 1000000 (Kafka's default)
  *   log.level                   0..7 (syslog), default 6 (info)
@@ -336,7 +345,9 @@ OUTBOX_API outbox_err_t outbox_message_decode(outbox_message_t **out, const void
 
 /**
  * Adds m to the outbox inside the caller's current transaction on conn (both borrowed).  The row
- * exists iff that transaction commits.  conn must be inside a transaction block (BEGIN issued),
+ * exists iff that transaction commits.  With outbox.mode=wal there is no row: the encoded envelope
+ * (the same bytes) is written with pg_logical_emit_message(true, 'outbox:<schema>', envelope), a
+ * transactional message that logical decoding delivers iff the transaction commits.  conn must be inside a transaction block (BEGIN issued),
  * else OUTBOX_ERR_NOT_IN_TRANSACTION and nothing is written, unless writer.allow.autocommit=true.
  * Errors: OUTBOX_ERR_INVALID_ARG (NULL ob/conn/m), OUTBOX_ERR_TRANSACTION_ABORTED,
  * OUTBOX_ERR_INVALID_DESTINATION, OUTBOX_ERR_MSG_TOO_LARGE, OUTBOX_ERR_CONNECTION, OUTBOX_ERR_SCHEMA,
@@ -345,12 +356,39 @@ OUTBOX_API outbox_err_t outbox_message_decode(outbox_message_t **out, const void
 OUTBOX_API outbox_err_t outbox_send(outbox_t *ob, PGconn *conn, const outbox_message_t *m);
 
 /**
- * Adds n messages in the given order (ids ascend in that order) with one INSERT per 5,000 messages,
- * i.e. one round trip for up to 5,000.  Every message is checked before anything is written: one
- * bad message refuses the whole batch.  n == 0 is OUTBOX_OK and writes nothing.
+ * Adds n messages in the given order (ids ascend in that order) with one statement per 5,000
+ * messages or 64 MiB of envelopes, i.e. one round trip for up to 5,000 (wal mode: one
+ * pg_logical_emit_message per message, in order, in one statement over a bytea[]).  Every message
+ * is checked before anything is written: one bad message refuses the whole batch.  n == 0 is
+ * OUTBOX_OK and writes nothing.
  */
 OUTBOX_API outbox_err_t outbox_send_batch(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
                                           size_t n);
+
+/**
+ * Sends n messages (as outbox_send_batch(), either mode) and then COMMITs the caller's transaction
+ * on conn, all in one round trip (libpq pipeline mode), and returns the COMMIT's outcome: OUTBOX_OK
+ * only if the transaction committed.  The one function that ends the caller's transaction.
+ * n == 0 (ms may then be NULL) just commits.  ms, its messages and conn are borrowed.
+ * conn must be inside a transaction block (BEGIN and the caller's statements already sent), in
+ * libpq's normal mode, and not busy.  Refused with conn left exactly as it was, nothing sent:
+ * OUTBOX_ERR_INVALID_ARG (NULL ob or conn), OUTBOX_ERR_CONNECTION (a bad connection),
+ * OUTBOX_ERR_STATE (conn in pipeline mode, or busy), OUTBOX_ERR_NOT_IN_TRANSACTION (no
+ * transaction block; writer.allow.autocommit does not apply: with nothing to commit, call
+ * outbox_send_batch() instead).  Past those checks the transaction always ends: on return conn is
+ * idle, out of the transaction (or dead after a lost connection), whatever happened:
+ *  - OUTBOX_OK: committed.
+ *  - a refused message (NULL ms with n > 0, NULL message, bad destination, too large): nothing
+ *    sent, the transaction rolled back, OUTBOX_ERR_INVALID_ARG etc.
+ *  - OUTBOX_ERR_TRANSACTION_ABORTED: the transaction had already failed; COMMIT rolled it back.
+ *  - OUTBOX_ERR_PG, OUTBOX_ERR_SCHEMA, ...: a statement or the COMMIT itself failed (e.g. a deferred
+ *    constraint, a serialization failure: see outbox_errmsg_retriable()); nothing committed.
+ *  - OUTBOX_ERR_CONNECTION: the connection broke before the COMMIT was sent; nothing committed.
+ *  - OUTBOX_ERR_COMMIT_UNKNOWN: the connection broke after the COMMIT was sent and before its
+ *    answer: the transaction may or may not have committed.  Check on a new connection.
+ */
+OUTBOX_API outbox_err_t outbox_send_commit(outbox_t *ob, PGconn *conn, const outbox_message_t *const *ms,
+                                           size_t n);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Schema                                                                                      */

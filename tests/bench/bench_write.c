@@ -1,10 +1,12 @@
 /*
  * Write overhead: transactions per second of a bare domain transaction (BEGIN; INSERT order;
- * COMMIT) against the same plus outbox_send(), and plus outbox_send_batch() of 10, from N
- * connections, measured in the same process, modes interleaved, the median of several runs.
+ * COMMIT) against the same plus outbox_send(), plus outbox_send_batch() of 10, and with
+ * outbox_send_commit() (message and COMMIT in one round trip), in outbox.mode=table and wal, from
+ * N connections, measured in the same process, modes interleaved, the median of several runs.
  * Usage: bench_write CONNINFO [CONNECTIONS=8] [SECONDS=3] [RUNS=5]
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +15,9 @@
 #include "bench.h"
 #include "outbox/outbox.h"
 
-enum { MODE_BARE, MODE_SEND, MODE_BATCH10, MODES };
-static const char *mode_names[MODES] = {"bare", "outbox_send", "outbox_send_batch(10)"};
+enum { MODE_BARE, MODE_SEND, MODE_BATCH10, MODE_SEND_COMMIT, MODE_WAL_SEND, MODE_WAL_SEND_COMMIT, MODES };
+static const char *mode_names[MODES] = {"bare", "outbox_send", "outbox_send_batch(10)", "outbox_send_commit",
+                                        "wal outbox_send", "wal outbox_send_commit"};
 
 typedef struct {
     const char *conninfo;
@@ -39,6 +42,9 @@ static void *work(void *arg) {
     char err[256];
     outbox_conf_t *conf = outbox_conf_new();
     outbox_conf_set(conf, "log.level", "3", err, sizeof(err));
+    bool wal = w->mode == MODE_WAL_SEND || w->mode == MODE_WAL_SEND_COMMIT;
+    bool with_commit = w->mode == MODE_SEND_COMMIT || w->mode == MODE_WAL_SEND_COMMIT;
+    outbox_conf_set(conf, "outbox.mode", wal ? "wal" : "table", err, sizeof(err));
     outbox_t *ob = outbox_new(conf, err, sizeof(err));
     char payload[200];
     memset(payload, 'p', sizeof(payload));
@@ -51,14 +57,15 @@ static void *work(void *arg) {
             w->failed = 1;
             break;
         }
-        int n = w->mode == MODE_BATCH10 ? 10 : w->mode == MODE_SEND ? 1 : 0;
+        int n = w->mode == MODE_BATCH10 ? 10 : w->mode == MODE_BARE ? 0 : 1;
         outbox_message_t *ms[10];
         for (int i = 0; i < n; i++) {
             ms[i] = outbox_message_new(OUTBOX_EVENT, "orders", "orders.OrderCreated");
             outbox_message_set_key(ms[i], "customer-1", 10);
             outbox_message_set_payload(ms[i], payload, sizeof(payload));
         }
-        outbox_err_t e = n == 1 ? outbox_send(ob, conn, ms[0])
+        outbox_err_t e = with_commit ? outbox_send_commit(ob, conn, (const outbox_message_t *const *)ms, (size_t)n)
+                         : n == 1 ? outbox_send(ob, conn, ms[0])
                          : n ? outbox_send_batch(ob, conn, (const outbox_message_t *const *)ms, (size_t)n)
                              : OUTBOX_OK;
         for (int i = 0; i < n; i++)
@@ -68,7 +75,7 @@ static void *work(void *arg) {
             w->failed = 1;
             break;
         }
-        if (!ok(PQexec(conn, "COMMIT"))) {
+        if (!with_commit && !ok(PQexec(conn, "COMMIT"))) {
             w->failed = 1;
             break;
         }
@@ -133,8 +140,9 @@ int main(int argc, char **argv) {
     for (int mode = 0; mode < MODES; mode++)
         printf("  %-24s %8.0f tps  ratio to bare %.3f\n", mode_names[mode], med[mode], med[mode] / med[MODE_BARE]);
     printf("{\"bench\":\"write\",\"connections\":%d,\"runs\":%d,\"seconds\":%.1f,\"bare_tps\":%.0f,"
-           "\"send_tps\":%.0f,\"batch10_tps\":%.0f,\"send_ratio\":%.3f,\"batch10_ratio\":%.3f}\n",
-           conns, runs, secs, med[0], med[1], med[2], med[1] / med[0], med[2] / med[0]);
+           "\"send_tps\":%.0f,\"batch10_tps\":%.0f,\"send_ratio\":%.3f,\"batch10_ratio\":%.3f,"
+           "\"send_commit_tps\":%.0f,\"wal_send_tps\":%.0f,\"wal_send_commit_tps\":%.0f}\n",
+           conns, runs, secs, med[0], med[1], med[2], med[1] / med[0], med[2] / med[0], med[3], med[4], med[5]);
     outbox_destroy(ob);
     PQfinish(setup);
     return 0;

@@ -1,10 +1,12 @@
 /*
- * Writes the seed corpus of the fuzz targets into tests/fuzz/corpus/{envelope,consumer}: envelopes
- * of every kind made by outbox_message_encode(), hand-made invalid ones, truncations.  A one-off:
- * the output is committed (ids and times differ per run).  Run from the top directory after `make`:
+ * Writes the seed corpus of the fuzz targets into tests/fuzz/corpus/{envelope,consumer,walproto}:
+ * envelopes of every kind made by outbox_message_encode(), hand-made invalid ones, truncations, and
+ * replication frames laid out as relay/walproto.h says.  A one-off: the output is committed (ids and
+ * times differ per run).  Run from the top directory after `make`:
  *   cc -std=c11 -D_GNU_SOURCE -Iinclude -Ilib -Ibuild/gen $(pkg-config --cflags libpq) \
  *      -o build/gen_corpus tests/fuzz/gen_corpus.c build/liboutbox.a \
  *      $(pkg-config --libs libpq rdkafka libprotobuf-c) -pthread && build/gen_corpus
+ * `build/gen_corpus walproto` writes only the walproto seeds (leaving the others as committed).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 
 #define ENV_DIR "tests/fuzz/corpus/envelope"
 #define CON_DIR "tests/fuzz/corpus/consumer"
+#define WAL_DIR "tests/fuzz/corpus/walproto"
 
 static void die(const char *what) {
     fprintf(stderr, "gen_corpus: %s\n", what);
@@ -83,9 +86,98 @@ static outbox_message_t *msg(outbox_kind_t kind, const char *dest, const char *t
     return m;
 }
 
-int main(void) {
+/* Big-endian bytes, as the replication stream carries them. */
+typedef struct {
+    uint8_t b[1024];
+    size_t n;
+} wire_t;
+
+static void w8(wire_t *w, uint8_t v) {
+    if (w->n == sizeof(w->b))
+        die("wire buffer full");
+    w->b[w->n++] = v;
+}
+static void w64(wire_t *w, uint64_t v) {
+    for (int i = 7; i >= 0; i--)
+        w8(w, (uint8_t)(v >> (8 * i)));
+}
+static void w32(wire_t *w, uint32_t v) {
+    for (int i = 3; i >= 0; i--)
+        w8(w, (uint8_t)(v >> (8 * i)));
+}
+static void wbytes(wire_t *w, const void *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        w8(w, ((const uint8_t *)p)[i]);
+}
+/* An XLogData frame header: 'w', dataStart, walEnd, sendTime. */
+static wire_t xlog(uint64_t lsn) {
+    wire_t w = {.n = 0};
+    w8(&w, 'w'), w64(&w, lsn), w64(&w, lsn + 0x100), w64(&w, 817000000000000u);
+    return w;
+}
+/* A pgoutput Message: 'M', flags, lsn, prefix\0, int32 length, content. */
+static void wmessage(wire_t *w, uint8_t flags, const char *prefix, uint32_t len_field, const void *c, size_t n) {
+    w8(w, 'M'), w8(w, flags), w64(w, 0x16B374D848u);
+    wbytes(w, prefix, strlen(prefix) + 1);
+    w32(w, len_field), wbytes(w, c, n);
+}
+
+/* Seeds for fuzz_walproto: each frame and message kind, and the malformed cases the parser names. */
+static void walproto_corpus(void) {
+    outbox_message_t *m = msg(OUTBOX_EVENT, "orders.events", "orders.OrderCreated");
+    outbox_message_set_key(m, "order-42", 8);
+    outbox_message_set_payload(m, "{}", 2);
+    size_t elen;
+    void *env = encode(m, &elen);
+    wire_t w = xlog(0x16B374D800u);
+    w8(&w, 'B'), w64(&w, 0x16B374D9A0u), w64(&w, 817000000000000u), w32(&w, 771);
+    write_file(WAL_DIR, "xlog-begin", w.b, w.n);
+    w = xlog(0x16B374D848u);
+    wmessage(&w, 1, "outbox", (uint32_t)elen, env, elen);
+    write_file(WAL_DIR, "xlog-message-envelope", w.b, w.n);
+    write_file(WAL_DIR, "xlog-message-truncated", w.b, w.n - 3);
+    write_file(WAL_DIR, "message-bare", w.b + 25, w.n - 25);
+    w = xlog(1);
+    wmessage(&w, 0, "", 0, "", 0);
+    write_file(WAL_DIR, "xlog-message-nontx-empty", w.b, w.n);
+    w = xlog(1);
+    wmessage(&w, 1, "p", 0xFFFFFFFFu, "abcd", 4);
+    write_file(WAL_DIR, "bad-length-negative", w.b, w.n);
+    w = xlog(1);
+    wmessage(&w, 1, "p", 5, "abcd", 4);
+    write_file(WAL_DIR, "bad-length-long", w.b, w.n);
+    w = xlog(1);
+    w8(&w, 'M'), w8(&w, 1), w64(&w, 1), wbytes(&w, "outbox-no-terminator", 20);
+    write_file(WAL_DIR, "bad-prefix-unterminated", w.b, w.n);
+    w = xlog(0x16B374D9A0u);
+    w8(&w, 'C'), w8(&w, 0), w64(&w, 0x16B374D9A0u), w64(&w, 0x16B374D9D8u), w64(&w, 817000000000000u);
+    write_file(WAL_DIR, "xlog-commit", w.b, w.n);
+    write_file(WAL_DIR, "bad-commit-short", w.b, w.n - 1);
+    w = xlog(2);
+    w8(&w, 'R'), w32(&w, 16384), wbytes(&w, "public\0t\0d\0\0\1", 13);
+    write_file(WAL_DIR, "xlog-relation", w.b, w.n);
+    w = (wire_t){.n = 0};
+    w8(&w, 'k'), w64(&w, 0x16B374DA00u), w64(&w, 817000000000000u), w8(&w, 1);
+    write_file(WAL_DIR, "keepalive-reply", w.b, w.n);
+    w.b[17] = 0;
+    write_file(WAL_DIR, "keepalive-noreply", w.b, w.n);
+    write_file(WAL_DIR, "keepalive-short", w.b, w.n - 1);
+    w.b[0] = 'r';
+    write_file(WAL_DIR, "bad-kind-status", w.b, w.n);
+    write_file(WAL_DIR, "lsn-text", "16/B374D848", 11);
+    write_file(WAL_DIR, "lsn-text-lower-9digits", "16/b374d848a", 12);
+    write_file(WAL_DIR, "empty", "", 0);
+    free(env);
+    outbox_message_destroy(m);
+}
+
+int main(int argc, char **argv) {
     size_t len;
     void *buf;
+
+    walproto_corpus();
+    if (argc > 1 && !strcmp(argv[1], "walproto"))
+        return 0;
 
     /* ---- valid envelopes, one of each kind, from the library's own encoder ---- */
     outbox_message_t *ev = msg(OUTBOX_EVENT, "orders.events", "orders.OrderCreated");

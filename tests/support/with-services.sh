@@ -58,6 +58,10 @@ shared_buffers = 256MB
 max_wal_size = 4GB
 log_min_messages = warning
 client_min_messages = error
+# Logical decoding for outbox.mode=wal (pg_logical_emit_message read back through a slot).
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
 CONF
     if [ -z "${OUTBOX_PG_DURABLE:-}" ]; then
         # A throwaway cluster needs no fsync: a crash of PostgreSQL alone still loses nothing
