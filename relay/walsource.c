@@ -410,6 +410,14 @@ static void wal_settle(relay_t *r, bool wait) {
         batch_t *b = r->inflight[0];
         size_t dead = 0, again = 0;
         for (int i = 0; i < b->n; i++) {
+            if (b->state[i] == ROW_HELD) {
+                /* A key parked in table mode (parked_keys): the stream has no parked_messages id to
+                 * hold it under, so it is dead-lettered rather than sent again forever. */
+                b->state[i] = ROW_DEAD;
+                if (!b->error[i])
+                    b->error[i] = outbox_strdup("its partition key is parked (outbox-relay parked list); "
+                                                "outbox.mode=wal dead-letters such messages");
+            }
             dead += b->state[i] == ROW_DEAD;
             again += b->state[i] != ROW_ACKED && b->state[i] != ROW_DEAD;
         }
