@@ -168,7 +168,11 @@ int wal_stream_start(relay_t *r) {
     }
     char lsn[18];
     w->backoff_ms = 0;
-    w->reported = w->confirmed = (uint64_t)atomic_load(&r->metrics.wal_confirmed_lsn);
+    /* The slot's position (figures) or what this process confirmed, whichever is later: the
+     * position never moves back.  The first status update goes out at once. */
+    if ((uint64_t)atomic_load(&r->metrics.wal_confirmed_lsn) > w->confirmed)
+        w->confirmed = (uint64_t)atomic_load(&r->metrics.wal_confirmed_lsn);
+    w->reported = 0;
     w->next_status_ms = 0;
     outbox_log(r->conf, 6, FAC, "msg=\"streaming\" slot=%s publication=%s prefix=\"%s\" from=%s", w->slot,
                w->publication, w->prefix, walp_lsn_format(w->confirmed, lsn));
