@@ -284,14 +284,18 @@ static int frame(relay_t *r, wbuild_t *b, const uint8_t *buf, size_t len) {
     }
 }
 
-/* Reads what the stream has now, up to a batch.  0, or -1 when the stream was closed. */
+/* Reads what the stream has now (the socket drained as often as it gives more), up to a batch.
+ * The number of frames read, or -1 when the stream was closed. */
 static int read_stream(relay_t *r, wbuild_t *b) {
     relay_wal_t *w = &r->wal;
     bool consumed = false;
+    int frames = 0;
     while (b->n < r->set.batch_size && w->repl) {
         char *buf = NULL;
         int len = PQgetCopyData(w->repl, &buf, 1);
-        if (len == 0 && !consumed) {
+        if (len == 0) {
+            if (consumed)
+                return frames; /* the socket had nothing more */
             consumed = true;
             if (!PQconsumeInput(w->repl)) {
                 wal_stream_close(r, PQerrorMessage(w->repl));
@@ -299,12 +303,12 @@ static int read_stream(relay_t *r, wbuild_t *b) {
             }
             continue;
         }
-        if (len == 0)
-            return 0;
         if (len < 0) {
             wal_stream_end(r);
             return -1;
         }
+        consumed = false;
+        frames++;
         int rc = frame(r, b, (const uint8_t *)buf, (size_t)len);
         PQfreemem(buf);
         if (rc) {
@@ -312,7 +316,7 @@ static int read_stream(relay_t *r, wbuild_t *b) {
             return -1;
         }
     }
-    return 0;
+    return frames;
 }
 
 static wbuild_t *build_of(relay_t *r) {
@@ -381,7 +385,11 @@ static int wal_next(relay_t *r, batch_t **out) {
     if (!b)
         return -1;
     int rc = read_stream(r, b);
-    if (rc == 0 && b->n) {
+    /* While the stream flows and batches are in flight, a batch fills up before it goes: many
+     * small ones would cost a produce round each.  An idle stream or an empty pipeline sends
+     * what there is at once. */
+    bool flowing = rc > 0 && r->inflight_cnt > 0 && b->n < r->set.batch_size;
+    if (rc >= 0 && b->n && !flowing) {
         *out = build_take(r, b);
         if (!*out) {
             outbox_log(r->conf, 3, FAC, "msg=\"out of memory making a batch\" rows=%d", b->n);
@@ -392,7 +400,7 @@ static int wal_next(relay_t *r, batch_t **out) {
     if (rc < 0)
         build_reset(r);
     status_maybe(r);
-    return *out ? 1 : rc;
+    return *out ? 1 : rc < 0 ? -1 : 0;
 }
 
 static void wal_pump(relay_t *r) {

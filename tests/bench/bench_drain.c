@@ -16,7 +16,7 @@
  * With -P (parking), instead: the drain rate with no poison, with one parked key among the 1,000
  * (its first row has an invalid destination), and beside 10,000 rows held by a key parked before.
  * With -F (formats), instead: relay.format=envelope against cloudevents, alternating.
- * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P | -F] CONNINFO BOOTSTRAP RELAY_BINARY
+ * Usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P | -F | -W | -w] CONNINFO BOOTSTRAP RELAY_BINARY
  *                    [MESSAGES=100000, with -L 300000] [RUNS=3] [RELAY_KEY=VALUE...]
  */
 #include <arpa/inet.h>
@@ -151,6 +151,9 @@ static double fill(PGconn *const *conns, const void *env, size_t len, long n, in
     sql(conns[0], "CHECKPOINT");
     return bench_now() - t0;
 }
+
+/* -W: the backlog is in the WAL (outbox.mode=wal): a drain ends when every message is acknowledged. */
+static int wal_backlog;
 
 static int table_empty(PGconn *conn) {
     /* The primary key's index, not a sequential scan through every dead row. */
@@ -386,7 +389,10 @@ static void drain(PGconn *conn, const char *bootstrap, const char *relay, char *
         }
         /* Done when the table is empty: looked at once every message is acknowledged or
          * dead-lettered (and every 5 s in any case). */
-        if (p + dl >= n || now - last_check >= 5) {
+        if (wal_backlog) {
+            if (p + dl >= n)
+                break;
+        } else if (p + dl >= n || now - last_check >= 5) {
             last_check = now;
             if (table_empty(conn))
                 break;
@@ -705,8 +711,118 @@ static void formats(PGconn **fillers, const char *bootstrap, const char *relay, 
            n, runs, env_m, ce_m, ce_m / env_m, env_c, ce_c);
 }
 
+
+/* -W: the same backlog drained from the table and from the WAL, alternating.  The WAL backlog is n
+ * logical messages in transactions of WAL_TX, written server-side (a DO block that commits), each
+ * one of 1,000 envelopes that differ in their key only, as the table's rows do. */
+#define WAL_TX 1000
+static double wal_fill(PGconn *conn, void *const *envs, const size_t *lens, long n) {
+    /* The table runs' WAL (their rows and deletes) is not this drain's backlog: the slot starts
+     * where a relay keeping up with that traffic would have confirmed it. */
+    sql(conn, "SELECT pg_replication_slot_advance('outbox_outbox', pg_current_wal_lsn())");
+    double t0 = bench_now();
+    size_t total = 0;
+    for (int k = 0; k < 1000; k++)
+        total += 2 * lens[k] + 8;
+    char *arr = malloc(total + 16), *w = arr;
+    w += sprintf(w, "{");
+    for (int k = 0; k < 1000; k++) {
+        w += sprintf(w, "%s\"\\\\x", k ? "," : "");
+        for (size_t i = 0; i < lens[k]; i++)
+            w += sprintf(w, "%02x", ((const unsigned char *)envs[k])[i]);
+        w += sprintf(w, "\"");
+    }
+    sprintf(w, "}");
+    char q[512];
+    snprintf(q, sizeof(q), "CREATE TEMP TABLE IF NOT EXISTS wal_envs AS SELECT $1::bytea[] AS e");
+    const char *p[1] = {arr};
+    PGresult *res = PQexecParams(conn, "DROP TABLE IF EXISTS pg_temp.wal_envs", 0, NULL, NULL, NULL, NULL, 0);
+    PQclear(res);
+    res = PQexecParams(conn, q, 1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        die("wal fill", PQresultErrorMessage(res));
+    PQclear(res);
+    free(arr);
+    snprintf(q, sizeof(q),
+             "DO $$ DECLARE envs bytea[] := (SELECT e FROM wal_envs); BEGIN"
+             " FOR t IN 0 .. %ld LOOP"
+             "  PERFORM pg_logical_emit_message(true, 'outbox:outbox', envs[(g %% 1000) + 1])"
+             "  FROM generate_series(t * %d, least((t + 1) * %d, %ld) - 1) g;"
+             "  COMMIT;"
+             " END LOOP; END $$", (n - 1) / WAL_TX, WAL_TX, WAL_TX, n);
+    sql(conn, q);
+    sql(conn, "CHECKPOINT");
+    return bench_now() - t0;
+}
+
+static void modes(PGconn **fillers, const char *bootstrap, const char *relay, char **extra, int n_extra,
+                  const void *env, size_t len, long n, int runs, int wal_only) {
+    char *args[64];
+    if (n_extra > 62)
+        die("arguments", "too many RELAY_KEY=VALUE");
+    memcpy(args, extra, (size_t)n_extra * sizeof(*args));
+    void *envs[1000];
+    size_t lens[1000];
+    for (int k = 0; k < 1000; k++) {
+        outbox_message_t *m = NULL;
+        char err[256], key[16];
+        if (outbox_message_decode(&m, env, len, err, sizeof(err)) != OUTBOX_OK)
+            die("wal fill", err);
+        int kl = snprintf(key, sizeof(key), "k%d", k);
+        outbox_message_set_key(m, key, (size_t)kl);
+        outbox_message_encode(m, &envs[k], &lens[k]);
+        outbox_message_destroy(m);
+    }
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd), "%s -X outbox.mode=wal migrate >/dev/null", relay);
+    if (system(cmd) != 0)
+        die("setup", "outbox-relay -X outbox.mode=wal migrate failed");
+    double rate[2][MAX_RUNS], cpu[2][MAX_RUNS], fill_s[2] = {0, 0};
+    static const char *const name[2] = {"table", "wal"};
+    for (int r = 0; r < runs; r++) {
+        for (int k = wal_only; k < 2; k++) {
+            int md = wal_only ? 1 : (r + k) % 2; /* table first in even runs, wal first in odd ones */
+            drain_t d = {0};
+            double reindex_s = 0;
+            wal_backlog = md;
+            fill_s[md] = md ? wal_fill(fillers[0], envs, lens, n) : fill(fillers, env, len, n, 1);
+            args[n_extra] = (char *)(md ? "outbox.mode=wal" : "outbox.mode=table");
+            drain(fillers[0], bootstrap, relay, args, n_extra + 1, n, &d, NULL, 0, &reindex_s);
+            rate[md][r] = d.rate;
+            cpu[md][r] = d.cpu_us;
+            free(d.s);
+            fprintf(stderr, "run %d: %s drain %.0f msg/s (fill %.1f s), relay CPU %.2f us/msg\n", r + 1, name[md],
+                    d.rate, fill_s[md], d.cpu_us);
+        }
+    }
+    wal_backlog = 0;
+    for (int k = 0; k < 1000; k++)
+        free(envs[k]);
+    long long lag = sql_ll(fillers[0], "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), -1)"
+                                       "::bigint FROM pg_replication_slots WHERE slot_name = 'outbox_outbox'");
+    double wm = median_of(rate[1], runs), wc = median_of(cpu[1], runs);
+    if (wal_only) {
+        printf("drain of %ld logical messages (%zu-byte envelopes, %d a transaction), outbox.mode=wal, %d runs, "
+               "medians:\n  %9.0f msg/s   relay CPU %.2f us/msg   fill %.1f s   slot lag after the drain %lld bytes\n",
+               n, len, WAL_TX, runs, wm, wc, fill_s[1], lag);
+        printf("{\"bench\":\"drain_wal\",\"messages\":%ld,\"runs\":%d,\"wal\":%.0f,\"wal_cpu_us_per_msg\":%.2f,"
+               "\"wal_fill_s\":%.1f,\"slot_lag_bytes\":%lld}\n", n, runs, wm, wc, fill_s[1], lag);
+        return;
+    }
+    double tm = median_of(rate[0], runs), tc = median_of(cpu[0], runs);
+    printf("drain of a %ld-message backlog (%zu-byte envelopes, 1,000 keys) per outbox.mode, %d runs each, medians:\n",
+           n, len, runs);
+    printf("  outbox.mode=table (rows, 1,000,000 a transaction)   %9.0f msg/s   relay CPU %.2f us/msg\n", tm, tc);
+    printf("  outbox.mode=wal (logical messages, %d a transaction) %9.0f msg/s   relay CPU %.2f us/msg\n", WAL_TX, wm, wc);
+    printf("  wal / table                                        %9.3f (target >= 2)\n", wm / tm);
+    printf("  slot lag after the last wal drain (relay stopped)   %9lld bytes\n", lag);
+    printf("{\"bench\":\"drain_modes\",\"messages\":%ld,\"runs\":%d,\"table\":%.0f,\"wal\":%.0f,\"ratio\":%.3f,"
+           "\"table_cpu_us_per_msg\":%.2f,\"wal_cpu_us_per_msg\":%.2f,\"wal_fill_s\":%.1f,\"slot_lag_bytes\":%lld}\n",
+           n, runs, tm, wm, wm / tm, tc, wc, fill_s[1], lag);
+}
+
 static void usage(void) {
-    fprintf(stderr, "usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P | -F] CONNINFO BOOTSTRAP RELAY_BINARY "
+    fprintf(stderr, "usage: bench_drain [-o OUTDIR] [-n NAME] [-s | -L | -P | -F | -W | -w] CONNINFO BOOTSTRAP RELAY_BINARY "
                     "[MESSAGES] "
                     "[RUNS] [RELAY_KEY=VALUE...]\n");
     exit(2);
@@ -714,8 +830,8 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
     const char *outdir = ".", *name = "drain";
-    int scale = 0, longtx_mode = 0, park_mode = 0, formats_mode = 0, opt;
-    while ((opt = getopt(argc, argv, "+o:n:sLPF")) != -1) {
+    int scale = 0, longtx_mode = 0, park_mode = 0, formats_mode = 0, modes_mode = 0, wal_only = 0, opt;
+    while ((opt = getopt(argc, argv, "+o:n:sLPFWw")) != -1) {
         if (opt == 'o')
             outdir = optarg;
         else if (opt == 'n')
@@ -728,12 +844,16 @@ int main(int argc, char **argv) {
             park_mode = 1;
         else if (opt == 'F')
             formats_mode = 1;
+        else if (opt == 'W')
+            modes_mode = 1;
+        else if (opt == 'w')
+            modes_mode = wal_only = 1;
         else
             usage();
     }
     argc -= optind - 1;
     argv += optind - 1;
-    if (argc < 4 || scale + longtx_mode + park_mode + formats_mode > 1)
+    if (argc < 4 || scale + longtx_mode + park_mode + formats_mode + modes_mode > 1)
         usage();
     long n = argc > 4 ? atol(argv[4]) : longtx_mode ? 300000 : 100000;
     int runs = argc > 5 ? atoi(argv[5]) : 3;
@@ -780,6 +900,11 @@ int main(int argc, char **argv) {
     size_t len;
     outbox_message_encode(m, &env, &len);
 
+    if (modes_mode) {
+        modes(fillers, argv[2], argv[3], extra, n_extra, env, len, n, runs, wal_only);
+        finish(fillers, ob, m, env);
+        return 0;
+    }
     if (formats_mode) {
         formats(fillers, argv[2], argv[3], extra, n_extra, env, len, n, runs);
         finish(fillers, ob, m, env);

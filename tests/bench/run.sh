@@ -3,7 +3,8 @@
 # prints their tables, writes every figure to BUILD/bench/results.json, the drain's rate over time
 # and every latency to BUILD/bench/*.dat, and plots them to BUILD/bench/*.png (plot.sh).
 # Usage (through with-services.sh): run.sh BUILD_DIR quick|full [NAME...]
-# NAMEs (write drain drain_scale drain_formats longtx parking consume latency) run only those benchmarks.
+# NAMEs (write drain drain_scale drain_formats drain_modes drain_wal longtx parking consume latency
+# latency_wal) run only those benchmarks.
 set -euo pipefail
 B=$1 mode=${2:-full}
 shift $(($# < 2 ? $# : 2))
@@ -16,10 +17,10 @@ for _ in $(seq 1 100); do [ -s "$dir/mock.out" ] && break; sleep 0.05; done
 bootstrap=$(head -n 1 "$dir/mock.out")
 if [ "$mode" = quick ]; then
     write_args=(8 2 3) drain_args=(100000 3) scale_args=(200000 1) consume_args=(10000 3 1000000 5) longtx_args=(50000 1) parking_args=(100000 1)
-    lat_fast=(1000 5) lat_slow=(10 10)
+    lat_fast=(1000 5) lat_slow=(10 10) modes_args=(100000 3) walscale_args=(1000000 1)
 else
     write_args=(8 5 5) drain_args=(1000000 3) scale_args=(10000000 1) consume_args=(50000 3 10000000 10) longtx_args=(300000 3) parking_args=(300000 3)
-    lat_fast=(1000 30) lat_slow=(10 100)
+    lat_fast=(1000 30) lat_slow=(10 100) modes_args=(1000000 3) walscale_args=(10000000 1)
 fi
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 out=$B/bench/results.json
@@ -40,6 +41,10 @@ bench drain_scale "$B/bench/bench_drain" -o "$B/bench" -n drain_scale -s "$OUTBO
     "${scale_args[@]}"
 # Record formats: relay.format=envelope against cloudevents, alternating in the same run.
 bench drain_formats "$B/bench/bench_drain" -F "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${drain_args[@]}"
+# The two ways to carry messages: the same backlog from the table and from the WAL, alternating;
+# then a large backlog in the WAL alone (its steady rate, and the WAL the slot keeps after it).
+bench drain_modes "$B/bench/bench_drain" -W "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${modes_args[@]}"
+bench drain_wal "$B/bench/bench_drain" -w "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${walscale_args[@]}"
 # Long transactions: the drain beside an idle transaction and beside an open outbox writer.
 bench longtx "$B/bench/bench_drain" -L "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${longtx_args[@]}"
 # Parking: one parked key among 1,000, and 10,000 held rows, against a drain with no poison.
@@ -47,6 +52,8 @@ bench parking "$B/bench/bench_drain" -P "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbo
 bench consume "$B/bench/bench_consume" "$OUTBOX_TEST_PG" "$bootstrap" "${consume_args[@]}"
 bench latency "$B/bench/bench_latency" -o "$B/bench" "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${lat_fast[@]}"
 bench latency "$B/bench/bench_latency" -o "$B/bench" "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${lat_slow[@]}"
+bench latency_wal "$B/bench/bench_latency" -o "$B/bench" "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${lat_fast[@]}" outbox.mode=wal
+bench latency_wal "$B/bench/bench_latency" -o "$B/bench" "$OUTBOX_TEST_PG" "$bootstrap" "$B/outbox-relay" "${lat_slow[@]}" outbox.mode=wal
 grep '^{' "$dir/bench.txt" >"$out" || true
 # The two drains side by side: rate, ratios and the relay's cost at both backlog sizes.
 j() { sed -n "s/.*\"$1\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$2"; }
