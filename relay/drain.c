@@ -94,6 +94,8 @@ static void pace(relay_t *r, pace_t *p, int got) {
              * A steady stream keeps the linger: it batches, and many tiny produce requests
              * would queue at the broker. */
             rd_kafka_flush(r->prod.rk, TRICKLE_FLUSH_MS);
+        } else if (r->src->wait) {
+            r->src->wait(r, p->idle_ms); /* a pushed source: back as soon as more arrives */
         } else {
             relay_sleep(r, p->idle_ms);
         }

@@ -34,6 +34,8 @@
 #define TABLE_CHECK_MS 5000
 /* The longest wait between attempts to start the stream. */
 #define START_BACKOFF_MAX_MS 10000
+/* While the pipeline is busy, a batch waits at most this long for more messages. */
+#define BUILD_LINGER_MS 2
 /* A wait for input serves delivery reports at least this often. */
 #define WAIT_SLICE_MS 10
 /* A binary timestamp counts microseconds from 2000-01-01; Kafka, milliseconds from 1970. */
@@ -56,6 +58,7 @@ typedef struct {
     char *arena;
     size_t used, size;
     uint64_t confirm;     /* the end of the last transaction it completes; 0: none */
+    int64_t first_ms;     /* when its first message was read; 0: none yet */
 } wbuild_t;
 
 static void owner_free(void *p) {
@@ -192,6 +195,7 @@ static batch_t *build_take(relay_t *r, wbuild_t *b) {
     b->used = b->size = 0;
     b->n = 0;
     b->confirm = 0;
+    b->first_ms = 0;
     return bt;
 }
 
@@ -331,6 +335,7 @@ static void build_reset(relay_t *r) {
         b->n = 0;
         b->used = 0;
         b->confirm = 0;
+        b->first_ms = 0;
     }
     r->wal.in_txn = false;
 }
@@ -385,10 +390,13 @@ static int wal_next(relay_t *r, batch_t **out) {
     if (!b)
         return -1;
     int rc = read_stream(r, b);
-    /* While the stream flows and batches are in flight, a batch fills up before it goes: many
-     * small ones would cost a produce round each.  An idle stream or an empty pipeline sends
-     * what there is at once. */
-    bool flowing = rc > 0 && r->inflight_cnt > 0 && b->n < r->set.batch_size;
+    /* While the stream flows and batches are in flight, a batch fills for up to BUILD_LINGER_MS
+     * before it goes: many small ones would cost a produce round each.  An idle stream or an
+     * empty pipeline sends what there is at once. */
+    if (b->n && !b->first_ms)
+        b->first_ms = outbox_mono_ms();
+    bool flowing = rc > 0 && r->inflight_cnt > 0 && b->n < r->set.batch_size &&
+                   outbox_mono_ms() - b->first_ms < BUILD_LINGER_MS;
     if (rc >= 0 && b->n && !flowing) {
         *out = build_take(r, b);
         if (!*out) {
