@@ -82,7 +82,7 @@ help:
 	@echo "make            build build/liboutbox.so, liboutbox.a, liboutbox.pc, outbox-relay"
 	@echo "make demo       run the end-to-end demo (throwaway PostgreSQL + local Kafka-protocol broker)"
 	@echo "make check      run every test suite (add SANITIZE=address,undefined for ASan/UBSan)"
-	@echo "make check-faults  run the fault-injection scenario (SEEDS=N seeds, or SEED=S to replay one)"
+	@echo "make check-faults  run the fault-injection scenario (SEEDS=N seeds, or SEED=S to replay one; MODE=wal for outbox.mode=wal)"
 	@echo "make check-valgrind  run the relay under valgrind memcheck for a 10,000-message drain"
 	@echo "make bench      run the benchmarks (QUICK=1 for a short run, BENCH='longtx drain' for some)"
 	@echo "make fuzz       fuzz the input parsers with clang's libFuzzer, FUZZ_SECONDS=60 per target (build/fuzz)"
@@ -254,7 +254,7 @@ check: deps
 
 check-faults: deps
 	@$(MAKE) --no-print-directory all $(TEST_CONSUMER) $(FREEZE_PROXY) $(B)/faults/check_faults
-	tests/faults/run.sh $(B) $(SEED)
+	$(if $(MODE),OUTBOX_FAULT_MODE=$(MODE) )tests/faults/run.sh $(B) $(SEED)
 
 check-valgrind: deps
 	@tests/support/deps.sh install valgrind
