@@ -487,6 +487,13 @@ static void wal_wait(relay_t *r, int64_t ms) {
         relay_sleep(r, ms);
         return;
     }
+    const wbuild_t *b = w->build;
+    if (b && b->n) {
+        /* A batch lingers: back when its linger ends, not a whole idle wait later. */
+        int64_t left = b->first_ms + BUILD_LINGER_MS - outbox_mono_ms();
+        if (left < ms)
+            ms = left > 0 ? left : 0;
+    }
     int64_t end = outbox_mono_ms() + ms;
     for (int64_t now = outbox_mono_ms(); now < end && !*r->stop; now = outbox_mono_ms()) {
         struct pollfd p = {.fd = PQsocket(w->repl), .events = POLLIN};
