@@ -39,6 +39,7 @@ batch_t *batch_new(relay_t *r, int n, void *owner, void (*owner_free)(void *owne
     b->error = calloc((size_t)n, sizeof(*b->error));
     b->slots = calloc((size_t)n, sizeof(*b->slots));
     if (!b->ids || !b->rows || !b->state || !b->error || !b->slots) {
+        b->owner_free = NULL; /* on failure the owner stays the caller's */
         batch_free(b);
         return NULL;
     }

@@ -90,7 +90,8 @@ struct batch_s {
 };
 
 /* A batch of n rows, every array allocated, joined to the in-flight list; NULL when out of
- * memory or the list is full.  The source fills ids and rows. */
+ * memory or the list is full.  The source fills ids and rows.  Takes ownership of owner on
+ * success (owner_free frees it with the batch); on failure the caller still owns it. */
 batch_t *batch_new(relay_t *r, int n, void *owner, void (*owner_free)(void *owner));
 /* A settled (or abandoned) batch leaves the in-flight list and is freed. */
 void batch_retire(relay_t *r, batch_t *b);
@@ -274,7 +275,7 @@ typedef struct {
     PGconn *repl;            /* the replication connection, streaming; NULL: none */
     char slot[OUTBOX_WAL_NAME_SIZE], publication[OUTBOX_WAL_NAME_SIZE], prefix[OUTBOX_WAL_NAME_SIZE];
     size_t prefix_len;
-    void *build;             /* the batch being read from the stream (walsource.c) */
+    void *build;             /* the batch being read from the stream: owned, freed by wal_close */
     bool in_txn;             /* between a Begin and its Commit */
     int64_t seq;             /* the position given to the next message read */
     uint64_t confirmed;      /* the end of what Kafka acknowledged entirely (flushed) */
@@ -289,7 +290,8 @@ typedef struct {
     char sql_dead[1024], sql_slot[512], sql_rows[256];
 } relay_wal_t;
 
-/* walsource.c: a batch's storage: every byte its rows point to, and where it ends. */
+/* walsource.c: a batch's storage: every byte its rows point to, and where it ends.  Owned by its
+ * batch, freed with it (owner_free in walsource.c). */
 typedef struct {
     char *arena;             /* destinations, keys, envelopes, types, errors */
     uint8_t *uuids;          /* 16 bytes a row */

@@ -156,6 +156,8 @@ int wal_stream_start(relay_t *r) {
     if (!res)
         return -1;
     figures(r, res);
+    uint64_t slot_lsn = 0;
+    bool slot_lsn_ok = !walp_lsn_parse(PQgetvalue(res, 0, 6), &slot_lsn);
     PQclear(res);
     if (start(r, err, sizeof(err), &busy)) {
         /* A slot still held by the last leader's walsender frees itself once that one notices. */
@@ -168,10 +170,11 @@ int wal_stream_start(relay_t *r) {
     }
     char lsn[18];
     w->backoff_ms = 0;
-    /* The slot's position (figures) or what this process confirmed, whichever is later: the
-     * position never moves back.  The first status update goes out at once. */
-    if ((uint64_t)atomic_load(&r->metrics.wal_confirmed_lsn) > w->confirmed)
-        w->confirmed = (uint64_t)atomic_load(&r->metrics.wal_confirmed_lsn);
+    /* The server resends from the slot's position: confirmations start there.  Never from what
+     * this process confirmed before, which may lie on another server's WAL after a failover. */
+    if (slot_lsn_ok)
+        w->confirmed = slot_lsn;
+    atomic_store(&r->metrics.wal_confirmed_lsn, (int64_t)w->confirmed);
     w->reported = 0;
     w->next_status_ms = 0;
     outbox_log(r->conf, 6, FAC, "msg=\"streaming\" slot=%s publication=%s prefix=\"%s\" from=%s", w->slot,

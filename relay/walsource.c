@@ -32,8 +32,6 @@
 #define STATUS_EVERY_MS 10000
 /* How often the outbox table is checked for rows while streaming. */
 #define TABLE_CHECK_MS 5000
-/* The longest wait between attempts to start the stream. */
-#define START_BACKOFF_MAX_MS 10000
 /* While the pipeline is busy, a batch waits at most this long for more messages. */
 #define BUILD_LINGER_MS 2
 /* A wait for input serves delivery reports at least this often. */
@@ -67,6 +65,7 @@ static void owner_free(void *p) {
         return;
     free(o->arena);
     free(o->lsn);
+    free(o->uuids);
     free(o);
 }
 
@@ -218,6 +217,10 @@ static void status_maybe(relay_t *r) {
     relay_wal_t *w = &r->wal;
     if (!w->repl)
         return;
+    if (PQflush(w->repl) < 0) { /* what an earlier update left in libpq's buffer */
+        wal_stream_close(r, PQerrorMessage(w->repl));
+        return;
+    }
     if (w->confirmed == w->reported && !w->status_asked && outbox_mono_ms() < w->next_status_ms)
         return;
     if (status_send(r))
@@ -348,8 +351,16 @@ static bool wal_ready(relay_t *r) {
             wal_stream_close(r, "not the leader");
         return false;
     }
-    if (!was_leader)
-        w->table_phase = true; /* a new leadership: rows left in the table go first */
+    if (!was_leader) {
+        /* A new leadership: what the last stream read is read again from the slot, and rows left
+         * in the table go first, once nothing of the last stream is in flight (wal_next). */
+        if (w->repl)
+            wal_stream_close(r, "a new leadership");
+        build_reset(r);
+        if (r->inflight_cnt)
+            w->restart = true;
+        w->next_table_ms = 0;
+    }
     return true;
 }
 
@@ -361,12 +372,14 @@ static int wal_next(relay_t *r, batch_t **out) {
             wal_stream_close(r, "lost the leader session");
         return -1;
     }
-    if (!w->table_phase && !r->inflight_cnt && outbox_mono_ms() >= w->next_table_ms) {
+    const wbuild_t *lingering = w->build;
+    if (!w->table_phase && !r->inflight_cnt && !(lingering && lingering->n) && outbox_mono_ms() >= w->next_table_ms) {
         /* Between batches of the stream (nothing in flight): rows that reached the table since. */
         w->next_table_ms = outbox_mono_ms() + TABLE_CHECK_MS;
         w->table_phase = wal_table_has_rows(r) > 0;
     }
     if (w->table_phase) {
+        status_maybe(r); /* a stream left open still answers the server */
         int rc = relay_table_source.next(r, out);
         if (rc == 0 && !r->inflight_cnt) {
             w->table_phase = false;
@@ -420,6 +433,7 @@ static void wal_settle(relay_t *r, bool wait) {
     relay_wal_t *w = &r->wal;
     if (w->table_phase) {
         relay_table_source.settle(r, wait);
+        status_maybe(r);
         return;
     }
     while (r->inflight_cnt && r->inflight[0]->pending == 0) {
@@ -437,7 +451,7 @@ static void wal_settle(relay_t *r, bool wait) {
             dead += b->state[i] == ROW_DEAD;
             again += b->state[i] != ROW_ACKED && b->state[i] != ROW_DEAD;
         }
-        if (dead && !w->restart && wal_dead_letters(r, b) < 0)
+        if (dead && !again && !w->restart && wal_dead_letters(r, b) < 0)
             break; /* tried again at the next settle */
         if (again)
             w->restart = true; /* this batch and every later one go out again from the slot */
