@@ -130,6 +130,8 @@ START_TEST(test_commit_order_and_rollback) {
     tu_exec(other, "COMMIT");
     tu_exec(tf_conn, "COMMIT");
     PQfinish(other);
+    outbox_message_destroy(a);
+    outbox_message_destroy(b);
     emit_seq("w1.seq", KEYS, 0, PER_KEY, 100);
     start_wal_relay(NULL);
 
