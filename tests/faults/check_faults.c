@@ -1174,6 +1174,9 @@ static void park_act(void) {
         return;
     }
     PGresult *r = park_list();
+    /* A key that parked after the first look and is released below would otherwise never be
+     * seen held: its rows are in parked_messages now (they move with the key, in one statement). */
+    park_mark_seen();
     if (!r || PQntuples(r) == 0) {
         PQclear(r);
         return;
