@@ -113,6 +113,8 @@ void outbox_uuid7(char out[OUTBOX_UUID_STR_LEN + 1]);
 void outbox_uuid_text(const uint8_t u[16], char out[OUTBOX_UUID_STR_LEN + 1]);
 /* 1 if s is a canonical 8-4-4-4-12 hex UUID. */
 int outbox_uuid_valid(const char *s);
+/* The 16 bytes of a textual uuid of len bytes (not NUL-terminated): 0, or -1 if it is not one. */
+int outbox_uuid_parse(const char *text, size_t len, uint8_t out[16]);
 
 /* ---- messages (message.c) ---- */
 

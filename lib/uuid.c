@@ -89,3 +89,21 @@ int outbox_uuid_valid(const char *s) {
     }
     return 1;
 }
+
+int outbox_uuid_parse(const char *text, size_t len, uint8_t out[16]) {
+    char s[OUTBOX_UUID_STR_LEN + 1];
+    if (len != OUTBOX_UUID_STR_LEN)
+        return -1;
+    memcpy(s, text, len);
+    s[len] = '\0';
+    if (!outbox_uuid_valid(s))
+        return -1;
+    for (int i = 0, k = 0; i < 16; i++, k += 2) {
+        if (s[k] == '-')
+            k++;
+        int hi = s[k] <= '9' ? s[k] - '0' : (s[k] | 0x20) - 'a' + 10;
+        int lo = s[k + 1] <= '9' ? s[k + 1] - '0' : (s[k + 1] | 0x20) - 'a' + 10;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}

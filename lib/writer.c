@@ -78,20 +78,6 @@ typedef struct outbox_wrow_s {
 /* Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01). */
 #define PG_EPOCH_OFFSET_US INT64_C(946684800000000)
 
-static int hexval(char c) {
-    return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
-}
-
-/* The id is ours (validated text); send it binary so the server need not parse it. */
-static void uuid_bin(const char *text, uint8_t out[16]) {
-    for (int i = 0, k = 0; i < 16; i++) {
-        if (text[k] == '-')
-            k++;
-        out[i] = (uint8_t)(hexval(text[k]) << 4 | hexval(text[k + 1]));
-        k += 2;
-    }
-}
-
 static outbox_err_t encode_row(outbox_t *ob, const outbox_message_t *m, size_t idx, const char *fn,
                                row_t *row) {
     char why[160];
@@ -112,7 +98,7 @@ static outbox_err_t encode_row(outbox_t *ob, const outbox_message_t *m, size_t i
                              "writer.max.message.bytes (and the topic's max.message.bytes); "
                              "nothing was written", fn, m->id, row->env_len, max);
     }
-    uuid_bin(m->id, row->uuid);
+    outbox_uuid_parse(m->id, strlen(m->id), row->uuid); /* validated when set: cannot fail */
     row->created = htobe64((uint64_t)(m->created_at_us - PG_EPOCH_OFFSET_US));
     return OUTBOX_OK;
 }

@@ -89,26 +89,6 @@ static size_t put(wbuild_t *b, const void *p, size_t len) {
     return at;
 }
 
-static int hexval(char c) {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                                          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
-/* The binary form of a textual uuid: 0, or -1 when text is not one. */
-static int uuid_bin(const char *text, size_t len, uint8_t out[16]) {
-    int j = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (text[i] == '-' && (i == 8 || i == 13 || i == 18 || i == 23))
-            continue;
-        int hi = hexval(text[i]), lo = i + 1 < len ? hexval(text[i + 1]) : -1;
-        if (hi < 0 || lo < 0 || j == 16)
-            return -1;
-        out[j++] = (uint8_t)(hi << 4 | lo);
-        i++;
-    }
-    return len == OUTBOX_UUID_STR_LEN && j == 16 ? 0 : -1;
-}
-
 /* Adds one message of this outbox to the build.  A message whose envelope does not say where it
  * goes is kept too, with the reason: the producer dead-letters it. */
 static int add_message(relay_t *r, wbuild_t *b, const walp_msg_t *m) {
@@ -131,7 +111,7 @@ static int add_message(relay_t *r, wbuild_t *b, const walp_msg_t *m) {
     else if (memchr(f.destination ? f.destination : "", '\0', f.destination_len) ||
              memchr(f.type ? f.type : "", '\0', f.type_len))
         snprintf(why, sizeof(why), "envelope destination or type contains a NUL byte");
-    else if (uuid_bin(f.id, f.id_len, w->uuid))
+    else if (outbox_uuid_parse(f.id, f.id_len, w->uuid))
         snprintf(why, sizeof(why), "envelope id \"%.*s\" is not a uuid", (int)(f.id_len > 64 ? 64 : f.id_len),
                  f.id ? f.id : "");
     if (*why)
