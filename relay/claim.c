@@ -206,7 +206,7 @@ static int table_next(relay_t *r, batch_t **out) {
     if (got >= 0 && !session_lost(r))
         floor_advance(r, *out, got, settled);
     if (got >= 0 && !session_lost(r))
-        floor_save(r);
+        floor_save(r, false);
     if (got < 0)
         return -1;
     relay_reindex_poll(r, r->session.pg, got == 0 && r->inflight_cnt == 0);
@@ -225,10 +225,15 @@ static void table_pump(relay_t *r) {
         PQconsumeInput(r->session.pg); /* a failure shows when the result is read */
 }
 
-/* The main session may still be reading a claim sent ahead: read it before settling there. */
+/* The main session may still be reading a claim sent ahead: read it before settling there.
+ * Waiting comes before a stop or a new producer, whose rewind forgets what settled: the state is
+ * saved then, so that the next leader does not walk the rows deleted in the last second (beside
+ * a long transaction, every claim of its would). */
 static void table_settle(relay_t *r, bool wait) {
     claim_collect(r);
     settle_table(r, wait);
+    if (wait && r->session.leader && !session_lost(r))
+        floor_save(r, true);
 }
 
 static void table_rewind(relay_t *r) {

@@ -238,12 +238,12 @@ void floor_load(relay_t *r) {
                (long long)f->floor, f->done.n);
 }
 
-void floor_save(relay_t *r) {
+void floor_save(relay_t *r, bool now) {
     relay_floor_t *f = &r->floor;
-    int64_t now = outbox_mono_ms();
-    if (now < f->next_save_ms)
+    int64_t t = outbox_mono_ms();
+    if (!now && t < f->next_save_ms)
         return;
-    f->next_save_ms = now + FLOOR_SAVE_EVERY_MS;
+    f->next_save_ms = t + FLOOR_SAVE_EVERY_MS;
     int64_t base = f->floor;
     for (int k = 0; k < r->inflight_cnt; k++) /* a batch's ids ascend, save a late commit's */
         for (int i = 0; i < r->inflight[k]->n; i++)

@@ -365,8 +365,9 @@ void floor_reset(relay_t *r);
 void floor_build_sql(relay_t *r);
 /* A new leadership: claims start where the last leader's could (claim_state), when it is sound. */
 void floor_load(relay_t *r);
-/* Every second or so, when it changed: saves where claims could start for the next leader. */
-void floor_save(relay_t *r);
+/* Every second or so (now: at once), when it changed: saves where claims could start for the
+ * next leader. */
+void floor_save(relay_t *r, bool now);
 void floor_check(relay_t *r);
 void floor_advance(relay_t *r, const batch_t *b, int got, bool settled);
 /* b settled with every row gone from the table: claims need not look at its ids again. */

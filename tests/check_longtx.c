@@ -325,6 +325,46 @@ START_TEST(test_next_leader_starts_from_the_saved_floor) {
 }
 END_TEST
 
+/* A leader that stops saves what it settled last.  Its periodic save, at most every second, runs
+ * after a claim and so before that claim's rows settle; a relay stopped right after them would
+ * leave its successor to walk those deleted rows in every claim while a writer holds the floor. */
+START_TEST(test_a_stopping_leader_saves_what_it_settled_last) {
+    enum { KEYS = 8, STEPS = 20 };
+    tf_start_broker("--topic", "lt.stop:4", NULL);
+    tk_proc_t *a = tf_start_relay(NULL);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "lt.stop");
+    plan_t p;
+    plan_init(&p, "lt.stop", KEYS, STEPS, 1);
+    late_t w = {.conn = tu_connect()};
+    w.ob = tu_outbox(w.conn, tf_schema);
+    late_begin(&p, &w, 0, 0); /* holds the floor at its id */
+    for (int s = 0; s < STEPS - 1; s++)
+        write_step(&p, s);
+    wait_drained(30000);
+    TF_CHECK(tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.claim_state WHERE cardinality(done_lo) > 0"), 1,
+                            10000) == 1, "no claim_state with settled ranges was saved");
+    tk_sleep_ms(1500); /* a periodic save is due: it runs right after the claim of the last step */
+    write_step(&p, STEPS - 1);
+    long long last = tu_scalar(tf_conn, tf_q("SELECT last_value FROM pg_sequences WHERE format('%%I.%%I', "
+                                             "schemaname, sequencename) = pg_get_serial_sequence('@.messages', 'id')"));
+    wait_drained(15000);
+    tk_proc_signal(a, SIGTERM);
+    TF_CHECK(tk_proc_wait(a, 15000), "relay a did not stop");
+    long long saved_hi = tu_scalar(tf_conn, tf_q("SELECT coalesce(max(h), 0) FROM @.claim_state, unnest(done_hi) h"));
+    TF_CHECK(saved_hi >= last, "the stopped leader saved settled ids up to %lld, not up to the last one, %lld",
+             saved_hi, last);
+
+    late_commit(&w);
+    tf_start_relay(NULL);
+    wait_drained(15000);
+    ck_assert_uint_eq(check_topic(&p, c, 1), (size_t)KEYS * STEPS + 1);
+    outbox_destroy(w.ob);
+    PQfinish(w.conn);
+    plan_free(&p);
+    tk_consumer_free(c);
+}
+END_TEST
+
 static Suite *longtx_suite(void) {
     Suite *s = suite_create("longtx");
     TCase *tc = tcase_create("open transactions");
@@ -333,6 +373,7 @@ static Suite *longtx_suite(void) {
     tcase_add_test(tc, test_late_low_ids_published_beside_an_unrelated_open_transaction);
     tcase_add_test(tc, test_open_outbox_writer_is_published_after_its_commit);
     tcase_add_test(tc, test_next_leader_starts_from_the_saved_floor);
+    tcase_add_test(tc, test_a_stopping_leader_saves_what_it_settled_last);
     suite_add_tcase(s, tc);
     return s;
 }
