@@ -38,27 +38,15 @@ static void cp_failed(const relay_t *r, const char *cmd, PGresult *res) {
                 OUTBOX_SCHEMA_VERSION);
 }
 
-static int hexval(char c) {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
 /* The bytes of hex text h into a new buffer (*len set); NULL if h is no even run of hex digits. */
 static char *unhex(const char *h, size_t *len) {
-    size_t n = strlen(h);
-    if (!n || n % 2)
+    size_t n = strlen(h) / 2;
+    char *out = n ? malloc(n) : NULL;
+    if (!out || park_unhex(h, (uint8_t *)out, n) != (ssize_t)n) {
+        free(out);
         return NULL;
-    char *out = malloc(n / 2);
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n / 2; i++) {
-        int hi = hexval(h[2 * i]), lo = hexval(h[2 * i + 1]);
-        if (hi < 0 || lo < 0) {
-            free(out);
-            return NULL;
-        }
-        out[i] = (char)(hi << 4 | lo);
     }
-    *len = n / 2;
+    *len = n;
     return out;
 }
 

@@ -216,7 +216,7 @@ void park_free(relay_t *r) {
 }
 
 static int unhex(char c) {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
 ssize_t park_unhex(const char *hex, uint8_t *out, size_t size) {

@@ -393,7 +393,8 @@ void park_free(relay_t *r);
 /* key as lowercase hex, as encode(..., 'hex') writes it, cut to fit size (NUL included); the
  * digits written. */
 size_t park_hex(const void *key, size_t len, char *out, size_t size);
-/* hex as encode(..., 'hex') writes it into out (size bytes); its length, or -1. */
+/* Hex digits (as encode(..., 'hex') writes them, or upper case) into out (size bytes): the
+ * length, or -1. */
 ssize_t park_unhex(const char *hex, uint8_t *out, size_t size);
 /* Whether key is text an operator can type: printable UTF-8 without control characters. */
 bool park_key_is_text(const void *key, size_t len);
