@@ -69,60 +69,66 @@ static void put(sbuf_t *b, const char *fmt, ...) {
     }
 }
 
+/* One metric with one sample: shown as an integer, or divided by div with three decimals. */
+typedef struct {
+    const char *name, *type, *help;
+    long long v;
+    double div; /* 0: an integer */
+} metric_t;
+
+#define LL(x) ((long long)atomic_load(&(x)))
+
+static void put_metric(sbuf_t *b, const metric_t *t) {
+    put(b, "# HELP %s %s\n# TYPE %s %s\n", t->name, t->help, t->name, t->type);
+    if (t->div)
+        put(b, "%s %.3f\n", t->name, (double)t->v / t->div);
+    else
+        put(b, "%s %lld\n", t->name, t->v);
+}
+
 static void render(relay_t *r, sbuf_t *b) {
     relay_metrics_t *m = &r->metrics;
-    put(b, "# HELP outbox_relay_published_total Messages acknowledged by the broker.\n"
-           "# TYPE outbox_relay_published_total counter\noutbox_relay_published_total %lld\n",
-        (long long)atomic_load(&m->published));
-    put(b, "# HELP outbox_relay_dead_letters_total Messages moved to dead_letters.\n"
-           "# TYPE outbox_relay_dead_letters_total counter\noutbox_relay_dead_letters_total %lld\n",
-        (long long)atomic_load(&m->dead_lettered));
-    put(b, "# HELP outbox_relay_parked_keys Partition keys parked by a message that failed permanently.\n"
-           "# TYPE outbox_relay_parked_keys gauge\noutbox_relay_parked_keys %lld\n",
-        (long long)atomic_load(&m->parked_keys));
-    put(b, "# HELP outbox_relay_parked_messages Messages held behind parked keys (parked_messages).\n"
-           "# TYPE outbox_relay_parked_messages gauge\noutbox_relay_parked_messages %lld\n",
-        (long long)atomic_load(&m->parked_messages));
-    put(b, "# HELP outbox_relay_parked_oldest_age_seconds Since when the oldest parked key is parked.\n"
-           "# TYPE outbox_relay_parked_oldest_age_seconds gauge\noutbox_relay_parked_oldest_age_seconds %lld\n",
-        (long long)atomic_load(&m->parked_oldest_s));
-    put(b, "# HELP outbox_relay_parked_overtaken_total Messages of a key acknowledged after an earlier one of "
-           "the key failed at the broker and parked it (they were already in flight).\n"
-           "# TYPE outbox_relay_parked_overtaken_total counter\noutbox_relay_parked_overtaken_total %lld\n",
-        (long long)atomic_load(&m->parked_overtaken));
-    put(b, "# HELP outbox_backlog_messages Rows waiting in the outbox (exact below 10000, else the id range).\n"
-           "# TYPE outbox_backlog_messages gauge\noutbox_backlog_messages %lld\n",
-        (long long)atomic_load(&m->backlog));
-    put(b, "# HELP outbox_oldest_message_age_seconds Age of the oldest row in the outbox.\n"
-           "# TYPE outbox_oldest_message_age_seconds gauge\noutbox_oldest_message_age_seconds %.3f\n",
-        (double)atomic_load(&m->oldest_age_ms) / 1000.0);
-    if (atomic_load(&m->wal_mode)) {
-        put(b, "# HELP outbox_relay_wal_lag_bytes WAL between the server's current position and the slot's "
-               "confirmed one.\n# TYPE outbox_relay_wal_lag_bytes gauge\noutbox_relay_wal_lag_bytes %lld\n",
-            (long long)atomic_load(&m->wal_lag_bytes));
-        put(b, "# HELP outbox_relay_wal_retained_bytes WAL the slot keeps the server from removing.\n"
-               "# TYPE outbox_relay_wal_retained_bytes gauge\noutbox_relay_wal_retained_bytes %lld\n",
-            (long long)atomic_load(&m->wal_retained_bytes));
-        put(b, "# HELP outbox_relay_wal_confirmed_lsn The slot's confirmed position (everything before it is "
-               "published).\n# TYPE outbox_relay_wal_confirmed_lsn gauge\noutbox_relay_wal_confirmed_lsn %lld\n",
-            (long long)atomic_load(&m->wal_confirmed_lsn));
-        put(b, "# HELP outbox_relay_wal_last_commit_timestamp_seconds Commit time of the last transaction read "
-               "from the stream.\n# TYPE outbox_relay_wal_last_commit_timestamp_seconds gauge\n"
-               "outbox_relay_wal_last_commit_timestamp_seconds %.3f\n",
-            (double)atomic_load(&m->wal_last_commit_ms) / 1000.0);
-        put(b, "# HELP outbox_relay_wal_slot_broken 1 while the slot is missing or lost: nothing is published.\n"
-               "# TYPE outbox_relay_wal_slot_broken gauge\noutbox_relay_wal_slot_broken %d\n",
-            atomic_load(&m->wal_broken));
-    }
-    put(b, "# HELP outbox_relay_is_leader 1 while this relay holds the leadership lock.\n"
-           "# TYPE outbox_relay_is_leader gauge\noutbox_relay_is_leader %d\n", atomic_load(&m->is_leader));
-    put(b, "# HELP outbox_relay_pg_reconnects_total Connections to PostgreSQL made after the first.\n"
-           "# TYPE outbox_relay_pg_reconnects_total counter\noutbox_relay_pg_reconnects_total %lld\n",
-        (long long)atomic_load(&m->pg_reconnects));
-    put(b, "# HELP outbox_relay_floor_held_seconds How long open transactions that wrote to the outbox "
-           "have held the claim floor (0: it rises freely).\n"
-           "# TYPE outbox_relay_floor_held_seconds gauge\noutbox_relay_floor_held_seconds %.3f\n",
-        (double)atomic_load(&m->floor_held_ms) / 1000.0);
+    const metric_t all[] = {
+        {"outbox_relay_published_total", "counter", "Messages acknowledged by the broker.", LL(m->published), 0},
+        {"outbox_relay_dead_letters_total", "counter", "Messages moved to dead_letters.", LL(m->dead_lettered), 0},
+        {"outbox_relay_parked_keys", "gauge", "Partition keys parked by a message that failed permanently.",
+         LL(m->parked_keys), 0},
+        {"outbox_relay_parked_messages", "gauge", "Messages held behind parked keys (parked_messages).",
+         LL(m->parked_messages), 0},
+        {"outbox_relay_parked_oldest_age_seconds", "gauge", "Since when the oldest parked key is parked.",
+         LL(m->parked_oldest_s), 0},
+        {"outbox_relay_parked_overtaken_total", "counter", "Messages of a key acknowledged after an earlier one of "
+         "the key failed at the broker and parked it (they were already in flight).", LL(m->parked_overtaken), 0},
+        {"outbox_backlog_messages", "gauge", "Rows waiting in the outbox (exact below 10000, else the id range).",
+         LL(m->backlog), 0},
+        {"outbox_oldest_message_age_seconds", "gauge", "Age of the oldest row in the outbox.", LL(m->oldest_age_ms),
+         1000},
+    };
+    const metric_t wal[] = {
+        {"outbox_relay_wal_lag_bytes", "gauge", "WAL between the server's current position and the slot's "
+         "confirmed one.", LL(m->wal_lag_bytes), 0},
+        {"outbox_relay_wal_retained_bytes", "gauge", "WAL the slot keeps the server from removing.",
+         LL(m->wal_retained_bytes), 0},
+        {"outbox_relay_wal_confirmed_lsn", "gauge", "The slot's confirmed position (everything before it is "
+         "published).", LL(m->wal_confirmed_lsn), 0},
+        {"outbox_relay_wal_last_commit_timestamp_seconds", "gauge", "Commit time of the last transaction read "
+         "from the stream.", LL(m->wal_last_commit_ms), 1000},
+        {"outbox_relay_wal_slot_broken", "gauge", "1 while the slot is missing or lost: nothing is published.",
+         LL(m->wal_broken), 0},
+    };
+    const metric_t session[] = {
+        {"outbox_relay_is_leader", "gauge", "1 while this relay holds the leadership lock.", LL(m->is_leader), 0},
+        {"outbox_relay_pg_reconnects_total", "counter", "Connections to PostgreSQL made after the first.",
+         LL(m->pg_reconnects), 0},
+        {"outbox_relay_floor_held_seconds", "gauge", "How long open transactions that wrote to the outbox "
+         "have held the claim floor (0: it rises freely).", LL(m->floor_held_ms), 1000},
+    };
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        put_metric(b, &all[i]);
+    for (size_t i = 0; atomic_load(&m->wal_mode) && i < sizeof(wal) / sizeof(wal[0]); i++)
+        put_metric(b, &wal[i]);
+    for (size_t i = 0; i < sizeof(session) / sizeof(session[0]); i++)
+        put_metric(b, &session[i]);
     put(b, "# HELP outbox_relay_batch_duration_seconds From claiming a batch to deleting its acknowledged rows.\n"
            "# TYPE outbox_relay_batch_duration_seconds histogram\n");
     for (int i = 0; i < METRICS_BUCKETS; i++)
