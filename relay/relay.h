@@ -270,12 +270,24 @@ typedef struct {
     char sql_load[256], sql_poll[512], sql_release[2560];
 } relay_park_t;
 
+/* walbuild.c: the batch being read from the stream.  Rows and bytes grow until it is handed out
+ * (wbuild_take); walsource.c reads n, confirm and first_ms to decide when. */
+typedef struct wbuild_row_s wbuild_row_t; /* one message: offsets into arena (walbuild.c) */
+typedef struct {
+    wbuild_row_t *rows;
+    int n, cap;
+    char *arena;
+    size_t used, size;
+    uint64_t confirm;     /* the end of the last transaction it completes; 0: none */
+    int64_t first_ms;     /* when its first message was read; 0: none yet */
+} wbuild_t;
+
 /* walsource.c: the logical replication stream of the WAL source. */
 typedef struct {
     PGconn *repl;            /* the replication connection, streaming; NULL: none */
     char slot[OUTBOX_WAL_NAME_SIZE], publication[OUTBOX_WAL_NAME_SIZE], prefix[OUTBOX_WAL_NAME_SIZE];
     size_t prefix_len;
-    void *build;             /* the batch being read from the stream: owned, freed by wal_close */
+    wbuild_t *build;         /* the batch being read from the stream: owned, freed by wbuild_free */
     bool in_txn;             /* between a Begin and its Commit */
     int64_t seq;             /* the position given to the next message read */
     uint64_t confirmed;      /* the end of what Kafka acknowledged entirely (flushed) */
@@ -290,8 +302,8 @@ typedef struct {
     char sql_dead[1024], sql_slot[512], sql_rows[256];
 } relay_wal_t;
 
-/* walsource.c: a batch's storage: every byte its rows point to, and where it ends.  Owned by its
- * batch, freed with it (owner_free in walsource.c). */
+/* walbuild.c: a batch's storage: every byte its rows point to, and where it ends.  Owned by its
+ * batch, freed with it (owner_free in walbuild.c). */
 typedef struct {
     char *arena;             /* destinations, keys, envelopes, types, errors */
     uint8_t *uuids;          /* 16 bytes a row */
@@ -429,6 +441,21 @@ void producer_probe(relay_t *r);
 void settle_build_sql(relay_t *r);
 void settle_table(relay_t *r, bool wait);
 void settle_close(relay_t *r);
+
+/* ---- walbuild.c: the WAL source's batch builder ------------------------------------------------ */
+
+/* r's build, made on first use: borrowed (r owns it: wbuild_free); NULL when out of memory. */
+wbuild_t *wbuild_of(relay_t *r);
+/* Copies one message of this outbox (envelope, LSN) into b; one whose envelope does not say where
+ * it goes is kept too, with the reason: the producer dead-letters it.  0, or -1 (out of memory). */
+int wbuild_add(relay_t *r, wbuild_t *b, const uint8_t *content, size_t content_len, uint64_t lsn);
+/* Hands b out as a batch that owns b's arena (caller owns it: batch_retire) and empties b; NULL
+ * when out of memory (b is left as it was). */
+batch_t *wbuild_take(relay_t *r, wbuild_t *b);
+/* Empties b (may be NULL), keeping its memory. */
+void wbuild_reset(wbuild_t *b);
+/* Frees r's build (none: a no-op). */
+void wbuild_free(relay_t *r);
 
 /* ---- walslot.c: the WAL source's slot, stream connection, dead letters and figures ---------- */
 

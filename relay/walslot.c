@@ -57,6 +57,10 @@ void wal_build_sql(relay_t *r) {
              " attempts = %1$s.dead_letters.attempts + 1", s);
 }
 
+static const char *dead_error(const batch_t *b, int i) {
+    return b->error[i] ? b->error[i] : "unknown (out of memory recording the error)";
+}
+
 /* Marks the slot broken (not ready) or sound, logging the reason at most every minute. */
 static void broken(relay_t *r, const char *why, const char *fix) {
     relay_wal_t *w = &r->wal;
@@ -214,8 +218,24 @@ int wal_table_has_rows(relay_t *r) {
     return rows;
 }
 
+/* Ends the leader session's transaction with sql (COMMIT or ROLLBACK): 0, or -1.  A ROLLBACK that
+ * fails drops the session, whose end rolls back instead. */
+static int txn_end(relay_t *r, const char *sql, const char *what) {
+    PGresult *res = exec(r, sql, 0, NULL, NULL, NULL, PGRES_COMMAND_OK, what);
+    if (!res && !session_lost(r) && !strcmp(sql, "ROLLBACK"))
+        session_drop(r, "cannot roll back recording dead letters");
+    PQclear(res);
+    return res ? 0 : -1;
+}
+
+/* One INSERT a dead row, in one transaction: a failure partway records none of the batch's, so
+ * trying the batch again counts each dead letter's attempts once. */
 int wal_dead_letters(relay_t *r, batch_t *b) {
     const wal_owner_t *o = b->owner;
+    PGresult *res = exec(r, "BEGIN", 0, NULL, NULL, NULL, PGRES_COMMAND_OK, "beginning to record dead letters");
+    if (!res)
+        return -1;
+    PQclear(res);
     for (int i = 0; i < b->n; i++) {
         if (b->state[i] != ROW_DEAD)
             continue;
@@ -229,17 +249,27 @@ int wal_dead_letters(relay_t *r, batch_t *b) {
             snprintf(created, sizeof(created), "%lld", (long long)row->timestamp_ms * 1000);
             created_p = created;
         }
-        const char *err = b->error[i] ? b->error[i] : "unknown (out of memory recording the error)";
-        const char *p[8] = {id, uuid, row->dest, row->key, type, row->value, created_p, err};
+        const char *p[8] = {id, uuid, row->dest, row->key, type, row->value, created_p, dead_error(b, i)};
         int len[8] = {0, 0, 0, (int)row->key_len, 0, (int)row->value_len, 0, 0};
         int fmt[8] = {0, 0, 0, 1, 0, 1, 0, 0};
-        PGresult *res = exec(r, r->wal.sql_dead, 8, p, len, fmt, PGRES_COMMAND_OK, "recording a dead letter");
-        if (!res)
+        res = exec(r, r->wal.sql_dead, 8, p, len, fmt, PGRES_COMMAND_OK, "recording a dead letter");
+        if (!res) {
+            txn_end(r, "ROLLBACK", "rolling back recording dead letters");
             return -1;
+        }
         PQclear(res);
+    }
+    if (txn_end(r, "COMMIT", "committing dead letters"))
+        return -1;
+    for (int i = 0; i < b->n; i++) {
+        if (b->state[i] != ROW_DEAD)
+            continue;
+        char uuid[OUTBOX_UUID_STR_LEN + 1], msg[512];
+        outbox_uuid_text(b->rows[i].uuid, uuid);
         r->dead_lettered++;
         atomic_fetch_add(&r->metrics.dead_lettered, 1);
-        outbox_log(r->conf, 3, FAC, "msg=\"dead-lettered\" id=%s message_id=%s error=\"%s\"", id, uuid, err);
+        outbox_log(r->conf, 3, FAC, "msg=\"dead-lettered\" id=%lld message_id=%s error=\"%s\"",
+                   -(long long)o->lsn[i], uuid, outbox_logfmt_value(dead_error(b, i), msg, sizeof(msg)));
     }
     return 0;
 }

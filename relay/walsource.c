@@ -18,10 +18,10 @@
  * Leadership is the table source's advisory lock on the main session (a table relay and a wal
  * relay on one schema exclude each other); the slot allows one reader anyway.  Before streaming,
  * rows left in the outbox table (from table mode, or dead letters retried) are published through
- * the table source.  Slot checks, dead letters and figures are walslot.c's.
+ * the table source.  Slot checks, dead letters and figures are walslot.c's; the batch being read
+ * is walbuild.c's.
  */
 #include <poll.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "relay.h"
@@ -38,145 +38,6 @@
 #define WAIT_SLICE_MS 10
 /* A binary timestamp counts microseconds from 2000-01-01; Kafka, milliseconds from 1970. */
 #define PG_EPOCH_UNIX_MS 946684800000LL
-
-/* One message read from the stream; its bytes live in the build's arena, at these offsets. */
-typedef struct {
-    size_t dest, key, value, type, error; /* error: SIZE_MAX when the message is sound */
-    size_t key_len, value_len, type_len;
-    bool has_key;
-    uint8_t uuid[16];
-    int64_t ts_ms;
-    uint64_t lsn;
-} wrow_t;
-
-/* The batch being read: rows and bytes grow until it is handed out. */
-typedef struct {
-    wrow_t *rows;
-    int n, cap;
-    char *arena;
-    size_t used, size;
-    uint64_t confirm;     /* the end of the last transaction it completes; 0: none */
-    int64_t first_ms;     /* when its first message was read; 0: none yet */
-} wbuild_t;
-
-static void owner_free(void *p) {
-    wal_owner_t *o = p;
-    if (!o)
-        return;
-    free(o->arena);
-    free(o->lsn);
-    free(o->uuids);
-    free(o);
-}
-
-/* Appends len bytes (and a NUL) to the arena; its offset, or SIZE_MAX when out of memory. */
-static size_t put(wbuild_t *b, const void *p, size_t len) {
-    if (b->used + len + 1 > b->size) {
-        size_t size = (b->size ? b->size : 65536);
-        while (size < b->used + len + 1)
-            size *= 2;
-        char *a = realloc(b->arena, size);
-        if (!a)
-            return SIZE_MAX;
-        b->arena = a;
-        b->size = size;
-    }
-    size_t at = b->used;
-    if (len)
-        memcpy(b->arena + at, p, len);
-    b->arena[at + len] = '\0';
-    b->used += len + 1;
-    return at;
-}
-
-/* Adds one message of this outbox to the build.  A message whose envelope does not say where it
- * goes is kept too, with the reason: the producer dead-letters it. */
-static int add_message(relay_t *r, wbuild_t *b, const walp_msg_t *m) {
-    if (b->n == b->cap) {
-        int cap = b->cap ? b->cap * 2 : 256;
-        wrow_t *rows = realloc(b->rows, (size_t)cap * sizeof(*rows));
-        if (!rows)
-            return -1;
-        b->rows = rows;
-        b->cap = cap;
-    }
-    wrow_t *w = &b->rows[b->n];
-    outbox_envelope_fields_t f;
-    char why[200] = "";
-    memset(w, 0, sizeof(*w));
-    w->error = SIZE_MAX;
-    w->lsn = m->lsn;
-    if (outbox_envelope_fields(m->content, m->content_len, &f))
-        snprintf(why, sizeof(why), "envelope is not a valid outbox.v1.Envelope protobuf (%zu bytes)", m->content_len);
-    else if (memchr(f.destination ? f.destination : "", '\0', f.destination_len) ||
-             memchr(f.type ? f.type : "", '\0', f.type_len))
-        snprintf(why, sizeof(why), "envelope destination or type contains a NUL byte");
-    else if (outbox_uuid_parse(f.id, f.id_len, w->uuid))
-        snprintf(why, sizeof(why), "envelope id \"%.*s\" is not a uuid", (int)(f.id_len > 64 ? 64 : f.id_len),
-                 f.id ? f.id : "");
-    if (*why)
-        memset(&f, 0, sizeof(f));
-    w->dest = put(b, f.destination, f.destination_len);
-    w->value = put(b, m->content, m->content_len);
-    w->value_len = m->content_len;
-    w->type = put(b, f.type, f.type_len);
-    w->type_len = f.type_len;
-    w->has_key = f.key != NULL;
-    w->key = put(b, f.key, f.key_len);
-    w->key_len = f.key_len;
-    if (*why)
-        w->error = put(b, why, strlen(why));
-    if (r->set.record_created && f.created_at_unix_us > 0)
-        w->ts_ms = f.created_at_unix_us / 1000;
-    if (w->dest == SIZE_MAX || w->value == SIZE_MAX || w->type == SIZE_MAX || w->key == SIZE_MAX ||
-        (*why && w->error == SIZE_MAX))
-        return -1;
-    b->n++;
-    return 0;
-}
-
-/* Hands the build out as a batch (rows pointing into its arena, which the batch now owns); NULL
- * when out of memory (the build is left as it was). */
-static batch_t *build_take(relay_t *r, wbuild_t *b) {
-    wal_owner_t *o = calloc(1, sizeof(*o));
-    uint64_t *lsn = malloc((size_t)b->n * sizeof(*lsn));
-    uint8_t *uuids = malloc((size_t)b->n * 16);
-    batch_t *bt = o && lsn && uuids ? batch_new(r, b->n, o, owner_free) : NULL;
-    if (!bt) {
-        free(o);
-        free(lsn);
-        free(uuids);
-        return NULL;
-    }
-    o->lsn = lsn;
-    o->uuids = uuids;
-    o->confirm = b->confirm;
-    for (int i = 0; i < b->n; i++) {
-        const wrow_t *w = &b->rows[i];
-        relay_row_t *row = &bt->rows[i];
-        bt->ids[i] = r->wal.seq++;
-        lsn[i] = w->lsn;
-        memcpy(uuids + 16 * i, w->uuid, 16);
-        row->dest = b->arena + w->dest;
-        row->key = w->has_key ? b->arena + w->key : NULL;
-        row->key_len = w->key_len;
-        row->value = b->arena + w->value;
-        row->value_len = w->value_len;
-        row->uuid = uuids + 16 * i;
-        row->type = b->arena + w->type;
-        row->type_len = w->type_len;
-        row->timestamp_ms = w->ts_ms;
-        if (w->error != SIZE_MAX)
-            bt->error[i] = outbox_strdup(b->arena + w->error);
-    }
-    o->arena = b->arena;
-    b->arena = NULL;
-    b->used = b->size = 0;
-    b->n = 0;
-    b->confirm = 0;
-    b->first_ms = 0;
-    return bt;
-}
 
 /* Sends a status update: flushed (and written, applied) = the confirmed position. */
 static int status_send(relay_t *r) {
@@ -261,7 +122,7 @@ static int frame(relay_t *r, wbuild_t *b, const uint8_t *buf, size_t len) {
             w->warned_untx = true;
             return 0;
         }
-        if (add_message(r, b, &m)) {
+        if (wbuild_add(r, b, m.content, m.content_len, m.lsn)) {
             outbox_log(r->conf, 3, FAC, "msg=\"out of memory reading the stream\"");
             return -1;
         }
@@ -306,20 +167,9 @@ static int read_stream(relay_t *r, wbuild_t *b) {
     return frames;
 }
 
-static wbuild_t *build_of(relay_t *r) {
-    if (!r->wal.build)
-        r->wal.build = calloc(1, sizeof(wbuild_t));
-    return r->wal.build;
-}
-
+/* Drops what the build holds and any half-read transaction: the stream is read again. */
 static void build_reset(relay_t *r) {
-    wbuild_t *b = r->wal.build;
-    if (b) {
-        b->n = 0;
-        b->used = 0;
-        b->confirm = 0;
-        b->first_ms = 0;
-    }
+    wbuild_reset(r->wal.build);
     r->wal.in_txn = false;
 }
 
@@ -379,7 +229,7 @@ static int wal_next(relay_t *r, batch_t **out) {
             return -1;
         build_reset(r);
     }
-    wbuild_t *b = build_of(r);
+    wbuild_t *b = wbuild_of(r);
     if (!b)
         return -1;
     int rc = read_stream(r, b);
@@ -391,7 +241,7 @@ static int wal_next(relay_t *r, batch_t **out) {
     bool flowing = rc > 0 && r->inflight_cnt > 0 && b->n < r->set.batch_size &&
                    outbox_mono_ms() - b->first_ms < BUILD_LINGER_MS;
     if (rc >= 0 && b->n && !flowing) {
-        *out = build_take(r, b);
+        *out = wbuild_take(r, b);
         if (!*out) {
             outbox_log(r->conf, 3, FAC, "msg=\"out of memory making a batch\" rows=%d", b->n);
             wal_stream_close(r, "out of memory");
@@ -454,17 +304,11 @@ static int64_t wal_left(relay_t *r) {
 }
 
 static void wal_close(relay_t *r) {
-    wbuild_t *b = r->wal.build;
     if (r->wal.repl) {
         status_maybe(r);
         wal_stream_close(r, NULL);
     }
-    if (b) {
-        free(b->rows);
-        free(b->arena);
-        free(b);
-    }
-    r->wal.build = NULL;
+    wbuild_free(r);
     relay_table_source.close(r);
 }
 

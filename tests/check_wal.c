@@ -2,7 +2,8 @@
  * outbox.mode=wal: outbox-relay streams the outbox's logical messages from its replication slot
  * (the throwaway cluster runs with wal_level=logical) to the mock broker over TCP.  Commit order,
  * rollbacks, restarts (at least once, never a gap), a transaction the server spills to disk, an
- * idle database, rows left in the table, a broker outage, the setup errors and a lost slot.
+ * idle database, rows left in the table, a broker outage, the setup errors, a lost slot and a batch's
+ * dead letters recorded together.
  */
 #include <signal.h>
 #include <stdbool.h>
@@ -415,6 +416,38 @@ START_TEST(test_wal_writer_end_to_end) {
 }
 END_TEST
 
+/* Dead letters of one batch go to dead_letters together or not at all: while PostgreSQL refuses
+ * the batch's last one (a CHECK), trying the batch again must not count the others again. */
+START_TEST(test_a_batchs_dead_letters_are_recorded_together) {
+    tf_start_broker("--topic", "w10.any:1", NULL);
+    wal_migrate();
+    tu_exec(tf_conn, tf_q("ALTER TABLE @.dead_letters ADD CONSTRAINT refuse_one CHECK "
+                          "(envelope <> convert_to('not an envelope: refused', 'UTF8'))"));
+    /* Not outbox.v1.Envelope protobufs ('n' is no valid field tag): each one is dead on arrival. */
+    tu_exec(tf_conn, "BEGIN");
+    tu_exec(tf_conn, tf_q("SELECT pg_logical_emit_message(true, 'outbox:%s', convert_to(e, 'UTF8')) FROM "
+                          "unnest(ARRAY['not an envelope 1', 'not an envelope 2', 'not an envelope: refused']) "
+                          "WITH ORDINALITY AS t(e, n) ORDER BY n", tf_schema));
+    tu_exec(tf_conn, "COMMIT");
+    tk_proc_t *relay = start_wal_relay(NULL);
+    int64_t deadline = tk_now_ms() + 20000;
+    while (tk_file_count(relay->err_path, "recording a dead letter failed") < 5 && tk_now_ms() < deadline)
+        tk_sleep_ms(50);
+    TF_CHECK(tk_file_count(relay->err_path, "recording a dead letter failed") >= 5,
+             "the refused dead letter was not tried again: %s", tk_file_tail(relay->err_path, 2000));
+    /* All three normally arrive in one batch, then none is recorded yet; a batch the stream
+     * happened to end earlier is recorded on its own, once. */
+    long long again = tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters WHERE attempts <> 1"));
+    TF_CHECK(again == 0, "%lld dead letters counted again each time the refused batch was retried", again);
+    tu_exec(tf_conn, tf_q("ALTER TABLE @.dead_letters DROP CONSTRAINT refuse_one"));
+    long long n = tk_wait_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters"), 3, 20000);
+    TF_CHECK(n == 3, "%lld of 3 dead letters recorded once the table accepts them", n);
+    long long once = tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters WHERE attempts = 1 AND "
+                                             "error LIKE 'envelope is not a valid outbox.v1.Envelope%%'"));
+    TF_CHECK(once == 3, "%lld of 3 dead letters have attempts = 1 and the envelope's error", once);
+}
+END_TEST
+
 static Suite *wal_suite(void) {
     Suite *s = suite_create("wal");
     TCase *tc = tcase_create("wal");
@@ -429,6 +462,7 @@ static Suite *wal_suite(void) {
     tcase_add_test(tc, test_broker_down_freezes_the_slot_then_drains);
     tcase_add_test(tc, test_missing_slot_and_replication_attribute_are_named);
     tcase_add_test(tc, test_a_lost_slot_is_reported_and_recreated_only_on_request);
+    tcase_add_test(tc, test_a_batchs_dead_letters_are_recorded_together);
     suite_add_tcase(s, tc);
     return s;
 }
