@@ -326,6 +326,13 @@ static void park_poll(relay_t *r) {
     PQclear(res);
 }
 
+bool park_pending(relay_t *r) {
+    relay_park_t *p = &r->park;
+    if (!p->reload && !p->release && outbox_mono_ms() >= p->next_poll_ms)
+        park_poll(r);
+    return p->reload || p->release;
+}
+
 bool park_before_claim(relay_t *r) {
     relay_park_t *p = &r->park;
     if (!p->reload && !p->release && outbox_mono_ms() >= p->next_poll_ms)
