@@ -18,7 +18,7 @@
  * Leadership is the table source's advisory lock on the main session (a table relay and a wal
  * relay on one schema exclude each other); the slot allows one reader anyway.  Before streaming,
  * rows left in the outbox table (from table mode, or dead letters retried) are published through
- * the table source.  Slot checks, dead letters and figures are walslot.c's.
+ * the table source.  Slot checks, dead letters and figures are walslot.c's; parking, walpark.c's.
  */
 #include <poll.h>
 #include <stdlib.h>
