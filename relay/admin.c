@@ -347,9 +347,19 @@ int relay_grants(relay_t *r, int argc, const char **argv) {
         printf("GRANT USAGE ON SCHEMA %s TO %s;\n", s, q);
         for (int g = 0; g < 10 && role_specs[k].grants[g][0]; g++)
             printf("GRANT %s ON %s.%s TO %s;\n", role_specs[k].grants[g][0], s, role_specs[k].grants[g][1], q);
-        if (wal && !strcmp(role_specs[k].flag, "--relay"))
+        if (wal && !strcmp(role_specs[k].flag, "--relay")) {
             printf("-- outbox.mode=wal: the relay streams from a replication slot (needs a superuser to apply)\n"
                    "ALTER ROLE %s REPLICATION;\n", q);
+            /* Messages of a parked key get their parked_messages ids from the table's identity. */
+            printf("DO $outbox$ BEGIN\n  EXECUTE format('GRANT USAGE ON SEQUENCE %%s TO %%s', "
+                   "pg_get_serial_sequence(");
+            char table[300];
+            snprintf(table, sizeof(table), "%s.messages", s);
+            print_literal(table);
+            printf(", 'id'), ");
+            print_literal(q);
+            printf(");\nEND $outbox$;\n");
+        }
     }
     printf("COMMIT;\n");
 done:

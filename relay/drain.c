@@ -192,12 +192,6 @@ int relay_run(relay_t *r) {
     settings_read(r);
     session_init(r);
     r->src = outbox_conf_wal(r->conf) ? &relay_wal_source : &relay_table_source;
-    if (r->src == &relay_wal_source && r->set.park_key) {
-        /* Parked messages are stored by table id; the stream has none yet. */
-        outbox_log(r->conf, 4, FAC, "msg=\"relay.poison.policy=park-key is not available in wal mode yet: a "
-                   "message that fails permanently is dead-lettered instead\"");
-        r->set.park_key = false;
-    }
     r->inflight = calloc((size_t)r->set.inflight_max, sizeof(*r->inflight));
     if (!r->inflight || pthread_mutex_init(&r->metrics.lock, NULL) != 0) {
         fprintf(stderr, "outbox-relay: out of memory starting the relay\n");

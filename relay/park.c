@@ -12,7 +12,9 @@
  * back (retry, or drop of the first only) is a release, and a release runs either on the leader,
  * between batches with nothing in flight, followed by floor_reset; or in `outbox-relay parked`
  * while it holds the leadership lock, so while no relay leads, and a relay that takes the
- * leadership starts from a reset floor.  Claims therefore never step over a released row.
+ * leadership starts from a reset floor.  Claims therefore never step over a released row.  (In
+ * outbox.mode=wal the leader also waits until nothing read from the stream is unproduced, and
+ * publishes the table before reading the stream again: walpark.c.)
  *
  * Why the key's order holds: produce_row holds every row of a parked key, claimed ahead or not,
  * before handing it to the producer; rows keep their ids through the move and back, and after a
@@ -324,6 +326,13 @@ static void park_poll(relay_t *r) {
     if (!strcmp(PQgetvalue(res, 0, 3), "t"))
         p->release = true;
     PQclear(res);
+}
+
+bool park_pending(relay_t *r) {
+    relay_park_t *p = &r->park;
+    if (!p->reload && !p->release && outbox_mono_ms() >= p->next_poll_ms)
+        park_poll(r);
+    return p->reload || p->release;
 }
 
 bool park_before_claim(relay_t *r) {

@@ -399,8 +399,10 @@ bool park_add(relay_t *r, const void *key, size_t key_len, int64_t id, const cha
 /* A new leadership: the parked keys are read again before the next claim. */
 void park_leader(relay_t *r);
 /* Before each claim: polls parked_keys every second for requests and figures; reloads it or
- * carries out requests once nothing is in flight.  false: do not claim now. */
+ * carries out requests once nothing is in flight.  false: do not claim now.  _pending: polls only;
+ * whether a reload or a request waits. */
 bool park_before_claim(relay_t *r);
+bool park_pending(relay_t *r);
 void park_free(relay_t *r);
 /* key as lowercase hex, as encode(..., 'hex') writes it, cut to fit size (NUL included); the
  * digits written. */

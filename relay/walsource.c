@@ -19,12 +19,13 @@
  * relay on one schema exclude each other); the slot allows one reader anyway.  Before streaming,
  * rows left in the outbox table (from table mode, or dead letters retried) are published through
  * the table source.  Slot checks, dead letters and figures are walslot.c's; the batch being read
- * is walbuild.c's.
+ * is walbuild.c's; parking, walpark.c's.
  */
 #include <poll.h>
 #include <string.h>
 
 #include "relay.h"
+#include "walpark.h"
 #include "walproto.h"
 
 #define FAC "WAL"
@@ -203,6 +204,9 @@ static int wal_next(relay_t *r, batch_t **out) {
         return -1;
     }
     const wbuild_t *lingering = w->build;
+    /* Parked keys reloaded or released (walpark.c): released rows go out first, from the table. */
+    int gate = w->table_phase ? WALPARK_STREAM : walpark_gate(r, lingering ? lingering->n : 0);
+    w->table_phase = w->table_phase || gate == WALPARK_TABLE;
     if (!w->table_phase && !r->inflight_cnt && !(lingering && lingering->n) && outbox_mono_ms() >= w->next_table_ms) {
         /* Between batches of the stream (nothing in flight): rows that reached the table since. */
         w->next_table_ms = outbox_mono_ms() + TABLE_CHECK_MS;
@@ -232,7 +236,7 @@ static int wal_next(relay_t *r, batch_t **out) {
     wbuild_t *b = wbuild_of(r);
     if (!b)
         return -1;
-    int rc = read_stream(r, b);
+    int rc = gate == WALPARK_DRAIN ? 0 : read_stream(r, b);
     /* While the stream flows and batches are in flight, a batch fills for up to BUILD_LINGER_MS
      * before it goes: many small ones would cost a produce round each.  An idle stream or an
      * empty pipeline sends what there is at once. */
@@ -268,19 +272,15 @@ static void wal_settle(relay_t *r, bool wait) {
     }
     while (r->inflight_cnt && r->inflight[0]->pending == 0) {
         batch_t *b = r->inflight[0];
-        size_t dead = 0, again = 0;
+        size_t dead = 0, again = 0, held = 0;
         for (int i = 0; i < b->n; i++) {
-            if (b->state[i] == ROW_HELD) {
-                /* A key parked in table mode (parked_keys): the stream has no parked_messages id to
-                 * hold it under, so it is dead-lettered rather than sent again forever. */
-                b->state[i] = ROW_DEAD;
-                if (!b->error[i])
-                    b->error[i] = outbox_strdup("its partition key is parked (outbox-relay parked list); "
-                                                "outbox.mode=wal dead-letters such messages");
-            }
             dead += b->state[i] == ROW_DEAD;
-            again += b->state[i] != ROW_ACKED && b->state[i] != ROW_DEAD;
+            held += b->state[i] == ROW_HELD;
+            again += b->state[i] != ROW_ACKED && b->state[i] != ROW_DEAD && b->state[i] != ROW_HELD;
         }
+        /* Held rows are stored (walpark.c) before the batch's end may be confirmed. */
+        if (held && !again && !w->restart && walpark_store(r, b) < 0)
+            break; /* tried again at the next settle */
         if (dead && !again && !w->restart && wal_dead_letters(r, b) < 0)
             break; /* tried again at the next settle */
         if (again)
@@ -321,7 +321,7 @@ static void wal_open(relay_t *r) {
 /* Waits for the stream (or the table source's pace), serving delivery reports meanwhile. */
 static void wal_wait(relay_t *r, int64_t ms) {
     relay_wal_t *w = &r->wal;
-    if (!w->repl || w->table_phase || w->restart) {
+    if (!w->repl || w->table_phase || w->restart || r->park.reload || r->park.release) {
         relay_sleep(r, ms);
         return;
     }

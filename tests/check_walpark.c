@@ -1,0 +1,361 @@
+/*
+ * Per-key parking in outbox.mode=wal: a poison logical message parks only its key, its later
+ * messages are held in parked_messages in stream order, `outbox-relay parked retry|drop` release
+ * them before any later message of the key, and a SIGKILL while a key is parked loses nothing.
+ */
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "testutil_seq.h"
+
+enum { NK = 3, MAXS = 16 };
+
+/* Message ids of (key, seq), to check what is held and in which order. */
+static char ids[NK][MAXS][37];
+
+static void setup(void) {
+    tf_setup("t_walpark");
+    ck_assert_int_eq(setenv("OUTBOX_PG_CONNINFO", getenv("OUTBOX_TEST_PG"), 1), 0); /* for the verbs */
+    memset(ids, 0, sizeof(ids));
+}
+
+static const char *slot_name(void) {
+    static char buf[128];
+    PGresult *res = PQexecParams(tf_conn, "SELECT lower(regexp_replace('outbox_' || $1, '[^a-zA-Z0-9_]', '_', 'g'))",
+                                 1, NULL, (const char *const[]){tf_schema}, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    snprintf(buf, sizeof(buf), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return buf;
+}
+
+static void drop_slot(void) {
+    const char *p[1] = {slot_name()};
+    for (int i = 0; i < 50; i++) {
+        PGresult *res = PQexecParams(tf_conn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                     "WHERE slot_name = $1", 1, NULL, p, NULL, NULL, 0);
+        bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+        PQclear(res);
+        if (ok)
+            break;
+        tk_sleep_ms(100);
+    }
+    char sql[256];
+    snprintf(sql, sizeof(sql), "DROP PUBLICATION IF EXISTS \"%s\"", p[0]);
+    PQclear(PQexec(tf_conn, sql));
+}
+
+static void teardown(void) {
+    tf_teardown(drop_slot);
+}
+
+static void wal_migrate(void) {
+    char schema[160];
+    snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
+    tk_proc_t *p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "migrate", NULL);
+    TF_CHECK(tf_exit_code(p) == 0, "wal migrate failed: %s", tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+}
+
+static tk_proc_t *start_wal_relay(void) {
+    return tf_start_relay("outbox.mode=wal", "relay.poison.policy=park-key", NULL);
+}
+
+/* Emits (key k, seq s) as the outbox's logical message, in the current transaction; bad: its
+ * envelope names a destination that is no topic name ("bad topic!"). */
+static void emit_one(const char *topic, int k, int s, bool bad) {
+    outbox_message_t *m = seq_msg(bad ? "bad_topic_" : topic, k, s);
+    void *env;
+    size_t len;
+    ck_assert_int_eq(outbox_message_encode(m, &env, &len), OUTBOX_OK);
+    if (bad) {
+        char *at = memmem(env, len, "bad_topic_", 10);
+        ck_assert_ptr_nonnull(at);
+        memcpy(at, "bad topic!", 10);
+    }
+    snprintf(ids[k][s], 37, "%s", outbox_message_id(m));
+    char prefix[160];
+    snprintf(prefix, sizeof(prefix), "outbox:%s", tf_schema);
+    const char *p[2] = {prefix, env};
+    int lens[2] = {0, (int)len}, fmts[2] = {0, 1};
+    PGresult *res = PQexecParams(tf_conn, "SELECT pg_logical_emit_message(true, $1, $2::bytea)", 2, NULL, p, lens,
+                                 fmts, 0);
+    ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "emit: %s", PQresultErrorMessage(res));
+    PQclear(res);
+    free(env);
+    outbox_message_destroy(m);
+}
+
+/* Commits seq [from, to) of each key in keys (-1 terminated), round robin, in one transaction. */
+static void emit_keys(const char *topic, const int *keys, int from, int to) {
+    tu_exec(tf_conn, "BEGIN");
+    for (int s = from; s < to; s++)
+        for (const int *k = keys; *k >= 0; k++)
+            emit_one(topic, *k, s, false);
+    tu_exec(tf_conn, "COMMIT");
+}
+
+static const char *key_sql(int k) {
+    return tf_q("convert_to('k%d', 'UTF8')", k);
+}
+
+static void wait_count(const char *sql, long long want, int timeout_ms) {
+    long long got = tk_wait_scalar(tf_conn, sql, want, timeout_ms);
+    TF_CHECK(got == want, "%s: %lld after %d ms, expected %lld", sql, got, timeout_ms, want);
+}
+
+/* Key k is parked with exactly the messages seq [from, to) held, in that id order, and first_id
+ * names the first. */
+static void check_held(int k, int from, int to) {
+    wait_count(tf_q("SELECT count(*) FROM @.parked_messages WHERE partition_key = %s", key_sql(k)), to - from, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.parked_keys WHERE partition_key = %s AND request IS NULL", key_sql(k)), 1,
+               30000);
+    PGresult *res = PQexec(tf_conn, tf_q("SELECT message_id::text, id FROM @.parked_messages WHERE partition_key = %s "
+                                         "ORDER BY id", key_sql(k)));
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    ck_assert_int_eq(PQntuples(res), to - from);
+    for (int i = 0; i < to - from; i++)
+        TF_CHECK(!strcmp(PQgetvalue(res, i, 0), ids[k][from + i]), "key k%d: held message %d is %s, expected %d:%d (%s)",
+                 k, i, PQgetvalue(res, i, 0), k, from + i, ids[k][from + i]);
+    long long first = atoll(PQgetvalue(res, 0, 1));
+    PQclear(res);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT first_id FROM @.parked_keys WHERE partition_key = %s", key_sql(k))),
+                     first);
+}
+
+/* The records of the topic read so far: per key, the sequence of first appearances must be
+ * exp[k][0..n[k]) (a repeat of one seen is counted in dups); returns whether all are there. */
+static bool topic_state(tk_consumer_t *c, const int exp[NK][MAXS], const int n[NK], int dups[NK]) {
+    size_t cnt;
+    const tk_record_t *recs = tk_consumer_records(c, &cnt);
+    int pos[NK] = {0};
+    bool all = true;
+    for (int k = 0; k < NK; k++)
+        dups[k] = 0;
+    for (size_t i = 0; i < cnt; i++) {
+        int k, s;
+        record_seq(&recs[i], &k, &s);
+        TF_CHECK(k >= 0 && k < NK, "record of key %d", k);
+        if (pos[k] < n[k] && exp[k][pos[k]] == s) {
+            pos[k]++;
+            continue;
+        }
+        bool seen = false;
+        for (int j = 0; j < pos[k]; j++)
+            seen |= exp[k][j] == s;
+        TF_CHECK(seen, "key k%d: %d:%d arrived after %d of %d expected, where %d:%d was due: order broken or a held "
+                 "message published", k, k, s, pos[k], n[k], k, pos[k] < n[k] ? exp[k][pos[k]] : -1);
+        dups[k]++;
+    }
+    for (int k = 0; k < NK; k++)
+        all &= pos[k] == n[k];
+    return all;
+}
+
+/* Reads until every key shows its expected messages, then a second more; once: no duplicates. */
+static void expect_topic(tk_consumer_t *c, const int exp[NK][MAXS], const int n[NK], bool once, int timeout_ms) {
+    int dups[NK];
+    int64_t deadline = tk_now_ms() + timeout_ms;
+    while (!topic_state(c, exp, n, dups)) {
+        TF_CHECK(tk_now_ms() < deadline, "the expected messages did not all arrive within %d ms", timeout_ms);
+        size_t cnt;
+        tk_consumer_records(c, &cnt);
+        tk_consumer_poll(c, cnt + 1, tk_now_ms() + 300);
+    }
+    size_t cnt;
+    tk_consumer_records(c, &cnt);
+    tk_consumer_poll(c, cnt + 1, tk_now_ms() + 1000);
+    TF_CHECK(topic_state(c, exp, n, dups), "lost messages");
+    for (int k = 0; k < NK && once; k++)
+        TF_CHECK(dups[k] == 0, "key k%d: %d duplicates", k, dups[k]);
+}
+
+static void exp_add(int exp[NK][MAXS], int n[NK], int k, int from, int to) {
+    for (int s = from; s < to; s++)
+        exp[k][n[k]++] = s;
+}
+
+static int cli(const char *a, const char *b, const char *c, const char *d, char *out, size_t size) {
+    char schema[160];
+    snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
+    tk_proc_t *p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", a, b, c, d, NULL);
+    int rc = tf_exit_code(p);
+    snprintf(out, size, "%s%s", tk_file_tail(p->out_path, 1000), tk_file_tail(p->err_path, 1000));
+    tk_proc_free(p);
+    return rc;
+}
+
+/* The operator's fix of a held poison message: the row's destination, and the one its envelope
+ * names (same length, so the protobuf stays whole). */
+static void fix_destination(const char *topic, long long id) {
+    tu_exec(tf_conn, tf_q("UPDATE @.parked_messages SET destination = '%s', envelope = overlay(envelope placing "
+                          "'bad_topic_'::bytea from position('bad topic!'::bytea in envelope) for 10) WHERE id = %lld",
+                          topic, id));
+}
+
+/* ---- (a), (b): a poison message parks only its key; retry publishes in order, exactly once ---- */
+
+START_TEST(test_poison_parks_its_key_and_retry_publishes_in_order) {
+    static const int all[] = {0, 1, 2, -1}, k1[] = {1, -1};
+    const char *topic = "wp1.events";
+    int exp[NK][MAXS] = {{0}}, n[NK] = {0};
+    char out[2100];
+    tf_start_broker("--topic", "wp1.events:2", NULL);
+    wal_migrate();
+    emit_keys(topic, all, 0, 2);
+    tu_exec(tf_conn, "BEGIN");
+    emit_one(topic, 1, 2, true);
+    tu_exec(tf_conn, "COMMIT");
+    emit_keys(topic, all, 3, 5);
+    start_wal_relay();
+    check_held(1, 2, 5);
+    long long bad = tu_scalar(tf_conn, tf_q("SELECT first_id FROM @.parked_keys"));
+    ck_assert_int_gt(bad, 0);
+    exp_add(exp, n, 0, 0, 2), exp_add(exp, n, 0, 3, 5);
+    exp_add(exp, n, 2, 0, 2), exp_add(exp, n, 2, 3, 5);
+    exp_add(exp, n, 1, 0, 2);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topic);
+    expect_topic(c, exp, n, true, 30000);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 0);
+
+    /* Later messages of the key are held behind it, in order; the others flow. */
+    emit_keys(topic, all, 5, 7);
+    check_held(1, 2, 7);
+    exp_add(exp, n, 0, 5, 7), exp_add(exp, n, 2, 5, 7);
+    expect_topic(c, exp, n, true, 30000);
+
+    /* Fixed and retried: the held messages first, in order, then the key's later ones. */
+    fix_destination(topic, bad);
+    int rc = cli("parked", "retry", "--key", "k1", out, sizeof(out));
+    TF_CHECK(rc == 0 && tf_matches(out, "released 1 key"), "parked retry: %d %s", rc, out);
+    emit_keys(topic, k1, 7, 9);
+    exp_add(exp, n, 1, 2, 9);
+    expect_topic(c, exp, n, true, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 10000);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.parked_keys")), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.parked_messages")), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 0);
+    tk_consumer_free(c);
+}
+END_TEST
+
+/* ---- (c): drop-first and drop dead-letter the held messages under their ids ------------------ */
+
+START_TEST(test_drop_first_and_drop) {
+    static const int all[] = {0, 1, 2, -1};
+    const char *topic = "wp2.events";
+    int exp[NK][MAXS] = {{0}}, n[NK] = {0};
+    char out[2100];
+    tf_start_broker("--topic", "wp2.events:2", NULL);
+    wal_migrate();
+    emit_keys(topic, all, 0, 2);
+    tu_exec(tf_conn, "BEGIN");
+    emit_one(topic, 1, 2, true);
+    emit_one(topic, 2, 2, true);
+    tu_exec(tf_conn, "COMMIT");
+    emit_keys(topic, all, 3, 5);
+    start_wal_relay();
+    check_held(1, 2, 5);
+    check_held(2, 2, 5);
+    long long bad1 = tu_scalar(tf_conn, tf_q("SELECT first_id FROM @.parked_keys WHERE partition_key = %s", key_sql(1)));
+    long long bad2 = tu_scalar(tf_conn, tf_q("SELECT first_id FROM @.parked_keys WHERE partition_key = %s", key_sql(2)));
+    ck_assert_int_lt(bad1, bad2); /* stream order */
+
+    int rc = cli("parked", "drop", "--key", "k1", out, sizeof(out));
+    exp_add(exp, n, 0, 0, 2), exp_add(exp, n, 0, 3, 5);
+    exp_add(exp, n, 1, 0, 2);
+    exp_add(exp, n, 2, 0, 2);
+    TF_CHECK(rc == 0, "parked drop: %s", out);
+    wait_count(tf_q("SELECT count(*) FROM @.dead_letters WHERE partition_key = %s AND id >= %lld", key_sql(1), bad1), 3,
+               10000);
+    char schema[160];
+    snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
+    tk_proc_t *p = tf_relay_cli("-X", schema, "parked", "drop", "--key", "k2", "--first-only", NULL);
+    TF_CHECK(tf_exit_code(p) == 0, "parked drop --first-only: %s", tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+    exp_add(exp, n, 2, 3, 5);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topic);
+    expect_topic(c, exp, n, true, 30000);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 4);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters WHERE id = %lld AND error ~ "
+                                             "'destination'", bad2)), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.parked_keys")), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.parked_messages")), 0);
+    /* Both keys flow again. */
+    emit_keys(topic, all, 5, 7);
+    exp_add(exp, n, 0, 5, 7), exp_add(exp, n, 1, 5, 7), exp_add(exp, n, 2, 5, 7);
+    expect_topic(c, exp, n, true, 30000);
+    tk_consumer_free(c);
+}
+END_TEST
+
+/* ---- (d): SIGKILL while a key is parked and messages are held ---------------------------------- */
+
+START_TEST(test_kill_while_parked_loses_nothing) {
+    static const int all[] = {0, 1, 2, -1};
+    const char *topic = "wp3.events";
+    int exp[NK][MAXS] = {{0}}, n[NK] = {0};
+    char out[2100];
+    tf_start_broker("--topic", "wp3.events:2", NULL);
+    wal_migrate();
+    emit_keys(topic, all, 0, 2);
+    tu_exec(tf_conn, "BEGIN");
+    emit_one(topic, 1, 2, true);
+    tu_exec(tf_conn, "COMMIT");
+    emit_keys(topic, all, 3, 5);
+    tk_proc_t *relay = start_wal_relay();
+    check_held(1, 2, 5);
+    emit_keys(topic, all, 5, 7);
+    tk_sleep_ms(50); /* maybe held, maybe not yet confirmed */
+    tk_proc_signal(relay, SIGKILL);
+    ck_assert(tk_proc_wait(relay, 5000));
+    emit_keys(topic, all, 7, 9);
+    relay = start_wal_relay();
+    exp_add(exp, n, 0, 0, 2), exp_add(exp, n, 0, 3, 9);
+    exp_add(exp, n, 2, 0, 2), exp_add(exp, n, 2, 3, 9);
+    exp_add(exp, n, 1, 0, 2);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topic);
+    expect_topic(c, exp, n, false, 30000);
+    check_held(1, 2, 9); /* each held once, in order, though the stream may have sent some twice */
+
+    /* Killed again with the key parked; retried while no relay leads; the next leader publishes
+     * the released messages before the key's later ones. */
+    tk_proc_signal(relay, SIGKILL);
+    ck_assert(tk_proc_wait(relay, 5000));
+    wait_count("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+               "AND l.granted AND split_part(a.application_name, ' ', 1) = 'outbox-relay'", 0, 10000);
+    long long bad = tu_scalar(tf_conn, tf_q("SELECT first_id FROM @.parked_keys"));
+    fix_destination(topic, bad);
+    int rc = cli("parked", "retry", "--key", "k1", out, sizeof(out));
+    TF_CHECK(rc == 0 && tf_matches(out, "no relay leads"), "parked retry with no relay: %d %s", rc, out);
+    emit_keys(topic, all, 9, 11);
+    start_wal_relay();
+    exp_add(exp, n, 0, 9, 11), exp_add(exp, n, 2, 9, 11);
+    exp_add(exp, n, 1, 2, 11);
+    expect_topic(c, exp, n, false, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.messages"), 0, 10000);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.parked_messages")), 0);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 0);
+    tk_consumer_free(c);
+}
+END_TEST
+
+static Suite *walpark_suite(void) {
+    Suite *s = suite_create("walpark");
+    TCase *tc = tcase_create("walpark");
+    tcase_set_timeout(tc, 300);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_poison_parks_its_key_and_retry_publishes_in_order);
+    tcase_add_test(tc, test_drop_first_and_drop);
+    tcase_add_test(tc, test_kill_while_parked_loses_nothing);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    return tu_run(walpark_suite());
+}
