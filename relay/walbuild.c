@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "relay.h"
+#include "wal.h"
 
 /* One message read from the stream; its bytes live in the build's arena, at these offsets. */
 struct wbuild_row_s {

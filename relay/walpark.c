@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "walpark.h"
+#include "wal.h"
 
 #define FAC "WAL"
 /* The arrays of walpark_store: uuids, destinations, keys, types, envelopes, created. */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "relay.h"
+#include "wal.h"
 #include "walproto.h"
 
 #define FAC "WAL"

@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "relay.h"
-#include "walpark.h"
+#include "wal.h"
 #include "walproto.h"
 
 #define FAC "WAL"
