@@ -172,26 +172,10 @@ static int wait_http(int port, const char *path, int want, const char *needle, i
     }
 }
 
-/* The value of the sample called exactly name (the whole text before the space, labels included)
- * in Prometheus text; 0 if there is none. */
-static int metric(const char *text, const char *name, double *value) {
-    size_t nl = strlen(name);
-    for (const char *line = text; line && *line;) {
-        if (!strncmp(line, name, nl) && line[nl] == ' ') {
-            *value = strtod(line + nl + 1, NULL);
-            return 1;
-        }
-        line = strchr(line, '\n');
-        if (line)
-            line++;
-    }
-    return 0;
-}
-
 /* The value of a sample that must be there. */
 static double must_metric(const char *text, const char *name) {
     double v = 0;
-    TF_CHECK(metric(text, name, &v), "/metrics has no sample %s:\n%s", name, text);
+    TF_CHECK(tn_metric(text, name, &v), "/metrics has no sample %s:\n%s", name, text);
     return v;
 }
 
@@ -223,9 +207,9 @@ START_TEST(test_metrics_after_a_drain) {
     for (;;) {
         free(text);
         int st = tn_http_get(port, "/metrics", &text);
-        if (st == 200 && metric(text, "outbox_backlog_messages", &v) && v == 0 &&
-            metric(text, "outbox_relay_published_total", &v) && v == N &&
-            metric(text, "outbox_relay_dead_letters_total", &v) && v == 1)
+        if (st == 200 && tn_metric(text, "outbox_backlog_messages", &v) && v == 0 &&
+            tn_metric(text, "outbox_relay_published_total", &v) && v == N &&
+            tn_metric(text, "outbox_relay_dead_letters_total", &v) && v == 1)
             break;
         TF_CHECK(tk_now_ms() < deadline, "/metrics (status %d) after the drain does not show 500 published, "
                  "1 dead letter and an empty backlog within 6 s:\n%s", st, text ? text : "");

@@ -734,21 +734,6 @@ END_TEST
 
 /* ---- 10. list, status, metrics, readiness ------------------------------------------------------- */
 
-/* The value of the sample called exactly name in Prometheus text; 0 if there is none. */
-static int metric(const char *text, const char *name, double *value) {
-    size_t nl = strlen(name);
-    for (const char *line = text; line && *line;) {
-        if (!strncmp(line, name, nl) && line[nl] == ' ') {
-            *value = strtod(line + nl + 1, NULL);
-            return 1;
-        }
-        line = strchr(line, '\n');
-        if (line)
-            line++;
-    }
-    return 0;
-}
-
 START_TEST(test_list_status_metrics_and_readiness) {
     static const int all[] = {0, 1, -1}, k0[] = {0, -1};
     const char *topic = "p10.events";
@@ -797,10 +782,10 @@ START_TEST(test_list_status_metrics_and_readiness) {
         free(text);
         text = NULL;
         int st = tn_http_get(port, "/metrics", &text);
-        if (st == 200 && metric(text, "outbox_relay_parked_keys", &keys) && keys == 1 &&
-            metric(text, "outbox_relay_parked_messages", &msgs) && msgs == 4 &&
-            metric(text, "outbox_relay_parked_oldest_age_seconds", &age) && age >= 1 &&
-            metric(text, "outbox_relay_parked_overtaken_total", &over))
+        if (st == 200 && tn_metric(text, "outbox_relay_parked_keys", &keys) && keys == 1 &&
+            tn_metric(text, "outbox_relay_parked_messages", &msgs) && msgs == 4 &&
+            tn_metric(text, "outbox_relay_parked_oldest_age_seconds", &age) && age >= 1 &&
+            tn_metric(text, "outbox_relay_parked_overtaken_total", &over))
             break;
         TF_CHECK(tk_now_ms() < deadline, "/metrics (%d) does not show 1 parked key, 4 held messages and an age "
                  "within 10 s:\n%s", st, text ? text : "");
@@ -820,8 +805,8 @@ START_TEST(test_list_status_metrics_and_readiness) {
     for (;;) {
         text = NULL;
         st = tn_http_get(port, "/metrics", &text);
-        if (st == 200 && metric(text, "outbox_relay_parked_keys", &keys) && keys == 0 &&
-            metric(text, "outbox_relay_parked_messages", &msgs) && msgs == 0)
+        if (st == 200 && tn_metric(text, "outbox_relay_parked_keys", &keys) && keys == 0 &&
+            tn_metric(text, "outbox_relay_parked_messages", &msgs) && msgs == 0)
             break;
         TF_CHECK(tk_now_ms() < deadline, "/metrics still shows parked keys 10 s after the drop:\n%s",
                  text ? text : "");
@@ -948,7 +933,7 @@ static double metric_now(int port, const char *name) {
     char *text = NULL;
     double v = -1;
     int st = tn_http_get(port, "/metrics", &text);
-    TF_CHECK(st == 200 && metric(text, name, &v), "/metrics (%d) has no %s:\n%s", st, name, text ? text : "");
+    TF_CHECK(st == 200 && tn_metric(text, name, &v), "/metrics (%d) has no %s:\n%s", st, name, text ? text : "");
     free(text);
     return v;
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "testutil_net.h"
 #include "testutil_seq.h"
 
 static void setup(void) {
@@ -103,6 +104,36 @@ static tk_proc_t *start_wal_relay(const char *extra) {
 static long long slot_lag(void) {
     return tu_scalar(tf_conn, tf_q("SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), -1)::bigint "
                                    "FROM pg_replication_slots WHERE slot_name = '%s'", slot_name()));
+}
+
+/* A wal relay whose /metrics and /readyz answer on *port. */
+static tk_proc_t *start_wal_relay_metrics(int *port) {
+    char listen[64];
+    *port = tn_free_port();
+    snprintf(listen, sizeof(listen), "metrics.listen=127.0.0.1:%d", *port);
+    return start_wal_relay(listen);
+}
+
+/* /metrics, once it answers 200 with name in it (up to 15 s); caller frees. */
+static char *metrics_with(int port, const char *name) {
+    int64_t deadline = tk_now_ms() + 15000;
+    for (;;) {
+        char *text = NULL;
+        int st = tn_http_get(port, "/metrics", &text);
+        if ((st == 200 && text && strstr(text, name)) || tk_now_ms() >= deadline) {
+            TF_CHECK(st == 200 && text && strstr(text, name), "/metrics (status %d) has no %s:\n%s", st, name,
+                     text ? text : "");
+            return text;
+        }
+        free(text);
+        tk_sleep_ms(100);
+    }
+}
+
+static double must_metric(const char *text, const char *name) {
+    double v = 0;
+    TF_CHECK(tn_metric(text, name, &v), "/metrics has no sample %s:\n%s", name, text);
+    return v;
 }
 
 /* ---- delivery --------------------------------------------------------------------------------- */
@@ -220,7 +251,8 @@ END_TEST
 START_TEST(test_idle_outbox_retains_little_wal) {
     tf_start_broker("--topic", "w4.seq:1", NULL);
     wal_migrate();
-    start_wal_relay(NULL);
+    int port;
+    start_wal_relay_metrics(&port);
     emit_seq("w4.seq", 1, 0, 1, 1);
     tu_exec(tf_conn, tf_q("CREATE TABLE @.busy (x text)"));
     for (int i = 0; i < 20; i++)
@@ -234,6 +266,27 @@ START_TEST(test_idle_outbox_retains_little_wal) {
     }
     TF_CHECK(lag >= 0 && lag <= 1 << 20, "after ~%lld bytes of other traffic the idle slot lags %lld bytes "
              "(over 1 MiB): keepalives are not confirmed", written, lag);
+    /* The relay's figures for the slot (sampled every 2 s): bounded lag, a position, a commit time. */
+    char *text = NULL;
+    double m_lag = -1;
+    for (int64_t until = tk_now_ms() + 15000; tk_now_ms() < until; tk_sleep_ms(200)) {
+        free(text);
+        text = metrics_with(port, "outbox_relay_wal_lag_bytes");
+        if (tn_metric(text, "outbox_relay_wal_lag_bytes", &m_lag) && m_lag >= 0 && m_lag <= 1 << 20)
+            break;
+    }
+    TF_CHECK(m_lag >= 0 && m_lag <= 1 << 20, "outbox_relay_wal_lag_bytes is %.0f on an idle slot:\n%s", m_lag, text);
+    long long confirmed = tu_scalar(tf_conn, tf_q("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM "
+                                                  "pg_replication_slots WHERE slot_name = '%s'", slot_name()));
+    double m_lsn = must_metric(text, "outbox_relay_wal_confirmed_lsn");
+    TF_CHECK(m_lsn > 0 && m_lsn <= (double)confirmed, "outbox_relay_wal_confirmed_lsn %.0f, the slot's %lld", m_lsn,
+             confirmed);
+    double commit_s = must_metric(text, "outbox_relay_wal_last_commit_timestamp_seconds");
+    double now_s = (double)tu_scalar(tf_conn, "SELECT extract(epoch FROM now())::bigint");
+    TF_CHECK(commit_s > now_s - 120 && commit_s <= now_s + 2, "last commit time %.3f, now %.0f", commit_s, now_s);
+    TF_CHECK(must_metric(text, "outbox_relay_wal_retained_bytes") >= 0, "negative retained WAL:\n%s", text);
+    ck_assert_int_eq((int)must_metric(text, "outbox_relay_wal_slot_broken"), 0);
+    free(text);
 }
 END_TEST
 
@@ -338,8 +391,15 @@ START_TEST(test_a_lost_slot_is_reported_and_recreated_only_on_request) {
     tu_exec(tf_conn, "SELECT pg_reload_conf()");
     TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT (wal_status = 'lost')::int FROM pg_replication_slots WHERE slot_name = '%s'",
                                      slot_name())) == 1, "could not make the slot lost");
-    tk_proc_t *relay = start_wal_relay(NULL);
+    int port;
+    tk_proc_t *relay = start_wal_relay_metrics(&port);
     TF_CHECK(tk_wait_file_contains(relay->err_path, "is lost", 15000), "the relay did not report the lost slot");
+    char *text = metrics_with(port, "outbox_relay_wal_slot_broken 1");
+    free(text);
+    char *body = NULL;
+    int code = tn_http_get(port, "/readyz", &body);
+    TF_CHECK(code == 503 && body && strstr(body, "slot"), "/readyz with a lost slot: %d %s", code, body ? body : "");
+    free(body);
     TF_CHECK(tk_file_count(relay->err_path, "slot-recreate") > 0, "the lost slot's error does not name the fix");
     TF_CHECK(tk_proc_running(relay), "the relay exited on a lost slot: %s", tk_status_str(relay->status));
     TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT (wal_status = 'lost')::int FROM pg_replication_slots WHERE slot_name = '%s'",

@@ -197,3 +197,17 @@ int tn_relay_has_key(const char *key) {
     free(prog);
     return found;
 }
+
+int tn_metric(const char *text, const char *name, double *value) {
+    size_t nl = strlen(name);
+    for (const char *line = text; line && *line;) {
+        if (!strncmp(line, name, nl) && line[nl] == ' ') {
+            *value = strtod(line + nl + 1, NULL);
+            return 1;
+        }
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    return 0;
+}

@@ -13,6 +13,9 @@ int tn_free_port(void);
 /* GET path from 127.0.0.1:port.  Returns the status code, or -1 when there is no connection or no
  * complete response within 3 s; *body (may be NULL) receives the body, caller frees. */
 int tn_http_get(int port, const char *path, char **body);
+/* The value of the sample called exactly name (the whole text before the space, labels included)
+ * in Prometheus text: 1 and *value set, or 0 if there is none. */
+int tn_metric(const char *text, const char *name, double *value);
 
 /* ---- freeze-proxy --------------------------------------------------------------------------- */
 
