@@ -531,8 +531,8 @@ START_TEST(test_retry_keeps_order_and_reject_rolls_back) {
     for (int i = 1; i < N; i++)
         ck_assert_int_eq(s[i].partition, s[0].partition);
 
-    /* Savepoints always: "retry:2" counts calls, and on-failure calls a message again after its
-     * first pass fails (check_consumer_batch covers RETRY and REJECT that way). */
+    /* Savepoints always: this test counts handler calls, and on-failure calls "second" again when
+     * "third" is rejected after it in a batch (check_consumer_batch covers that mode). */
     tk_proc_t *c = start_consumer("consumer", tf_schema, "td", "td.events", "-X", "consumer.retry.backoff.ms=200", "-X",
                                   "consumer.batch.savepoints=always", NULL);
     TF_CHECK(wait_effects(tf_schema, s[3].id, 1, 40000) == 1, "the last message was not processed within 40 s");
