@@ -1,8 +1,9 @@
 /*
  * Consumer throughput: messages per second through outbox_consumer_poll() with a handler that
  * inserts one row, per message (consumer.batch.max=1), batched (the defaults, savepoints on
- * failure only), batched with consumer.batch.savepoints=always, and with the batch handler, next to a plain librdkafka consumer reading the same topic in the same process (the
- * ceiling); medians of several runs.  Then the p99 latency at 1,000 msg/s, and the dedup
+ * failure only), batched with consumer.batch.savepoints=always, and with the batch handler, next to
+ * a plain librdkafka consumer reading the same topic in the same process (the ceiling); medians of
+ * several runs.  Then the p99 latency at 1,000 msg/s, and the dedup
  * statement's cost on a large processed table.
  * Usage: bench_consume CONNINFO BOOTSTRAP [MESSAGES=20000] [RUNS=3] [PROCESSED_ROWS=10000000]
  *                      [LATENCY_SECONDS=10]
@@ -477,10 +478,12 @@ int main(int argc, char **argv) {
                big_rate, big_rate / med[1]);
     printf("\n");
     printf("{\"bench\":\"consume\",\"messages\":%ld,\"runs\":%d,\"raw\":%.0f,\"outbox\":%.0f,\"per_message\":%.0f,"
-           "\"batched\":%.0f,\"batched_always\":%.0f,\"batch_handler\":%.0f,\"batched_vs_per_message\":%.2f,\"lat_p99_raw_ms\":%.1f,"
+           "\"batched\":%.0f,\"batched_always\":%.0f,\"batch_handler\":%.0f,\"batched_vs_per_message\":%.2f,"
+           "\"lat_p99_raw_ms\":%.1f,"
            "\"lat_p99_batched_ms\":%.1f,\"lat_p99_per_message_ms\":%.1f,\"dedup_ms\":%.2f,\"dedup_big_ms\":%.2f,"
            "\"processed_rows_big\":%ld,\"batched_big\":%.0f}\n",
-           n, runs, raw_med, med[1], med[0], med[1], med[MODE_BATCHED_ALWAYS], med[2], med[1] / med[0], p99[0], p99[1], p99[2], dedup_small,
+           n, runs, raw_med, med[1], med[0], med[1], med[MODE_BATCHED_ALWAYS], med[2], med[1] / med[0], p99[0], p99[1],
+           p99[2], dedup_small,
            dedup_big, big, big_rate);
     outbox_destroy(ob);
     PQfinish(conn);
