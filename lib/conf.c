@@ -92,6 +92,11 @@ static const outbox_conf_prop_t props[] = {
      "most messages processed in one PostgreSQL transaction (1 = one transaction per message)", NULL},
     {"consumer.batch.linger.ms", CONF_INT, "5", 0, 10000,
      "longest wait for more messages to fill a batch once one arrived", NULL},
+    {"consumer.batch.savepoints", CONF_STR, "on-failure", 0, 0,
+     "when a batch's handlers run inside a savepoint each: on-failure (first all without one, a round "
+     "trip less per message; on the first REJECT, RETRY or failed statement the batch rolls back and "
+     "runs again with them, so handlers before it are called twice, their effects still commit once) "
+     "or always (every handler in its own savepoint, each called once)", "on-failure|always"},
     {"consumer.processed.retention.s", CONF_INT, "0", 0, 157788000000LL,
      "the consumer deletes its group's dedup records older than this, off the hot path (0 = never); "
      "a redelivery older than it is not detected as a duplicate", NULL},

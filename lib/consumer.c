@@ -267,6 +267,7 @@ outbox_consumer_t *outbox_consumer_new(outbox_conf_t *conf, char *errstr, size_t
     c->retry_backoff_ms = (int)outbox_conf_int(conf, "consumer.retry.backoff.ms");
     c->batch_max = (int)outbox_conf_int(conf, "consumer.batch.max");
     c->linger_ms = (int)outbox_conf_int(conf, "consumer.batch.linger.ms");
+    c->optimistic_batches = !strcmp(outbox_conf_str(conf, "consumer.batch.savepoints"), "on-failure");
     c->retention_s = outbox_conf_int(conf, "consumer.processed.retention.s");
     /* The consumer sets no statement_timeout: pg.timeout.ms bounds its own statements (BEGIN, the
      * dedup and dead-letter INSERTs, COMMIT, ROLLBACK), never the handler's. */

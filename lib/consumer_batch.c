@@ -3,7 +3,9 @@
  * records that librdkafka has fetched (waiting at most consumer.batch.linger.ms for more), then
  * processes them in one PostgreSQL transaction: one dedup INSERT for the whole batch, a SAVEPOINT
  * per new message around its handler, one COMMIT, and only then the Kafka offsets, per partition,
- * up to the last record whose effect committed.  Also the pruning of <schema>.processed.
+ * up to the last record whose effect committed.  Under consumer.batch.savepoints=on-failure the
+ * handlers first run without savepoints; the first failure rolls that pass back and the batch runs
+ * again the savepoint way.  Also the pruning of <schema>.processed.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +57,10 @@ typedef struct {
     int n_parts;
     bool sp_open;       /* a savepoint is open (release it before the next one) */
     bool ended;         /* the handler ended the transaction: stop the batch there */
+    bool optimistic;    /* this pass runs the handlers without savepoints (savepoints=on-failure) */
+    bool fall_back;     /* the optimistic pass met a failure: roll it back, run the savepoint pass */
+    outbox_cons_entry_t *failed; /* the entry whose handler failed in the optimistic pass, or NULL */
+    outbox_handler_result_t failed_result; /* ... and its result (OK: its transaction failed) */
     outbox_handler_cb handler;
     void *opaque;
     const outbox_message_t **msgs; /* scratch for the batch handler */
@@ -294,6 +300,9 @@ static bool stopped(const batch_t *b, int idx) {
 
 /* Applies a result other than OK to e, after its work was rolled back to the savepoint. */
 static bool apply_failure(batch_t *b, outbox_cons_entry_t *e, outbox_handler_result_t r) {
+    /* A failure before the optimistic pass's one changes what that handler would see: it is called
+     * again rather than given its first result (run_one). */
+    b->failed = NULL;
     if (r == OUTBOX_HANDLER_REJECT)
         return reject_in_batch(b, e, "rejected by the handler");
     if (r == OUTBOX_HANDLER_OK)
@@ -376,12 +385,15 @@ static void call_handler(batch_t *b, outbox_cons_entry_t **list, int k, PGTransa
     PQsetnonblocking(c->pg, 1);
 }
 
-/* Runs the handler on list[0..k) inside a savepoint.  1: every result OK, the work stays; 0: rolled
- * back to the savepoint, results in b->results, *failed_tx set when the transaction had failed;
- * -1: PostgreSQL failed (recorded); 2: the handler ended the transaction (handled). */
+/* Runs the handler on list[0..k) inside a savepoint (none in the optimistic pass).  1: every
+ * result OK, the work stays; 0: rolled back to the savepoint, results in b->results, *failed_tx set
+ * when the transaction had failed; -1: PostgreSQL failed (recorded), or, in the optimistic pass, a
+ * result other than OK or a failed transaction (b->fall_back set, nothing applied); 2: the handler
+ * ended the transaction (handled: without a savepoint the same as with one, since its COMMIT or
+ * ROLLBACK takes the whole transaction either way). */
 static int run_set(batch_t *b, outbox_cons_entry_t **list, int k, bool *failed_tx) {
     PGTransactionStatusType ts;
-    if (!savepoint(b))
+    if (!b->optimistic && !savepoint(b))
         return -1;
     call_handler(b, list, k, &ts);
     if (ts == PQTRANS_IDLE)
@@ -400,12 +412,26 @@ static int run_set(batch_t *b, outbox_cons_entry_t **list, int k, bool *failed_t
         b->processed += k;
         return 1;
     }
+    if (b->optimistic) {
+        /* Nothing to roll back to: the savepoint pass applies it (fall_back, run_one). */
+        b->fall_back = true;
+        b->failed = list[0];
+        b->failed_result = b->results[0];
+        return -1;
+    }
     *failed_tx = ts == PQTRANS_INERROR;
     return rollback_to_savepoint(b) ? 0 : -1;
 }
 
-/* One message alone: handled, rejected or retried.  false when PostgreSQL failed. */
+/* One message alone: handled, rejected or retried.  false when PostgreSQL failed, or when the
+ * optimistic pass must fall back (b->fall_back). */
 static bool run_one(batch_t *b, outbox_cons_entry_t *e) {
+    if (e == b->failed) {
+        /* Its handler failed in the optimistic pass, in the same state as now (the messages before
+         * it did the same again): that result applies, as if it had been called in this savepoint,
+         * so a failing handler is called once per delivery, as with savepoints always. */
+        return apply_failure(b, e, b->failed_result);
+    }
     bool failed_tx = false;
     int rc = run_set(b, &e, 1, &failed_tx);
     if (rc < 0)
@@ -569,17 +595,39 @@ static void settle(batch_t *b) {
     c->stats.rejected += b->rejected;
 }
 
-static outbox_err_t process_batch(batch_t *b) {
+static outbox_err_t run_pass(batch_t *b);
+
+/* The optimistic pass met a failure (a result other than OK, a failed statement): it goes back
+ * whole, and the batch runs again from its BEGIN, the savepoint way, which applies the failure as
+ * always (the handlers before the failed one are called again; the failed one's result is kept,
+ * b->failed).  That pass starts from the state the first one started from: everything the first
+ * changed is reset here (states, dedup flags, retry stops, counts; the park set is reloaded).
+ * The first pass stored no offsets, rewound nothing and counted nothing in c->stats: settle()
+ * and retry_from() only run in the pass that commits or applies a failure. */
+static outbox_err_t fall_back(batch_t *b) {
     outbox_consumer_t *c = b->c;
-    prepare(b);
-    if (!outbox_cons_pg_ensure(c)) {
-        /* The partitions rest until the next setup attempt is due, at least retry.backoff.ms. */
-        int64_t due = c->setup_next_ms - outbox_mono_ms();
-        for (int p = 0; p < b->n_parts; p++)
-            outbox_cons_redeliver(c, c->batch[b->parts[p].first].m,
-                                  due > c->retry_backoff_ms ? (int)due : c->retry_backoff_ms);
-        return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
+    outbox_park_forget(c->park); /* keys the first pass parked or held went with its transaction */
+    if (!outbox_cons_exec_ok(c, "ROLLBACK"))
+        return batch_failed(b, c->retry_backoff_ms);
+    for (int i = 0; i < b->n; i++) {
+        c->batch[i].state = E_PENDING;
+        c->batch[i].is_new = false;
     }
+    for (int p = 0; p < b->n_parts; p++) {
+        b->parts[p].stop = -1;
+        b->parts[p].stop_pause_ms = 0;
+    }
+    b->sp_open = b->ended = b->optimistic = b->fall_back = false;
+    b->processed = b->duplicates = b->rejected = 0;
+    outbox_log(c->conf, 7, FAC, "msg=\"a handler failed in the batch's first pass; running the batch again with "
+               "savepoints\" messages=%d", b->n);
+    return run_pass(b);
+}
+
+/* BEGIN and the dedup, the handlers, the undo of what is delivered again, COMMIT and the offsets:
+ * once, or (after fall_back) a second time with savepoints. */
+static outbox_err_t run_pass(batch_t *b) {
+    outbox_consumer_t *c = b->c;
     int cnt;
     char *ids = id_array(b, decoded, &cnt);
     if (!ids)
@@ -626,7 +674,7 @@ static outbox_err_t process_batch(batch_t *b) {
                 continue;
             int held = hold_if_parked(b, e);
             if (held < 0 || (!held && !run_one(b, e)))
-                return batch_failed(b, c->retry_backoff_ms);
+                return b->fall_back ? fall_back(b) : batch_failed(b, c->retry_backoff_ms);
         }
     }
     /* Records of messages that will be delivered again go, so that they are not skipped then. */
@@ -649,6 +697,23 @@ static outbox_err_t process_batch(batch_t *b) {
         return batch_failed(b, c->retry_backoff_ms);
     settle(b);
     return OUTBOX_OK;
+}
+
+static outbox_err_t process_batch(batch_t *b) {
+    outbox_consumer_t *c = b->c;
+    prepare(b);
+    if (!outbox_cons_pg_ensure(c)) {
+        /* The partitions rest until the next setup attempt is due, at least retry.backoff.ms. */
+        int64_t due = c->setup_next_ms - outbox_mono_ms();
+        for (int p = 0; p < b->n_parts; p++)
+            outbox_cons_redeliver(c, c->batch[b->parts[p].first].m,
+                                  due > c->retry_backoff_ms ? (int)due : c->retry_backoff_ms);
+        return c->setup_err ? c->setup_err : OUTBOX_ERR_CONNECTION;
+    }
+    /* The batch handler keeps its savepoint: one per batch, and its calls after a failure are
+     * documented (outbox_batch_handler_cb). */
+    b->optimistic = c->optimistic_batches && !c->batch_cb;
+    return run_pass(b);
 }
 
 /* ---- pruning -------------------------------------------------------------------------------- */

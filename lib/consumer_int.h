@@ -44,6 +44,7 @@ struct outbox_consumer_s {
      * consumer.batch.linger.ms, processed in one transaction. */
     int batch_max;
     int linger_ms;
+    bool optimistic_batches;          /* consumer.batch.savepoints=on-failure */
     outbox_batch_handler_cb batch_cb; /* NULL: the per-message handler given to poll */
     void *batch_opaque;
     outbox_cons_entry_t *batch;       /* batch_max entries, allocated at the first poll */

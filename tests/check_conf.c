@@ -31,6 +31,7 @@ START_TEST(test_defaults) {
     ck_assert_str_eq(get("outbox.schema"), "outbox");
     ck_assert_str_eq(get("writer.max.message.bytes"), "1000000");
     ck_assert_str_eq(get("writer.allow.autocommit"), "false");
+    ck_assert_str_eq(get("consumer.batch.savepoints"), "on-failure");
 }
 END_TEST
 
@@ -66,6 +67,10 @@ START_TEST(test_invalid_values_named) {
     ck_assert_int_eq(outbox_conf_set(conf, "kafka.acks", "sometimes", err, sizeof(err)),
                      OUTBOX_CONF_INVALID);
     ck_assert_ptr_nonnull(strstr(err, "kafka.acks"));
+    ck_assert_int_eq(outbox_conf_set(conf, "consumer.batch.savepoints", "sometimes", err, sizeof(err)),
+                     OUTBOX_CONF_INVALID);
+    ck_assert_str_eq(err, "invalid value \"sometimes\" for \"consumer.batch.savepoints\": expected one of "
+                          "on-failure|always");
     ck_assert_int_eq(outbox_conf_set(NULL, "a", "b", err, sizeof(err)), OUTBOX_CONF_INVALID);
     ck_assert_ptr_nonnull(strstr(err, "conf is NULL"));
     /* Failed sets leave the old value. */
@@ -77,6 +82,8 @@ START_TEST(test_valid_values_stored) {
     ck_assert_int_eq(outbox_conf_set(conf, "writer.allow.autocommit", "YES", err, sizeof(err)),
                      OUTBOX_CONF_OK);
     ck_assert_str_eq(get("writer.allow.autocommit"), "true");
+    ck_assert_int_eq(outbox_conf_set(conf, "consumer.batch.savepoints", "always", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_str_eq(get("consumer.batch.savepoints"), "always");
     ck_assert_int_eq(outbox_conf_set(conf, "kafka.acks", "all", err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "kafka.linger.ms", "5", err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "kafka.linger.ms", "7", err, sizeof(err)), OUTBOX_CONF_OK);

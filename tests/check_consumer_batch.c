@@ -1,7 +1,8 @@
 /*
  * The consumer's batches (consumer.batch.max, consumer.batch.linger.ms, the batch handler) against
  * the throwaway PostgreSQL and the mock broker: RETRY, REJECT, a failing statement and a lost
- * session in the middle of a batch, duplicates, and pruning by consumer.processed.retention.s.
+ * session in the middle of a batch, with savepoints always and on failure only (the optimistic first
+ * pass and its fallback), duplicates, and pruning by consumer.processed.retention.s.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -85,9 +86,17 @@ static int effect(PGconn *conn, const char *id, const char *payload) {
     return ok;
 }
 
-/* ok: effect, OK.  retry1: RETRY the first time.  reject: effect, then REJECT (must be rolled
- * back).  badsql1: the first time a statement that fails, then OK (the savepoint must contain
- * it).  kill1: the first time, the session's own backend is terminated mid-batch. */
+/* Whether payload is command name with a count n ("retry2 ...") and this is one of the message's
+ * first n calls. */
+static int first_calls(const char *payload, const char *name, int before) {
+    size_t l = strlen(name);
+    return !strncmp(payload, name, l) && before < payload[l] - '0';
+}
+
+/* ok: effect, OK.  retryN: RETRY the first N times.  reject: effect, then REJECT (must be rolled
+ * back).  badsqlN: the first N times a statement that fails, then OK (the savepoint must contain
+ * it); notableN: the same with an INSERT into a table that does not exist.  kill1: the first
+ * time, the session's own backend is terminated mid-batch. */
 static outbox_handler_result_t handle(const outbox_message_t *msg, PGconn *conn, void *opaque) {
     ctx_t *ctx = opaque;
     const char *id = outbox_message_id(msg);
@@ -98,10 +107,10 @@ static outbox_handler_result_t handle(const outbox_message_t *msg, PGconn *conn,
     int before = seen_before(ctx, id);
     ck_assert_int_lt(ctx->n_calls, MAX_CALLS);
     snprintf(ctx->calls[ctx->n_calls++], 37, "%s", id);
-    if (!strncmp(payload, "retry1", 6) && !before)
+    if (first_calls(payload, "retry", before))
         return OUTBOX_HANDLER_RETRY;
-    if (!strncmp(payload, "badsql1", 7) && !before) {
-        PQclear(PQexec(conn, "SELECT 1/0"));
+    if (first_calls(payload, "badsql", before) || first_calls(payload, "notable", before)) {
+        PQclear(PQexec(conn, payload[0] == 'b' ? "SELECT 1/0" : tf_q("INSERT INTO @.no_such_table VALUES (1)")));
         return OUTBOX_HANDLER_OK; /* the transaction failed: the consumer must not believe this */
     }
     if (!strncmp(payload, "kill1", 5) && !before) {
@@ -208,7 +217,8 @@ START_TEST(test_retry_mid_batch_commits_before_and_redelivers_from_it) {
         produce_cmd(&s[i], "tb.events", "k", cmds[i]);
     tk_producer_flush(producer, 15000);
     ctx_t ctx = {0};
-    outbox_consumer_t *c = consumer("tb", "tb.events", NULL);
+    /* Savepoints always: each message called once (on-failure calls 0 and 1 again: see below). */
+    outbox_consumer_t *c = consumer("tb", "tb.events", "consumer.batch.savepoints", "always", NULL);
     outbox_consumer_stats_t st = poll_until(c, &ctx, N, NULL);
     TF_CHECK(st.processed == N && st.retried == 1 && st.rejected == 0 && st.duplicates == 0,
              "processed=%lld retried=%lld rejected=%lld duplicates=%lld, expected %d, 1, 0, 0",
@@ -237,7 +247,8 @@ START_TEST(test_reject_mid_batch_rolls_back_only_that_message) {
         produce_cmd(&s[i], "tr.events", "k", cmds[i]);
     tk_producer_flush(producer, 15000);
     ctx_t ctx = {0};
-    outbox_consumer_t *c = consumer("tr", "tr.events", NULL);
+    /* Savepoints always: one call each (on-failure calls 0 and 1 again: see the test below). */
+    outbox_consumer_t *c = consumer("tr", "tr.events", "consumer.batch.savepoints", "always", NULL);
     outbox_consumer_stats_t st = poll_until(c, &ctx, N, NULL);
     TF_CHECK(st.processed == 4 && st.rejected == 1 && st.retried == 0, "processed=%lld rejected=%lld retried=%lld",
              (long long)st.processed, (long long)st.rejected, (long long)st.retried);
@@ -315,6 +326,152 @@ START_TEST(test_session_lost_mid_batch_redelivers_the_whole_batch) {
     }
     PQclear(res);
     outbox_consumer_destroy(c);
+    for (int i = 0; i < N; i++)
+        free(s[i].env);
+}
+END_TEST
+
+/* ---- savepoints on failure only (the default): the optimistic pass and its fallback ----------- */
+
+/* The handler's calls must have been for the messages want[0..n), in this order. */
+static void check_calls(const ctx_t *ctx, sent_t *s, const int *want, int n) {
+    TF_CHECK(ctx->n_calls == n, "%d handler calls, expected %d", ctx->n_calls, n);
+    for (int i = 0; i < n && i < ctx->n_calls; i++)
+        TF_CHECK(!strcmp(ctx->calls[i], s[want[i]].id), "call %d was for another message than %d", i, want[i]);
+}
+
+/* A REJECT in the first pass rolls it back: the batch runs again with savepoints, so the messages
+ * before it are called twice (the rejected one once: its result is kept), and every effect (and
+ * the first pass's dead letter of an undecodable record) still commits once. */
+START_TEST(test_optimistic_reject_falls_back_and_commits_each_effect_once) {
+    start_broker("or.events:1");
+    enum { N = 5 };
+    static const char *const cmds[N] = {"ok 0", "ok 1", "reject 2", "ok 3", "ok 4"};
+    sent_t s[N];
+    produce_cmd(&s[0], "or.events", "k", cmds[0]);
+    static int64_t junk_off; /* written at the flush */
+    static int32_t junk_part;
+    tk_produce(producer, "or.events", -1, "k", 1, "not an envelope", 15, NULL, &junk_off, &junk_part);
+    for (int i = 1; i < N; i++)
+        produce_cmd(&s[i], "or.events", "k", cmds[i]);
+    tk_producer_flush(producer, 15000);
+    ctx_t ctx = {0};
+    outbox_consumer_t *c = consumer("or", "or.events", NULL);
+    outbox_consumer_stats_t st = poll_until(c, &ctx, N + 1, NULL);
+    TF_CHECK(st.processed == 4 && st.rejected == 2 && st.retried == 0 && st.duplicates == 0,
+             "processed=%lld rejected=%lld retried=%lld duplicates=%lld, expected 4, 2, 0, 0",
+             (long long)st.processed, (long long)st.rejected, (long long)st.retried, (long long)st.duplicates);
+    /* First pass 0, 1, 2 (REJECT); then with savepoints 0, 1, (2's REJECT applied), 3, 4. */
+    static const int calls[] = {0, 1, 2, 0, 1, 3, 4};
+    check_calls(&ctx, s, calls, 7);
+    static const int order[] = {0, 1, 3, 4};
+    check_effects(s, order, 4);
+    const char *p[1] = {s[2].id};
+    PGresult *res = PQexecParams(tf_conn, tf_q("SELECT reason, kafka_offset FROM @.consumer_dead_letters "
+                                               "WHERE consumer = 'or' AND message_id = $1"), 1, NULL, p, NULL, NULL, 0);
+    ck_assert_int_eq(PQntuples(res), 1);
+    TF_CHECK(strstr(PQgetvalue(res, 0, 0), "rejected"), "reason: %s", PQgetvalue(res, 0, 0));
+    ck_assert_int_eq(atoll(PQgetvalue(res, 0, 1)), s[2].offset);
+    PQclear(res);
+    TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters WHERE consumer = 'or' AND "
+                                     "kafka_offset = %lld", (long long)junk_off)) == 1,
+             "the undecodable record's dead letter is not there once");
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.consumer_dead_letters WHERE consumer = 'or'")), 2);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed WHERE consumer = 'or'")), N);
+    outbox_consumer_destroy(c);
+    ck_assert_int_eq(tk_committed_offset(tf_broker->bootstrap, "or", "or.events", 0), s[N - 1].offset + 1);
+    for (int i = 0; i < N; i++)
+        free(s[i].env);
+}
+END_TEST
+
+/* A handler's statement that fails (an INSERT into a table that does not exist, the first time):
+ * the savepoint pass treats it as a RETRY; the others commit once. */
+START_TEST(test_optimistic_failed_statement_is_contained_by_the_fallback) {
+    start_broker("os.events:1");
+    enum { N = 4 };
+    static const char *const cmds[N] = {"ok 0", "notable1 1", "ok 2", "ok 3"};
+    sent_t s[N];
+    for (int i = 0; i < N; i++)
+        produce_cmd(&s[i], "os.events", "k", cmds[i]);
+    tk_producer_flush(producer, 15000);
+    ctx_t ctx = {0};
+    outbox_consumer_t *c = consumer("os", "os.events", NULL);
+    int errors = 0;
+    outbox_consumer_stats_t st = poll_until(c, &ctx, N, &errors);
+    TF_CHECK(errors == 0, "%d polls failed", errors);
+    TF_CHECK(st.processed == N && st.retried == 1 && st.rejected == 0, "processed=%lld retried=%lld rejected=%lld",
+             (long long)st.processed, (long long)st.retried, (long long)st.rejected);
+    /* First pass 0, 1 (fails); with savepoints 0, (1 retried); redelivered 1, 2, 3. */
+    static const int calls[] = {0, 1, 0, 1, 2, 3};
+    check_calls(&ctx, s, calls, 6);
+    static const int order[] = {0, 1, 2, 3};
+    check_effects(s, order, N);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed WHERE consumer = 'os'")), N);
+    outbox_consumer_destroy(c);
+    ck_assert_int_eq(tk_committed_offset(tf_broker->bootstrap, "os", "os.events", 0), s[N - 1].offset + 1);
+    for (int i = 0; i < N; i++)
+        free(s[i].env);
+}
+END_TEST
+
+/* A RETRY in the first pass: what came before it commits once, from the savepoint pass; it and
+ * the rest come again, in order, in a later transaction. */
+START_TEST(test_optimistic_retry_commits_before_and_redelivers_from_it) {
+    start_broker("ot.events:1");
+    enum { N = 6 };
+    static const char *const cmds[N] = {"ok 0", "ok 1", "retry1 2", "ok 3", "ok 4", "ok 5"};
+    sent_t s[N];
+    for (int i = 0; i < N; i++)
+        produce_cmd(&s[i], "ot.events", "k", cmds[i]);
+    tk_producer_flush(producer, 15000);
+    ctx_t ctx = {0};
+    outbox_consumer_t *c = consumer("ot", "ot.events", NULL);
+    outbox_consumer_stats_t st = poll_until(c, &ctx, N, NULL);
+    TF_CHECK(st.processed == N && st.retried == 1 && st.rejected == 0 && st.duplicates == 0,
+             "processed=%lld retried=%lld rejected=%lld duplicates=%lld, expected %d, 1, 0, 0",
+             (long long)st.processed, (long long)st.retried, (long long)st.rejected, (long long)st.duplicates, N);
+    /* First pass 0, 1, 2 (RETRY); with savepoints 0, 1, (2's RETRY applied); redelivered 2 to 5. */
+    static const int calls[] = {0, 1, 2, 0, 1, 2, 3, 4, 5};
+    check_calls(&ctx, s, calls, 9);
+    static const int order[] = {0, 1, 2, 3, 4, 5};
+    check_effects(s, order, N);
+    /* 0 and 1 committed from the savepoint pass: each in its own subtransaction (its own xmin). */
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(DISTINCT xmin::text) FROM (SELECT xmin FROM @.effects "
+                                             "ORDER BY seq LIMIT 2) f")), 2);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.processed WHERE consumer = 'ot'")), N);
+    outbox_consumer_destroy(c);
+    ck_assert_int_eq(tk_committed_offset(tf_broker->bootstrap, "ot", "ot.events", 0), s[N - 1].offset + 1);
+    for (int i = 0; i < N; i++)
+        free(s[i].env);
+}
+END_TEST
+
+/* A clean batch: on-failure runs every handler in the batch's own transaction (its rows share one
+ * xmin, no savepoint); always gives each its own subtransaction (its own xid, so its own xmin). */
+START_TEST(test_savepoints_setting_decides_subtransactions_of_a_clean_batch) {
+    start_broker("ox.events:1");
+    enum { N = 5 };
+    sent_t s[N];
+    for (int i = 0; i < N; i++)
+        produce_cmd(&s[i], "ox.events", "k", "ok");
+    tk_producer_flush(producer, 15000);
+    static const char *const modes[2] = {"on-failure", "always"};
+    static const char *const groups[2] = {"oxa", "oxb"};
+    static const long long want_xmins[2] = {1, N};
+    for (int m = 0; m < 2; m++) {
+        ctx_t ctx = {0};
+        outbox_consumer_t *c = consumer(groups[m], "ox.events", "consumer.batch.savepoints", modes[m], NULL);
+        outbox_consumer_stats_t st = poll_until(c, &ctx, N, NULL);
+        TF_CHECK(st.processed == N, "%s: processed=%lld", modes[m], (long long)st.processed);
+        TF_CHECK(ctx.n_calls == N, "%s: %d handler calls, expected %d", modes[m], ctx.n_calls, N);
+        ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.effects")), N);
+        long long xmins = tu_scalar(tf_conn, tf_q("SELECT count(DISTINCT xmin::text) FROM @.effects"));
+        TF_CHECK(xmins == want_xmins[m], "%s: the batch's %d effects have %lld xmins, expected %lld", modes[m], N,
+                 xmins, want_xmins[m]);
+        outbox_consumer_destroy(c);
+        tu_exec(tf_conn, tf_q("TRUNCATE @.effects"));
+    }
     for (int i = 0; i < N; i++)
         free(s[i].env);
 }
@@ -413,6 +570,11 @@ START_TEST(test_batch_keys_are_validated) {
     ck_assert_int_ne(outbox_conf_set(conf, "consumer.batch.linger.ms", "-1", err, sizeof(err)), OUTBOX_CONF_OK);
     TF_CHECK(strstr(err, "consumer.batch.linger.ms"), "the error does not name the key: %s", err);
     ck_assert_int_ne(outbox_conf_set(conf, "consumer.processed.retention.s", "x", err, sizeof(err)), OUTBOX_CONF_OK);
+    ck_assert_int_eq(outbox_conf_set(conf, "consumer.batch.savepoints", "never", err, sizeof(err)),
+                     OUTBOX_CONF_INVALID);
+    TF_CHECK(!strcmp(err, "invalid value \"never\" for \"consumer.batch.savepoints\": expected one of "
+                          "on-failure|always"), "%s", err);
+    ck_assert_int_eq(outbox_conf_set(conf, "consumer.batch.savepoints", "always", err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "consumer.batch.max", "1", err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "consumer.batch.linger.ms", "0", err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "consumer.processed.retention.s", "86400", err, sizeof(err)),
@@ -450,6 +612,10 @@ static Suite *batch_suite(void) {
     tcase_add_test(tc, test_reject_mid_batch_rolls_back_only_that_message);
     tcase_add_test(tc, test_failed_statement_in_handler_is_contained_by_its_savepoint);
     tcase_add_test(tc, test_session_lost_mid_batch_redelivers_the_whole_batch);
+    tcase_add_test(tc, test_optimistic_reject_falls_back_and_commits_each_effect_once);
+    tcase_add_test(tc, test_optimistic_failed_statement_is_contained_by_the_fallback);
+    tcase_add_test(tc, test_optimistic_retry_commits_before_and_redelivers_from_it);
+    tcase_add_test(tc, test_savepoints_setting_decides_subtransactions_of_a_clean_batch);
     tcase_add_test(tc, test_batch_max_one_commits_each_message_alone);
     tcase_add_test(tc, test_batch_handler_gets_new_messages_in_order);
     tcase_add_test(tc, test_poll_without_any_handler_fails);

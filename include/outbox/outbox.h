@@ -437,6 +437,9 @@ typedef enum {
  * _partition() and _offset() name the record msg came from.  Notices the server sends on conn
  * (e.g. a RAISE NOTICE) go to the log callback, facility "CONSUMER", as one logfmt line:
  * msg="PostgreSQL notice" severity=... sqlstate=... text="..." [detail="..."] [hint="..."].
+ * It may be called more than once for a message: after a RETRY, and, under
+ * consumer.batch.savepoints=on-failure, again in the same poll when a later message of its batch
+ * fails (its work on conn from the first call was rolled back).
  * Called from the thread that called outbox_consumer_poll().
  */
 typedef outbox_handler_result_t (*outbox_handler_cb)(const outbox_message_t *msg, PGconn *conn,
@@ -461,7 +464,8 @@ typedef struct {
 /**
  * Creates a consumer.  conf needs consumer.group.id, pg.conninfo (or OUTBOX_PG_CONNINFO) and
  * kafka.bootstrap.servers; optional: outbox.schema, consumer.schema.major.max,
- * consumer.retry.backoff.ms, consumer.batch.max, consumer.batch.linger.ms,
+ * consumer.retry.backoff.ms, consumer.batch.max, consumer.batch.linger.ms, consumer.batch.savepoints
+ * (on-failure or always, see outbox_consumer_poll()),
  * consumer.processed.retention.s (this group's dedup records older than that are deleted by the
  * consumer between batches; a redelivery older than it is not detected), pg.timeout.ms, any kafka.* key (defaults: enable.auto.commit=false,
  * auto.offset.reset=earliest).  Connects to PostgreSQL at once: a server that cannot be reached
@@ -492,10 +496,17 @@ OUTBOX_API outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const ch
  * RELEASE on OK (REJECT: back to the savepoint and a dead letter; RETRY: back to the savepoint,
  * and that message and the rest of its partition in the batch are delivered again after
  * consumer.retry.backoff.ms); one COMMIT; then the offsets, per partition, up to the last message
- * whose effect committed.  What batching means for a handler: its work commits with the rest of
- * the batch, not on its own; a statement of its that fails is contained by its savepoint (the
- * consumer rolls back to it and retries the message).  consumer.batch.max=1 processes one message
- * per transaction.  Returns OUTBOX_OK, or an error when PostgreSQL or Kafka failed (the whole
+ * whose effect committed.  Under consumer.batch.savepoints=on-failure (the default) the handlers
+ * first run without savepoints, a round trip less per message; at the first REJECT, RETRY or
+ * failed statement the whole transaction is rolled back and the batch runs again as above, with a
+ * savepoint per message (always: with savepoints from the start).  What batching means for a
+ * handler: its work commits with the rest of the batch, not on its own; a statement of its that
+ * fails is contained by its savepoint (the consumer rolls back to it and retries the message);
+ * under on-failure it may be called again for a message when a later message of its batch fails
+ * (the first call's work on conn was rolled back: its effects still commit once, what it did
+ * elsewhere happens twice; the failing message's handler is not called again).
+ * consumer.batch.max=1 processes one message per transaction.  Returns OUTBOX_OK, or an error
+ * when PostgreSQL or Kafka failed (the whole
  * batch is redelivered, and dedup skips what had committed; call again to continue, it
  * reconnects, with the backoff described at outbox_consumer_new()): OUTBOX_ERR_CONNECTION, OUTBOX_ERR_PG,
  * OUTBOX_ERR_SCHEMA (the schema is not migrated), with the reason in outbox_consumer_errmsg().
