@@ -20,47 +20,8 @@ static void setup(void) {
     ck_assert_int_eq(setenv("OUTBOX_PG_CONNINFO", getenv("OUTBOX_TEST_PG"), 1), 0); /* for the verbs */
 }
 
-/* The slot's name for tf_schema, as the relay derives it. */
-static const char *slot_name(void) {
-    static char buf[128];
-    PGresult *res = PQexecParams(tf_conn, "SELECT lower(regexp_replace('outbox_' || $1, '[^a-zA-Z0-9_]', '_', 'g'))",
-                                 1, NULL, (const char *const[]){tf_schema}, NULL, NULL, 0);
-    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
-    snprintf(buf, sizeof(buf), "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return buf;
-}
-
-/* The slot and publication outlive the schema: drop them (the relay is gone, its walsender may
- * take a moment to notice). */
-static void drop_slot(void) {
-    const char *p[1] = {slot_name()};
-    for (int i = 0; i < 50; i++) {
-        PGresult *res = PQexecParams(tf_conn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                                     "WHERE slot_name = $1", 1, NULL, p, NULL, NULL, 0);
-        bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
-        PQclear(res);
-        if (ok)
-            break;
-        tk_sleep_ms(100);
-    }
-    char sql[256];
-    snprintf(sql, sizeof(sql), "DROP PUBLICATION IF EXISTS \"%s\"", p[0]);
-    PQclear(PQexec(tf_conn, sql));
-}
-
 static void teardown(void) {
-    tf_teardown(drop_slot);
-}
-
-/* outbox-relay -X outbox.mode=wal migrate on tf_schema: must succeed. */
-static void wal_migrate(void) {
-    char schema[160];
-    snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
-    tk_proc_t *p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "migrate", NULL);
-    TF_CHECK(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0, "wal migrate failed (%s): %s %s",
-             tk_status_str(p->status), tk_file_tail(p->out_path, 2000), tk_file_tail(p->err_path, 2000));
-    tk_proc_free(p);
+    tf_teardown(tf_wal_drop_slot);
 }
 
 /* Moves the rows written this transaction into the WAL as the outbox's logical messages, in id
@@ -103,7 +64,7 @@ static tk_proc_t *start_wal_relay(const char *extra) {
 /* Bytes between the current WAL position and the slot's confirmed one. */
 static long long slot_lag(void) {
     return tu_scalar(tf_conn, tf_q("SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), -1)::bigint "
-                                   "FROM pg_replication_slots WHERE slot_name = '%s'", slot_name()));
+                                   "FROM pg_replication_slots WHERE slot_name = '%s'", tf_wal_slot_name()));
 }
 
 /* A wal relay whose /metrics and /readyz answer on *port. */
@@ -141,7 +102,7 @@ static double must_metric(const char *text, const char *name) {
 START_TEST(test_commit_order_and_rollback) {
     enum { KEYS = 20, PER_KEY = 50 };
     tf_start_broker("--topic", "w1.seq:4", "--topic", "w1.one:1", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     /* A rollback publishes nothing. */
     outbox_message_t *m = seq_msg("w1.one", 999, 999);
     tu_exec(tf_conn, "BEGIN");
@@ -189,7 +150,7 @@ START_TEST(test_commit_order_and_rollback) {
     /* Everything acknowledged: the slot confirms up to the end, within a few status updates. */
     long long lag = tk_wait_scalar(tf_conn, tf_q("SELECT (pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) "
                                                  "< 65536)::int FROM pg_replication_slots WHERE slot_name = '%s'",
-                                                 slot_name()), 1, 20000);
+                                                 tf_wal_slot_name()), 1, 20000);
     TF_CHECK(lag == 1, "the slot's confirmed position stays %lld bytes behind after the drain", slot_lag());
     char schema[160];
     snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
@@ -211,7 +172,7 @@ END_TEST
 START_TEST(test_kill_and_restart_resends_never_gaps) {
     enum { KEYS = 50, PER_KEY = 600 };
     tf_start_broker("--topic", "w2.seq:4", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     emit_seq("w2.seq", KEYS, 0, PER_KEY, 1000);
     tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "w2.seq");
     seqstate_t st;
@@ -234,7 +195,7 @@ END_TEST
 START_TEST(test_a_200k_message_transaction_arrives_whole_in_order) {
     enum { KEYS = 100, PER_KEY = 2000 };
     tf_start_broker("--topic", "w3.big:4", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     emit_seq("w3.big", KEYS, 0, PER_KEY, KEYS * PER_KEY);
     start_wal_relay(NULL);
     tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "w3.big");
@@ -250,7 +211,7 @@ END_TEST
  * slot retains little WAL. */
 START_TEST(test_idle_outbox_retains_little_wal) {
     tf_start_broker("--topic", "w4.seq:1", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     int port;
     start_wal_relay_metrics(&port);
     emit_seq("w4.seq", 1, 0, 1, 1);
@@ -277,7 +238,7 @@ START_TEST(test_idle_outbox_retains_little_wal) {
     }
     TF_CHECK(m_lag >= 0 && m_lag <= 1 << 20, "outbox_relay_wal_lag_bytes is %.0f on an idle slot:\n%s", m_lag, text);
     long long confirmed = tu_scalar(tf_conn, tf_q("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM "
-                                                  "pg_replication_slots WHERE slot_name = '%s'", slot_name()));
+                                                  "pg_replication_slots WHERE slot_name = '%s'", tf_wal_slot_name()));
     double m_lsn = must_metric(text, "outbox_relay_wal_confirmed_lsn");
     TF_CHECK(m_lsn > 0 && m_lsn <= (double)confirmed, "outbox_relay_wal_confirmed_lsn %.0f, the slot's %lld", m_lsn,
              confirmed);
@@ -294,7 +255,7 @@ END_TEST
 START_TEST(test_rows_left_in_the_table_go_first) {
     enum { KEYS = 10 };
     tf_start_broker("--topic", "w5.seq:2", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     write_seq("w5.seq", KEYS, 0, 30, NULL);  /* table mode */
     emit_seq("w5.seq", KEYS, 30, 60, 100);   /* then wal mode */
     start_wal_relay(NULL);
@@ -313,7 +274,7 @@ END_TEST
 START_TEST(test_broker_down_freezes_the_slot_then_drains) {
     enum { KEYS = 20 };
     tf_start_broker("--topic", "w6.seq:2", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     start_wal_relay(NULL);
     emit_seq("w6.seq", KEYS, 0, 10, 50);
     tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, "w6.seq");
@@ -326,11 +287,11 @@ START_TEST(test_broker_down_freezes_the_slot_then_drains) {
     tk_broker_cmd(tf_broker, "down all");
     tk_sleep_ms(500);
     char *before = strdup(tf_q("%lld", tu_scalar(tf_conn, tf_q("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint "
-                                                                "FROM pg_replication_slots WHERE slot_name = '%s'", slot_name()))));
+                                                                "FROM pg_replication_slots WHERE slot_name = '%s'", tf_wal_slot_name()))));
     emit_seq("w6.seq", KEYS, 10, 20, 50);
     tk_sleep_ms(3000);
     long long after = tu_scalar(tf_conn, tf_q("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint "
-                                              "FROM pg_replication_slots WHERE slot_name = '%s'", slot_name()));
+                                              "FROM pg_replication_slots WHERE slot_name = '%s'", tf_wal_slot_name()));
     TF_CHECK(after == atoll(before), "the confirmed position moved from %s to %lld while the broker was down",
              before, after);
     free(before);
@@ -377,12 +338,12 @@ END_TEST
  * and only slot-recreate --accept-loss replaces it, saying which positions were lost. */
 START_TEST(test_a_lost_slot_is_reported_and_recreated_only_on_request) {
     tf_start_broker("--topic", "w8.seq:1", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     tu_exec(tf_conn, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
     tu_exec(tf_conn, "SELECT pg_reload_conf()");
     tu_exec(tf_conn, tf_q("CREATE TABLE @.filler (x text)"));
     for (int i = 0; i < 4 && tu_scalar(tf_conn, tf_q("SELECT (wal_status = 'lost')::int FROM pg_replication_slots "
-                                                     "WHERE slot_name = '%s'", slot_name())) == 0; i++) {
+                                                     "WHERE slot_name = '%s'", tf_wal_slot_name())) == 0; i++) {
         tu_exec(tf_conn, tf_q("INSERT INTO @.filler SELECT repeat(md5(g::text), 32) FROM generate_series(1, 20000) g"));
         tu_exec(tf_conn, "SELECT pg_switch_wal()");
         tu_exec(tf_conn, "CHECKPOINT");
@@ -390,7 +351,7 @@ START_TEST(test_a_lost_slot_is_reported_and_recreated_only_on_request) {
     tu_exec(tf_conn, "ALTER SYSTEM RESET max_slot_wal_keep_size");
     tu_exec(tf_conn, "SELECT pg_reload_conf()");
     TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT (wal_status = 'lost')::int FROM pg_replication_slots WHERE slot_name = '%s'",
-                                     slot_name())) == 1, "could not make the slot lost");
+                                     tf_wal_slot_name())) == 1, "could not make the slot lost");
     int port;
     tk_proc_t *relay = start_wal_relay_metrics(&port);
     TF_CHECK(tk_wait_file_contains(relay->err_path, "is lost", 15000), "the relay did not report the lost slot");
@@ -403,7 +364,7 @@ START_TEST(test_a_lost_slot_is_reported_and_recreated_only_on_request) {
     TF_CHECK(tk_file_count(relay->err_path, "slot-recreate") > 0, "the lost slot's error does not name the fix");
     TF_CHECK(tk_proc_running(relay), "the relay exited on a lost slot: %s", tk_status_str(relay->status));
     TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT (wal_status = 'lost')::int FROM pg_replication_slots WHERE slot_name = '%s'",
-                                     slot_name())) == 1, "the relay replaced the lost slot by itself");
+                                     tf_wal_slot_name())) == 1, "the relay replaced the lost slot by itself");
     char schema[160];
     snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
     tk_proc_t *p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "slot-recreate", NULL);
@@ -423,7 +384,7 @@ START_TEST(test_a_lost_slot_is_reported_and_recreated_only_on_request) {
     free(out);
     tk_proc_free(p);
     TF_CHECK(tu_scalar(tf_conn, tf_q("SELECT (wal_status <> 'lost')::int FROM pg_replication_slots WHERE slot_name = '%s'",
-                                     slot_name())) == 1, "the slot is still lost after slot-recreate");
+                                     tf_wal_slot_name())) == 1, "the slot is still lost after slot-recreate");
     /* The new slot works. */
     start_wal_relay(NULL);
     emit_seq("w8.seq", 3, 0, 5, 15);
@@ -442,7 +403,7 @@ START_TEST(test_wal_writer_end_to_end) {
     enum { KEYS = 5, PER_KEY = 40 };
     char err[512];
     tf_start_broker("--topic", "w9.seq:2", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     outbox_conf_t *conf = outbox_conf_new();
     ck_assert_int_eq(outbox_conf_set(conf, "outbox.schema", tf_schema, err, sizeof(err)), OUTBOX_CONF_OK);
     ck_assert_int_eq(outbox_conf_set(conf, "outbox.mode", "wal", err, sizeof(err)), OUTBOX_CONF_OK);
@@ -480,7 +441,7 @@ END_TEST
  * the batch's last one (a CHECK), trying the batch again must not count the others again. */
 START_TEST(test_a_batchs_dead_letters_are_recorded_together) {
     tf_start_broker("--topic", "w10.any:1", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     tu_exec(tf_conn, tf_q("ALTER TABLE @.dead_letters ADD CONSTRAINT refuse_one CHECK "
                           "(envelope <> convert_to('not an envelope: refused', 'UTF8'))"));
     /* Not outbox.v1.Envelope protobufs ('n' is no valid field tag): each one is dead on arrival. */

@@ -23,42 +23,8 @@ static void setup(void) {
     memset(ids, 0, sizeof(ids));
 }
 
-static const char *slot_name(void) {
-    static char buf[128];
-    PGresult *res = PQexecParams(tf_conn, "SELECT lower(regexp_replace('outbox_' || $1, '[^a-zA-Z0-9_]', '_', 'g'))",
-                                 1, NULL, (const char *const[]){tf_schema}, NULL, NULL, 0);
-    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
-    snprintf(buf, sizeof(buf), "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return buf;
-}
-
-static void drop_slot(void) {
-    const char *p[1] = {slot_name()};
-    for (int i = 0; i < 50; i++) {
-        PGresult *res = PQexecParams(tf_conn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                                     "WHERE slot_name = $1", 1, NULL, p, NULL, NULL, 0);
-        bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
-        PQclear(res);
-        if (ok)
-            break;
-        tk_sleep_ms(100);
-    }
-    char sql[256];
-    snprintf(sql, sizeof(sql), "DROP PUBLICATION IF EXISTS \"%s\"", p[0]);
-    PQclear(PQexec(tf_conn, sql));
-}
-
 static void teardown(void) {
-    tf_teardown(drop_slot);
-}
-
-static void wal_migrate(void) {
-    char schema[160];
-    snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
-    tk_proc_t *p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "migrate", NULL);
-    TF_CHECK(tf_exit_code(p) == 0, "wal migrate failed: %s", tk_file_tail(p->err_path, 2000));
-    tk_proc_free(p);
+    tf_teardown(tf_wal_drop_slot);
 }
 
 static tk_proc_t *start_wal_relay(void) {
@@ -205,7 +171,7 @@ START_TEST(test_poison_parks_its_key_and_retry_publishes_in_order) {
     int exp[NK][MAXS] = {{0}}, n[NK] = {0};
     char out[2100];
     tf_start_broker("--topic", "wp1.events:2", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     emit_keys(topic, all, 0, 2);
     tu_exec(tf_conn, "BEGIN");
     emit_one(topic, 1, 2, true);
@@ -251,7 +217,7 @@ START_TEST(test_drop_first_and_drop) {
     int exp[NK][MAXS] = {{0}}, n[NK] = {0};
     char out[2100];
     tf_start_broker("--topic", "wp2.events:2", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     emit_keys(topic, all, 0, 2);
     tu_exec(tf_conn, "BEGIN");
     emit_one(topic, 1, 2, true);
@@ -301,7 +267,7 @@ START_TEST(test_kill_while_parked_loses_nothing) {
     int exp[NK][MAXS] = {{0}}, n[NK] = {0};
     char out[2100];
     tf_start_broker("--topic", "wp3.events:2", NULL);
-    wal_migrate();
+    tf_wal_migrate();
     emit_keys(topic, all, 0, 2);
     tu_exec(tf_conn, "BEGIN");
     emit_one(topic, 1, 2, true);

@@ -201,3 +201,40 @@ int tf_matches(const char *text, const char *re) {
     regfree(&rx);
     return hit;
 }
+
+/* ---- outbox.mode=wal ------------------------------------------------------------------------- */
+
+const char *tf_wal_slot_name(void) {
+    static char buf[128];
+    PGresult *res = PQexecParams(tf_conn, "SELECT lower(regexp_replace('outbox_' || $1, '[^a-zA-Z0-9_]', '_', 'g'))",
+                                 1, NULL, (const char *const[]){tf_schema}, NULL, NULL, 0);
+    ck_assert_int_eq(PQresultStatus(res), PGRES_TUPLES_OK);
+    snprintf(buf, sizeof(buf), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return buf;
+}
+
+void tf_wal_drop_slot(void) {
+    const char *p[1] = {tf_wal_slot_name()};
+    for (int i = 0; i < 50; i++) {
+        PGresult *res = PQexecParams(tf_conn, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                     "WHERE slot_name = $1", 1, NULL, p, NULL, NULL, 0);
+        int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+        PQclear(res);
+        if (ok)
+            break;
+        tk_sleep_ms(100);
+    }
+    char sql[256];
+    snprintf(sql, sizeof(sql), "DROP PUBLICATION IF EXISTS \"%s\"", p[0]);
+    PQclear(PQexec(tf_conn, sql));
+}
+
+void tf_wal_migrate(void) {
+    char schema[160];
+    snprintf(schema, sizeof(schema), "outbox.schema=%s", tf_schema);
+    tk_proc_t *p = tf_relay_cli("-X", schema, "-X", "outbox.mode=wal", "migrate", NULL);
+    TF_CHECK(tf_exit_code(p) == 0, "wal migrate failed (%s): %s %s", tk_status_str(p->status),
+             tk_file_tail(p->out_path, 2000), tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+}

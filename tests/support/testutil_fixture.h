@@ -84,4 +84,14 @@ int tf_exit_code(const tk_proc_t *p);
  * match at line ends). */
 int tf_matches(const char *text, const char *re);
 
+/* ---- outbox.mode=wal ------------------------------------------------------------------------- */
+
+/* The slot's name for tf_schema, as the relay derives it (static buffer). */
+const char *tf_wal_slot_name(void);
+/* Drops tf_schema's slot and publication, which outlive the schema (a tf_teardown() hook: the
+ * relay is gone, its walsender may take a moment to notice). */
+void tf_wal_drop_slot(void);
+/* outbox-relay -X outbox.mode=wal migrate on tf_schema: must succeed. */
+void tf_wal_migrate(void);
+
 #endif
