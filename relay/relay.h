@@ -286,6 +286,8 @@ typedef struct {
     bool table_phase;        /* rows left in the table (table mode, retried dead letters) first */
     bool warned_untx;        /* a non-transactional message with the prefix was logged */
     int64_t next_table_ms, next_sample_ms, next_broken_log_ms;
+    int64_t settle_retry_ms;  /* a failed store of dead or held rows is tried again from then */
+    bool park_denied;         /* no USAGE on the identity: held rows are dead-lettered (walpark.c) */
     int64_t backoff_ms;      /* before the next attempt to start the stream */
     char sql_dead[1024], sql_slot[512], sql_rows[256];
 } relay_wal_t;

@@ -71,5 +71,12 @@ int walpark_gate(relay_t *r, int built);
  * in one statement: 0, or -1 (logged; the batch stays, tried again at the next settle).  A held
  * row whose key is no longer parked is marked to be sent again (ROW_RETRY).  Main thread. */
 int walpark_store(relay_t *r, batch_t *b);
+/* A new leadership: checks that the relay's role may draw ids for held messages (USAGE on the
+ * outbox table's identity); without it, held messages are dead-lettered (walpark_unhold), and the
+ * relay says how to get parking back.  Main thread. */
+void walpark_leader(relay_t *r);
+/* Before b's rows are counted at settle: without that USAGE, its held rows become dead rows, with
+ * the reason.  Main thread. */
+void walpark_unhold(relay_t *r, batch_t *b);
 
 #endif

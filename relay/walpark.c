@@ -22,7 +22,8 @@
 #include "wal.h"
 
 #define FAC "WAL"
-/* The arrays of walpark_store: uuids, destinations, keys, types, envelopes, created. */
+/* The arrays of walpark_store: the held rows' uuids, destinations, keys, types, envelopes and
+ * creation times; the keys' keys, destinations, first message ids and errors. */
 enum { A_UUID, A_DEST, A_KEY, A_TYPE, A_ENV, A_CREATED, A_KKEY, A_KDEST, A_KFIRST, A_KERR, A_COUNT };
 
 /* A growing text[] or bigint[] literal. */
@@ -178,6 +179,45 @@ static bool held_arrays(relay_t *r, batch_t *b, lit_t *a) {
     return true;
 }
 
+/* Parking needs nextval() on the outbox table's identity: without USAGE on it, a held message
+ * could never be stored and the stream would stop for every key.  So the relay dead-letters such
+ * messages instead, as relay.poison.policy=dead-letter does, and says how to get parking back. */
+static void denied(relay_t *r, const char *why) {
+    r->wal.park_denied = true;
+    r->set.park_key = false; /* no key parks from now on: a failing message alone is dead-lettered */
+    outbox_log(r->conf, 4, FAC, "msg=\"relay.poison.policy=park-key needs USAGE on the outbox table's identity "
+               "sequence in outbox.mode=wal, which the relay's role lacks: a message that fails permanently, or "
+               "whose key is parked, is dead-lettered instead\" fix=\"outbox-relay -X outbox.mode=wal grants "
+               "--relay ROLE prints the grant; restart the relay after it\" why=\"%s\"", why);
+}
+
+void walpark_leader(relay_t *r) {
+    char table[200], err[512];
+    if (!r->set.park_key || r->wal.park_denied || session_lost(r))
+        return;
+    snprintf(table, sizeof(table), "%s.messages", r->schema_q);
+    const char *p[1] = {table};
+    PGresult *res = outbox_pg_exec(r->session.pg, &r->session.stmt_lim,
+                                   "SELECT has_sequence_privilege(pg_get_serial_sequence($1, 'id'), 'USAGE')", 1, p,
+                                   NULL, NULL, 0, err, sizeof(err));
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && !strcmp(PQgetvalue(res, 0, 0), "f"))
+        denied(r, "has_sequence_privilege(..., 'USAGE') is false");
+    PQclear(res); /* a failed check: the store says what it meets */
+}
+
+void walpark_unhold(relay_t *r, batch_t *b) {
+    if (!r->wal.park_denied)
+        return;
+    for (int i = 0; i < b->n; i++)
+        if (b->state[i] == ROW_HELD) {
+            b->state[i] = ROW_DEAD;
+            if (!b->error[i])
+                b->error[i] = outbox_strdup("its partition key is parked, and the relay's role lacks USAGE on the "
+                                            "outbox table's identity sequence to hold it (outbox-relay -X "
+                                            "outbox.mode=wal grants --relay ROLE)");
+        }
+}
+
 int walpark_store(relay_t *r, batch_t *b) {
     lit_t a[A_COUNT];
     char sql[2048], table[200], err[512], msg[512];
@@ -196,12 +236,14 @@ int walpark_store(relay_t *r, batch_t *b) {
     PGresult *res = outbox_pg_exec(r->session.pg, &r->session.stmt_lim, sql, 11, p, NULL, NULL, 0, err, sizeof(err));
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         outbox_logfmt_value(res ? PQresultErrorMessage(res) : err, msg, sizeof(msg));
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
         if (!res || session_lost(r))
             session_drop(r, msg);
-        else /* 42501 on the sequence: the relay's role predates wal parking (outbox-relay grants) */
-            outbox_log(r->conf, 3, FAC, "msg=\"holding the messages of parked keys failed: the stream waits\" "
-                       "fix=\"the relay's role needs USAGE on the outbox table's identity sequence: outbox-relay "
-                       "-X outbox.mode=wal grants --relay ROLE\" error=\"%s\"", msg);
+        else if (state && !strcmp(state, "42501"))
+            denied(r, msg); /* the grant went since the leadership began: dead letters from now on */
+        else
+            outbox_log(r->conf, 3, FAC, "msg=\"holding the messages of parked keys failed: tried again after "
+                       "relay.reconnect.backoff.ms\" rows=%d error=\"%s\"", b->n, msg);
         PQclear(res);
         goto out;
     }

@@ -191,6 +191,7 @@ static bool wal_ready(relay_t *r) {
         if (r->inflight_cnt)
             w->restart = true;
         w->next_table_ms = 0;
+        walpark_leader(r);
     }
     return true;
 }
@@ -270,19 +271,21 @@ static void wal_settle(relay_t *r, bool wait) {
         status_maybe(r);
         return;
     }
-    while (r->inflight_cnt && r->inflight[0]->pending == 0) {
+    while (r->inflight_cnt && r->inflight[0]->pending == 0 && outbox_mono_ms() >= w->settle_retry_ms) {
         batch_t *b = r->inflight[0];
         size_t dead = 0, again = 0, held = 0;
+        walpark_unhold(r, b);
         for (int i = 0; i < b->n; i++) {
             dead += b->state[i] == ROW_DEAD;
             held += b->state[i] == ROW_HELD;
             again += b->state[i] != ROW_ACKED && b->state[i] != ROW_DEAD && b->state[i] != ROW_HELD;
         }
         /* Held rows are stored (walpark.c) before the batch's end may be confirmed. */
-        if (held && !again && !w->restart && walpark_store(r, b) < 0)
-            break; /* tried again at the next settle */
-        if (dead && !again && !w->restart && wal_dead_letters(r, b) < 0)
-            break; /* tried again at the next settle */
+        if ((held && !again && !w->restart && walpark_store(r, b) < 0) ||
+            (dead && !again && !w->restart && wal_dead_letters(r, b) < 0)) {
+            w->settle_retry_ms = outbox_mono_ms() + r->set.backoff_ms; /* not on every loop turn */
+            break;
+        }
         if (again)
             w->restart = true; /* this batch and every later one go out again from the slot */
         else

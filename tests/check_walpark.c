@@ -310,6 +310,53 @@ START_TEST(test_kill_while_parked_loses_nothing) {
 }
 END_TEST
 
+/* ---- (e): a relay role without USAGE on the identity dead-letters instead of stalling ---------- */
+
+/* An upgraded relay role may lack USAGE on the outbox table's identity, which holding a wal
+ * message needs: the relay says so at its leadership and dead-letters the poison message alone,
+ * as relay.poison.policy=dead-letter does; every key, the poison's own too, keeps flowing. */
+START_TEST(test_a_role_without_usage_dead_letters_instead_of_stalling) {
+    static const int all[] = {0, 1, 2, -1};
+    const char *topic = "wp4.events";
+    int exp[NK][MAXS] = {{0}}, n[NK] = {0};
+    char role[64], sch[160];
+    tf_start_broker("--topic", "wp4.events:2", NULL);
+    tf_wal_migrate();
+    snprintf(role, sizeof(role), "walpark_relay_%d", (int)getpid());
+    snprintf(sch, sizeof(sch), "outbox.schema=%s", tf_schema);
+    tk_proc_t *p = tf_relay_cli("-X", sch, "-X", "outbox.mode=wal", "grants", "--relay", role, NULL);
+    char *grants = tk_read_file(p->out_path);
+    TF_CHECK(tf_exit_code(p) == 0 && strstr(grants, "USAGE"), "wal grants: %s", tk_file_tail(p->err_path, 2000));
+    tk_proc_free(p);
+    tu_exec(tf_conn, grants);
+    free(grants);
+    tu_exec(tf_conn, tf_q("DO $$ BEGIN EXECUTE format('REVOKE USAGE ON SEQUENCE %%s FROM %%I', "
+                          "pg_get_serial_sequence('@.messages', 'id'), '%s'); END $$", role));
+
+    emit_keys(topic, all, 0, 2);
+    tu_exec(tf_conn, "BEGIN");
+    emit_one(topic, 1, 2, true);
+    tu_exec(tf_conn, "COMMIT");
+    emit_keys(topic, all, 3, 5);
+    char conninfo[1024];
+    snprintf(conninfo, sizeof(conninfo), "%s user=%s", getenv("OUTBOX_TEST_PG"), role);
+    tf_relay_opts_t o = {.conninfo = conninfo};
+    tk_proc_t *relay = tf_start_relay_with(&o, "outbox.mode=wal", "relay.poison.policy=park-key", NULL);
+    exp_add(exp, n, 0, 0, 2), exp_add(exp, n, 0, 3, 5);
+    exp_add(exp, n, 1, 0, 2), exp_add(exp, n, 1, 3, 5);
+    exp_add(exp, n, 2, 0, 2), exp_add(exp, n, 2, 3, 5);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topic);
+    expect_topic(c, exp, n, true, 30000);
+    wait_count(tf_q("SELECT count(*) FROM @.dead_letters WHERE message_id = '%s'", ids[1][2]), 1, 10000);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.dead_letters")), 1);
+    ck_assert_int_eq(tu_scalar(tf_conn, tf_q("SELECT count(*) FROM @.parked_keys")), 0);
+    TF_CHECK(tk_file_count(relay->err_path, "needs USAGE on the outbox table's identity") == 1 &&
+             tk_file_count(relay->err_path, "grants --relay") > 0,
+             "the relay did not say once what parking lacks and how to fix it:\n%s", tk_file_tail(relay->err_path, 3000));
+    tk_consumer_free(c);
+}
+END_TEST
+
 static Suite *walpark_suite(void) {
     Suite *s = suite_create("walpark");
     TCase *tc = tcase_create("walpark");
@@ -318,6 +365,7 @@ static Suite *walpark_suite(void) {
     tcase_add_test(tc, test_poison_parks_its_key_and_retry_publishes_in_order);
     tcase_add_test(tc, test_drop_first_and_drop);
     tcase_add_test(tc, test_kill_while_parked_loses_nothing);
+    tcase_add_test(tc, test_a_role_without_usage_dead_letters_instead_of_stalling);
     suite_add_tcase(s, tc);
     return s;
 }
