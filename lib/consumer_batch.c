@@ -630,8 +630,12 @@ static outbox_err_t run_pass(batch_t *b) {
     outbox_consumer_t *c = b->c;
     int cnt;
     char *ids = id_array(b, decoded, &cnt);
-    if (!ids)
-        return outbox_cons_err(c, OUTBOX_ERR_NOMEM, "out of memory for a batch of %d messages", b->n);
+    if (!ids) {
+        /* Delivered again, not dropped: later batches would store offsets past these records. */
+        outbox_cons_err(c, OUTBOX_ERR_NOMEM, "out of memory for a batch of %d messages", b->n);
+        batch_failed(b, c->retry_backoff_ms);
+        return OUTBOX_ERR_NOMEM;
+    }
     /* The error names the messages: the one, or the first and last of the batch. */
     char which[128] = "no decodable message";
     const char *first = NULL, *last = NULL;

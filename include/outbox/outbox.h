@@ -504,7 +504,8 @@ OUTBOX_API outbox_err_t outbox_consumer_subscribe(outbox_consumer_t *c, const ch
  * fails is contained by its savepoint (the consumer rolls back to it and retries the message);
  * under on-failure it may be called again for a message when a later message of its batch fails
  * (the first call's work on conn was rolled back: its effects still commit once, what it did
- * elsewhere happens twice; the failing message's handler is not called again).
+ * elsewhere happens twice; the failing message's handler is not called again unless a message
+ * before it fails in the second pass).
  * consumer.batch.max=1 processes one message per transaction.  Returns OUTBOX_OK, or an error
  * when PostgreSQL or Kafka failed (the whole
  * batch is redelivered, and dedup skips what had committed; call again to continue, it
