@@ -27,10 +27,10 @@
  * The next leader: every second, and once more when it stops (claim.c's table_settle), the
  * leader saves min(floor, lowest id in flight) and the settled ranges above it in claim_state,
  * and a new leader starts its claims there instead of from the lowest id, which would walk every
- * row its predecessor deleted while a long transaction keeps them from VACUUM.  A saved state stays true forever: no id below the floor can appear (above),
- * rows in flight are at or above the saved value and stay so if re-sent, and deleted rows never
- * come back, except released parked rows, whose release deletes claim_state in its transaction
- * (park.c).  The one thing that would break it, an identity sequence restarted below the saved
+ * row its predecessor deleted while a long transaction keeps them from VACUUM.  A saved state
+ * stays true forever: no id below the floor can appear (above), rows in flight are at or above the
+ * saved value and stay so if re-sent, and deleted rows never come back, except released parked
+ * rows, whose release deletes claim_state in its transaction (park.c).  The one thing that would break it, an identity sequence restarted below the saved
  * floor, leaves rows below it: the load refuses a state with any row below its floor.
  */
 #include <stdlib.h>

@@ -218,7 +218,10 @@ void park_free(relay_t *r) {
 }
 
 static int unhex(char c) {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)(c | 0x20); /* either case */
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 ssize_t park_unhex(const char *hex, uint8_t *out, size_t size) {

@@ -224,7 +224,7 @@ int wal_table_has_rows(relay_t *r) {
 static int txn_end(relay_t *r, const char *sql, const char *what) {
     PGresult *res = exec(r, sql, 0, NULL, NULL, NULL, PGRES_COMMAND_OK, what);
     if (!res && !session_lost(r) && !strcmp(sql, "ROLLBACK"))
-        session_drop(r, "cannot roll back recording dead letters");
+        session_drop(r, what);
     PQclear(res);
     return res ? 0 : -1;
 }
