@@ -340,9 +340,7 @@ bool park_pending(relay_t *r) {
 
 bool park_before_claim(relay_t *r) {
     relay_park_t *p = &r->park;
-    if (!p->reload && !p->release && outbox_mono_ms() >= p->next_poll_ms)
-        park_poll(r);
-    if (!p->reload && !p->release)
+    if (!park_pending(r))
         return true;
     /* Rows held under the set as it is must settle before it changes. */
     if (r->inflight_cnt > 0 || session_lost(r))
