@@ -172,13 +172,6 @@ static int wait_http(int port, const char *path, int want, const char *needle, i
     }
 }
 
-/* The value of a sample that must be there. */
-static double must_metric(const char *text, const char *name) {
-    double v = 0;
-    TF_CHECK(tn_metric(text, name, &v), "/metrics has no sample %s:\n%s", name, text);
-    return v;
-}
-
 static char *listen_setting(int port) {
     char *s;
     ck_assert(asprintf(&s, "metrics.listen=127.0.0.1:%d", port) > 0);
@@ -215,15 +208,15 @@ START_TEST(test_metrics_after_a_drain) {
                  "1 dead letter and an empty backlog within 6 s:\n%s", st, text ? text : "");
         tk_sleep_ms(200);
     }
-    ck_assert_int_eq((long long)must_metric(text, "outbox_relay_published_total"), N);
-    ck_assert_int_eq((long long)must_metric(text, "outbox_relay_dead_letters_total"), 1);
-    ck_assert_int_eq((long long)must_metric(text, "outbox_relay_is_leader"), 1);
-    ck_assert_int_eq((long long)must_metric(text, "outbox_backlog_messages"), 0);
-    double count = must_metric(text, "outbox_relay_batch_duration_seconds_count");
-    double inf = must_metric(text, "outbox_relay_batch_duration_seconds_bucket{le=\"+Inf\"}");
+    ck_assert_int_eq((long long)tn_must_metric(text, "outbox_relay_published_total"), N);
+    ck_assert_int_eq((long long)tn_must_metric(text, "outbox_relay_dead_letters_total"), 1);
+    ck_assert_int_eq((long long)tn_must_metric(text, "outbox_relay_is_leader"), 1);
+    ck_assert_int_eq((long long)tn_must_metric(text, "outbox_backlog_messages"), 0);
+    double count = tn_must_metric(text, "outbox_relay_batch_duration_seconds_count");
+    double inf = tn_must_metric(text, "outbox_relay_batch_duration_seconds_bucket{le=\"+Inf\"}");
     TF_CHECK(count >= 1, "histogram _count %g after a drain of %d messages", count, N);
     TF_CHECK(inf == count, "+Inf bucket %g differs from _count %g", inf, count);
-    must_metric(text, "outbox_relay_batch_duration_seconds_sum");
+    tn_must_metric(text, "outbox_relay_batch_duration_seconds_sum");
     TF_CHECK(tf_matches(text, "^# TYPE outbox_relay_batch_duration_seconds histogram$"), "no histogram TYPE line:\n%s",
              text);
     /* Buckets are cumulative: never decreasing, never above _count. */

@@ -91,12 +91,6 @@ static char *metrics_with(int port, const char *name) {
     }
 }
 
-static double must_metric(const char *text, const char *name) {
-    double v = 0;
-    TF_CHECK(tn_metric(text, name, &v), "/metrics has no sample %s:\n%s", name, text);
-    return v;
-}
-
 /* ---- delivery --------------------------------------------------------------------------------- */
 
 START_TEST(test_commit_order_and_rollback) {
@@ -239,14 +233,14 @@ START_TEST(test_idle_outbox_retains_little_wal) {
     TF_CHECK(m_lag >= 0 && m_lag <= 1 << 20, "outbox_relay_wal_lag_bytes is %.0f on an idle slot:\n%s", m_lag, text);
     long long confirmed = tu_scalar(tf_conn, tf_q("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint FROM "
                                                   "pg_replication_slots WHERE slot_name = '%s'", tf_wal_slot_name()));
-    double m_lsn = must_metric(text, "outbox_relay_wal_confirmed_lsn");
+    double m_lsn = tn_must_metric(text, "outbox_relay_wal_confirmed_lsn");
     TF_CHECK(m_lsn > 0 && m_lsn <= (double)confirmed, "outbox_relay_wal_confirmed_lsn %.0f, the slot's %lld", m_lsn,
              confirmed);
-    double commit_s = must_metric(text, "outbox_relay_wal_last_commit_timestamp_seconds");
+    double commit_s = tn_must_metric(text, "outbox_relay_wal_last_commit_timestamp_seconds");
     double now_s = (double)tu_scalar(tf_conn, "SELECT extract(epoch FROM now())::bigint");
     TF_CHECK(commit_s > now_s - 120 && commit_s <= now_s + 2, "last commit time %.3f, now %.0f", commit_s, now_s);
-    TF_CHECK(must_metric(text, "outbox_relay_wal_retained_bytes") >= 0, "negative retained WAL:\n%s", text);
-    ck_assert_int_eq((int)must_metric(text, "outbox_relay_wal_slot_broken"), 0);
+    TF_CHECK(tn_must_metric(text, "outbox_relay_wal_retained_bytes") >= 0, "negative retained WAL:\n%s", text);
+    ck_assert_int_eq((int)tn_must_metric(text, "outbox_relay_wal_slot_broken"), 0);
     free(text);
 }
 END_TEST

@@ -13,6 +13,7 @@
 #include <check.h>
 #include <libpq-fe.h>
 
+#include "testutil_fixture.h"
 #include "testutil_net.h"
 
 int tn_free_port(void) {
@@ -210,4 +211,10 @@ int tn_metric(const char *text, const char *name, double *value) {
             line++;
     }
     return 0;
+}
+
+double tn_must_metric(const char *text, const char *name) {
+    double v = 0;
+    TF_CHECK(tn_metric(text, name, &v), "/metrics has no sample %s:\n%s", name, text);
+    return v;
 }

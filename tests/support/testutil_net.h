@@ -16,6 +16,8 @@ int tn_http_get(int port, const char *path, char **body);
 /* The value of the sample called exactly name (the whole text before the space, labels included)
  * in Prometheus text: 1 and *value set, or 0 if there is none. */
 int tn_metric(const char *text, const char *name, double *value);
+/* The same for a sample that must be there: fails the test (with the text) when it is not. */
+double tn_must_metric(const char *text, const char *name);
 
 /* ---- freeze-proxy --------------------------------------------------------------------------- */
 
