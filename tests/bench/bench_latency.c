@@ -4,6 +4,9 @@
  * The first second of messages warms up (the producer's first metadata lookup of the topic
  * costs about half a second) and is not counted.
  * Every counted message's latency goes to OUTDIR/latency_RATE.dat, sorted, as a CDF (ms, fraction).
+ * With relay.record.timestamp=produced among the relay's keys, each latency also splits at the
+ * relay's produce call (the record's timestamp): the server's and the relay's part before it,
+ * the producer's, the broker's and the consumer's after it.
  * Usage: bench_latency [-o OUTDIR] CONNINFO BOOTSTRAP RELAY_BINARY RATE_PER_S SECONDS [RELAY_KEY=VALUE...]
  */
 #include <getopt.h>
@@ -33,11 +36,26 @@ typedef struct {
     long n;
     double *committed; /* per sequence number: when COMMIT returned (written by the main thread) */
     double *received_at; /* per sequence number: first receipt (-1 = not received; consumer thread) */
+    double *committed_wall; /* per sequence number: COMMIT's return, wall clock ms (main thread) */
+    double *stamp_wall;     /* per sequence number: the record's timestamp, ms (consumer thread) */
     _Atomic long received;
     long part_received[4];   /* per partition (consumer thread) */
     int64_t part_offset[4];  /* last offset received per partition (consumer thread) */
     _Atomic int ready, stop;
 } shared_t;
+
+static double wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* p50 and p99 of v[0..k) (sorted in place), or 0 when empty. */
+static void p50_p99(double *v, long k, double *p50, double *p99) {
+    qsort(v, (size_t)k, sizeof(double), bench_cmp_double);
+    *p50 = k ? v[(long)((double)(k - 1) * 0.5)] : 0;
+    *p99 = k ? v[(long)((double)(k - 1) * 0.99)] : 0;
+}
 
 /* Reads the topic from its end (assigned before the first write) and timestamps receipts. */
 static void *consume(void *arg) {
@@ -86,6 +104,7 @@ static void *consume(void *arg) {
              * receipt time is taken here, the latency is computed after the run. */
             if (seq >= 0 && seq < sh->n && sh->received_at[seq] < 0) {
                 sh->received_at[seq] = t;
+                sh->stamp_wall[seq] = (double)rd_kafka_message_timestamp(m, NULL);
                 atomic_fetch_add(&sh->received, 1);
             }
             outbox_message_destroy(msg);
@@ -125,6 +144,10 @@ int main(int argc, char **argv) {
     snprintf(sh.topic, sizeof(sh.topic), "bench.latency.%d.%ld", (int)getpid(), (long)time(NULL));
     sh.committed = calloc((size_t)sh.n, sizeof(double));
     sh.received_at = malloc((size_t)sh.n * sizeof(double));
+    sh.committed_wall = calloc((size_t)sh.n, sizeof(double));
+    sh.stamp_wall = calloc((size_t)sh.n, sizeof(double));
+    if (!sh.committed || !sh.received_at || !sh.committed_wall || !sh.stamp_wall)
+        die("setup", "out of memory");
     for (long i = 0; i < sh.n; i++)
         sh.received_at[i] = -1;
     setenv("OUTBOX_PG_CONNINFO", argv[1], 1);
@@ -142,6 +165,10 @@ int main(int argc, char **argv) {
     if (PQstatus(conn) != CONNECTION_OK || outbox_migrate(ob, conn) != OUTBOX_OK)
         die("setup", PQerrorMessage(conn));
     PQclear(PQexec(conn, "TRUNCATE outbox.messages"));
+    /* With the record timestamp taken when the relay produces, a message's latency splits there. */
+    int produced_ts = 0;
+    for (int i = 6; i < argc; i++)
+        produced_ts |= !strcmp(argv[i], "relay.record.timestamp=produced");
     if (!strcmp(mode, "wal")) {
         char cmd[4096];
         snprintf(cmd, sizeof(cmd), "%s -X outbox.mode=wal migrate >/dev/null", argv[3]);
@@ -173,6 +200,7 @@ int main(int argc, char **argv) {
             die("outbox_send", outbox_errmsg(ob));
         PQclear(PQexec(conn, "COMMIT"));
         sh.committed[i] = bench_now();
+        sh.committed_wall[i] = wall_ms();
         outbox_message_destroy(m);
     }
     double deadline = bench_now() + 10;
@@ -210,13 +238,41 @@ int main(int argc, char **argv) {
            k ? lat[k - 1] : 0);
     if (early)
         printf("  %ld received before COMMIT returned to the writer (counted as 0 ms)\n", early);
+    if (produced_ts && k) {
+        /* The record's timestamp is the relay's produce call (wall clock, whole ms): before it the
+         * time is the server's and the relay's (decoding, reading, building a batch), after it the
+         * producer's, the broker's and the consumer's (linger, the produce request, the fetch). */
+        double *a = malloc((size_t)k * sizeof(double)), *b = malloc((size_t)k * sizeof(double));
+        long j = 0;
+        for (long i = warmup; i < sh.n && a && b; i++)
+            if (sh.received_at[i] >= 0) {
+                double total = (sh.received_at[i] - sh.committed[i]) * 1000;
+                a[j] = sh.stamp_wall[i] - sh.committed_wall[i];
+                b[j] = total - a[j];
+                j++;
+            }
+        double a50, a99, b50, b99;
+        p50_p99(a, j, &a50, &a99);
+        p50_p99(b, j, &b50, &b99);
+        printf("  split at the relay's produce call (record timestamps, whole ms):\n"
+               "    commit -> produce   p50 %.2f ms   p99 %.2f ms\n"
+               "    produce -> receipt  p50 %.2f ms   p99 %.2f ms\n", a50, a99, b50, b99);
+        free(a);
+        free(b);
+    }
     char path[4096];
-    snprintf(path, sizeof(path), "%s/latency_%s%.0f.dat", outdir, strcmp(mode, "wal") ? "" : "wal_", rate);
+    /* latency_[wal_]RATE[_lingerMS].dat: a linger set among the keys names its own file. */
+    const char *linger = "";
+    for (int i = 6; i < argc; i++)
+        if (!strncmp(argv[i], "kafka.linger.ms=", 16))
+            linger = argv[i] + 16;
+    snprintf(path, sizeof(path), "%s/latency_%s%.0f%s%s.dat", outdir, strcmp(mode, "wal") ? "" : "wal_", rate,
+             *linger ? "_linger" : "", linger);
     FILE *f = fopen(path, "w");
     if (!f)
         die(path, "cannot write the latencies");
-    fprintf(f, "# title: %.0f msg/s (p50 %.1f ms, p99 %.1f ms)\n# latency_ms fraction_at_or_below\n", rate,
-            PCT(0.5), PCT(0.99));
+    fprintf(f, "# title: %s, %.0f msg/s%s%s (p50 %.1f ms, p99 %.1f ms)\n# latency_ms fraction_at_or_below\n", mode,
+            rate, *linger ? ", linger.ms " : "", linger, PCT(0.5), PCT(0.99));
     for (long i = 0; i < k; i++)
         fprintf(f, "%.3f %.6f\n", lat[i], (double)(i + 1) / (double)k);
     fclose(f);
@@ -240,6 +296,8 @@ int main(int argc, char **argv) {
     free(lat);
     free(sh.committed);
     free(sh.received_at);
+    free(sh.committed_wall);
+    free(sh.stamp_wall);
     outbox_destroy(ob);
     PQfinish(conn);
     return got == sh.n ? 0 : 1;
