@@ -271,7 +271,9 @@ typedef struct {
 } sample_t;
 
 typedef struct {
-    double rate, cpu_us, first10, last10;
+    double rate, cpu_us, first10, last10, steady;
+    double pg_cpu_us;     /* the CPU of the relay's PostgreSQL sessions (walsender included), per message */
+    double broker_cpu_us; /* the mock broker's CPU during the drain, per message */
     long rss_kb;
     long long published;
     long held;     /* set by the caller: rows of parked keys the relay holds instead of publishing */
@@ -291,7 +293,9 @@ static void add_sample(drain_t *d, double t, long long p, int tick) {
 
 /* The rates of the first and the last tenth of the messages, from the counter's samples: from the
  * first sample that saw a message to the first one 10 % further, and from the last sample 10 %
- * before the final count to the first sample that saw the final count. */
+ * before the final count to the first sample that saw the final count.  And the steady rate: from
+ * the first sample at 10 % of n to the first at 90 %, without the start (process, sessions,
+ * metadata, the first claim or the stream's start) and the last acknowledgements. */
 static void tenths(drain_t *d, long n) {
     long long tenth = n / 10 > 0 ? n / 10 : 1, final = d->s[d->ns - 1].p;
     int a = 0, e = d->ns - 1;
@@ -308,6 +312,12 @@ static void tenths(drain_t *d, long n) {
                      ? (double)(d->s[b].p - d->s[a].p) / (d->s[b].t - d->s[a].t) : 0;
     d->last10 = final - d->s[c].p >= tenth && d->s[e].t > d->s[c].t
                     ? (double)(final - d->s[c].p) / (d->s[e].t - d->s[c].t) : 0;
+    int lo = 0, hi;
+    while (lo < d->ns && d->s[lo].p < tenth)
+        lo++;
+    for (hi = lo; hi < d->ns && d->s[hi].p < n - tenth; hi++)
+        ;
+    d->steady = hi < d->ns && d->s[hi].t > d->s[lo].t ? (double)(d->s[hi].p - d->s[lo].p) / (d->s[hi].t - d->s[lo].t) : 0;
 }
 
 /* The peak resident set of a running process, from /proc (VmHWM, kB); 0 if unreadable.  Not
@@ -326,6 +336,55 @@ static long peak_rss_kb(pid_t pid) {
             break;
     fclose(fp);
     return kb;
+}
+
+/* A process's CPU time so far (user + system, µs), from /proc; 0 if it is gone. */
+static double proc_cpu_us(long pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return 0;
+    size_t got = fread(buf, 1, sizeof(buf) - 1, fp);
+    fclose(fp);
+    buf[got] = '\0';
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The mock broker's CPU so far (the process named mock-kafka), µs; 0 if none is found. */
+static double broker_cpu_us(void) {
+    static long pid = -1;
+    if (pid < 0) {
+        pid = 0;
+        FILE *fp = popen("pgrep -x mock-kafka", "r");
+        if (fp) {
+            if (fscanf(fp, "%ld", &pid) != 1)
+                pid = 0;
+            pclose(fp);
+        }
+    }
+    return pid > 0 ? proc_cpu_us(pid) : 0;
+}
+
+/* The CPU so far of the PostgreSQL backends serving the relay whose process is pid (its sessions
+ * name it in application_name) and of the walsender (the bench runs one relay at a time), µs.
+ * They start with the relay: read before it stops, this is their whole cost. */
+static double relay_sessions_cpu_us(PGconn *conn, pid_t pid) {
+    char q[256];
+    snprintf(q, sizeof(q), "SELECT pid FROM pg_stat_activity WHERE application_name LIKE '%% pid=%d%%' "
+                           "OR backend_type = 'walsender'", (int)pid);
+    PGresult *res = PQexec(conn, q);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        die("the relay's sessions", PQresultErrorMessage(res));
+    double us = 0;
+    for (int i = 0; i < PQntuples(res); i++)
+        us += proc_cpu_us(atol(PQgetvalue(res, i, 0)));
+    PQclear(res);
+    return us;
 }
 
 /* After a drain, waits (up to 120 s) until the relay has rebuilt an index larger than min
@@ -359,6 +418,7 @@ static void drain(PGconn *conn, const char *bootstrap, const char *relay, char *
 
     n -= d->held; /* the messages to publish */
     double t0 = bench_now(), next_tick = TICK_S, last_check = 0, tick_t = 0, rate = 0, t = 0;
+    double broker0 = broker_cpu_us();
     long long p = 0, dl = 0, tick_p = 0;
     pid_t pid = bench_start_relay(relay, bootstrap, ex, n_extra + 1);
     add_sample(d, 0, 0, 1);
@@ -416,6 +476,8 @@ static void drain(PGconn *conn, const char *bootstrap, const char *relay, char *
         *reindex_s = reindex_min > 0 ? wait_reindex(conn, reindex_min) : 0;
     }
     d->rss_kb = peak_rss_kb(pid); /* VmHWM never falls: its peak over the whole drain */
+    d->pg_cpu_us = relay_sessions_cpu_us(conn, pid) / (double)n;
+    d->broker_cpu_us = (broker_cpu_us() - broker0) / (double)n;
     kill(pid, SIGTERM);
     int st;
     struct rusage ru;
@@ -783,7 +845,8 @@ static void modes(PGconn **fillers, const char *bootstrap, const char *relay, ch
     snprintf(cmd, sizeof(cmd), "%s -X outbox.mode=wal migrate >/dev/null", relay);
     if (system(cmd) != 0)
         die("setup", "outbox-relay -X outbox.mode=wal migrate failed");
-    double rate[2][MAX_RUNS], cpu[2][MAX_RUNS], fill_s[2] = {0, 0};
+    double rate[2][MAX_RUNS], cpu[2][MAX_RUNS], steady[2][MAX_RUNS], pgc[2][MAX_RUNS], brk[2][MAX_RUNS];
+    double fill_s[2] = {0, 0};
     static const char *const name[2] = {"table", "wal"};
     for (int r = 0; r < runs; r++) {
         for (int k = wal_only; k < 2; k++) {
@@ -796,9 +859,13 @@ static void modes(PGconn **fillers, const char *bootstrap, const char *relay, ch
             drain(fillers[0], bootstrap, relay, args, n_extra + 1, n, &d, NULL, 0, &reindex_s);
             rate[md][r] = d.rate;
             cpu[md][r] = d.cpu_us;
+            steady[md][r] = d.steady;
+            pgc[md][r] = d.pg_cpu_us;
+            brk[md][r] = d.broker_cpu_us;
             free(d.s);
-            fprintf(stderr, "run %d: %s drain %.0f msg/s (fill %.1f s), relay CPU %.2f us/msg\n", r + 1, name[md],
-                    d.rate, fill_s[md], d.cpu_us);
+            fprintf(stderr, "run %d: %s drain %.0f msg/s (steady %.0f, fill %.1f s), CPU us/msg: relay %.2f, "
+                    "its PostgreSQL sessions %.2f, broker %.2f\n", r + 1, name[md], d.rate, d.steady, fill_s[md],
+                    d.cpu_us, d.pg_cpu_us, d.broker_cpu_us);
         }
     }
     wal_backlog = 0;
@@ -806,25 +873,35 @@ static void modes(PGconn **fillers, const char *bootstrap, const char *relay, ch
         free(envs[k]);
     long long lag = sql_ll(fillers[0], "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), -1)"
                                        "::bigint FROM pg_replication_slots WHERE slot_name = 'outbox_outbox'");
-    double wm = median_of(rate[1], runs), wc = median_of(cpu[1], runs);
+    double wm = median_of(rate[1], runs), wc = median_of(cpu[1], runs), ws = median_of(steady[1], runs);
+    double wp = median_of(pgc[1], runs), wb = median_of(brk[1], runs);
     if (wal_only) {
         printf("drain of %ld logical messages (%zu-byte envelopes, %d a transaction), outbox.mode=wal, %d runs, "
-               "medians:\n  %9.0f msg/s   relay CPU %.2f us/msg   fill %.1f s   slot lag after the drain %lld bytes\n",
-               n, len, WAL_TX, runs, wm, wc, fill_s[1], lag);
-        printf("{\"bench\":\"drain_wal\",\"messages\":%ld,\"runs\":%d,\"wal\":%.0f,\"wal_cpu_us_per_msg\":%.2f,"
-               "\"wal_fill_s\":%.1f,\"slot_lag_bytes\":%lld}\n", n, runs, wm, wc, fill_s[1], lag);
+               "medians:\n  %9.0f msg/s (steady, 10-90 %%: %.0f)   fill %.1f s   slot lag after the drain %lld bytes\n"
+               "  CPU per message: relay %.2f us, its PostgreSQL sessions (walsender) %.2f us, broker %.2f us\n",
+               n, len, WAL_TX, runs, wm, ws, fill_s[1], lag, wc, wp, wb);
+        printf("{\"bench\":\"drain_wal\",\"messages\":%ld,\"runs\":%d,\"wal\":%.0f,\"wal_steady\":%.0f,"
+               "\"wal_cpu_us_per_msg\":%.2f,\"wal_pg_cpu_us_per_msg\":%.2f,\"wal_broker_cpu_us_per_msg\":%.2f,"
+               "\"wal_fill_s\":%.1f,\"slot_lag_bytes\":%lld}\n", n, runs, wm, ws, wc, wp, wb, fill_s[1], lag);
         return;
     }
-    double tm = median_of(rate[0], runs), tc = median_of(cpu[0], runs);
+    double tm = median_of(rate[0], runs), tc = median_of(cpu[0], runs), ts = median_of(steady[0], runs);
+    double tp = median_of(pgc[0], runs), tb = median_of(brk[0], runs);
     printf("drain of a %ld-message backlog (%zu-byte envelopes, 1,000 keys) per outbox.mode, %d runs each, medians:\n",
            n, len, runs);
-    printf("  outbox.mode=table (rows, 1,000,000 a transaction)   %9.0f msg/s   relay CPU %.2f us/msg\n", tm, tc);
-    printf("  outbox.mode=wal (logical messages, %d a transaction) %9.0f msg/s   relay CPU %.2f us/msg\n", WAL_TX, wm, wc);
+    printf("  outbox.mode=table (rows, 1,000,000 a transaction)   %9.0f msg/s   CPU us/msg: relay %.2f, "
+           "its PostgreSQL sessions %.2f, broker %.2f\n", tm, tc, tp, tb);
+    printf("  outbox.mode=wal (logical messages, %d a transaction) %9.0f msg/s   CPU us/msg: relay %.2f, "
+           "its PostgreSQL sessions %.2f, broker %.2f\n", WAL_TX, wm, wc, wp, wb);
     printf("  wal / table                                        %9.3f (target >= 2)\n", wm / tm);
+    printf("  steady rates (10-90 %% of the backlog): table %.0f, wal %.0f msg/s, wal / table %.3f\n", ts, ws,
+           ts > 0 ? ws / ts : 0);
     printf("  slot lag after the last wal drain (relay stopped)   %9lld bytes\n", lag);
     printf("{\"bench\":\"drain_modes\",\"messages\":%ld,\"runs\":%d,\"table\":%.0f,\"wal\":%.0f,\"ratio\":%.3f,"
-           "\"table_cpu_us_per_msg\":%.2f,\"wal_cpu_us_per_msg\":%.2f,\"wal_fill_s\":%.1f,\"slot_lag_bytes\":%lld}\n",
-           n, runs, tm, wm, wm / tm, tc, wc, fill_s[1], lag);
+           "\"table_steady\":%.0f,\"wal_steady\":%.0f,\"table_cpu_us_per_msg\":%.2f,\"wal_cpu_us_per_msg\":%.2f,"
+           "\"table_pg_cpu_us_per_msg\":%.2f,\"wal_pg_cpu_us_per_msg\":%.2f,\"table_broker_cpu_us_per_msg\":%.2f,"
+           "\"wal_broker_cpu_us_per_msg\":%.2f,\"wal_fill_s\":%.1f,\"slot_lag_bytes\":%lld}\n",
+           n, runs, tm, wm, wm / tm, ts, ws, tc, wc, tp, wp, tb, wb, fill_s[1], lag);
 }
 
 static void usage(void) {
