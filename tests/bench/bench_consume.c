@@ -2,8 +2,9 @@
  * Consumer throughput: messages per second through outbox_consumer_poll() with a handler that
  * inserts one row, per message (consumer.batch.max=1), batched (the defaults, savepoints on
  * failure only), batched with consumer.batch.savepoints=always, and with the batch handler, next to
- * a plain librdkafka consumer reading the same topic in the same process (the ceiling); medians of
- * several runs.  Then the p99 latency at 1,000 msg/s, and the dedup
+ * a plain librdkafka consumer reading the same topic in the same process (the ceiling) and the
+ * handler's own statement run alone on one connection (the handler's ceiling); medians of several
+ * runs.  Then the p99 latency at 1,000 msg/s, and the dedup
  * statement's cost on a large processed table.
  * Usage: bench_consume CONNINFO BOOTSTRAP [MESSAGES=20000] [RUNS=3] [PROCESSED_ROWS=10000000]
  *                      [LATENCY_SECONDS=10]
@@ -378,6 +379,34 @@ static void exec_or_die(PGconn *conn, const char *sql) {
     PQclear(r);
 }
 
+/* ---- the handler alone ------------------------------------------------------------------------ */
+
+/* The handler's own statement, n times with no consumer: the same INSERT with the same 200-byte
+ * payload, one transaction per 500 as the batched consumer commits them.  What the handler costs
+ * by itself on this machine (its round trip, parse, plan and insert): the batched consumer's
+ * ceiling with this handler. */
+static double handler_alone_rate(PGconn *conn, long n) {
+    char payload[200], id[48];
+    memset(payload, 'p', sizeof(payload));
+    const char *p[2] = {id, payload};
+    int lens[2] = {0, (int)sizeof(payload)}, fmts[2] = {0, 1};
+    double t0 = bench_now();
+    for (long i = 0; i < n; i++) {
+        if (i % 500 == 0)
+            exec_or_die(conn, "BEGIN");
+        snprintf(id, sizeof(id), "00000000-0000-7000-8000-%012lx", (unsigned long)i);
+        PGresult *res = PQexecParams(conn, effects_sql, 2, NULL, p, lens, fmts, 0);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            die("the handler's INSERT", PQresultErrorMessage(res));
+        PQclear(res);
+        if (i % 500 == 499 || i == n - 1)
+            exec_or_die(conn, "COMMIT");
+    }
+    double rate = (double)n / (bench_now() - t0);
+    exec_or_die(conn, "TRUNCATE public.bench_consume_effects");
+    return rate;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: bench_consume CONNINFO BOOTSTRAP [MESSAGES=20000] [RUNS=3] [PROCESSED_ROWS=10000000] "
@@ -416,12 +445,13 @@ int main(int argc, char **argv) {
         printf("%s: %.0f msg/s\n", mode_names[m], outbox_rate(argv[1], argv[2], "bench.consume", group, n, (mode_t_)m));
         return 0;
     }
-    double raw[20], ours[N_MODES][20];
+    double raw[20], alone[20], ours[N_MODES][20];
     for (int r = 0; r < runs; r++) {
         char group[32];
         snprintf(group, sizeof(group), "raw-%d", r);
         raw[r] = raw_rate(argv[2], "bench.consume", group, n);
-        fprintf(stderr, "run %d: raw consumer %.0f msg/s", r + 1, raw[r]);
+        alone[r] = handler_alone_rate(conn, n);
+        fprintf(stderr, "run %d: raw consumer %.0f msg/s, handler alone %.0f/s", r + 1, raw[r], alone[r]);
         for (int o = 0; o < N_MODES; o++) {
             int m = mode_order[o];
             snprintf(group, sizeof(group), "outbox-%d-%d", m, r);
@@ -431,7 +461,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "\n");
         exec_or_die(conn, "TRUNCATE public.bench_consume_effects");
     }
-    double raw_med = bench_median(raw, runs), med[N_MODES];
+    double raw_med = bench_median(raw, runs), alone_med = bench_median(alone, runs), med[N_MODES];
     for (int m = 0; m < N_MODES; m++)
         med[m] = bench_median(ours[m], runs);
 
@@ -460,12 +490,14 @@ int main(int argc, char **argv) {
     printf("consumer throughput, %ld messages, %d runs, durable PostgreSQL, a handler inserting one row, medians:\n",
            n, runs);
     printf("  plain librdkafka consumer (the ceiling)      %9.0f msg/s\n", raw_med);
+    printf("  the handler's INSERT alone, 500 a transaction %8.0f /s (the handler's own ceiling)\n", alone_med);
     for (int o = 0; o < N_MODES; o++) {
         int m = mode_order[o];
         printf("  outbox consumer, %-36s %9.0f msg/s   ratio to ceiling %.3f   to per-message %.2fx\n",
                mode_names[m], med[m], med[m] / raw_med, med[m] / med[0]);
     }
-    printf("  batched, on-failure against always: %.2fx\n", med[MODE_BATCHED] / med[MODE_BATCHED_ALWAYS]);
+    printf("  batched, on-failure against always: %.2fx; batched against the handler alone: %.2f\n",
+           med[MODE_BATCHED] / med[MODE_BATCHED_ALWAYS], med[MODE_BATCHED] / alone_med);
     printf("  targets: batched >= 20000 msg/s: %s; batched >= 8x per-message: %s\n",
            med[1] >= 20000 ? "met" : "MISSED", med[1] >= 8 * med[0] ? "met" : "MISSED");
     printf("latency at %d msg/s for %d s, p99 from send to commit (plain consumer: to receipt):\n", lp.rate, lp.seconds);
@@ -477,12 +509,13 @@ int main(int argc, char **argv) {
         printf(", %.2f ms with %ld more rows; batched consumer then %.0f msg/s (%.2f of its median)", dedup_big, big,
                big_rate, big_rate / med[1]);
     printf("\n");
-    printf("{\"bench\":\"consume\",\"messages\":%ld,\"runs\":%d,\"raw\":%.0f,\"outbox\":%.0f,\"per_message\":%.0f,"
+    printf("{\"bench\":\"consume\",\"messages\":%ld,\"runs\":%d,\"raw\":%.0f,\"handler_alone\":%.0f,"
+           "\"outbox\":%.0f,\"per_message\":%.0f,"
            "\"batched\":%.0f,\"batched_always\":%.0f,\"batch_handler\":%.0f,\"batched_vs_per_message\":%.2f,"
            "\"lat_p99_raw_ms\":%.1f,"
            "\"lat_p99_batched_ms\":%.1f,\"lat_p99_per_message_ms\":%.1f,\"dedup_ms\":%.2f,\"dedup_big_ms\":%.2f,"
            "\"processed_rows_big\":%ld,\"batched_big\":%.0f}\n",
-           n, runs, raw_med, med[1], med[0], med[1], med[MODE_BATCHED_ALWAYS], med[2], med[1] / med[0], p99[0], p99[1],
+           n, runs, raw_med, alone_med, med[1], med[0], med[1], med[MODE_BATCHED_ALWAYS], med[2], med[1] / med[0], p99[0], p99[1],
            p99[2], dedup_small,
            dedup_big, big, big_rate);
     outbox_destroy(ob);
