@@ -38,6 +38,7 @@ struct outbox_cons_entry_s {
     outbox_verdict_t v;    /* v.msg: owned, NULL if the record was rejected on decoding */
     int part;              /* index into the batch's partitions */
     bool is_new;           /* the batch's dedup INSERT inserted its record */
+    bool warned;           /* its rejection was logged: a pass run again does not repeat it */
     entry_state_t state;
 };
 
@@ -223,12 +224,13 @@ static bool reject_in_batch(batch_t *b, outbox_cons_entry_t *e, const char *reas
     if (c->park && outbox_park_can_park(c->park, m)) {
         /* park-key: it parks its key, in the batch's transaction; the rest of the key waits. */
         outbox_err_t err = outbox_park_store(c->park, c->pg, m, e->v.msg || e->v.dead_id_valid ? msg_id : NULL,
-                                             reason);
+                                             reason, e->warned);
         if (err == OUTBOX_ERR_CONNECTION)
             outbox_cons_pg_drop(c);
         if (err)
             return false;
         e->state = E_PARKED;
+        e->warned = true;
         b->rejected++;
         return true;
     }
@@ -255,9 +257,11 @@ static bool reject_in_batch(batch_t *b, outbox_cons_entry_t *e, const char *reas
     e->state = E_REJECTED;
     b->rejected++;
     char rsn[512];
-    outbox_log(c->conf, 4, FAC, "msg=\"rejected a message\" topic=%s partition=%d offset=%lld id=%s "
-               "reason=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
-               msg_id ? msg_id : "-", outbox_logfmt_value(reason, rsn, sizeof(rsn)));
+    if (!e->warned)
+        outbox_log(c->conf, 4, FAC, "msg=\"rejected a message\" topic=%s partition=%d offset=%lld id=%s "
+                   "reason=\"%s\"", rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
+                   msg_id ? msg_id : "-", outbox_logfmt_value(reason, rsn, sizeof(rsn)));
+    e->warned = true;
     return true;
 }
 
@@ -271,7 +275,7 @@ static int hold_if_parked(batch_t *b, outbox_cons_entry_t *e) {
         return 0;
     outbox_err_t err = outbox_park_held(c->park, c->pg, c->rk, e->m, &held);
     if (!err && held)
-        err = outbox_park_store(c->park, c->pg, e->m, NULL, NULL);
+        err = outbox_park_store(c->park, c->pg, e->m, NULL, NULL, false);
     if (err == OUTBOX_ERR_CONNECTION)
         outbox_cons_pg_drop(c);
     if (err)
@@ -619,7 +623,7 @@ static outbox_err_t fall_back(batch_t *b) {
     }
     b->sp_open = b->ended = b->optimistic = b->fall_back = false;
     b->processed = b->duplicates = b->rejected = 0;
-    outbox_log(c->conf, 7, FAC, "msg=\"a handler failed in the batch's first pass; running the batch again with "
+    outbox_log(c->conf, 6, FAC, "msg=\"a handler failed in the batch's first pass; running the batch again with "
                "savepoints\" messages=%d", b->n);
     return run_pass(b);
 }

@@ -336,7 +336,7 @@ bad:
 }
 
 outbox_err_t outbox_park_store(outbox_park_t *p, PGconn *pg, const rd_kafka_message_t *m, const char *msg_id,
-                               const char *reason) {
+                               const char *reason, bool quiet) {
     const char *topic = rd_kafka_topic_name(m->rkt);
     char part[16], off[24], hid[65];
     if (!msg_id) {
@@ -378,9 +378,10 @@ outbox_err_t outbox_park_store(outbox_park_t *p, PGconn *pg, const rd_kafka_mess
             k->first_offset = m->offset;
         k->due = false;
         char rsn[512];
-        outbox_log(p->env.conf, 4, FAC, "msg=\"parked a key\" topic=%s partition=%d offset=%lld id=%s "
-                   "reason=\"%s\"", topic, (int)m->partition, (long long)m->offset, msg_id ? msg_id : "-",
-                   outbox_logfmt_value(reason, rsn, sizeof(rsn)));
+        if (!quiet)
+            outbox_log(p->env.conf, 4, FAC, "msg=\"parked a key\" topic=%s partition=%d offset=%lld id=%s "
+                       "reason=\"%s\"", topic, (int)m->partition, (long long)m->offset, msg_id ? msg_id : "-",
+                       outbox_logfmt_value(reason, rsn, sizeof(rsn)));
     } else {
         outbox_log(p->env.conf, 7, FAC, "msg=\"held a message behind its parked key\" topic=%s partition=%d "
                    "offset=%lld", topic, (int)m->partition, (long long)m->offset);

@@ -49,12 +49,13 @@ outbox_err_t outbox_park_held(outbox_park_t *p, PGconn *pg, rd_kafka_t *rk, cons
  * is dead-lettered as before). */
 bool outbox_park_can_park(const outbox_park_t *p, const rd_kafka_message_t *m);
 
-/* Stores m in consumer_parked, in one statement on pg outside any transaction (its own): with
- * reason, m parks its key (the poison); with reason NULL, m is held behind its key's first row.
- * A redelivered m (same offset) is stored once.  msg_id (may be NULL) is kept for the dead
+/* Stores m in consumer_parked, in one statement on pg, in the transaction open there (the
+ * batch's): with reason, m parks its key (the poison, logged as a warning unless quiet: a batch
+ * run again after its first pass logged it); with reason NULL, m is held behind its key's first
+ * row.  A redelivered m (same offset) is stored once.  msg_id (may be NULL) is kept for the dead
  * letter a drop makes.  OUTBOX_OK, or OUTBOX_ERR_PG / OUTBOX_ERR_CONNECTION (drop the session). */
 outbox_err_t outbox_park_store(outbox_park_t *p, PGconn *pg, const rd_kafka_message_t *m, const char *msg_id,
-                               const char *reason);
+                               const char *reason, bool quiet);
 
 /* Once per poll: refreshes the set when PARK_REFRESH_MS passed (or a release asked for it), then
  * hands the held messages of every released key of an assigned partition to handler, in offset

@@ -157,9 +157,20 @@ static void handle_batch(const outbox_message_t *const *msgs, size_t n, PGconn *
     free(pls);
 }
 
+/* The consumers' warnings that a message was rejected (the default log goes on to stderr). */
+static int rejected_warnings;
+
+static void count_rejections(int level, const char *fac, const char *msg, void *opaque) {
+    (void)opaque;
+    if (level == 4 && strstr(msg, "msg=\"rejected a message\""))
+        rejected_warnings++;
+    fprintf(stderr, "%s: %s\n", fac, msg);
+}
+
 static outbox_consumer_t *consumer(const char *group, const char *topic, ...) {
     char err[512];
     outbox_conf_t *conf = outbox_conf_new();
+    outbox_conf_set_log_cb(conf, count_rejections);
     const char *kv[] = {"outbox.schema", tf_schema, "pg.conninfo", getenv("OUTBOX_TEST_PG"), "consumer.group.id", group,
                         "kafka.bootstrap.servers", tf_broker->bootstrap, "kafka.fetch.wait.max.ms", "50",
                         "log.level", "4", "consumer.retry.backoff.ms", "100",
@@ -356,8 +367,11 @@ START_TEST(test_optimistic_reject_falls_back_and_commits_each_effect_once) {
         produce_cmd(&s[i], "or.events", "k", cmds[i]);
     tk_producer_flush(producer, 15000);
     ctx_t ctx = {0};
+    rejected_warnings = 0;
     outbox_consumer_t *c = consumer("or", "or.events", NULL);
     outbox_consumer_stats_t st = poll_until(c, &ctx, N + 1, NULL);
+    /* The undecodable record was rejected in both passes, and is logged once. */
+    TF_CHECK(rejected_warnings == 2, "%d \"rejected a message\" warnings, expected 2", rejected_warnings);
     TF_CHECK(st.processed == 4 && st.rejected == 2 && st.retried == 0 && st.duplicates == 0,
              "processed=%lld rejected=%lld retried=%lld duplicates=%lld, expected 4, 2, 0, 0",
              (long long)st.processed, (long long)st.rejected, (long long)st.retried, (long long)st.duplicates);
