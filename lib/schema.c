@@ -126,6 +126,23 @@ static const char *const migrations[] = {
     "    EXECUTE $g$GRANT SELECT, INSERT, UPDATE, DELETE ON %1$s.consumer_parked TO $g$ || quote_ident(r);"
     "  END LOOP;"
     "END $outbox_m3$;",
+    /* 4: how far a wal-mode relay stored held messages (relay/walpark.c).  PostgreSQL writes a
+     * logical slot's confirmed position to disk lazily, so after a crash the slot may stream
+     * transactions again whose held messages an operator has released since (dropped or sent
+     * back to the table): they would park or publish again, behind later messages of their key.
+     * The position is stored in the transaction that stores the held messages, and the stream
+     * starts after it. */
+    "CREATE TABLE %1$s.wal_state ("
+    "  slot_name     text PRIMARY KEY,"
+    "  held_upto     pg_lsn NOT NULL,"
+    "  saved_at      timestamptz NOT NULL DEFAULT now()"
+    ");"
+    "DO $outbox_m4$ DECLARE r name; BEGIN"
+    "  FOR r IN SELECT rolname FROM pg_roles WHERE NOT rolsuper AND rolname <> current_user"
+    "   AND has_table_privilege(oid, $t$%1$s.messages$t$, 'DELETE') LOOP"
+    "    EXECUTE $g$GRANT SELECT, INSERT, UPDATE ON %1$s.wal_state TO $g$ || quote_ident(r);"
+    "  END LOOP;"
+    "END $outbox_m4$;",
 };
 
 #define MIGRATION_CNT ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -293,7 +293,7 @@ static const struct {
      {{"SELECT, INSERT, DELETE", "messages"}, {"SELECT, INSERT, UPDATE, DELETE", "dead_letters"},
       {"SELECT, INSERT, DELETE", "consumer_dead_letters"}, {"SELECT, INSERT, UPDATE, DELETE", "parked_keys"},
       {"SELECT, INSERT, DELETE", "parked_messages"}, {"SELECT, INSERT, UPDATE, DELETE", "claim_state"},
-      {"SELECT, UPDATE, DELETE", "consumer_parked"},
+      {"SELECT, UPDATE, DELETE", "consumer_parked"}, {"SELECT, INSERT, UPDATE", "wal_state"},
       {"SELECT", "schema_version"}}},
     {"--consumer", "consumer: outbox_consumer_*() with outbox_reply(); outbox_migrate() on a current schema "
                    "(a check), outbox_schema_version()",

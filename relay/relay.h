@@ -289,7 +289,7 @@ typedef struct {
     int64_t settle_retry_ms;  /* a failed store of dead or held rows is tried again from then */
     bool park_denied;         /* no USAGE on the identity: held rows are dead-lettered (walpark.c) */
     int64_t backoff_ms;      /* before the next attempt to start the stream */
-    char sql_dead[1024], sql_slot[512], sql_rows[256];
+    char sql_dead[1024], sql_slot[512], sql_rows[256], sql_held[256];
 } relay_wal_t;
 
 /* walbuild.c: a batch's storage: every byte its rows point to, and where it ends.  Owned by its

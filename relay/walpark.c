@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "wal.h"
+#include "walproto.h"
 
 #define FAC "WAL"
 /* The arrays of walpark_store: the held rows' uuids, destinations, keys, types, envelopes and
@@ -122,7 +123,12 @@ static void store_sql(const relay_t *r, char *out, size_t size) {
              "   (SELECT min(p.id) FROM %1$s.parked_messages p WHERE p.partition_key = decode(kk, 'hex')"
              "    AND p.message_id = km::uuid)), ke"
              "  FROM unnest($8::text[], $9::text[], $10::text[], $11::text[]) AS y(kk, kd, km, ke)"
-             "  ON CONFLICT (partition_key) DO NOTHING)"
+             "  ON CONFLICT (partition_key) DO NOTHING),"
+             /* The batch's end: after a crash the stream starts past it (walslot.c), so messages
+              * held here and released since are not read again. */
+             " upto AS (INSERT INTO %1$s.wal_state (slot_name, held_upto) VALUES ($12, $13::pg_lsn)"
+             "  ON CONFLICT (slot_name) DO UPDATE SET held_upto = greatest(%1$s.wal_state.held_upto,"
+             "  excluded.held_upto), saved_at = now())"
              " SELECT count(*) FROM ins", r->schema_q);
 }
 
@@ -220,7 +226,7 @@ void walpark_unhold(relay_t *r, batch_t *b) {
 
 int walpark_store(relay_t *r, batch_t *b) {
     lit_t a[A_COUNT];
-    char sql[2048], table[200], err[512], msg[512];
+    char sql[3072], table[200], err[512], msg[512];
     memset(a, 0, sizeof(a));
     int rc = -1;
     if (!held_arrays(r, b, a)) {
@@ -231,9 +237,12 @@ int walpark_store(relay_t *r, batch_t *b) {
         goto out;
     store_sql(r, sql, sizeof(sql));
     snprintf(table, sizeof(table), "%s.messages", r->schema_q);
-    const char *p[11] = {a[A_UUID].buf, a[A_DEST].buf, a[A_KEY].buf, a[A_TYPE].buf, a[A_ENV].buf,
-                         a[A_CREATED].buf, table, a[A_KKEY].buf, a[A_KDEST].buf, a[A_KFIRST].buf, a[A_KERR].buf};
-    PGresult *res = outbox_pg_exec(r->session.pg, &r->session.stmt_lim, sql, 11, p, NULL, NULL, 0, err, sizeof(err));
+    char upto[18];
+    walp_lsn_format(((const wal_owner_t *)b->owner)->confirm, upto);
+    const char *p[13] = {a[A_UUID].buf, a[A_DEST].buf, a[A_KEY].buf, a[A_TYPE].buf, a[A_ENV].buf,
+                         a[A_CREATED].buf, table, a[A_KKEY].buf, a[A_KDEST].buf, a[A_KFIRST].buf, a[A_KERR].buf,
+                         r->wal.slot, upto};
+    PGresult *res = outbox_pg_exec(r->session.pg, &r->session.stmt_lim, sql, 13, p, NULL, NULL, 0, err, sizeof(err));
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         outbox_logfmt_value(res ? PQresultErrorMessage(res) : err, msg, sizeof(msg));
         const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;

@@ -49,6 +49,7 @@ void wal_build_sql(relay_t *r) {
              " (SELECT count(*) FROM pg_publication WHERE pubname = $2)"
              " FROM pg_replication_slots s WHERE s.slot_name = $1");
     snprintf(w->sql_rows, sizeof(w->sql_rows), "SELECT EXISTS (SELECT 1 FROM %s.messages)", s);
+    snprintf(w->sql_held, sizeof(w->sql_held), "SELECT held_upto::text FROM %s.wal_state WHERE slot_name = $1", s);
     snprintf(w->sql_dead, sizeof(w->sql_dead),
              "INSERT INTO %1$s.dead_letters (id, message_id, destination, partition_key, message_type,"
              " envelope, created_at, error)"
@@ -114,7 +115,7 @@ static void figures(relay_t *r, const PGresult *res) {
 }
 
 /* Connects for replication and sends START_REPLICATION: 0, or -1 with the reason in err. */
-static int start(relay_t *r, char *err, size_t err_size, bool *busy) {
+static int start(relay_t *r, uint64_t from, char *err, size_t err_size, bool *busy) {
     relay_wal_t *w = &r->wal;
     char app[160], sql[512];
     outbox_pg_limits_t lim = r->session.stmt_lim;
@@ -129,9 +130,11 @@ static int start(relay_t *r, char *err, size_t err_size, bool *busy) {
         PQfreemem(slot), PQfreemem(pub), PQfinish(pg);
         return -1;
     }
-    /* 0/0: the server starts after the slot's confirmed_flush_lsn. */
-    snprintf(sql, sizeof(sql), "START_REPLICATION SLOT %s LOGICAL 0/0 (proto_version '1', "
-             "publication_names %s, messages 'true')", slot, pub);
+    /* The server starts after the later of from and the slot's confirmed_flush_lsn (0/0: the
+     * slot's): it skips the transactions that commit before. */
+    char from_txt[18];
+    snprintf(sql, sizeof(sql), "START_REPLICATION SLOT %s LOGICAL %s (proto_version '1', "
+             "publication_names %s, messages 'true')", slot, walp_lsn_format(from, from_txt), pub);
     PQfreemem(slot);
     PQfreemem(pub);
     PGresult *res = NULL;
@@ -161,10 +164,22 @@ int wal_stream_start(relay_t *r) {
     if (!res)
         return -1;
     figures(r, res);
-    uint64_t slot_lsn = 0;
+    uint64_t slot_lsn = 0, held = 0;
     bool slot_lsn_ok = !walp_lsn_parse(PQgetvalue(res, 0, 6), &slot_lsn);
     PQclear(res);
-    if (start(r, err, sizeof(err), &busy)) {
+    /* Where held messages were stored up to (walpark.c): a slot that went back in a crash does not
+     * stream them again, whatever the operator did with them since. */
+    const char *p[1] = {w->slot};
+    if (!(res = exec(r, w->sql_held, 1, p, NULL, NULL, PGRES_TUPLES_OK, "reading wal_state")))
+        return -1;
+    if (PQntuples(res) == 1 && walp_lsn_parse(PQgetvalue(res, 0, 0), &held)) {
+        outbox_log(r->conf, 3, FAC, "msg=\"wal_state holds no WAL position\" slot=%s held_upto=\"%s\"", w->slot,
+                   PQgetvalue(res, 0, 0));
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    if (start(r, held, err, sizeof(err), &busy)) {
         /* A slot still held by the last leader's walsender frees itself once that one notices. */
         outbox_log(r->conf, busy ? 6 : 3, FAC, "msg=\"cannot start streaming from the slot\" slot=%s "
                    "retry_ms=%lld error=\"%s\"", w->slot, (long long)w->backoff_ms,
@@ -178,7 +193,7 @@ int wal_stream_start(relay_t *r) {
     /* The server resends from the slot's position: confirmations start there.  Never from what
      * this process confirmed before, which may lie on another server's WAL after a failover. */
     if (slot_lsn_ok)
-        w->confirmed = slot_lsn;
+        w->confirmed = slot_lsn > held ? slot_lsn : held;
     atomic_store(&r->metrics.wal_confirmed_lsn, (int64_t)w->confirmed);
     w->reported = 0;
     w->next_status_ms = 0;

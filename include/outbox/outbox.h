@@ -394,7 +394,7 @@ OUTBOX_API outbox_err_t outbox_send_commit(outbox_t *ob, PGconn *conn, const out
 /* Schema                                                                                      */
 
 /** The schema version this library creates and expects. */
-#define OUTBOX_SCHEMA_VERSION 3
+#define OUTBOX_SCHEMA_VERSION 4
 
 /**
  * Creates or upgrades the outbox tables in schema outbox.schema, idempotently and safely when
