@@ -122,10 +122,15 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
                 atomic_fetch_add(&r->metrics.parked_overtaken, 1);
         }
         /* Where the broker says it put the row: with this line a reader can tell a row the
-         * broker acknowledged and then lost from one the relay never sent. */
-        if (r->set.debug)
-            outbox_log(r->conf, 7, FAC, "msg=delivered id=%lld partition=%d offset=%lld",
-                       (long long)b->ids[s->row], (int)m->partition, (long long)m->offset);
+         * broker acknowledged and then lost from one the relay never sent.  The message id too:
+         * in outbox.mode=wal a stream message's id is the relay's own sequence number, which
+         * names no message (and may equal a released row's id). */
+        if (r->set.debug) {
+            char uuid[OUTBOX_UUID_STR_LEN + 1];
+            outbox_uuid_text(b->rows[s->row].uuid, uuid);
+            outbox_log(r->conf, 7, FAC, "msg=delivered id=%lld partition=%d offset=%lld message_id=%s",
+                       (long long)b->ids[s->row], (int)m->partition, (long long)m->offset, uuid);
+        }
         r->published++;
         atomic_fetch_add(&r->metrics.published, 1);
         r->prod.last_delivery_ms = outbox_mono_ms();

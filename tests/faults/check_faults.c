@@ -467,10 +467,6 @@ static void start_relay(int i) {
     if (wal_mode) {
         argv[n++] = "-X";
         argv[n++] = "outbox.mode=wal";
-        /* The relay parks keys in wal mode too, but this scenario's checker does not cover that
-         * yet: it expects wal poison in dead_letters, as before. */
-        argv[n++] = "-X";
-        argv[n++] = "relay.poison.policy=dead-letter";
     }
     if (pg_timeout_arg) {
         argv[n++] = "-X";
@@ -890,8 +886,8 @@ static void trace_lost(long long outbox_id, const tk_record_t *recs, size_t n_re
     globfree(&g);
 }
 
-/* For a message lost in wal mode: the relays' delivery lines name their own sequence numbers, not
- * messages, so only the WAL positions and a dead letter of its id can be shown. */
+/* For a message lost in wal mode: the WAL positions, and how often the relays' logs name it (their
+ * delivery lines name it by message id; their ids are the relays' own sequence numbers). */
 static void trace_lost_wal(const char *message_id, long long wal_pos) {
     char pos[32], needle[64];
     snprintf(pos, sizeof(pos), "%lld", wal_pos);
@@ -903,7 +899,7 @@ static void trace_lost_wal(const char *message_id, long long wal_pos) {
                PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2));
     PQclear(r);
     snprintf(needle, sizeof(needle), "message_id=%s", message_id);
-    printf("  relay log lines naming it (dead letters): %d\n", relay_log_count(needle));
+    printf("  relay log lines naming it (acknowledgements, dead letters): %d\n", relay_log_count(needle));
 }
 
 /* How often needle occurs in all the relays' logs of this run (restarted relays included). */
@@ -941,7 +937,9 @@ static long long pct(long long *v, size_t n, double p) {
  * load and works the parked keys through the CLI while the faults run; at the end every key still
  * parked is released, and the checker (park_check_*) proves per-key order for every key and that
  * nothing is missing that was not dropped on purpose.  What was injected and dropped lives in two
- * tables of the scenario's schema, @.poison and @.dropped, so the checker can join them. */
+ * tables of the scenario's schema, @.poison and @.dropped, so the checker can join them.  They are
+ * joined to the relay's tables by message id: in wal mode a held message's id comes from the
+ * outbox identity when it is held, while @.poison and @.orders know it by its WAL position. */
 
 typedef enum {
     PK_DEST,    /* keyed, destination Kafka refuses: curable (the operator fixes the destination) */
@@ -973,10 +971,11 @@ static struct {
     int cli_seq;
 } park;
 
-static PGresult *park_q(const char *sql, int n, const char *const *params) {
+/* park_q with binary parameters where fmts says so. */
+static PGresult *park_qb(const char *sql, int n, const char *const *params, const int *lens, const int *fmts) {
     if (PQstatus(park.c) != CONNECTION_OK)
         PQreset(park.c);
-    PGresult *r = PQexecParams(park.c, sql, n, NULL, params, NULL, NULL, 0);
+    PGresult *r = PQexecParams(park.c, sql, n, NULL, params, lens, fmts, 0);
     ExecStatusType st = PQresultStatus(r);
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
         return r;
@@ -984,6 +983,10 @@ static PGresult *park_q(const char *sql, int n, const char *const *params) {
     if (PQstatus(park.c) != CONNECTION_OK)
         PQreset(park.c);
     return NULL;
+}
+
+static PGresult *park_q(const char *sql, int n, const char *const *params) {
+    return park_qb(sql, n, params, NULL, NULL);
 }
 
 static void park_setup(uint64_t *rng) {
@@ -1057,7 +1060,8 @@ static int park_inject(PGconn *c, int kind, int k) {
                              outbox_message_id(m)};
     int wlens[] = {0, (int)env_len, 0, 0, 0}, wfmts[] = {0, 1, 0, 0, 0};
     /* In wal mode the message is emitted with the outbox's prefix, as a buggy writer could; its id
-     * in @.poison is the dead letter's, -(its LSN). */
+     * in @.poison is -(its LSN): abs(id) orders it among its key's messages as @.orders' WAL
+     * positions do, and a keyless one's dead letter is recorded under that id too. */
     PGresult *r = !ok ? NULL
                   : wal_mode
                       ? PQexecParams(c,
@@ -1097,8 +1101,18 @@ static int park_cli(const char *verb, const char *keyflag, const char *key, int 
     snprintf(s_conn, sizeof(s_conn), "pg.conninfo=%s connect_timeout=%d", conninfo, CONNECT_TIMEOUT_S);
     snprintf(s_schema, sizeof(s_schema), "outbox.schema=%s", schema);
     snprintf(tag, sizeof(tag), "parked-cli-%d", ++park.cli_seq);
-    const char *argv[] = {relay, "-X", s_conn, "-X", s_schema, "parked", verb, keyflag, key,
-                          first_only ? "--first-only" : NULL, NULL};
+    const char *argv[16] = {relay, "-X", s_conn, "-X", s_schema};
+    size_t n = 5;
+    if (wal_mode) { /* as in the relays' configuration */
+        argv[n++] = "-X";
+        argv[n++] = "outbox.mode=wal";
+    }
+    argv[n++] = "parked";
+    argv[n++] = verb;
+    argv[n++] = keyflag;
+    argv[n++] = key;
+    argv[n++] = first_only ? "--first-only" : NULL;
+    argv[n] = NULL;
     int timed_out;
     tk_proc_t *p = tk_proc_run(tag, argv, 30000, &timed_out);
     int rc = timed_out || !WIFEXITED(p->status) ? -1 : WEXITSTATUS(p->status);
@@ -1119,20 +1133,47 @@ static int park_cli(const char *verb, const char *keyflag, const char *key, int 
 /* Records poison rows seen held, so that the checker can tell each keyed poison did park. */
 static void park_mark_seen(void) {
     PGresult *r = park_q(q("UPDATE @.poison p SET parked_seen = true FROM @.parked_messages m"
-                           " WHERE m.id = p.id AND NOT p.parked_seen"), 0, NULL);
+                           " WHERE m.message_id = p.message_id AND NOT p.parked_seen"), 0, NULL);
     PQclear(r);
 }
 
-/* The operator's fix for a curable poison row: a valid destination on the held row. */
+/* The operator's fix for a curable poison row: a valid destination on the held row.  In wal mode
+ * on its envelope too, which names the bad one (the relay read it from there, and consumers refuse
+ * an envelope whose destination is no topic name). */
 static int park_fix(const char *first_id) {
-    const char *p[] = {first_id, TOPIC};
-    PGresult *r = park_q(q("UPDATE @.parked_messages SET destination = $2 WHERE id = $1"), 2, p);
-    int fixed = r && atoi(PQcmdTuples(r)) == 1;
-    PQclear(r);
+    const char *p[] = {first_id, TOPIC, NULL};
+    int lens[] = {0, 0, 0}, fmts[] = {0, 0, 1};
+    void *env = NULL;
+    if (wal_mode) {
+        PGresult *e = park_q(q("SELECT envelope FROM @.parked_messages WHERE id = $1"), 1, p);
+        if (!e || PQntuples(e) != 1) {
+            PQclear(e);
+            return 0;
+        }
+        size_t len;
+        unsigned char *raw = PQunescapeBytea((const unsigned char *)PQgetvalue(e, 0, 0), &len);
+        PQclear(e);
+        ck_assert_ptr_nonnull(raw);
+        env = malloc(len);
+        ck_assert_ptr_nonnull(env);
+        memcpy(env, raw, len);
+        PQfreemem(raw);
+        envelope_set_destination(&env, &len, TOPIC);
+        p[2] = env;
+        lens[2] = (int)len;
+    }
+    PGresult *r = wal_mode ? park_qb(q("UPDATE @.parked_messages SET destination = $2, envelope = $3 WHERE id = $1"
+                                       " RETURNING message_id"), 3, p, lens, fmts)
+                           : park_q(q("UPDATE @.parked_messages SET destination = $2 WHERE id = $1"
+                                      " RETURNING message_id"), 2, p);
+    free(env);
+    int fixed = r && PQntuples(r) == 1;
     if (fixed) {
-        PQclear(park_q(q("UPDATE @.poison SET fixed = true WHERE id = $1"), 1, p));
+        const char *m[] = {PQgetvalue(r, 0, 0)};
+        PQclear(park_q(q("UPDATE @.poison SET fixed = true WHERE message_id = $1"), 1, m));
         park.fixes++;
     }
+    PQclear(r);
     return fixed;
 }
 
@@ -1165,6 +1206,7 @@ static void park_retry(const char *keyflag, const char *key) {
 static PGresult *park_list(void) {
     return park_q(q("SELECT encode(k.partition_key, 'hex'), convert_from(k.partition_key, 'UTF8'), k.first_id,"
                     " coalesce(p.kind, '') FROM @.parked_keys k LEFT JOIN @.poison p ON p.id = k.first_id"
+                    " OR p.message_id = (SELECT m.message_id FROM @.parked_messages m WHERE m.id = k.first_id)"
                     " ORDER BY 1"), 0, NULL);
 }
 
@@ -1220,12 +1262,11 @@ static void park_operator_stop(void) {
 }
 
 /* At the end: every key still parked is released (a curable first row fixed and retried, an
- * incurable one dropped alone, anything else retried) until nothing is parked or left to publish. */
-static void park_release_all(void) {
-    if (wal_mode) {
-        printf("parking: not exercised in wal mode (its relays run relay.poison.policy=dead-letter)\n");
-        return;
-    }
+ * incurable one dropped alone, anything else retried) until nothing is parked or left to publish.
+ * In wal mode also not before the slot confirmed last_lsn (the WAL after the last commit): a
+ * message is held before its position is confirmed, so no poison still in the stream parks a key
+ * after this returns. */
+static void park_release_all(const char *last_lsn) {
     int64_t deadline = tk_now_ms() + 300000;
     for (int round = 0;; round++) {
         park_mark_seen();
@@ -1234,13 +1275,15 @@ static void park_release_all(void) {
         int n = r ? PQntuples(r) : -1;
         long long rows = left ? atoll(PQgetvalue(left, 0, 0)) : -1;
         PQclear(left);
-        if (n == 0 && rows == 0) {
+        long long unread = wal_mode ? wal_short_of(last_lsn) : 0; /* may still park a key */
+        if (n == 0 && rows == 0 && unread == 0) {
             PQclear(r);
             printf("parking: every key released after %d rounds\n", round);
             return;
         }
-        ck_assert_msg(tk_now_ms() < deadline, "parked keys (%d) or outbox rows (%lld) left after 300 s of releasing",
-                      n, rows);
+        ck_assert_msg(tk_now_ms() < deadline,
+                      "parked keys (%d), outbox rows (%lld) or unconfirmed WAL (%lld bytes) left after 300 s of releasing",
+                      n, rows, unread);
         for (int i = 0; i < n; i++) {
             const char *hex = PQgetvalue(r, i, 0), *kind = PQgetvalue(r, i, 3);
             if (!strcmp(kind, "size")) {
@@ -1286,13 +1329,17 @@ typedef struct {
 } park_check_t;
 
 static void park_check_load(park_check_t *pc) {
-    PGresult *r = mon_exec(q("SELECT o.message_id, o.k, o.outbox_id, -1, false, d.id IS NOT NULL,"
+    /* A wal message held again after a drop could be dropped twice: its first drop counts. */
+    PGresult *r = mon_exec(q("WITH d AS (SELECT message_id, min(requested_at) AS requested_at FROM @.dropped"
+                             " GROUP BY message_id)"
+                             " SELECT o.message_id, o.k, o.outbox_id, -1, false, d.message_id IS NOT NULL,"
                              " coalesce((extract(epoch FROM d.requested_at) * 1000)::bigint, 0) FROM @.orders o"
-                             " LEFT JOIN @.dropped d ON d.id = o.outbox_id"
+                             " LEFT JOIN d ON d.message_id = o.message_id"
                              " UNION ALL SELECT p.message_id, coalesce(p.k, 0), abs(p.id),"
-                             " CASE p.kind WHEN 'dest' THEN 0 WHEN 'size' THEN 1 ELSE 2 END, p.fixed, d.id IS NOT NULL,"
+                             " CASE p.kind WHEN 'dest' THEN 0 WHEN 'size' THEN 1 ELSE 2 END, p.fixed,"
+                             " d.message_id IS NOT NULL,"
                              " coalesce((extract(epoch FROM d.requested_at) * 1000)::bigint, 0) FROM @.poison p"
-                             " LEFT JOIN @.dropped d ON d.id = p.id"),
+                             " LEFT JOIN d ON d.message_id = p.message_id"),
                            0, NULL);
     memset(pc, 0, sizeof(*pc));
     pc->n = PQntuples(r);
@@ -1318,11 +1365,16 @@ static void park_check_load(park_check_t *pc) {
 }
 
 /* When a relay first logged the broker's acknowledgement of outbox row id (its log line's ts), in
- * ms since the epoch; 0 when none did (a relay killed before it heard, or one that never sent). */
-static int64_t park_ack_ms(long long outbox_id) {
-    char pattern[1024], needle[64];
+ * ms since the epoch; 0 when none did (a relay killed before it heard, or one that never sent).
+ * In wal mode by message id: a delivery line's id is the relay's sequence number for a stream
+ * message, which may equal a released row's id. */
+static int64_t park_ack_ms(long long outbox_id, const char *message_id) {
+    char pattern[1024], needle[96];
     snprintf(pattern, sizeof(pattern), "%s/*relay-*.err", getenv("OUTBOX_TEST_DIR"));
-    snprintf(needle, sizeof(needle), " msg=delivered id=%lld ", outbox_id);
+    if (wal_mode)
+        snprintf(needle, sizeof(needle), " message_id=%s\n", message_id);
+    else
+        snprintf(needle, sizeof(needle), " msg=delivered id=%lld ", outbox_id);
     glob_t g;
     int64_t first = 0;
     if (glob(pattern, 0, NULL, &g) != 0)
@@ -1333,6 +1385,8 @@ static int64_t park_ack_ms(long long outbox_id) {
             char *line = at;
             while (line > text && line[-1] != '\n')
                 line--;
+            if (wal_mode && !memmem(line, (size_t)(at - line), " msg=delivered ", 15))
+                continue; /* a dead letter's line */
             struct tm tm = {0};
             int ms = 0;
             if (sscanf(line, "ts=%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
@@ -1373,7 +1427,7 @@ static int park_check_record(park_check_t *pc, const char *id, const tk_record_t
          * row was written, its relay did not settle it, and it stayed to be held and dropped:
          * at-least-once, the drop raced the publish.  Acknowledged only after the request: a
          * relay produced a row being dropped, a violation. */
-        int64_t ack = park_ack_ms(pc->oid[i]);
+        int64_t ack = park_ack_ms(pc->oid[i], id);
         int after = ack && ack >= pc->drop_ms[i];
         if (ack)
             printf("dropped on purpose and on the topic: outbox id %lld key k%d partition %d offset %lld, acknowledged"
@@ -1422,7 +1476,6 @@ static void park_check_free(park_check_t *pc) {
 typedef struct {
     long long keyed, keyless, parked_seen, fixed, keyless_dead, dead_unexplained, dropped, dropped_committed,
         parked_left, poison_lost;
-    long long poison_dead; /* wal mode: poison of any kind in dead_letters */
 } park_report_t;
 
 static void park_check_finish(const park_check_t *pc, park_report_t *pr) {
@@ -1431,28 +1484,22 @@ static void park_check_finish(const park_check_t *pc, park_report_t *pr) {
     pr->keyless = mon_scalar(q("SELECT count(*) FROM @.poison WHERE k IS NULL"), 0, NULL);
     pr->parked_seen = mon_scalar(q("SELECT count(*) FROM @.poison WHERE k IS NOT NULL AND parked_seen"), 0, NULL);
     pr->fixed = mon_scalar(q("SELECT count(*) FROM @.poison WHERE fixed"), 0, NULL);
-    pr->keyless_dead = mon_scalar(q("SELECT count(*) FROM @.poison p JOIN @.dead_letters d USING (id)"
-                                    " WHERE p.k IS NULL"), 0, NULL);
+    /* By message id: a wal dead letter's id is -(its LSN), or the id it was held under. */
+    pr->keyless_dead = mon_scalar(q("SELECT count(*) FROM @.poison p WHERE p.k IS NULL AND EXISTS (SELECT 1 FROM"
+                                    " @.dead_letters d WHERE d.message_id = p.message_id)"), 0, NULL);
     pr->dead_unexplained =
         mon_scalar(q("SELECT count(*) FROM @.dead_letters d WHERE NOT EXISTS (SELECT 1 FROM @.dropped x"
-                     " WHERE x.id = d.id) AND NOT EXISTS (SELECT 1 FROM @.poison p WHERE p.id = d.id AND p.k IS NULL)"),
+                     " WHERE x.id = d.id) AND NOT EXISTS (SELECT 1 FROM @.poison p WHERE p.message_id = d.message_id"
+                     " AND p.k IS NULL)"),
                    0, NULL);
     pr->dropped = mon_scalar(q("SELECT count(*) FROM @.dropped"), 0, NULL);
-    pr->dropped_committed = mon_scalar(q("SELECT count(*) FROM @.dropped d JOIN @.orders o ON o.outbox_id = d.id"),
-                                       0, NULL);
+    pr->dropped_committed = mon_scalar(q("SELECT count(*) FROM @.dropped d JOIN @.orders o"
+                                         " ON o.message_id = d.message_id"), 0, NULL);
     pr->parked_left = mon_scalar(q("SELECT (SELECT count(*) FROM @.parked_keys) + (SELECT count(*) FROM"
                                    " @.parked_messages)"), 0, NULL);
     for (long i = 0; i < pc->n; i++)
         if (pc->kind[i] == PK_DEST || pc->kind[i] == PK_SIZE)
             pr->poison_lost += !pc->seen[i] && !pc->dropped[i];
-    if (wal_mode) {
-        /* No key parks in wal mode: every poison message, keyed or not, is a dead letter (under
-         * id -(its LSN); matched by message id), and nothing else is. */
-        pr->poison_dead = mon_scalar(q("SELECT count(*) FROM @.poison p WHERE EXISTS (SELECT 1 FROM @.dead_letters d"
-                                       " WHERE d.message_id = p.message_id)"), 0, NULL);
-        pr->dead_unexplained = mon_scalar(q("SELECT count(*) FROM @.dead_letters d WHERE NOT EXISTS (SELECT 1 FROM"
-                                            " @.poison p WHERE p.message_id = d.message_id)"), 0, NULL);
-    }
 }
 
 /* The rows that broke the contract, "label=value; ...": the run's last line repeats them, since a
@@ -1474,25 +1521,13 @@ static long park_check_rows(const park_check_t *pc, const park_report_t *pr) {
             note_violation(label, (long long)(value));                                                       \
         violations += (bad) ? 1 : 0;                                                                         \
     } while (0)
-    if (wal_mode) {
-        PROW("poison emitted at writers' keys (logical msgs)", pr->keyed, 0);
-        PROW("keyless poison emitted", pr->keyless, 0);
-        PROW("  poison in dead_letters (dead-letter policy)", pr->poison_dead,
-             pr->poison_dead != pr->keyed + pr->keyless);
-        PROW("  poison published", pc->poison_on_topic, pc->poison_on_topic != 0);
-        PROW("dead_letters rows that are not poison", pr->dead_unexplained, pr->dead_unexplained != 0);
-        PROW("per-key order violations (WAL positions)", pc->order_violations, pc->order_violations != 0);
-        printf("  %-46s %s\n", "parking checks (parked keys, operator CLI)",
-               "not exercised in wal mode (relay.poison.policy=dead-letter)");
-        return violations;
-    }
-    PROW("poison injected at writers' keys", pr->keyed, 0);
+    PROW(wal_mode ? "poison emitted at writers' keys (logical msgs)" : "poison injected at writers' keys", pr->keyed, 0);
     PROW("  of which parked their key (seen held)", pr->parked_seen, pr->parked_seen != pr->keyed);
     PROW("  fixed by the operator (destination)", pr->fixed, 0);
     PROW("  published (after a fix)", pc->poison_on_topic, 0);
     PROW("  published without a fix", pc->poison_published_unfixed, pc->poison_published_unfixed != 0);
     PROW("  neither published nor dropped", pr->poison_lost, pr->poison_lost != 0);
-    PROW("keyless poison injected", pr->keyless, 0);
+    PROW(wal_mode ? "keyless poison emitted" : "keyless poison injected", pr->keyless, 0);
     PROW("  in dead_letters", pr->keyless_dead, pr->keyless_dead != pr->keyless);
     PROW("operator actions (CLI runs)", park.cli_runs, 0);
     PROW("  parked retry done", park.retries, 0);
@@ -1506,21 +1541,13 @@ static long park_check_rows(const park_check_t *pc, const park_report_t *pr) {
     PROW("  on the topic, acked after the drop", pc->dropped_published_after, pc->dropped_published_after != 0);
     PROW("dead_letters rows not dropped on purpose", pr->dead_unexplained, pr->dead_unexplained != 0);
     PROW("rows left parked (keys + messages)", pr->parked_left, pr->parked_left != 0);
-    PROW("per-key order violations (outbox ids, poison)", pc->order_violations, pc->order_violations != 0);
+    PROW(wal_mode ? "per-key order violations (WAL positions, poison)" : "per-key order violations (outbox ids, poison)",
+         pc->order_violations, pc->order_violations != 0);
 #undef PROW
     return violations;
 }
 
 static void park_check_json(FILE *json, const park_check_t *pc, const park_report_t *pr) {
-    if (wal_mode) {
-        fprintf(json,
-                "\"poison\":{\"injected_keyed\":%lld,\"injected_keyless\":%lld,\"dead_lettered\":%lld,"
-                "\"published\":%ld,\"dead_unexplained\":%lld,\"order_violations\":%ld,"
-                "\"parking\":\"not applicable in wal mode\"},",
-                pr->keyed, pr->keyless, pr->poison_dead, pc->poison_on_topic, pr->dead_unexplained,
-                pc->order_violations);
-        return;
-    }
     fprintf(json,
             "\"poison\":{\"injected_keyed\":%lld,\"injected_keyless\":%lld,\"parked\":%lld,\"fixed\":%lld,"
             "\"published\":%ld,\"keyless_dead_lettered\":%lld,\"retried\":%ld,\"dropped_first\":%ld,"
@@ -1536,9 +1563,11 @@ static void park_check_json(FILE *json, const park_check_t *pc, const park_repor
 /* How many distinct messages the consumer must have applied at least: the committed ones not
  * dropped, and the poison published after a fix. */
 static long long park_effects_expected(long n_orders) {
-    return n_orders - mon_scalar(q("SELECT count(*) FROM @.dropped d JOIN @.orders o ON o.outbox_id = d.id"), 0, NULL) +
+    return n_orders -
+           mon_scalar(q("SELECT count(DISTINCT o.message_id) FROM @.dropped d JOIN @.orders o"
+                        " ON o.message_id = d.message_id"), 0, NULL) +
            mon_scalar(q("SELECT count(*) FROM @.poison p WHERE p.fixed AND NOT EXISTS (SELECT 1 FROM @.dropped d"
-                        " WHERE d.id = p.id)"), 0, NULL);
+                        " WHERE d.message_id = p.message_id)"), 0, NULL);
 }
 
 static void park_free(void) {
@@ -1570,8 +1599,8 @@ START_TEST(test_fault_scenario) {
     if (wal_mode)
         printf("wal mode: writers emit logical messages, relays stream slot %s; every table-mode fault type applies"
                " (statement timeout: the outbox table stays locked %d ms longer, across the relay's table"
-               " re-check), plus \"%s\"; poison is emitted as logical messages and dead-lettered (park-key is"
-               " not supported in wal mode: no parking checks)\n",
+               " re-check), plus \"%s\"; poison is emitted as logical messages with the outbox's prefix and parks"
+               " its key as in table mode (held messages get ids from the outbox identity)\n",
                slot_name, WAL_TABLE_CHECK_MS, fault_types[F_WALSENDER_TERMINATED].name);
 
     /* The schedule first, so that it depends on the seed (and the mode) alone: every fault type
@@ -1694,7 +1723,7 @@ START_TEST(test_fault_scenario) {
     if (wal_mode)
         wal_now(last_commit_lsn);
     check_procs();
-    park_release_all();
+    park_release_all(last_commit_lsn);
     long long final_ms = wait_recovered(300000);
     /* In wal mode the slot's part of this is a row of the table rather than an abort. */
     ck_assert_msg(final_ms >= 0 || wal_mode, "the outbox did not drain within 300 s after the last fault");
@@ -1772,24 +1801,10 @@ START_TEST(test_fault_scenario) {
                      " WHERE p.message_id = e.message_id)"),
                    0, NULL);
     long long rows_left = mon_scalar(q("SELECT count(*) FROM @.messages"), 0, NULL);
-    /* In wal mode every poison message is a dead letter: those are counted by reason, and only the
-     * others (each a violation) listed. */
-    PGresult *dl = mon_exec(wal_mode ? q("SELECT d.id, d.destination, left(d.error, 120) FROM @.dead_letters d"
-                                         " WHERE NOT EXISTS (SELECT 1 FROM @.poison p WHERE p.message_id = d.message_id)"
-                                         " ORDER BY d.id")
-                                     : q("SELECT id, destination, left(error, 120) FROM @.dead_letters ORDER BY id"),
-                            0, NULL);
+    PGresult *dl = mon_exec(q("SELECT id, destination, left(error, 120) FROM @.dead_letters ORDER BY id"), 0, NULL);
     for (int i = 0; i < PQntuples(dl); i++)
         printf("dead letter %s (%s): %s\n", PQgetvalue(dl, i, 0), PQgetvalue(dl, i, 1), PQgetvalue(dl, i, 2));
     PQclear(dl);
-    if (wal_mode) {
-        dl = mon_exec(q("SELECT count(*), p.kind, left(d.error, 60) FROM @.dead_letters d JOIN @.poison p"
-                        " ON p.message_id = d.message_id GROUP BY 2, 3 ORDER BY 2, 3"), 0, NULL);
-        for (int i = 0; i < PQntuples(dl); i++)
-            printf("dead letters of poison (%s): %s x %s\n", PQgetvalue(dl, i, 1), PQgetvalue(dl, i, 0),
-                   PQgetvalue(dl, i, 2));
-        PQclear(dl);
-    }
 
     /* The whole topic, read back. */
     for (int i = 0; i < 2; i++)
