@@ -1094,7 +1094,7 @@ START_TEST(test_each_role_starts_up) {
     cli_free(&c);
 
     /* Back to version 1, as a library upgrade finds it: only the owner may migrate. */
-    tu_exec(tf_conn, tf_q("DROP TABLE @.parked_keys, @.parked_messages, @.claim_state, @.consumer_parked; "
+    tu_exec(tf_conn, tf_q("DROP TABLE @.parked_keys, @.parked_messages, @.claim_state, @.consumer_parked, @.wal_state; "
                           "ALTER TABLE @.messages DROP COLUMN attempts; "
                           "DELETE FROM @.schema_version WHERE version > 1"));
     for (int k = 0; k < 3; k++) {

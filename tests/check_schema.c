@@ -42,7 +42,7 @@ START_TEST(test_migrate_twice) {
     ck_assert_int_eq(v, OUTBOX_SCHEMA_VERSION);
     /* messages, dead_letters, processed, consumer_dead_letters, parked_keys, parked_messages,
      * claim_state, consumer_parked, schema_version */
-    ck_assert_int_eq(table_count(conn, schema), 9);
+    ck_assert_int_eq(table_count(conn, schema), 10);
     char sql[256];
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".schema_version", schema);
     ck_assert_int_eq(tu_scalar(conn, sql), OUTBOX_SCHEMA_VERSION);
@@ -102,7 +102,7 @@ START_TEST(test_migrate_concurrently) {
         for (int i = 0; i < T; i++)
             ck_assert_msg(jobs[i].err == OUTBOX_OK, "migrator %d: %s", i, jobs[i].msg);
         PGconn *conn = tu_connect();
-        ck_assert_int_eq(table_count(conn, schema), 9);
+        ck_assert_int_eq(table_count(conn, schema), 10);
         char sql[256];
         snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"%s\".schema_version", schema);
         ck_assert_int_eq(tu_scalar(conn, sql), OUTBOX_SCHEMA_VERSION);
@@ -120,7 +120,7 @@ START_TEST(test_hostile_schema_name_is_quoted) {
     ck_assert_msg(outbox_migrate(ob, conn) == OUTBOX_OK, "%s", outbox_errmsg(ob));
     ck_assert_int_eq(tu_scalar(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
                                      "AND tablename = 't'"), 1);
-    ck_assert_int_eq(table_count(conn, hostile), 9);
+    ck_assert_int_eq(table_count(conn, hostile), 10);
     outbox_message_t *m = outbox_message_new(OUTBOX_EVENT, "orders", "orders.OrderCreated");
     tu_exec(conn, "BEGIN");
     ck_assert_msg(outbox_send(ob, conn, m) == OUTBOX_OK, "%s", outbox_errmsg(ob));
@@ -138,10 +138,11 @@ END_TEST
 /* A schema at version 1, as an older liboutbox left it: version 2 added messages.attempts, version
  * 3 the parking tables (relay and consumer) and claim_state. */
 static void downgrade_to_1(PGconn *conn, const char *schema) {
-    char sql[512];
+    char sql[640];
     snprintf(sql, sizeof(sql), "DROP TABLE \"%s\".parked_keys, \"%s\".parked_messages, \"%s\".claim_state, "
-             "\"%s\".consumer_parked; ALTER TABLE \"%s\".messages DROP COLUMN attempts; "
-             "DELETE FROM \"%s\".schema_version WHERE version > 1", schema, schema, schema, schema, schema, schema);
+             "\"%s\".consumer_parked, \"%s\".wal_state; ALTER TABLE \"%s\".messages DROP COLUMN attempts; "
+             "DELETE FROM \"%s\".schema_version WHERE version > 1", schema, schema, schema, schema, schema, schema,
+             schema);
     tu_exec(conn, sql);
 }
 
