@@ -190,8 +190,10 @@ int wal_stream_start(relay_t *r) {
     }
     char lsn[18];
     w->backoff_ms = 0;
-    /* The server resends from the slot's position: confirmations start there.  Never from what
-     * this process confirmed before, which may lie on another server's WAL after a failover. */
+    /* The server resends from the slot's position, or from held_upto if later: confirmations
+     * start there.  Never from what this process confirmed before, which may lie on another
+     * server's WAL after a failover; held_upto cannot, as this server's WAL holds the commit that
+     * stored it, written after that position. */
     if (slot_lsn_ok)
         w->confirmed = slot_lsn > held ? slot_lsn : held;
     atomic_store(&r->metrics.wal_confirmed_lsn, (int64_t)w->confirmed);
