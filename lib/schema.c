@@ -131,9 +131,11 @@ static const char *const migrations[] = {
      * transactions again whose held messages an operator has released since (dropped or sent
      * back to the table): they would park or publish again, behind later messages of their key.
      * The position is stored in the transaction that stores the held messages, and the stream
-     * starts after it. */
+     * starts after it.  system_id (IDENTIFY_SYSTEM's) ties it to the cluster whose WAL it is in:
+     * a copy of the table in another cluster (a restore, a migration) is not followed. */
     "CREATE TABLE %1$s.wal_state ("
     "  slot_name     text PRIMARY KEY,"
+    "  system_id     text NOT NULL,"
     "  held_upto     pg_lsn NOT NULL,"
     "  saved_at      timestamptz NOT NULL DEFAULT now()"
     ");"

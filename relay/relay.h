@@ -289,6 +289,7 @@ typedef struct {
     int64_t settle_retry_ms;  /* a failed store of dead or held rows is tried again from then */
     bool park_denied;         /* no USAGE on the identity: held rows are dead-lettered (walpark.c) */
     int64_t backoff_ms;      /* before the next attempt to start the stream */
+    char system_id[32];      /* the server's, from IDENTIFY_SYSTEM when the stream started */
     char sql_dead[1024], sql_slot[512], sql_rows[256], sql_held[256];
 } relay_wal_t;
 
@@ -299,6 +300,7 @@ typedef struct {
     uint8_t *uuids;          /* 16 bytes a row */
     uint64_t *lsn;           /* each row's message LSN (dead letters are recorded under -lsn) */
     uint64_t confirm;        /* the end of the last transaction this batch completes; 0: none */
+    bool dead_stored;        /* its dead letters are recorded (walsource.c's wal_settle) */
 } wal_owner_t;
 
 struct relay_s {

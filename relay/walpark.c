@@ -126,9 +126,12 @@ static void store_sql(const relay_t *r, char *out, size_t size) {
              "  ON CONFLICT (partition_key) DO NOTHING),"
              /* The batch's end: after a crash the stream starts past it (walslot.c), so messages
               * held here and released since are not read again. */
-             " upto AS (INSERT INTO %1$s.wal_state (slot_name, held_upto) VALUES ($12, $13::pg_lsn)"
-             "  ON CONFLICT (slot_name) DO UPDATE SET held_upto = greatest(%1$s.wal_state.held_upto,"
-             "  excluded.held_upto), saved_at = now())"
+             " upto AS (INSERT INTO %1$s.wal_state (slot_name, system_id, held_upto)"
+             "  SELECT $12, $14, $13::pg_lsn WHERE $13::pg_lsn <> '0/0' AND $14 <> ''"
+             "  ON CONFLICT (slot_name) DO UPDATE SET system_id = excluded.system_id,"
+             "  held_upto = CASE WHEN %1$s.wal_state.system_id = excluded.system_id"
+             "  THEN greatest(%1$s.wal_state.held_upto, excluded.held_upto) ELSE excluded.held_upto END,"
+             "  saved_at = now())"
              " SELECT count(*) FROM ins", r->schema_q);
 }
 
@@ -237,12 +240,14 @@ int walpark_store(relay_t *r, batch_t *b) {
         goto out;
     store_sql(r, sql, sizeof(sql));
     snprintf(table, sizeof(table), "%s.messages", r->schema_q);
+    /* The batch's end, unless held_arrays sent a row of it to be read again from the slot (0/0:
+     * nothing is recorded), which the next stream must not start past. */
     char upto[18];
-    walp_lsn_format(((const wal_owner_t *)b->owner)->confirm, upto);
-    const char *p[13] = {a[A_UUID].buf, a[A_DEST].buf, a[A_KEY].buf, a[A_TYPE].buf, a[A_ENV].buf,
+    walp_lsn_format(r->wal.restart ? 0 : ((const wal_owner_t *)b->owner)->confirm, upto);
+    const char *p[14] = {a[A_UUID].buf, a[A_DEST].buf, a[A_KEY].buf, a[A_TYPE].buf, a[A_ENV].buf,
                          a[A_CREATED].buf, table, a[A_KKEY].buf, a[A_KDEST].buf, a[A_KFIRST].buf, a[A_KERR].buf,
-                         r->wal.slot, upto};
-    PGresult *res = outbox_pg_exec(r->session.pg, &r->session.stmt_lim, sql, 13, p, NULL, NULL, 0, err, sizeof(err));
+                         r->wal.slot, upto, r->wal.system_id};
+    PGresult *res = outbox_pg_exec(r->session.pg, &r->session.stmt_lim, sql, 14, p, NULL, NULL, 0, err, sizeof(err));
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         outbox_logfmt_value(res ? PQresultErrorMessage(res) : err, msg, sizeof(msg));
         const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;

@@ -49,7 +49,8 @@ void wal_build_sql(relay_t *r) {
              " (SELECT count(*) FROM pg_publication WHERE pubname = $2)"
              " FROM pg_replication_slots s WHERE s.slot_name = $1");
     snprintf(w->sql_rows, sizeof(w->sql_rows), "SELECT EXISTS (SELECT 1 FROM %s.messages)", s);
-    snprintf(w->sql_held, sizeof(w->sql_held), "SELECT held_upto::text FROM %s.wal_state WHERE slot_name = $1", s);
+    snprintf(w->sql_held, sizeof(w->sql_held), "SELECT held_upto::text, system_id FROM %s.wal_state WHERE slot_name = $1",
+             s);
     snprintf(w->sql_dead, sizeof(w->sql_dead),
              "INSERT INTO %1$s.dead_letters (id, message_id, destination, partition_key, message_type,"
              " envelope, created_at, error)"
@@ -114,8 +115,31 @@ static void figures(relay_t *r, const PGresult *res) {
         atomic_store(&r->metrics.wal_confirmed_lsn, (int64_t)lsn);
 }
 
-/* Connects for replication and sends START_REPLICATION: 0, or -1 with the reason in err. */
-static int start(relay_t *r, uint64_t from, char *err, size_t err_size, bool *busy) {
+/* The server's system identifier into w->system_id, from IDENTIFY_SYSTEM on the replication
+ * connection pg: 0, or -1 with the reason in err. */
+static int identify(relay_t *r, PGconn *pg, const outbox_pg_limits_t *lim, char *err, size_t err_size) {
+    relay_wal_t *w = &r->wal;
+    PGresult *res = NULL;
+    if (PQsendQuery(pg, "IDENTIFY_SYSTEM") && outbox_pg_wait(pg, lim, err, err_size) == 0)
+        res = PQgetResult(pg);
+    else if (!*err)
+        outbox_snprintf(err, err_size, "%s", PQerrorMessage(pg));
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+             strlen(PQgetvalue(res, 0, 0)) < sizeof(w->system_id);
+    if (ok)
+        snprintf(w->system_id, sizeof(w->system_id), "%s", PQgetvalue(res, 0, 0));
+    else if (res)
+        outbox_snprintf(err, err_size, "IDENTIFY_SYSTEM: %s", PQresultErrorMessage(res));
+    PQclear(res);
+    while (ok && (res = PQgetResult(pg)))
+        PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* Connects for replication and sends START_REPLICATION from the later of the slot's position and
+ * held (wal_state's, when it was recorded on this server: held_sys): 0, or -1 with the reason in
+ * err. */
+static int start(relay_t *r, uint64_t held, const char *held_sys, char *err, size_t err_size, bool *busy) {
     relay_wal_t *w = &r->wal;
     char app[160], sql[512];
     outbox_pg_limits_t lim = r->session.stmt_lim;
@@ -123,6 +147,19 @@ static int start(relay_t *r, uint64_t from, char *err, size_t err_size, bool *bu
     PGconn *pg = outbox_pg_connect_as(r->conninfo, app, "database", &lim, err, err_size);
     if (!pg)
         return -1;
+    if (identify(r, pg, &lim, err, err_size)) {
+        PQfinish(pg);
+        return -1;
+    }
+    uint64_t from = held;
+    if (held && strcmp(held_sys, w->system_id)) {
+        /* A copy of wal_state from another cluster (a restore): its position is not in this WAL. */
+        char lsn[18];
+        outbox_log(r->conf, 4, FAC, "msg=\"wal_state was recorded on another server: its position is not "
+                   "followed\" slot=%s held_upto=%s its_system_id=%s system_id=%s", w->slot,
+                   walp_lsn_format(held, lsn), held_sys, w->system_id);
+        from = 0;
+    }
     char *slot = PQescapeIdentifier(pg, w->slot, strlen(w->slot));
     char *pub = PQescapeLiteral(pg, w->publication, strlen(w->publication));
     if (!slot || !pub) {
@@ -170,6 +207,7 @@ int wal_stream_start(relay_t *r) {
     /* Where held messages were stored up to (walpark.c): a slot that went back in a crash does not
      * stream them again, whatever the operator did with them since. */
     const char *p[1] = {w->slot};
+    char held_sys[32] = "";
     if (!(res = exec(r, w->sql_held, 1, p, NULL, NULL, PGRES_TUPLES_OK, "reading wal_state")))
         return -1;
     if (PQntuples(res) == 1 && walp_lsn_parse(PQgetvalue(res, 0, 0), &held)) {
@@ -178,8 +216,10 @@ int wal_stream_start(relay_t *r) {
         PQclear(res);
         return -1;
     }
+    if (PQntuples(res) == 1)
+        snprintf(held_sys, sizeof(held_sys), "%s", PQgetvalue(res, 0, 1));
     PQclear(res);
-    if (start(r, held, err, sizeof(err), &busy)) {
+    if (start(r, held, held_sys, err, sizeof(err), &busy)) {
         /* A slot still held by the last leader's walsender frees itself once that one notices. */
         outbox_log(r->conf, busy ? 6 : 3, FAC, "msg=\"cannot start streaming from the slot\" slot=%s "
                    "retry_ms=%lld error=\"%s\"", w->slot, (long long)w->backoff_ms,
@@ -192,10 +232,12 @@ int wal_stream_start(relay_t *r) {
     w->backoff_ms = 0;
     /* The server resends from the slot's position, or from held_upto if later: confirmations
      * start there.  Never from what this process confirmed before, which may lie on another
-     * server's WAL after a failover; held_upto cannot, as this server's WAL holds the commit that
-     * stored it, written after that position. */
+     * server's WAL after a failover.  held_upto is followed only when recorded on this system
+     * (a physical standby shares the primary's), and a standby that has its row has the WAL of
+     * the commit that stored it, written after that position. */
+    uint64_t from = strcmp(held_sys, w->system_id) ? 0 : held; /* as start() chose */
     if (slot_lsn_ok)
-        w->confirmed = slot_lsn > held ? slot_lsn : held;
+        w->confirmed = slot_lsn > from ? slot_lsn : from;
     atomic_store(&r->metrics.wal_confirmed_lsn, (int64_t)w->confirmed);
     w->reported = 0;
     w->next_status_ms = 0;

@@ -280,10 +280,20 @@ static void wal_settle(relay_t *r, bool wait) {
             held += b->state[i] == ROW_HELD;
             again += b->state[i] != ROW_ACKED && b->state[i] != ROW_DEAD && b->state[i] != ROW_HELD;
         }
-        /* Held rows are stored (walpark.c) before the batch's end may be confirmed. */
-        if ((held && !again && !w->restart && walpark_store(r, b) < 0) ||
-            (dead && !again && !w->restart && wal_dead_letters(r, b) < 0)) {
-            w->settle_retry_ms = outbox_mono_ms() + r->set.backoff_ms; /* not on every loop turn */
+        /* Dead and held rows are stored before the batch's end may be confirmed.  The dead first:
+         * storing the held records the batch's end in wal_state, where the next stream starts
+         * (walpark.c), so nothing of the batch may be left unstored after it. */
+        wal_owner_t *o = b->owner;
+        bool store = !again && !w->restart;
+        if (store && dead && !o->dead_stored) {
+            if (wal_dead_letters(r, b) < 0) {
+                w->settle_retry_ms = outbox_mono_ms() + r->set.backoff_ms; /* not on every loop turn */
+                break;
+            }
+            o->dead_stored = true; /* not counted again if the held rows' store must be tried again */
+        }
+        if (store && held && walpark_store(r, b) < 0) {
+            w->settle_retry_ms = outbox_mono_ms() + r->set.backoff_ms;
             break;
         }
         if (again)

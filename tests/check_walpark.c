@@ -24,8 +24,16 @@ static void setup(void) {
     memset(ids, 0, sizeof(ids));
 }
 
+/* The slots of this schema: the relay's, and the copy a test may leave behind when it fails. */
+static void drop_slots(void) {
+    PGresult *res = PQexec(tf_conn, tf_q("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                                         "WHERE slot_name = '%s_then' AND NOT active", tf_wal_slot_name()));
+    PQclear(res);
+    tf_wal_drop_slot();
+}
+
 static void teardown(void) {
-    tf_teardown(tf_wal_drop_slot);
+    tf_teardown(drop_slots);
 }
 
 static tk_proc_t *start_wal_relay(void) {
@@ -409,6 +417,27 @@ START_TEST(test_a_slot_that_went_back_does_not_stream_released_messages_again) {
 }
 END_TEST
 
+/* A wal_state copied from another cluster (a restore) names a position in another WAL: following
+ * it would skip every transaction up to there.  The relay says so and streams from the slot. */
+START_TEST(test_wal_state_of_another_cluster_is_not_followed) {
+    static const int all[] = {0, 1, 2, -1};
+    const char *topic = "wp6.events";
+    int exp[NK][MAXS] = {{0}}, n[NK] = {0};
+    tf_start_broker("--topic", "wp6.events:2", NULL);
+    tf_wal_migrate();
+    tu_exec(tf_conn, tf_q("INSERT INTO @.wal_state (slot_name, system_id, held_upto) VALUES ('%s', '1', 'FF/0')",
+                          tf_wal_slot_name()));
+    emit_keys(topic, all, 0, 3);
+    tk_proc_t *relay = start_wal_relay();
+    exp_add(exp, n, 0, 0, 3), exp_add(exp, n, 1, 0, 3), exp_add(exp, n, 2, 0, 3);
+    tk_consumer_t *c = tk_consumer_new(tf_broker->bootstrap, topic);
+    expect_topic(c, exp, n, true, 30000);
+    TF_CHECK(tf_matches(tk_file_tail(relay->err_path, 20000), "wal_state was recorded on another server"),
+             "the relay did not say why it does not follow wal_state:\n%s", tk_file_tail(relay->err_path, 3000));
+    tk_consumer_free(c);
+}
+END_TEST
+
 static Suite *walpark_suite(void) {
     Suite *s = suite_create("walpark");
     TCase *tc = tcase_create("walpark");
@@ -419,6 +448,7 @@ static Suite *walpark_suite(void) {
     tcase_add_test(tc, test_kill_while_parked_loses_nothing);
     tcase_add_test(tc, test_a_role_without_usage_dead_letters_instead_of_stalling);
     tcase_add_test(tc, test_a_slot_that_went_back_does_not_stream_released_messages_again);
+    tcase_add_test(tc, test_wal_state_of_another_cluster_is_not_followed);
     suite_add_tcase(s, tc);
     return s;
 }
