@@ -220,6 +220,9 @@ void walpark_unhold(relay_t *r, batch_t *b) {
     for (int i = 0; i < b->n; i++)
         if (b->state[i] == ROW_HELD) {
             b->state[i] = ROW_DEAD;
+            /* A dead letter to record, also when the batch's others were recorded before its
+             * held rows' store failed on the grant (wal_settle). */
+            ((wal_owner_t *)b->owner)->dead_stored = false;
             if (!b->error[i])
                 b->error[i] = outbox_strdup("its partition key is parked, and the relay's role lacks USAGE on the "
                                             "outbox table's identity sequence to hold it (outbox-relay -X "
