@@ -137,9 +137,10 @@ static int identify(relay_t *r, PGconn *pg, const outbox_pg_limits_t *lim, char 
 }
 
 /* Connects for replication and sends START_REPLICATION from the later of the slot's position and
- * held (wal_state's, when it was recorded on this server: held_sys): 0, or -1 with the reason in
- * err. */
-static int start(relay_t *r, uint64_t held, const char *held_sys, char *err, size_t err_size, bool *busy) {
+ * held (wal_state's, when it was recorded on this server: held_sys), setting *from to what it
+ * asked for (0: the slot's): 0, or -1 with the reason in err. */
+static int start(relay_t *r, uint64_t held, const char *held_sys, uint64_t *from, char *err, size_t err_size,
+                 bool *busy) {
     relay_wal_t *w = &r->wal;
     char app[160], sql[512];
     outbox_pg_limits_t lim = r->session.stmt_lim;
@@ -151,14 +152,14 @@ static int start(relay_t *r, uint64_t held, const char *held_sys, char *err, siz
         PQfinish(pg);
         return -1;
     }
-    uint64_t from = held;
+    *from = held;
     if (held && strcmp(held_sys, w->system_id)) {
         /* A copy of wal_state from another cluster (a restore): its position is not in this WAL. */
         char lsn[18];
         outbox_log(r->conf, 4, FAC, "msg=\"wal_state was recorded on another server: its position is not "
                    "followed\" slot=%s held_upto=%s its_system_id=%s system_id=%s", w->slot,
                    walp_lsn_format(held, lsn), held_sys, w->system_id);
-        from = 0;
+        *from = 0;
     }
     char *slot = PQescapeIdentifier(pg, w->slot, strlen(w->slot));
     char *pub = PQescapeLiteral(pg, w->publication, strlen(w->publication));
@@ -171,7 +172,7 @@ static int start(relay_t *r, uint64_t held, const char *held_sys, char *err, siz
      * slot's): it skips the transactions that commit before. */
     char from_txt[18];
     snprintf(sql, sizeof(sql), "START_REPLICATION SLOT %s LOGICAL %s (proto_version '1', "
-             "publication_names %s, messages 'true')", slot, walp_lsn_format(from, from_txt), pub);
+             "publication_names %s, messages 'true')", slot, walp_lsn_format(*from, from_txt), pub);
     PQfreemem(slot);
     PQfreemem(pub);
     PGresult *res = NULL;
@@ -201,7 +202,7 @@ int wal_stream_start(relay_t *r) {
     if (!res)
         return -1;
     figures(r, res);
-    uint64_t slot_lsn = 0, held = 0;
+    uint64_t slot_lsn = 0, held = 0, from = 0;
     bool slot_lsn_ok = !walp_lsn_parse(PQgetvalue(res, 0, 6), &slot_lsn);
     PQclear(res);
     /* Where held messages were stored up to (walpark.c): a slot that went back in a crash does not
@@ -219,7 +220,7 @@ int wal_stream_start(relay_t *r) {
     if (PQntuples(res) == 1)
         snprintf(held_sys, sizeof(held_sys), "%s", PQgetvalue(res, 0, 1));
     PQclear(res);
-    if (start(r, held, held_sys, err, sizeof(err), &busy)) {
+    if (start(r, held, held_sys, &from, err, sizeof(err), &busy)) {
         /* A slot still held by the last leader's walsender frees itself once that one notices. */
         outbox_log(r->conf, busy ? 6 : 3, FAC, "msg=\"cannot start streaming from the slot\" slot=%s "
                    "retry_ms=%lld error=\"%s\"", w->slot, (long long)w->backoff_ms,
@@ -235,7 +236,6 @@ int wal_stream_start(relay_t *r) {
      * server's WAL after a failover.  held_upto is followed only when recorded on this system
      * (a physical standby shares the primary's), and a standby that has its row has the WAL of
      * the commit that stored it, written after that position. */
-    uint64_t from = strcmp(held_sys, w->system_id) ? 0 : held; /* as start() chose */
     if (slot_lsn_ok)
         w->confirmed = slot_lsn > from ? slot_lsn : from;
     atomic_store(&r->metrics.wal_confirmed_lsn, (int64_t)w->confirmed);
